@@ -7,7 +7,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 fn main() -> anyhow::Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let guests = root.join("example-projectors");
     watch(&root, &guests);
 
@@ -45,7 +48,12 @@ fn watch(root: &Path, guests: &Path) {
             println!("cargo:rerun-if-changed={}", entry.path().display());
         }
     }
-    for path in ["guest-sdk/src", "guest-sdk/Cargo.toml", "wit", "toolchain/src"] {
+    for path in [
+        "guest-sdk/src",
+        "guest-sdk/Cargo.toml",
+        "wit",
+        "toolchain/src",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
 }

@@ -1,1 +1,35 @@
+//! # Prism: a WebAssembly projection runtime
+//!
+//! Prism keeps an append-only event log and runs *projectors* — sandboxed WebAssembly
+//! components — that turn its events into queryable views:
+//!
+//! ```text
+//! append (HTTP/CLI) -> event log (log.redb) -> runner -> projector (Wasm)
+//!                   -> view + checkpoint (projectors/<name>/view.redb, one transaction) -> HTTP
+//! ```
+//!
+//! - [`log`]: the event log, with group-committed durable appends and a head watch.
+//! - [`engine`]: wasmtime, the WIT bindings, module validation and instances.
+//! - [`projector`]: runners and the registry of deployed projectors.
+//! - [`store`]: a projector's view and checkpoint, committed together.
+//! - [`http`]: the API.
+//! - [`server`]: all of it started on a data dir and a socket.
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! let server = prism::server::Server::start(prism::server::ServerConfig {
+//!     data_dir: "prism-data".into(),
+//!     listen: "127.0.0.1:7070".parse()?,
+//! })
+//! .await?;
+//! println!("listening on http://{}", server.addr());
+//! server.stop().await;
+//! # Ok(()) }
+//! ```
 
+pub mod engine;
+pub mod http;
+pub mod log;
+pub mod projector;
+pub mod server;
+pub mod store;

@@ -195,7 +195,11 @@ fn rustup_has_target() -> bool {
 fn debian_route() -> Option<Toolchain> {
     let rustc = PathBuf::from("/usr/bin/rustc");
     let cargo = PathBuf::from("/usr/bin/cargo");
-    let sysroot = Command::new(&rustc).arg("--print").arg("sysroot").output().ok()?;
+    let sysroot = Command::new(&rustc)
+        .arg("--print")
+        .arg("sysroot")
+        .output()
+        .ok()?;
     let sysroot = PathBuf::from(String::from_utf8(sysroot.stdout).ok()?.trim());
     let std_sources = sysroot.join("lib/rustlib/src/rust/library/std");
     (cargo.exists() && std_sources.exists() && which("wasm-ld").is_some())
@@ -207,15 +211,26 @@ fn debian_route() -> Option<Toolchain> {
 fn scrub_cargo_env(cmd: &mut Command) {
     for (key, _) in std::env::vars_os() {
         let Some(key) = key.to_str() else { continue };
-        let keep = ["CARGO_HOME", "CARGO_NET_", "CARGO_HTTP_", "CARGO_REGISTRIES_"]
-            .iter()
-            .any(|k| key.starts_with(k));
+        let keep = [
+            "CARGO_HOME",
+            "CARGO_NET_",
+            "CARGO_HTTP_",
+            "CARGO_REGISTRIES_",
+        ]
+        .iter()
+        .any(|k| key.starts_with(k));
         let cargo_set = key.starts_with("CARGO_")
             || key.starts_with("RUSTC")
             || key.starts_with("RUSTDOC")
             || matches!(
                 key,
-                "RUSTFLAGS" | "OUT_DIR" | "TARGET" | "HOST" | "NUM_JOBS" | "OPT_LEVEL" | "DEBUG"
+                "RUSTFLAGS"
+                    | "OUT_DIR"
+                    | "TARGET"
+                    | "HOST"
+                    | "NUM_JOBS"
+                    | "OPT_LEVEL"
+                    | "DEBUG"
                     | "PROFILE"
             );
         if cargo_set && !keep {

@@ -1,0 +1,114 @@
+//! Conversions between the generated WIT types and Prism's domain types.
+
+use super::bindings::types as wit;
+use crate::log::StoredEvent;
+use crate::projector::Subscription;
+
+/// What a projector module says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Descriptor {
+    /// The name the code gives itself.
+    pub name: String,
+    /// Which events it wants.
+    pub subscription: Subscription,
+    /// Its view schema version.
+    pub schema_version: u32,
+}
+
+impl From<wit::Descriptor> for Descriptor {
+    fn from(d: wit::Descriptor) -> Self {
+        Descriptor {
+            name: d.name,
+            subscription: Subscription {
+                event_types: d.event_types,
+                stream_prefixes: d.stream_prefixes,
+            },
+            schema_version: d.schema_version,
+        }
+    }
+}
+
+/// A batch of events in the flat layout the guest receives: one header per event, all strings
+/// and payloads back to back in one buffer. Reused from batch to batch.
+#[derive(Default)]
+pub struct EventBatch {
+    pub(super) inner: wit::Batch,
+    positions_end: u64,
+}
+
+impl Default for wit::Batch {
+    fn default() -> Self {
+        wit::Batch {
+            events: Vec::new(),
+            bytes: Vec::new(),
+        }
+    }
+}
+
+impl EventBatch {
+    /// Empties the batch, keeping its buffers.
+    pub fn clear(&mut self) {
+        self.inner.events.clear();
+        self.inner.bytes.clear();
+        self.positions_end = 0;
+    }
+
+    /// Adds one event.
+    pub fn push(&mut self, position: u64, event: &StoredEvent<'_>) {
+        let bytes = &mut self.inner.bytes;
+        let mut append = |part: &[u8]| {
+            let offset = bytes.len() as u32;
+            bytes.extend_from_slice(part);
+            (offset, part.len() as u32)
+        };
+        let (stream_offset, stream_len) = append(event.stream.as_bytes());
+        let (type_offset, type_len) = append(event.event_type.as_bytes());
+        let (data_offset, data_len) = append(event.data);
+        let (metadata_offset, metadata_len) = append(event.metadata);
+        self.inner.events.push(wit::EventHeader {
+            position,
+            stream_version: event.stream_version,
+            timestamp_ms: event.timestamp_ms,
+            stream_offset,
+            stream_len,
+            type_offset,
+            type_len,
+            data_offset,
+            data_len,
+            metadata_offset,
+            metadata_len,
+        });
+        self.positions_end = position;
+    }
+
+    /// How many events the batch holds.
+    pub fn len(&self) -> usize {
+        self.inner.events.len()
+    }
+
+    /// Whether the batch holds no event.
+    pub fn is_empty(&self) -> bool {
+        self.inner.events.is_empty()
+    }
+
+    /// How many payload bytes the batch holds.
+    pub fn byte_len(&self) -> usize {
+        self.inner.bytes.len()
+    }
+
+    /// The position of the event at `index`.
+    pub fn position(&self, index: usize) -> Option<u64> {
+        self.inner.events.get(index).map(|h| h.position)
+    }
+}
+
+/// Maps a guest's log level to `tracing`'s.
+pub fn level(level: wit::Level) -> tracing::Level {
+    match level {
+        wit::Level::Trace => tracing::Level::TRACE,
+        wit::Level::Debug => tracing::Level::DEBUG,
+        wit::Level::Info => tracing::Level::INFO,
+        wit::Level::Warn => tracing::Level::WARN,
+        wit::Level::Error => tracing::Level::ERROR,
+    }
+}

@@ -1,0 +1,69 @@
+//! The host side of the WIT imports: the `view` interface over the batch in progress, and
+//! `host.log`.
+//!
+//! Failures follow two levels: a `wasmtime::Result` error traps the guest (a host-side storage
+//! failure, or a view call outside `apply`); the WIT-level results are for errors the guest may
+//! handle (none yet).
+
+use super::bindings::{host, types, view};
+use super::convert;
+use crate::store::BatchView;
+
+/// A projector instance's host-side state.
+pub struct HostState {
+    /// The deployment's name, for diagnostics.
+    pub(super) projector: String,
+    /// The batch being applied, while `apply` runs.
+    pub(super) batch: Option<BatchView>,
+}
+
+impl HostState {
+    fn batch(&mut self) -> wasmtime::Result<&mut BatchView> {
+        self.batch
+            .as_mut()
+            .ok_or_else(|| wasmtime::format_err!("the view is only available during apply"))
+    }
+}
+
+impl types::Host for HostState {}
+
+impl view::Host for HostState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(self.batch()?.get(&key)?)
+    }
+
+    fn put(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
+        self.batch()?.put(key, value);
+        Ok(())
+    }
+
+    fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        self.batch()?.delete(key);
+        Ok(())
+    }
+
+    fn scan(
+        &mut self,
+        prefix: String,
+        after: Option<String>,
+        limit: u32,
+    ) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
+        Ok(self
+            .batch()?
+            .scan(&prefix, after.as_deref(), limit as usize)?)
+    }
+}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
+        let projector = self.projector.as_str();
+        match convert::level(level) {
+            tracing::Level::ERROR => tracing::error!(projector, "{message}"),
+            tracing::Level::WARN => tracing::warn!(projector, "{message}"),
+            tracing::Level::INFO => tracing::info!(projector, "{message}"),
+            tracing::Level::DEBUG => tracing::debug!(projector, "{message}"),
+            _ => tracing::trace!(projector, "{message}"),
+        }
+        Ok(())
+    }
+}

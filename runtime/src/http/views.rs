@@ -1,0 +1,114 @@
+//! `/projectors/{name}/view`: read a projector's view, by key or by ordered prefix scan.
+//!
+//! Every answer carries `Prism-Module` (the module hash) and `Prism-Checkpoint` (the position
+//! the answer reflects) headers.
+
+use super::{ApiError, AppState};
+use crate::projector::ProjectorHandle;
+use crate::store::ViewSnapshot;
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// Most entries one scan returns.
+pub const MAX_SCAN: usize = 1000;
+
+const MODULE: HeaderName = HeaderName::from_static("prism-module");
+const CHECKPOINT: HeaderName = HeaderName::from_static("prism-checkpoint");
+
+/// `GET /projectors/{name}/view/{key}`: the value under `key` (keys may contain `/`).
+pub async fn get(
+    State(state): State<AppState>,
+    Path((name, key)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let projector = state.projector(&name)?;
+    let (snapshot, value) = blocking(projector.clone(), move |snapshot| snapshot.get(&key)).await?;
+    let Some(value) = value else {
+        return Err(ApiError::not_found("no such key in the view"));
+    };
+    let content_type = if serde_json::from_slice::<serde::de::IgnoredAny>(&value).is_ok() {
+        "application/json"
+    } else {
+        "application/octet-stream"
+    };
+    let mut headers = provenance(&projector, &snapshot);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    Ok((headers, value).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct ScanParams {
+    #[serde(default)]
+    prefix: String,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /projectors/{name}/view?prefix=&after=&limit=`: entries in key order; `next` is the
+/// `after` of the following page, or null at the end.
+pub async fn scan(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    params: Result<Query<ScanParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params?;
+    let limit = params.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_SCAN {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1 to {MAX_SCAN}"
+        )));
+    }
+    let projector = state.projector(&name)?;
+    let (snapshot, entries) = blocking(projector.clone(), move |snapshot| {
+        // One extra entry tells whether another page follows.
+        snapshot.scan(&params.prefix, params.after.as_deref(), limit + 1)
+    })
+    .await?;
+    let more = entries.len() > limit;
+    let items: Vec<Value> = entries
+        .iter()
+        .take(limit)
+        .map(
+            |(key, value)| match serde_json::from_slice::<Value>(value) {
+                Ok(value) => json!({ "key": key, "value": value }),
+                Err(_) => json!({
+                    "key": key,
+                    "value_base64": base64::engine::general_purpose::STANDARD.encode(value),
+                }),
+            },
+        )
+        .collect();
+    let next = more.then(|| entries[limit - 1].0.clone());
+    let body = Json(json!({ "items": items, "next": next }));
+    Ok((provenance(&projector, &snapshot), body).into_response())
+}
+
+/// Runs a read on a fresh snapshot of the projector's view, off the async executor.
+async fn blocking<T: Send + 'static>(
+    projector: Arc<ProjectorHandle>,
+    read: impl FnOnce(&ViewSnapshot) -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<(ViewSnapshot, T), ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let snapshot = projector.store.snapshot()?;
+        let value = read(&snapshot)?;
+        Ok((snapshot, value))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e: crate::store::StoreError| ApiError::internal(e))
+}
+
+fn provenance(projector: &ProjectorHandle, snapshot: &ViewSnapshot) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Ok(module) = HeaderValue::from_str(&projector.deployment.module) {
+        headers.insert(MODULE, module);
+    }
+    headers.insert(CHECKPOINT, HeaderValue::from(snapshot.checkpoint()));
+    headers
+}

@@ -1,0 +1,471 @@
+//! The event log: an append-only sequence of immutable events in one redb file (`log.redb`).
+//!
+//! Every event gets a global, gapless position (1, 2, 3, ...) and a version within its stream
+//! (1, 2, 3, ... per stream). An append is one request of events for one stream, optionally
+//! guarded by the stream version the caller expects (optimistic concurrency); it either appends
+//! all its events or none.
+//!
+//! Appends go through one writer thread that **group-commits**: requests that arrive while a
+//! commit is in flight are validated one by one and committed together in the next durable
+//! (`fsync`ed) transaction. An append is acknowledged only after that commit returns, so an
+//! acknowledged event survives a crash. Readers (projectors, HTTP) read committed snapshots and
+//! wait for new events on [`EventLog::subscribe`], a watch of the head position.
+
+mod schema;
+
+pub use schema::StoredEvent;
+use schema::{EVENTS, STREAM_INDEX, STREAMS};
+
+use redb::{Database, ReadableDatabase, ReadableTable};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::{oneshot, watch};
+
+/// Longest stream name or event type accepted, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// How many append requests one group commit takes at most.
+const MAX_GROUP: usize = 4096;
+
+/// An event to append.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// The event's type, e.g. `OrderPlaced`.
+    pub event_type: String,
+    /// The event's data as JSON text.
+    pub data: Vec<u8>,
+    /// The event's metadata as JSON text (an object), if any.
+    pub metadata: Option<Vec<u8>>,
+}
+
+/// What the caller expects of the stream before its append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Append whatever the stream's version.
+    Any,
+    /// Append only if the stream holds exactly this many events (0: the stream must not exist).
+    Exact(u64),
+}
+
+/// The result of a successful append. Its events hold the consecutive positions
+/// `first_position..=last_position`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Position of the request's first event.
+    pub first_position: u64,
+    /// Position of the request's last event.
+    pub last_position: u64,
+    /// The stream's version after the append (its number of events).
+    pub stream_version: u64,
+}
+
+/// An event read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedEvent {
+    /// Global position.
+    pub position: u64,
+    /// The stream it belongs to.
+    pub stream: String,
+    /// Its version within the stream.
+    pub stream_version: u64,
+    /// Its type.
+    pub event_type: String,
+    /// When the log stored it (milliseconds since the Unix epoch).
+    pub timestamp_ms: u64,
+    /// JSON data, as appended.
+    pub data: Vec<u8>,
+    /// JSON metadata (`{}` when none was given).
+    pub metadata: Vec<u8>,
+}
+
+impl RecordedEvent {
+    fn from_stored(position: u64, e: &StoredEvent<'_>) -> Self {
+        RecordedEvent {
+            position,
+            stream: e.stream.to_string(),
+            stream_version: e.stream_version,
+            event_type: e.event_type.to_string(),
+            timestamp_ms: e.timestamp_ms,
+            data: e.data.to_vec(),
+            metadata: e.metadata.to_vec(),
+        }
+    }
+}
+
+/// Why an append was refused. Nothing of a refused request is appended.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The stream's version was not the one the caller expected.
+    #[error("stream {stream:?} is at version {actual}, but the append expected version {expected}")]
+    VersionConflict {
+        stream: String,
+        expected: u64,
+        actual: u64,
+    },
+    /// The request is malformed (empty stream name, no events, a name too long...).
+    #[error("{0}")]
+    Invalid(String),
+    /// The log could not store the events.
+    #[error("the event log could not store the events: {0}")]
+    Storage(String),
+    /// The log's writer has stopped (Prism is shutting down).
+    #[error("the event log is closed")]
+    Closed,
+}
+
+/// Why a read of the log failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// redb failed to read.
+    #[error("reading the event log failed: {0}")]
+    Storage(#[from] redb::Error),
+    /// A stored event could not be decoded.
+    #[error("event {position} in the log cannot be decoded: {reason}")]
+    Corrupt { position: u64, reason: String },
+}
+
+/// Why the log could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The file could not be opened or is damaged.
+    #[error("cannot open the event log {path}: {source}")]
+    Database {
+        path: String,
+        #[source]
+        source: redb::Error,
+    },
+}
+
+struct AppendRequest {
+    stream: String,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+    reply: oneshot::Sender<Result<Appended, AppendError>>,
+}
+
+/// The event log. Cheap to clone; all clones share one database and one writer.
+#[derive(Clone)]
+pub struct EventLog {
+    db: Arc<Database>,
+    writer: mpsc::Sender<AppendRequest>,
+    head: watch::Receiver<u64>,
+}
+
+impl EventLog {
+    /// Opens (or creates) the log file at `path` and starts its writer thread.
+    pub fn open(path: &Path) -> Result<EventLog, OpenError> {
+        let fail = |source: redb::Error| OpenError::Database {
+            path: path.display().to_string(),
+            source,
+        };
+        let db = Database::create(path).map_err(|e| fail(e.into()))?;
+        let head = init_tables(&db).map_err(fail)?;
+        let db = Arc::new(db);
+        let (head_tx, head_rx) = watch::channel(head);
+        let (writer, requests) = mpsc::channel();
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("prism-log-writer".into())
+            .spawn(move || write_loop(&writer_db, requests, head_tx, head))
+            .expect("spawning the log writer thread");
+        Ok(EventLog {
+            db,
+            writer,
+            head: head_rx,
+        })
+    }
+
+    /// Appends `events` to `stream` atomically, once durable.
+    pub async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended, AppendError> {
+        validate(stream, &events)?;
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(AppendRequest {
+                stream: stream.to_string(),
+                expected,
+                events,
+                reply,
+            })
+            .map_err(|_| AppendError::Closed)?;
+        answer.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// The position of the last committed event (0 when the log is empty).
+    pub fn head(&self) -> u64 {
+        *self.head.borrow()
+    }
+
+    /// A watch of the head position; it changes after every commit.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.head.clone()
+    }
+
+    /// Visits up to `max` events from position `from` on, in order, borrowing each from the
+    /// database, until `visit` returns false; returns the position of the last one visited
+    /// (`None` when there are none).
+    pub fn visit_from<F>(
+        &self,
+        from: u64,
+        max: usize,
+        mut visit: F,
+    ) -> Result<Option<u64>, ReadError>
+    where
+        F: FnMut(u64, &StoredEvent<'_>) -> bool,
+    {
+        let table = self.read_table(EVENTS)?;
+        let mut last = None;
+        for row in table.range(from..).map_err(redb::Error::from)?.take(max) {
+            let (position, bytes) = row.map_err(redb::Error::from)?;
+            let position = position.value();
+            let event = StoredEvent::decode(bytes.value()).map_err(|e| ReadError::Corrupt {
+                position,
+                reason: e.to_string(),
+            })?;
+            last = Some(position);
+            if !visit(position, &event) {
+                break;
+            }
+        }
+        Ok(last)
+    }
+
+    /// Reads up to `max` events from position `from` on.
+    pub fn read_from(&self, from: u64, max: usize) -> Result<Vec<RecordedEvent>, ReadError> {
+        let mut events = Vec::new();
+        self.visit_from(from, max, |position, e| {
+            events.push(RecordedEvent::from_stored(position, e));
+            true
+        })?;
+        Ok(events)
+    }
+
+    /// The stream's version (its number of events; 0 when it does not exist).
+    pub fn stream_version(&self, stream: &str) -> Result<u64, ReadError> {
+        let streams = self.read_table(STREAMS)?;
+        Ok(streams
+            .get(stream)
+            .map_err(redb::Error::from)?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// Reads up to `max` events of `stream`, from stream version `from` on.
+    pub fn read_stream(
+        &self,
+        stream: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let index = txn.open_table(STREAM_INDEX).map_err(redb::Error::from)?;
+        let events = txn.open_table(EVENTS).map_err(redb::Error::from)?;
+        let mut out = Vec::new();
+        let range = index
+            .range((stream, from.max(1))..=(stream, u64::MAX))
+            .map_err(redb::Error::from)?;
+        for row in range.take(max) {
+            let position = row.map_err(redb::Error::from)?.1.value();
+            let corrupt = |reason: String| ReadError::Corrupt { position, reason };
+            let bytes = events
+                .get(position)
+                .map_err(redb::Error::from)?
+                .ok_or_else(|| corrupt("indexed but missing".into()))?;
+            let event = StoredEvent::decode(bytes.value()).map_err(|e| corrupt(e.to_string()))?;
+            out.push(RecordedEvent::from_stored(position, &event));
+        }
+        Ok(out)
+    }
+
+    fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        table: redb::TableDefinition<K, V>,
+    ) -> Result<redb::ReadOnlyTable<K, V>, ReadError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        Ok(txn.open_table(table).map_err(redb::Error::from)?)
+    }
+}
+
+fn validate(stream: &str, events: &[NewEvent]) -> Result<(), AppendError> {
+    let invalid = |m: String| Err(AppendError::Invalid(m));
+    if stream.is_empty() || stream.len() > MAX_NAME_LEN {
+        return invalid(format!(
+            "a stream name must be 1 to {MAX_NAME_LEN} bytes long"
+        ));
+    }
+    if events.is_empty() {
+        return invalid("an append needs at least one event".into());
+    }
+    if let Some((i, _)) = events
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e.event_type.is_empty() || e.event_type.len() > MAX_NAME_LEN)
+    {
+        return invalid(format!(
+            "event {i}: an event type must be 1 to {MAX_NAME_LEN} bytes long"
+        ));
+    }
+    Ok(())
+}
+
+/// Creates the tables of a new log and returns the head position.
+fn init_tables(db: &Database) -> Result<u64, redb::Error> {
+    let txn = db.begin_write()?;
+    let head = {
+        let events = txn.open_table(EVENTS)?;
+        txn.open_table(STREAMS)?;
+        txn.open_table(STREAM_INDEX)?;
+        events.last()?.map_or(0, |(k, _)| k.value())
+    };
+    txn.commit()?;
+    Ok(head)
+}
+
+/// The writer thread: takes every request waiting, commits them in one durable transaction,
+/// then answers each and publishes the new head.
+fn write_loop(
+    db: &Database,
+    requests: mpsc::Receiver<AppendRequest>,
+    head_tx: watch::Sender<u64>,
+    mut head: u64,
+) {
+    while let Ok(first) = requests.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match requests.try_recv() {
+                Ok(request) => group.push(request),
+                Err(_) => break,
+            }
+        }
+        match commit_group(db, &group, head) {
+            Ok((outcomes, new_head)) => {
+                head = new_head;
+                head_tx.send_replace(head);
+                for (request, outcome) in group.into_iter().zip(outcomes) {
+                    let _ = request.reply.send(outcome);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, requests = group.len(), "event log commit failed");
+                for request in group {
+                    let _ = request.reply.send(Err(AppendError::Storage(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+type Outcomes = Vec<Result<Appended, AppendError>>;
+
+fn commit_group(
+    db: &Database,
+    group: &[AppendRequest],
+    head: u64,
+) -> Result<(Outcomes, u64), redb::Error> {
+    let timestamp_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let txn = db.begin_write()?;
+    let mut next = head + 1;
+    let mut outcomes = Vec::with_capacity(group.len());
+    {
+        let mut events = txn.open_table(EVENTS)?;
+        let mut streams = txn.open_table(STREAMS)?;
+        let mut index = txn.open_table(STREAM_INDEX)?;
+        for request in group {
+            let stream = request.stream.as_str();
+            let actual = streams.get(stream)?.map_or(0, |v| v.value());
+            if let ExpectedVersion::Exact(expected) = request.expected
+                && expected != actual
+            {
+                outcomes.push(Err(AppendError::VersionConflict {
+                    stream: request.stream.clone(),
+                    expected,
+                    actual,
+                }));
+                continue;
+            }
+            let first_position = next;
+            let mut version = actual;
+            for event in &request.events {
+                version += 1;
+                let stored = StoredEvent {
+                    stream,
+                    stream_version: version,
+                    event_type: &event.event_type,
+                    timestamp_ms,
+                    data: &event.data,
+                    metadata: event.metadata.as_deref().unwrap_or(b"{}"),
+                };
+                events.insert(next, stored.encode().as_slice())?;
+                index.insert((stream, version), next)?;
+                next += 1;
+            }
+            streams.insert(stream, version)?;
+            outcomes.push(Ok(Appended {
+                first_position,
+                last_position: next - 1,
+                stream_version: version,
+            }));
+        }
+    }
+    txn.commit()?;
+    Ok((outcomes, next - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(t: &str, data: &str) -> NewEvent {
+        NewEvent {
+            event_type: t.into(),
+            data: data.as_bytes().to_vec(),
+            metadata: None,
+        }
+    }
+
+    fn block<F: std::future::Future>(f: F) -> F::Output {
+        futures::executor::block_on(f)
+    }
+
+    #[test]
+    fn stored_event_round_trips() {
+        let e = StoredEvent {
+            stream: "s-1",
+            stream_version: 3,
+            event_type: "T",
+            timestamp_ms: 9,
+            data: b"{\"a\":1}",
+            metadata: b"{}",
+        };
+        let bytes = e.encode();
+        let back = StoredEvent::decode(&bytes).unwrap();
+        assert_eq!(
+            (back.stream, back.stream_version, back.data),
+            ("s-1", 3, &b"{\"a\":1}"[..])
+        );
+    }
+
+    #[test]
+    fn invalid_requests_are_refused_before_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(&dir.path().join("log.redb")).unwrap();
+        let long = "x".repeat(MAX_NAME_LEN + 1);
+        for (stream, events) in [
+            ("", vec![event("T", "1")]),
+            ("s", vec![]),
+            ("s", vec![event("", "1")]),
+            (long.as_str(), vec![event("T", "1")]),
+        ] {
+            let err = block(log.append(stream, ExpectedVersion::Any, events)).unwrap_err();
+            assert!(matches!(err, AppendError::Invalid(_)), "{err}");
+        }
+        assert_eq!(log.head(), 0);
+    }
+}

@@ -1,0 +1,95 @@
+//! The catalog (`catalog.redb`): which projectors are deployed, with which module and config.
+//! Modules themselves live content-addressed in `modules/<sha256>.wasm`.
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
+
+/// One deployed projector, as recorded in the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// sha256 of the module's component.
+    pub module: String,
+    /// The configuration string passed to `init`.
+    pub config: String,
+    /// The view schema version the module declared.
+    pub schema_version: u32,
+}
+
+/// The catalog of deployments, and the module files.
+pub struct Catalog {
+    db: Database,
+    modules: PathBuf,
+}
+
+impl Catalog {
+    /// Opens the catalog in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Catalog, redb::Error> {
+        let modules = data_dir.join("modules");
+        std::fs::create_dir_all(&modules).map_err(|e| redb::Error::Io(e))?;
+        let db = Database::create(data_dir.join("catalog.redb"))?;
+        let txn = db.begin_write()?;
+        txn.open_table(DEPLOYMENTS)?;
+        txn.commit()?;
+        Ok(Catalog { db, modules })
+    }
+
+    /// Every deployment, by name.
+    pub fn deployments(&self) -> Result<Vec<(String, Deployment)>, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DEPLOYMENTS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (name, value) = row?;
+            match serde_json::from_slice(value.value()) {
+                Ok(deployment) => out.push((name.value().to_string(), deployment)),
+                Err(e) => {
+                    tracing::error!(projector = name.value(), error = %e, "unreadable catalog entry")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records (or replaces) a deployment, durably.
+    pub fn put(&self, name: &str, deployment: &Deployment) -> Result<(), redb::Error> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(DEPLOYMENTS)?;
+            let bytes = serde_json::to_vec(deployment).expect("a deployment serializes");
+            table.insert(name, bytes.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The path of a stored module.
+    pub fn module_path(&self, hash: &str) -> PathBuf {
+        self.modules.join(format!("{hash}.wasm"))
+    }
+
+    /// Stores a module's component under its hash (durably, via a temporary file and a
+    /// rename), unless it is there already.
+    pub fn store_module(&self, hash: &str, component: &[u8]) -> std::io::Result<()> {
+        let path = self.module_path(hash);
+        if path.exists() {
+            return Ok(());
+        }
+        let tmp = self.modules.join(format!(".{hash}.tmp"));
+        {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(component)?;
+            file.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&self.modules)?.sync_all()
+    }
+
+    /// Reads a stored module.
+    pub fn read_module(&self, hash: &str) -> std::io::Result<Vec<u8>> {
+        std::fs::read(self.module_path(hash))
+    }
+}

@@ -1,0 +1,87 @@
+//! Prism assembled: the log, the engine, the registry and the HTTP API on one data dir.
+
+use crate::engine::Engine;
+use crate::http::{AppState, router};
+use crate::log::EventLog;
+use crate::projector::Registry;
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Where Prism keeps its files and where it listens.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The data dir: `log.redb`, `catalog.redb`, `modules/`, `projectors/`.
+    pub data_dir: PathBuf,
+    /// The address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+}
+
+/// A running Prism.
+pub struct Server {
+    addr: SocketAddr,
+    registry: Registry,
+    shutdown: oneshot::Sender<()>,
+    http: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Opens the data dir, starts every deployed projector from its checkpoint, and serves the
+    /// API.
+    pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
+        let data_dir = config.data_dir.clone();
+        let (log, registry) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
+            let log = EventLog::open(&data_dir.join("log.redb"))?;
+            let engine = Engine::new()
+                .map_err(|e| anyhow::anyhow!("starting the WebAssembly engine: {e:#}"))?;
+            let registry = Registry::open(&data_dir, engine, log.clone())?;
+            Ok((log, registry))
+        })
+        .await??;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let app = router(AppState {
+            log,
+            registry: registry.clone(),
+        });
+        let (shutdown, stopped) = oneshot::channel();
+        let http = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        tracing::info!(%addr, data_dir = %config.data_dir.display(), "prism is serving");
+        Ok(Server {
+            addr,
+            registry,
+            shutdown,
+            http,
+        })
+    }
+
+    /// The address the API listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The deployed projectors.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Stops serving, then stops every projector (each makes its view durable).
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(());
+        let _ = self.http.await;
+        let registry = self.registry;
+        let _ = tokio::task::spawn_blocking(move || registry.shutdown()).await;
+    }
+}

@@ -1,0 +1,355 @@
+//! A projector's own redb file (`view.redb`): its view table and its checkpoint.
+//!
+//! The checkpoint is the position of the last event the view reflects. A batch's view writes
+//! and its new checkpoint commit in **one** write transaction ([`ViewStore::commit`]), so a crash
+//! can never leave them apart: after a restart the projector continues exactly after the
+//! checkpoint, and no event is applied twice or skipped.
+//!
+//! Durability: a view is derivable from the log, so most commits are not `fsync`ed
+//! (`Durability::None`): a crash rolls the file back to its last durable commit — an older
+//! view with its matching, older checkpoint — and the projector re-applies the events after it.
+//! The runner makes a durable commit at most every [`DURABLE_INTERVAL`] and when it stops, which
+//! bounds the replay after a crash without paying an `fsync` per batch.
+
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::time::Duration;
+
+/// The view: key → value (JSON bytes when the projector used the SDK's typed helpers).
+const VIEW: TableDefinition<&str, &[u8]> = TableDefinition::new("view");
+
+/// Bookkeeping: `checkpoint` → position.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const CHECKPOINT: &str = "checkpoint";
+
+/// How often a running projector makes a durable commit.
+pub const DURABLE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why a view store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file could not be opened or is damaged.
+    #[error("cannot open the view file {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: redb::Error,
+    },
+    /// redb failed to read or write.
+    #[error("view storage failed: {0}")]
+    Storage(#[from] redb::Error),
+}
+
+/// Uncommitted writes of one batch: key → new value, or `None` for a deletion.
+pub type Overlay = BTreeMap<String, Option<Vec<u8>>>;
+
+/// One projector's view and checkpoint.
+pub struct ViewStore {
+    db: Database,
+}
+
+impl ViewStore {
+    /// Opens (or creates) the view file at `path`.
+    pub fn open(path: &Path) -> Result<ViewStore, StoreError> {
+        let fail = |source: redb::Error| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| fail(e.into()))?;
+        }
+        let db = Database::create(path).map_err(|e| fail(e.into()))?;
+        let txn = db.begin_write().map_err(|e| fail(e.into()))?;
+        txn.open_table(VIEW).map_err(|e| fail(e.into()))?;
+        txn.open_table(META).map_err(|e| fail(e.into()))?;
+        txn.commit().map_err(|e| fail(e.into()))?;
+        Ok(ViewStore { db })
+    }
+
+    /// The position of the last event the view reflects (0: none yet).
+    pub fn checkpoint(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let meta = txn.open_table(META).map_err(redb::Error::from)?;
+        Ok(meta
+            .get(CHECKPOINT)
+            .map_err(redb::Error::from)?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// A consistent snapshot of the committed view and its checkpoint.
+    pub fn snapshot(&self) -> Result<ViewSnapshot, StoreError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let view = txn.open_table(VIEW).map_err(redb::Error::from)?;
+        let meta = txn.open_table(META).map_err(redb::Error::from)?;
+        let checkpoint = meta
+            .get(CHECKPOINT)
+            .map_err(redb::Error::from)?
+            .map_or(0, |v| v.value());
+        Ok(ViewSnapshot { view, checkpoint })
+    }
+
+    /// Writes a batch's overlay and its new checkpoint in one transaction; `durable` asks for
+    /// an `fsync`ed commit (see the module docs).
+    pub fn commit(
+        &self,
+        overlay: &Overlay,
+        checkpoint: u64,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(redb::Error::from)?;
+        if !durable {
+            txn.set_durability(Durability::None)
+                .expect("no persistent savepoints are used");
+        }
+        {
+            let mut view = txn.open_table(VIEW).map_err(redb::Error::from)?;
+            for (key, value) in overlay {
+                match value {
+                    Some(value) => view.insert(key.as_str(), value.as_slice()),
+                    None => view.remove(key.as_str()).map(|_| None),
+                }
+                .map_err(redb::Error::from)?;
+            }
+            let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
+            meta.insert(CHECKPOINT, checkpoint)
+                .map_err(redb::Error::from)?;
+        }
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// Makes every earlier commit durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+}
+
+/// A read-only, consistent view of a committed view and its checkpoint.
+pub struct ViewSnapshot {
+    view: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    checkpoint: u64,
+}
+
+/// One entry of a scan.
+pub type Entry = (String, Vec<u8>);
+
+impl ViewSnapshot {
+    /// The position of the last event this snapshot reflects.
+    pub fn checkpoint(&self) -> u64 {
+        self.checkpoint
+    }
+
+    /// The value under `key`.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .view
+            .get(key)
+            .map_err(redb::Error::from)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// Up to `limit` entries whose key starts with `prefix`, in key order, after `after`.
+    pub fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let start = scan_start(prefix, after);
+        let mut out = Vec::new();
+        for row in self
+            .view
+            .range::<&str>((bound(&start), Bound::Unbounded))
+            .map_err(redb::Error::from)?
+        {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = row.map_err(redb::Error::from)?;
+            if !key.value().starts_with(prefix) {
+                break;
+            }
+            out.push((key.value().to_string(), value.value().to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+/// Where a scan starts: after `after` when it lies within the prefix's range, else at `prefix`.
+enum Start<'a> {
+    Including(&'a str),
+    Excluding(&'a str),
+}
+
+fn scan_start<'a>(prefix: &'a str, after: Option<&'a str>) -> Start<'a> {
+    match after {
+        Some(after) if after >= prefix => Start::Excluding(after),
+        _ => Start::Including(prefix),
+    }
+}
+
+fn bound<'a>(start: &Start<'a>) -> Bound<&'a str> {
+    match *start {
+        Start::Including(k) => Bound::Included(k),
+        Start::Excluding(k) => Bound::Excluded(k),
+    }
+}
+
+/// A batch in progress: reads see the batch's own writes over the committed snapshot.
+pub struct BatchView {
+    base: ViewSnapshot,
+    overlay: Overlay,
+}
+
+impl BatchView {
+    /// Starts a batch over `base`.
+    pub fn new(base: ViewSnapshot) -> Self {
+        BatchView {
+            base,
+            overlay: Overlay::new(),
+        }
+    }
+
+    /// The value under `key`, as this batch sees it.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.overlay.get(key) {
+            Some(value) => Ok(value.clone()),
+            None => self.base.get(key),
+        }
+    }
+
+    /// Stores `value` under `key` (in the batch).
+    pub fn put(&mut self, key: String, value: Vec<u8>) {
+        self.overlay.insert(key, Some(value));
+    }
+
+    /// Deletes `key` (in the batch).
+    pub fn delete(&mut self, key: String) {
+        self.overlay.insert(key, None);
+    }
+
+    /// A scan of the view as this batch sees it: committed entries merged with the batch's
+    /// writes.
+    pub fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        // Committed entries first; the batch's deletions may hide some, so read enough extra.
+        let hidden = self.overlay.values().filter(|v| v.is_none()).count();
+        let committed = self
+            .base
+            .scan(prefix, after, limit.saturating_add(hidden))?;
+        let start = scan_start(prefix, after);
+        let pending = self
+            .overlay
+            .range::<str, _>((bound(&start), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix));
+        let mut merged: BTreeMap<&str, Option<&[u8]>> = committed
+            .iter()
+            .map(|(k, v)| (k.as_str(), Some(v.as_slice())))
+            .collect();
+        for (key, value) in pending {
+            merged.insert(key, value.as_deref());
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_string(), v.to_vec())))
+            .take(limit)
+            .collect())
+    }
+
+    /// The batch's writes, to commit.
+    pub fn into_overlay(self) -> Overlay {
+        self.overlay
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, ViewStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ViewStore::open(&dir.path().join("view.redb")).unwrap();
+        (dir, store)
+    }
+
+    fn overlay(entries: &[(&str, Option<&str>)]) -> Overlay {
+        entries
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(|v| v.as_bytes().to_vec())))
+            .collect()
+    }
+
+    #[test]
+    fn view_writes_and_checkpoint_commit_together() {
+        let (_dir, store) = store();
+        assert_eq!(store.checkpoint().unwrap(), 0);
+        store
+            .commit(&overlay(&[("a", Some("1")), ("b", Some("2"))]), 7, false)
+            .unwrap();
+        store.commit(&overlay(&[("a", None)]), 9, true).unwrap();
+        let snap = store.snapshot().unwrap();
+        assert_eq!(snap.checkpoint(), 9);
+        assert_eq!(snap.get("a").unwrap(), None);
+        assert_eq!(snap.get("b").unwrap(), Some(b"2".to_vec()));
+    }
+
+    #[test]
+    fn scans_are_ordered_prefixed_and_paged() {
+        let (_dir, store) = store();
+        let entries: Vec<_> = ["a/1", "a/2", "a/3", "b/1", "a"]
+            .iter()
+            .map(|k| (*k, Some("v")))
+            .collect();
+        store.commit(&overlay(&entries), 1, false).unwrap();
+        let snap = store.snapshot().unwrap();
+        let keys = |v: Vec<Entry>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(
+            keys(snap.scan("a/", None, 10).unwrap()),
+            ["a/1", "a/2", "a/3"]
+        );
+        assert_eq!(keys(snap.scan("a/", None, 2).unwrap()), ["a/1", "a/2"]);
+        assert_eq!(keys(snap.scan("a/", Some("a/2"), 10).unwrap()), ["a/3"]);
+        assert_eq!(keys(snap.scan("", Some("a/3"), 10).unwrap()), ["b/1"]);
+        assert_eq!(
+            keys(snap.scan("c", None, 10).unwrap()),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn a_batch_reads_its_own_writes_and_scans_merge_them() {
+        let (_dir, store) = store();
+        store
+            .commit(
+                &overlay(&[("k/1", Some("old")), ("k/2", Some("x")), ("k/4", Some("y"))]),
+                1,
+                false,
+            )
+            .unwrap();
+        let mut batch = BatchView::new(store.snapshot().unwrap());
+        batch.put("k/1".into(), b"new".to_vec());
+        batch.delete("k/2".into());
+        batch.put("k/3".into(), b"z".to_vec());
+        assert_eq!(batch.get("k/1").unwrap(), Some(b"new".to_vec()));
+        assert_eq!(batch.get("k/2").unwrap(), None);
+        let scanned = batch.scan("k/", None, 10).unwrap();
+        let keys: Vec<_> = scanned.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["k/1", "k/3", "k/4"]);
+        assert_eq!(scanned[0].1, b"new");
+        assert_eq!(batch.scan("k/", None, 2).unwrap().len(), 2);
+        // Nothing is visible outside the batch until it commits.
+        assert_eq!(
+            store.snapshot().unwrap().get("k/1").unwrap(),
+            Some(b"old".to_vec())
+        );
+    }
+}

@@ -1,0 +1,320 @@
+//! Shared by the integration tests: a real Prism on a real socket, a client, and a known
+//! event history with the exact views the example projectors must derive from it.
+#![allow(dead_code)]
+
+use prism::server::{Server, ServerConfig};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub use prism_test_artifacts as artifacts;
+
+/// Starts Prism on `127.0.0.1:0` over `data_dir`.
+pub async fn start(data_dir: &Path) -> (Server, Client) {
+    let server = Server::start(ServerConfig {
+        data_dir: data_dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+    })
+    .await
+    .expect("prism starts");
+    let client = Client {
+        base: format!("http://{}", server.addr()),
+        http: reqwest::Client::new(),
+    };
+    (server, client)
+}
+
+/// A small client for Prism's HTTP API.
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+/// A reply: status and JSON body (Null when the body is not JSON).
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Client {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn reply(response: reqwest::Response) -> Reply {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.unwrap();
+        Reply {
+            status,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            headers,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        Self::reply(self.http.get(self.url(path)).send().await.unwrap()).await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Reply {
+        Self::reply(
+            self.http
+                .post(self.url(path))
+                .body(body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn put_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Reply {
+        Self::reply(
+            self.http
+                .put(self.url(path))
+                .body(body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// Appends `events` (JSON array) to `stream`; panics unless it is acknowledged.
+    pub async fn append(&self, stream: &str, events: Value) -> Value {
+        let reply = self
+            .post_raw(&format!("/streams/{stream}/events"), events.to_string())
+            .await;
+        assert_eq!(reply.status, 201, "append to {stream}: {}", reply.body);
+        reply.body
+    }
+
+    /// Deploys a `.wasm` file; panics unless it is accepted.
+    pub async fn deploy(&self, name: &str, wasm_path: &str) -> Value {
+        let reply = self
+            .put_raw(&format!("/projectors/{name}"), artifacts::read(wasm_path))
+            .await;
+        assert!(
+            reply.status == 200 || reply.status == 201,
+            "deploy {name}: {} {}",
+            reply.status,
+            reply.body
+        );
+        reply.body
+    }
+
+    /// Waits until projector `name` has applied the whole log; returns its status.
+    pub async fn wait_caught_up(&self, name: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let reply = self.get(&format!("/projectors/{name}")).await;
+            assert_eq!(reply.status, 200, "status of {name}: {}", reply.body);
+            let status = reply.body;
+            assert_ne!(status["state"], "faulted", "{name} faulted: {status}");
+            if status["lag"] == 0 && status["state"] == "live" {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not catch up: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The value under `key` in `name`'s view (Null when missing).
+    pub async fn view(&self, name: &str, key: &str) -> Value {
+        let reply = self.get(&format!("/projectors/{name}/view/{key}")).await;
+        match reply.status {
+            200 => reply.body,
+            404 => Value::Null,
+            s => panic!("view {name}/{key}: {s} {}", reply.body),
+        }
+    }
+
+    /// The whole view of `name`, paging through scans: key → value.
+    pub async fn whole_view(&self, name: &str) -> serde_json::Map<String, Value> {
+        let mut out = serde_json::Map::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut path = format!("/projectors/{name}/view?limit=7");
+            if let Some(a) = &after {
+                path.push_str(&format!("&after={}", urlencode(a)));
+            }
+            let reply = self.get(&path).await;
+            assert_eq!(reply.status, 200, "scan {name}: {}", reply.body);
+            for item in reply.body["items"].as_array().unwrap() {
+                out.insert(item["key"].as_str().unwrap().into(), item["value"].clone());
+            }
+            match reply.body["next"].as_str() {
+                Some(next) => after = Some(next.to_string()),
+                None => return out,
+            }
+        }
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The example projectors, by deployment name and artifact.
+pub fn examples() -> [(&'static str, &'static str); 3] {
+    [
+        ("event-counter", artifacts::EVENT_COUNTER),
+        ("order-totals", artifacts::ORDER_TOTALS),
+        ("account-balances", artifacts::ACCOUNT_BALANCES),
+    ]
+}
+
+/// A history of orders and accounts that exercises every rule of the examples:
+/// (stream, events).
+pub fn history() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "order-o1",
+            json!([{"type": "OrderPlaced", "data": {"order_id": "o1", "customer": "c1", "total_cents": 1000}}]),
+        ),
+        (
+            "account-a1",
+            json!([{"type": "AccountOpened", "data": {"account": "a1", "owner": "Ada"}}]),
+        ),
+        (
+            "order-o2",
+            json!([
+                {"type": "OrderPlaced", "data": {"order_id": "o2", "customer": "c1", "total_cents": 2500}, "metadata": {"user": "u7"}},
+            ]),
+        ),
+        (
+            "account-a2",
+            json!([{"type": "AccountOpened", "data": {"account": "a2", "owner": "Bob"}}]),
+        ),
+        (
+            "order-o3",
+            json!([{"type": "OrderPlaced", "data": {"order_id": "o3", "customer": "c2", "total_cents": 700}}]),
+        ),
+        (
+            "account-a1",
+            json!([
+                {"type": "Deposited", "data": {"account": "a1", "amount": 1000}},
+                {"type": "Withdrawn", "data": {"account": "a1", "amount": 300}},
+                {"type": "TransferMade", "data": {"from": "a1", "to": "a2", "amount": 200}},
+            ]),
+        ),
+        // Cancelled twice: the second must not change the totals.
+        (
+            "order-o2",
+            json!([
+                {"type": "OrderCancelled", "data": {"order_id": "o2"}},
+                {"type": "OrderCancelled", "data": {"order_id": "o2"}},
+            ]),
+        ),
+        // Overdrafts are rejected and counted.
+        (
+            "account-a2",
+            json!([{"type": "Withdrawn", "data": {"account": "a2", "amount": 500}}]),
+        ),
+        (
+            "account-a1",
+            json!([{"type": "TransferMade", "data": {"from": "a1", "to": "a2", "amount": 600}}]),
+        ),
+        // Never placed; placed twice; an unknown account.
+        (
+            "order-o9",
+            json!([{"type": "OrderCancelled", "data": {"order_id": "o9"}}]),
+        ),
+        (
+            "order-o1",
+            json!([{"type": "OrderPlaced", "data": {"order_id": "o1", "customer": "c1", "total_cents": 1000}}]),
+        ),
+        (
+            "account-a3",
+            json!([{"type": "Deposited", "data": {"account": "a3", "amount": 50}}]),
+        ),
+    ]
+}
+
+/// Appends [`history`]; returns the log head after it.
+pub async fn append_history(client: &Client) -> u64 {
+    let mut last = 0;
+    for (stream, events) in history() {
+        last = client.append(stream, events).await["last_position"]
+            .as_u64()
+            .unwrap();
+    }
+    last
+}
+
+/// The exact, whole views the examples derive from [`history`]: (projector, key, value).
+pub fn expected_views() -> Vec<(&'static str, &'static str, Value)> {
+    vec![
+        ("event-counter", "total", json!(15)),
+        ("event-counter", "type/OrderPlaced", json!(4)),
+        ("event-counter", "type/OrderCancelled", json!(3)),
+        ("event-counter", "type/AccountOpened", json!(2)),
+        ("event-counter", "type/Deposited", json!(2)),
+        ("event-counter", "type/Withdrawn", json!(2)),
+        ("event-counter", "type/TransferMade", json!(2)),
+        ("event-counter", "category/order", json!(7)),
+        ("event-counter", "category/account", json!(8)),
+        (
+            "order-totals",
+            "customer/c1",
+            json!({"orders": 1, "total_cents": 1000, "cancelled": 1}),
+        ),
+        (
+            "order-totals",
+            "customer/c2",
+            json!({"orders": 1, "total_cents": 700, "cancelled": 0}),
+        ),
+        (
+            "order-totals",
+            "order/o1",
+            json!({"customer": "c1", "total_cents": 1000, "cancelled": false}),
+        ),
+        (
+            "order-totals",
+            "order/o2",
+            json!({"customer": "c1", "total_cents": 2500, "cancelled": true}),
+        ),
+        (
+            "order-totals",
+            "order/o3",
+            json!({"customer": "c2", "total_cents": 700, "cancelled": false}),
+        ),
+        ("order-totals", "stats", json!({"ignored": 3})),
+        (
+            "account-balances",
+            "account/a1",
+            json!({"owner": "Ada", "balance": 500, "rejected_overdrafts": 1}),
+        ),
+        (
+            "account-balances",
+            "account/a2",
+            json!({"owner": "Bob", "balance": 200, "rejected_overdrafts": 1}),
+        ),
+        (
+            "account-balances",
+            "stats",
+            json!({"rejected_overdrafts": 2, "ignored": 1}),
+        ),
+    ]
+}
+
+/// The whole expected view of one example projector.
+pub fn expected_view(projector: &str) -> serde_json::Map<String, Value> {
+    expected_views()
+        .into_iter()
+        .filter(|(p, _, _)| *p == projector)
+        .map(|(_, k, v)| (k.to_string(), v))
+        .collect()
+}
