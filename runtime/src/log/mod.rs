@@ -145,12 +145,28 @@ struct AppendRequest {
     reply: oneshot::Sender<Result<Appended, AppendError>>,
 }
 
-/// The event log. Cheap to clone; all clones share one database and one writer.
+/// The event log. Cheap to clone; all clones share one database and one writer. When the last
+/// clone is dropped, the writer finishes its pending appends and the file is closed.
 #[derive(Clone)]
 pub struct EventLog {
     db: Arc<Database>,
-    writer: mpsc::Sender<AppendRequest>,
+    writer: Arc<Writer>,
     head: watch::Receiver<u64>,
+}
+
+/// The writer thread's queue; dropping it closes the queue and waits for the thread.
+struct Writer {
+    queue: Option<mpsc::Sender<AppendRequest>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl EventLog {
@@ -164,15 +180,18 @@ impl EventLog {
         let head = init_tables(&db).map_err(fail)?;
         let db = Arc::new(db);
         let (head_tx, head_rx) = watch::channel(head);
-        let (writer, requests) = mpsc::channel();
+        let (queue, requests) = mpsc::channel();
         let writer_db = db.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("prism-log-writer".into())
             .spawn(move || write_loop(&writer_db, requests, head_tx, head))
             .expect("spawning the log writer thread");
         Ok(EventLog {
             db,
-            writer,
+            writer: Arc::new(Writer {
+                queue: Some(queue),
+                thread: Some(thread),
+            }),
             head: head_rx,
         })
     }
@@ -187,6 +206,9 @@ impl EventLog {
         validate(stream, &events)?;
         let (reply, answer) = oneshot::channel();
         self.writer
+            .queue
+            .as_ref()
+            .expect("the queue lives as long as the log")
             .send(AppendRequest {
                 stream: stream.to_string(),
                 expected,
