@@ -14,6 +14,7 @@ fn main() -> anyhow::Result<()> {
     let guests = root.join("example-projectors");
     watch(&root, &guests);
 
+    println!("cargo:rerun-if-env-changed=PRISM_WASM_TOOLCHAIN");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let toolchain = prism_toolchain::Toolchain::find()?;
     let artifacts =

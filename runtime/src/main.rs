@@ -272,8 +272,8 @@ async fn ls(url: &str) -> Result<()> {
             p["name"].as_str().unwrap_or(""),
             p["state"].as_str().unwrap_or(""),
             &module[..module.len().min(12)],
-            p["checkpoint"],
-            p["lag"],
+            p["checkpoint"].as_u64().unwrap_or_default(),
+            p["lag"].as_u64().unwrap_or_default(),
             p["error"]["message"].as_str().unwrap_or(""),
         );
     }

@@ -12,6 +12,9 @@
 //!    `RUSTC_BOOTSTRAP=1 -Zbuild-std=std,panic_abort`, linked by `wasm-ld`. When the packages are
 //!    missing and we run as root with apt, they are installed.
 //! 3. Otherwise it fails with a message saying exactly what to install.
+//!
+//! `PRISM_WASM_TOOLCHAIN=rustup` or `=debian` forces one route (to test it, or to skip the
+//! `rustup target add` attempt on machines where it hangs).
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -53,6 +56,19 @@ pub struct Artifact {
 impl Toolchain {
     /// Finds a route, installing what it can (see the crate docs). Progress goes to stderr.
     pub fn find() -> Result<Toolchain> {
+        match std::env::var("PRISM_WASM_TOOLCHAIN").as_deref() {
+            Ok("rustup") if rustup_has_target() => return Ok(Toolchain::Rustup),
+            Ok("rustup") => bail!("PRISM_WASM_TOOLCHAIN=rustup, but rustup has no {TARGET} target"),
+            Ok("debian") => {
+                return debian_route().or_else(install_debian_route).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "PRISM_WASM_TOOLCHAIN=debian, but {} are not installed",
+                        DEBIAN_PACKAGES.join(" ")
+                    )
+                });
+            }
+            _ => {}
+        }
         if rustup_has_target() {
             return Ok(Toolchain::Rustup);
         }
@@ -67,33 +83,8 @@ impl Toolchain {
                 return Ok(Toolchain::Rustup);
             }
         }
-        if let Some(found) = debian_route() {
+        if let Some(found) = debian_route().or_else(install_debian_route) {
             return Ok(found);
-        }
-        if is_root() && which("apt-get").is_some() {
-            eprintln!(
-                "prism-toolchain: installing Debian's {} with apt-get",
-                DEBIAN_PACKAGES.join(" ")
-            );
-            let install = || {
-                Command::new("apt-get")
-                    .args(["install", "-y", "-q"])
-                    .args(DEBIAN_PACKAGES)
-                    .env("DEBIAN_FRONTEND", "noninteractive")
-                    .stdout(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-            };
-            if !install() {
-                let _ = Command::new("apt-get")
-                    .args(["update", "-q"])
-                    .stdout(Stdio::null())
-                    .status();
-                install();
-            }
-            if let Some(found) = debian_route() {
-                return Ok(found);
-            }
         }
         bail!(
             "no Rust toolchain for {TARGET} found. Install one of:\n  \
@@ -204,6 +195,35 @@ fn debian_route() -> Option<Toolchain> {
     let std_sources = sysroot.join("lib/rustlib/src/rust/library/std");
     (cargo.exists() && std_sources.exists() && which("wasm-ld").is_some())
         .then_some(Toolchain::DebianBuildStd { cargo, rustc })
+}
+
+/// Installs Debian's route with apt-get when we are root, and returns it if that worked.
+fn install_debian_route() -> Option<Toolchain> {
+    if !is_root() || which("apt-get").is_none() {
+        return None;
+    }
+    eprintln!(
+        "prism-toolchain: installing Debian's {} with apt-get",
+        DEBIAN_PACKAGES.join(" ")
+    );
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-q"])
+            .args(DEBIAN_PACKAGES)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !install() {
+        // The package lists may be missing or stale on a fresh machine.
+        let _ = Command::new("apt-get")
+            .args(["update", "-q"])
+            .stdout(Stdio::null())
+            .status();
+        install();
+    }
+    debian_route()
 }
 
 /// Removes what an enclosing cargo (running a build script) put in the environment, which

@@ -1,1 +1,199 @@
-fn main() {}
+//! Project tasks: `cargo xtask <task>` (the cargo-xtask convention).
+//!
+//! - `build-guests`: build the example projectors to components in `target/projectors/`.
+//! - `demo`: build everything, start Prism, deploy the examples, append a sample history, and
+//!   keep serving (the README's main-job command).
+//! - `ci`: what CI runs: format check, clippy, the whole test suite.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the example projectors to deployable components.
+    BuildGuests {
+        /// Where to write `<name>.wasm`.
+        #[arg(long, default_value = "target/projectors")]
+        out: PathBuf,
+    },
+    /// Start Prism with the example projectors and a sample history, and keep serving.
+    Demo {
+        #[arg(long, default_value = "prism-data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: String,
+    },
+    /// Format check, clippy, and the whole test suite.
+    Ci,
+}
+
+fn main() -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    match Cli::parse().task {
+        Task::BuildGuests { out } => {
+            build_guests(&root, &root.join(out))?;
+            Ok(())
+        }
+        Task::Demo { data_dir, listen } => demo(&root, &data_dir, &listen),
+        Task::Ci => {
+            cargo(&root, &["fmt", "--all", "--", "--check"])?;
+            cargo(&root, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+            cargo(&root, &["test", "--workspace"])
+        }
+    }
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(env!("CARGO")).args(args).current_dir(root).status()?;
+    if !status.success() {
+        bail!("cargo {} failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Builds the example projectors and writes their components to `out`.
+fn build_guests(root: &Path, out: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let toolchain = prism_toolchain::Toolchain::find()?;
+    eprintln!("xtask: building the example projectors with {toolchain:?}");
+    let guests = root.join("example-projectors");
+    let artifacts =
+        prism_toolchain::build_workspace(&toolchain, &guests, &guests.join("target"), &[])?;
+    std::fs::create_dir_all(out)?;
+    let mut built = Vec::new();
+    for artifact in artifacts {
+        let core = std::fs::read(&artifact.core_module)?;
+        let path = out.join(format!("{}.wasm", artifact.name));
+        std::fs::write(&path, prism_toolchain::componentize(&core)?)?;
+        eprintln!("xtask: {}", path.display());
+        built.push((artifact.name, path));
+    }
+    Ok(built)
+}
+
+fn demo(root: &Path, data_dir: &Path, listen: &str) -> Result<()> {
+    let guests = build_guests(root, &root.join("target/projectors"))?;
+    cargo(root, &["build", "--release", "--package", "prism-runtime", "--bin", "prism"])?;
+    let mut prism = Command::new(root.join("target/release/prism"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--listen")
+        .arg(listen)
+        .spawn()
+        .context("starting prism")?;
+    let result = seed(&mut prism, &format!("http://{listen}"), &guests);
+    if let Err(e) = result {
+        let _ = prism.kill();
+        return Err(e);
+    }
+    let status = prism.wait()?;
+    if !status.success() {
+        bail!("prism exited with {status}");
+    }
+    Ok(())
+}
+
+/// Waits for Prism, deploys the examples, appends the sample history once, and says where to look.
+fn seed(prism: &mut Child, url: &str, guests: &[(String, PathBuf)]) -> Result<()> {
+    let http = reqwest::blocking::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(format!("{url}/health")).send().is_err() {
+        if let Some(status) = prism.try_wait()? {
+            bail!("prism exited with {status}");
+        }
+        if Instant::now() > deadline {
+            bail!("prism did not answer on {url} within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (name, path) in guests {
+        let reply = http
+            .put(format!("{url}/projectors/{name}"))
+            .body(std::fs::read(path)?)
+            .send()?;
+        let status = reply.status();
+        let body: Value = reply.json()?;
+        if !status.is_success() {
+            bail!("deploying {name}: {status} {body}");
+        }
+        eprintln!("xtask: deployed {name} ({}, {})", body["mode"], body["module"]);
+    }
+    let head = http.get(format!("{url}/projectors")).send()?.json::<Value>()?["head"].as_u64();
+    if head == Some(0) {
+        let mut appended = 0;
+        for (stream, events) in sample_history() {
+            let reply = http
+                .post(format!("{url}/streams/{stream}/events"))
+                .json(&events)
+                .send()?;
+            if !reply.status().is_success() {
+                bail!("appending to {stream}: {}", reply.text()?);
+            }
+            appended += events.as_array().map_or(0, Vec::len);
+        }
+        eprintln!("xtask: appended {appended} sample events");
+    }
+    println!(
+        "\nPrism is serving on {url} (data in the data dir; Ctrl-C stops it). Try:\n\
+         \x20 curl {url}/projectors\n\
+         \x20 curl {url}/projectors/event-counter/view/total\n\
+         \x20 curl '{url}/projectors/event-counter/view?prefix=type/'\n\
+         \x20 curl {url}/projectors/order-totals/view/customer/c-3\n\
+         \x20 curl {url}/projectors/account-balances/view/account/a-1\n\
+         \x20 curl {url}/streams/order-7\n\
+         \x20 cargo run -p prism-runtime -- append order-999 --type OrderPlaced \\\n\
+         \x20     --data '{{\"order_id\":\"o-999\",\"customer\":\"c-3\",\"total_cents\":4200}}'\n"
+    );
+    Ok(())
+}
+
+/// A deterministic sample: 60 orders of 8 customers (some cancelled), 6 accounts with
+/// deposits, withdrawals and transfers (some overdrawn).
+fn sample_history() -> Vec<(String, Value)> {
+    let mut history = Vec::new();
+    for i in 0..60u64 {
+        let customer = format!("c-{}", i % 8);
+        let total_cents = 500 + (i * 7919) % 9000;
+        history.push((
+            format!("order-{i}"),
+            json!([{"type": "OrderPlaced", "data": {"order_id": format!("o-{i}"), "customer": customer, "total_cents": total_cents}}]),
+        ));
+        if i % 5 == 0 {
+            history.push((
+                format!("order-{i}"),
+                json!([{"type": "OrderCancelled", "data": {"order_id": format!("o-{i}")}}]),
+            ));
+        }
+    }
+    for a in 0..6u64 {
+        history.push((
+            format!("account-a-{a}"),
+            json!([
+                {"type": "AccountOpened", "data": {"account": format!("a-{a}"), "owner": format!("owner {a}")}},
+                {"type": "Deposited", "data": {"account": format!("a-{a}"), "amount": 1000 * (a + 1)}},
+            ]),
+        ));
+    }
+    for t in 0..20u64 {
+        let (from, to) = (t % 6, (t + 1) % 6);
+        history.push((
+            format!("account-a-{from}"),
+            json!([
+                {"type": "TransferMade", "data": {"from": format!("a-{from}"), "to": format!("a-{to}"), "amount": 150 * (t + 1)}},
+                {"type": "Withdrawn", "data": {"account": format!("a-{to}"), "amount": 100}},
+            ]),
+        ));
+    }
+    history
+}

@@ -11,7 +11,11 @@ mod runner;
 
 pub use registry::{DeployError, DeployMode, Deployed, ProjectorHandle, Registry, RegistryError};
 
+use crate::engine::Instance;
+use crate::log::EventLog;
+use crate::store::ViewStore;
 use serde::Serialize;
+use std::sync::{Arc, Mutex};
 
 /// Which events a projector receives. Prism filters before calling into Wasm.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -75,4 +79,25 @@ pub struct Status {
     /// Why the projector is faulted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<Fault>,
+}
+
+/// Runs `instance` over `log` into `store` on the calling thread, from the store's checkpoint
+/// up to the log's head, exactly as a deployed projector would; returns the final status
+/// (`live` when it caught up, `faulted` otherwise). For replays, local runs and benchmarks.
+pub fn catch_up(name: &str, instance: Instance, log: &EventLog, store: Arc<ViewStore>) -> Status {
+    let runner = runner::Runner {
+        name: name.to_string(),
+        until_head: true,
+        module_hash: String::new(),
+        log: log.clone(),
+        store,
+        status: Arc::new(Mutex::new(Status {
+            state: State::Starting,
+            checkpoint: 0,
+            events_applied: 0,
+            error: None,
+        })),
+        stop: tokio::sync::watch::channel(false).1,
+    };
+    runner.run(instance)
 }

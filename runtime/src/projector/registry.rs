@@ -303,6 +303,7 @@ impl Registry {
         let descriptor = Some(instance.descriptor().clone());
         let runner = Runner {
             name: name.to_string(),
+            until_head: false,
             module_hash: module.hash.clone(),
             log: self.inner.log.clone(),
             store: store.clone(),
@@ -311,7 +312,9 @@ impl Registry {
         };
         let thread = std::thread::Builder::new()
             .name(format!("prism-{name}"))
-            .spawn(move || runner.run(instance))
+            .spawn(move || {
+                runner.run(instance);
+            })
             .expect("spawning a projector thread");
         Arc::new(ProjectorHandle {
             name: name.to_string(),

@@ -18,6 +18,8 @@ pub const MAX_BATCH_BYTES: usize = 4 << 20;
 /// Everything a runner needs besides its instance; it borrows nothing.
 pub struct Runner {
     pub name: String,
+    /// Return once the log's head is reached instead of waiting for more.
+    pub until_head: bool,
     pub module_hash: String,
     pub log: EventLog,
     pub store: Arc<ViewStore>,
@@ -26,9 +28,10 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// Runs `instance` until stopped or faulted, then makes the view durable.
-    pub fn run(mut self, instance: Instance) {
-        let span = tracing::info_span!("projector", projector = %self.name, module = %&self.module_hash[..12]);
+    /// Runs `instance` until stopped or faulted (or, with `until_head`, caught up), then makes
+    /// the view durable. Returns the final status.
+    pub fn run(mut self, instance: Instance) -> Status {
+        let span = tracing::info_span!("projector", projector = %self.name, module = self.module_hash.get(..12).unwrap_or_default());
         let _entered = span.enter();
         if let Err(fault) = self.follow(instance) {
             tracing::error!(error = %fault.message, position = fault.position, "projector faulted");
@@ -41,10 +44,11 @@ impl Runner {
             tracing::error!(error = %e, "flushing the view failed");
         }
         self.set(|s| {
-            if s.state != State::Faulted {
+            if s.state != State::Faulted && !self.until_head {
                 s.state = State::Stopped;
             }
         });
+        self.status.lock().expect("status lock").clone()
     }
 
     fn set(&self, f: impl FnOnce(&mut Status)) {
@@ -74,7 +78,7 @@ impl Runner {
                 .map_err(|e| fault(e.to_string()))?;
             let Some(last) = last else {
                 self.set(|s| s.state = State::Live);
-                if !self.wait_for_events(&mut head, checkpoint) {
+                if self.until_head || !self.wait_for_events(&mut head, checkpoint) {
                     break;
                 }
                 continue;
