@@ -29,12 +29,18 @@ fn event(i: u64) -> (String, NewEvent) {
         0 => (
             format!("order-{n}"),
             "OrderPlaced",
-            format!(r#"{{"order_id":"o-{i}","customer":"c-{n}","total_cents":{},"note":"bench"}}"#, i % 997),
+            format!(
+                r#"{{"order_id":"o-{i}","customer":"c-{n}","total_cents":{},"note":"bench"}}"#,
+                i % 997
+            ),
         ),
         1 => (
             format!("account-{n}"),
             "Deposited",
-            format!(r#"{{"account":"a-{n}","amount":{},"reference":"ref-{i:012}","note":"x"}}"#, i % 991),
+            format!(
+                r#"{{"account":"a-{n}","amount":{},"reference":"ref-{i:012}","note":"x"}}"#,
+                i % 991
+            ),
         ),
         2 => (
             format!("account-{n}"),
@@ -44,7 +50,10 @@ fn event(i: u64) -> (String, NewEvent) {
         _ => (
             format!("order-{n}"),
             "OrderCancelled",
-            format!(r#"{{"order_id":"o-{}","reason":"customer changed their mind {i:08}"}}"#, i - 3),
+            format!(
+                r#"{{"order_id":"o-{}","reason":"customer changed their mind {i:08}"}}"#,
+                i - 3
+            ),
         ),
     };
     (
@@ -68,7 +77,9 @@ fn fill(log: &EventLog, n: u64) {
                 batch.push(event(i).1);
                 i += 1;
             }
-            log.append(&stream, ExpectedVersion::Any, batch).await.unwrap();
+            log.append(&stream, ExpectedVersion::Any, batch)
+                .await
+                .unwrap();
         }
     });
 }
@@ -100,7 +111,11 @@ fn replay(c: &mut Criterion) {
                     let start = Instant::now();
                     let status = catch_up(name, instance, &log, store);
                     total += start.elapsed();
-                    assert_eq!((status.state, status.checkpoint), (State::Live, n), "{status:?}");
+                    assert_eq!(
+                        (status.state, status.checkpoint),
+                        (State::Live, n),
+                        "{status:?}"
+                    );
                     std::fs::remove_file(view).unwrap();
                 }
                 total

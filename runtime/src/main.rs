@@ -262,8 +262,8 @@ async fn ls(url: &str) -> Result<()> {
     }
     let body: Value = reply.json().await?;
     println!(
-        "{:<24} {:<12} {:<14} {:>12} {:>10}  {}",
-        "NAME", "STATE", "MODULE", "CHECKPOINT", "LAG", "ERROR"
+        "{:<24} {:<12} {:<14} {:>12} {:>10}  ERROR",
+        "NAME", "STATE", "MODULE", "CHECKPOINT", "LAG"
     );
     for p in body["projectors"].as_array().into_iter().flatten() {
         let module = p["module"].as_str().unwrap_or("");

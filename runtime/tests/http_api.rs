@@ -14,31 +14,145 @@ async fn bad_requests_get_json_errors_and_change_nothing() {
         .await;
 
     let cases: Vec<(&str, &str, &str, Vec<u8>, u16)> = vec![
-        ("malformed JSON", "POST", "/streams/s-1/events", b"[{".to_vec(), 400),
-        ("not an array", "POST", "/streams/s-1/events", br#"{"type":"T","data":1}"#.to_vec(), 400),
-        ("missing type", "POST", "/streams/s-1/events", br#"[{"data":1}]"#.to_vec(), 400),
-        ("missing data", "POST", "/streams/s-1/events", br#"[{"type":"T"}]"#.to_vec(), 400),
-        ("metadata not an object", "POST", "/streams/s-1/events", br#"[{"type":"T","data":1,"metadata":[1]}]"#.to_vec(), 400),
-        ("empty batch", "POST", "/streams/s-1/events", b"[]".to_vec(), 400),
-        ("empty type", "POST", "/streams/s-1/events", br#"[{"type":"","data":1}]"#.to_vec(), 400),
-        ("bad expected version", "POST", "/streams/s-1/events?expected_version=x", br#"[{"type":"T","data":1}]"#.to_vec(), 400),
-        ("version conflict", "POST", "/streams/s-1/events?expected_version=0", br#"[{"type":"T","data":1},{"type":"T","data":2}]"#.to_vec(), 409),
-        ("append too large", "POST", "/streams/s-1/events", vec![b' '; prism::http::MAX_APPEND_BODY + 1], 413),
-        ("random bytes as a module", "PUT", "/projectors/p", b"definitely not wasm".to_vec(), 415),
-        ("core module without component type", "PUT", "/projectors/p", b"\0asm\x01\0\0\0".to_vec(), 422),
-        ("component of another world", "PUT", "/projectors/p", b"\0asm\x0d\0\x01\0".to_vec(), 422),
-        ("truncated component", "PUT", "/projectors/p", {
-            let wasm = common::artifacts::read(common::artifacts::EVENT_COUNTER);
-            wasm[..wasm.len() / 2].to_vec()
-        }, 422),
-        ("module too large", "PUT", "/projectors/p", vec![0; prism::http::MAX_MODULE_BODY + 1], 413),
-        ("bad projector name", "PUT", "/projectors/bad%20name", common::artifacts::read(common::artifacts::EVENT_COUNTER), 400),
+        (
+            "malformed JSON",
+            "POST",
+            "/streams/s-1/events",
+            b"[{".to_vec(),
+            400,
+        ),
+        (
+            "not an array",
+            "POST",
+            "/streams/s-1/events",
+            br#"{"type":"T","data":1}"#.to_vec(),
+            400,
+        ),
+        (
+            "missing type",
+            "POST",
+            "/streams/s-1/events",
+            br#"[{"data":1}]"#.to_vec(),
+            400,
+        ),
+        (
+            "missing data",
+            "POST",
+            "/streams/s-1/events",
+            br#"[{"type":"T"}]"#.to_vec(),
+            400,
+        ),
+        (
+            "metadata not an object",
+            "POST",
+            "/streams/s-1/events",
+            br#"[{"type":"T","data":1,"metadata":[1]}]"#.to_vec(),
+            400,
+        ),
+        (
+            "empty batch",
+            "POST",
+            "/streams/s-1/events",
+            b"[]".to_vec(),
+            400,
+        ),
+        (
+            "empty type",
+            "POST",
+            "/streams/s-1/events",
+            br#"[{"type":"","data":1}]"#.to_vec(),
+            400,
+        ),
+        (
+            "bad expected version",
+            "POST",
+            "/streams/s-1/events?expected_version=x",
+            br#"[{"type":"T","data":1}]"#.to_vec(),
+            400,
+        ),
+        (
+            "version conflict",
+            "POST",
+            "/streams/s-1/events?expected_version=0",
+            br#"[{"type":"T","data":1},{"type":"T","data":2}]"#.to_vec(),
+            409,
+        ),
+        (
+            "append too large",
+            "POST",
+            "/streams/s-1/events",
+            vec![b' '; prism::http::MAX_APPEND_BODY + 1],
+            413,
+        ),
+        (
+            "random bytes as a module",
+            "PUT",
+            "/projectors/p",
+            b"definitely not wasm".to_vec(),
+            415,
+        ),
+        (
+            "core module without component type",
+            "PUT",
+            "/projectors/p",
+            b"\0asm\x01\0\0\0".to_vec(),
+            422,
+        ),
+        (
+            "component of another world",
+            "PUT",
+            "/projectors/p",
+            b"\0asm\x0d\0\x01\0".to_vec(),
+            422,
+        ),
+        (
+            "truncated component",
+            "PUT",
+            "/projectors/p",
+            {
+                let wasm = common::artifacts::read(common::artifacts::EVENT_COUNTER);
+                wasm[..wasm.len() / 2].to_vec()
+            },
+            422,
+        ),
+        (
+            "module too large",
+            "PUT",
+            "/projectors/p",
+            vec![0; prism::http::MAX_MODULE_BODY + 1],
+            413,
+        ),
+        (
+            "bad projector name",
+            "PUT",
+            "/projectors/bad%20name",
+            common::artifacts::read(common::artifacts::EVENT_COUNTER),
+            400,
+        ),
         ("unknown stream", "GET", "/streams/nope", vec![], 404),
         ("unknown projector", "GET", "/projectors/nope", vec![], 404),
-        ("unknown projector view", "GET", "/projectors/nope/view/k", vec![], 404),
-        ("unknown projector scan", "GET", "/projectors/nope/view", vec![], 404),
+        (
+            "unknown projector view",
+            "GET",
+            "/projectors/nope/view/k",
+            vec![],
+            404,
+        ),
+        (
+            "unknown projector scan",
+            "GET",
+            "/projectors/nope/view",
+            vec![],
+            404,
+        ),
         ("unknown route", "GET", "/nowhere", vec![], 404),
-        ("read limit too large", "GET", "/streams/s-1?limit=100000", vec![], 400),
+        (
+            "read limit too large",
+            "GET",
+            "/streams/s-1?limit=100000",
+            vec![],
+            400,
+        ),
     ];
     for (what, method, path, body, status) in cases {
         let request = match method {
@@ -52,13 +166,18 @@ async fn bad_requests_get_json_errors_and_change_nothing() {
             .json()
             .await
             .unwrap_or_else(|e| panic!("{what}: the error body is not JSON: {e}"));
-        let message = body["error"].as_str().unwrap_or_else(|| panic!("{what}: {body}"));
+        let message = body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: {body}"));
         assert!(!message.is_empty(), "{what}");
     }
 
     // The conflict says what it found.
     let conflict = client
-        .post_raw("/streams/s-1/events?expected_version=5", r#"[{"type":"T","data":1}]"#)
+        .post_raw(
+            "/streams/s-1/events?expected_version=5",
+            r#"[{"type":"T","data":1}]"#,
+        )
         .await;
     assert_eq!(conflict.body["actual_version"], 1);
     assert_eq!(conflict.body["expected_version"], 5);
@@ -66,18 +185,33 @@ async fn bad_requests_get_json_errors_and_change_nothing() {
     // Nothing was persisted by any failed request.
     let stream = client.get("/streams/s-1").await.body;
     assert_eq!(stream["version"], 1);
-    assert_eq!(client.get("/projectors").await.body["projectors"], json!([]));
-    assert_eq!(std::fs::read_dir(dir.path().join("modules")).unwrap().count(), 0);
+    assert_eq!(
+        client.get("/projectors").await.body["projectors"],
+        json!([])
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("modules"))
+            .unwrap()
+            .count(),
+        0
+    );
 
     // Still serving: a good deploy and append work.
-    client.deploy("counter", common::artifacts::EVENT_COUNTER).await;
-    client.append("s-1", json!([{"type": "T", "data": 2}])).await;
+    client
+        .deploy("counter", common::artifacts::EVENT_COUNTER)
+        .await;
+    client
+        .append("s-1", json!([{"type": "T", "data": 2}]))
+        .await;
     client.wait_caught_up("counter").await;
     assert_eq!(client.view("counter", "total").await, json!(2));
 
     // Views: an unknown key is a 404 JSON error; a bad scan limit a 400.
     let missing = client.get("/projectors/counter/view/no-such-key").await;
-    assert_eq!((missing.status, missing.body["error"].is_string()), (404, true));
+    assert_eq!(
+        (missing.status, missing.body["error"].is_string()),
+        (404, true)
+    );
     let bad_limit = client.get("/projectors/counter/view?limit=0").await;
     assert_eq!(bad_limit.status, 400);
     server.stop().await;
@@ -87,12 +221,16 @@ async fn bad_requests_get_json_errors_and_change_nothing() {
 async fn a_redeploy_with_the_same_schema_continues_from_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let (server, client) = common::start(dir.path()).await;
-    client.deploy("orders", common::artifacts::ORDER_TOTALS).await;
+    client
+        .deploy("orders", common::artifacts::ORDER_TOTALS)
+        .await;
     common::append_history(&client).await;
     client.wait_caught_up("orders").await;
 
     // The same code again (as a core module this time): continue mode, no event applied twice.
-    let deployed = client.deploy("orders", common::artifacts::ORDER_TOTALS_CORE).await;
+    let deployed = client
+        .deploy("orders", common::artifacts::ORDER_TOTALS_CORE)
+        .await;
     assert_eq!(deployed["mode"], "continue");
     client
         .append("order-o7", json!([{"type": "OrderPlaced", "data": {"order_id": "o7", "customer": "c2", "total_cents": 5}}]))

@@ -22,7 +22,14 @@ async fn expected_version_mismatch_appends_nothing() {
         .append("s", ExpectedVersion::Exact(0), events(2, "A"))
         .await
         .unwrap();
-    assert_eq!((first.first_position, first.last_position, first.stream_version), (1, 2, 2));
+    assert_eq!(
+        (
+            first.first_position,
+            first.last_position,
+            first.stream_version
+        ),
+        (1, 2, 2)
+    );
 
     for expected in [0, 1, 3] {
         let err = log
@@ -56,7 +63,11 @@ async fn concurrent_appends_get_gapless_positions_and_atomic_batches() {
             let mut acks = Vec::new();
             for round in 0..10 {
                 let stream = format!("stream-{}", (client + round) % 5);
-                acks.push(log.append(&stream, ExpectedVersion::Any, events(3, "T")).await.unwrap());
+                acks.push(
+                    log.append(&stream, ExpectedVersion::Any, events(3, "T"))
+                        .await
+                        .unwrap(),
+                );
             }
             acks
         }));
@@ -73,11 +84,18 @@ async fn concurrent_appends_get_gapless_positions_and_atomic_batches() {
     assert_eq!(log.head(), 480);
 
     let all = log.read_from(1, 1000).unwrap();
-    assert_eq!(all.iter().map(|e| e.position).collect::<Vec<_>>(), (1..=480).collect::<Vec<_>>());
+    assert_eq!(
+        all.iter().map(|e| e.position).collect::<Vec<_>>(),
+        (1..=480).collect::<Vec<_>>()
+    );
     // Stream versions are gapless within each stream, and in log order.
     for s in 0..5 {
         let stream = format!("stream-{s}");
-        let versions: Vec<_> = all.iter().filter(|e| e.stream == stream).map(|e| e.stream_version).collect();
+        let versions: Vec<_> = all
+            .iter()
+            .filter(|e| e.stream == stream)
+            .map(|e| e.stream_version)
+            .collect();
         assert_eq!(versions, (1..=versions.len() as u64).collect::<Vec<_>>());
         assert_eq!(log.stream_version(&stream).unwrap(), versions.len() as u64);
     }
@@ -92,7 +110,8 @@ async fn a_conflict_in_a_group_commit_leaves_the_other_appends_alone() {
     for _ in 0..20 {
         let log = log.clone();
         tasks.push(tokio::spawn(async move {
-            log.append("contended", ExpectedVersion::Exact(0), events(2, "T")).await
+            log.append("contended", ExpectedVersion::Exact(0), events(2, "T"))
+                .await
         }));
     }
     let mut won = 0;
@@ -116,15 +135,29 @@ async fn acknowledged_events_survive_reopen() {
     let path = dir.path().join("log.redb");
     {
         let log = EventLog::open(&path).unwrap();
-        log.append("a", ExpectedVersion::Any, events(5, "T")).await.unwrap();
-        log.append("b", ExpectedVersion::Any, events(1, "U")).await.unwrap();
+        log.append("a", ExpectedVersion::Any, events(5, "T"))
+            .await
+            .unwrap();
+        log.append("b", ExpectedVersion::Any, events(1, "U"))
+            .await
+            .unwrap();
     }
     // Dropping the last handle closed the file: it opens again at once.
     let log = EventLog::open(&path).unwrap();
     assert_eq!(log.head(), 6);
     let b = log.read_stream("b", 1, 10).unwrap();
-    assert_eq!((b[0].position, b[0].event_type.as_str(), b[0].data.as_slice()), (6, "U", &b"{\"i\":0}"[..]));
-    let ack = log.append("a", ExpectedVersion::Exact(5), events(1, "T")).await.unwrap();
+    assert_eq!(
+        (
+            b[0].position,
+            b[0].event_type.as_str(),
+            b[0].data.as_slice()
+        ),
+        (6, "U", &b"{\"i\":0}"[..])
+    );
+    let ack = log
+        .append("a", ExpectedVersion::Exact(5), events(1, "T"))
+        .await
+        .unwrap();
     assert_eq!((ack.first_position, ack.stream_version), (7, 6));
 }
 
@@ -135,6 +168,8 @@ async fn the_head_watch_wakes_waiters_on_append() {
     let mut head = log.subscribe();
     assert_eq!(*head.borrow(), 0);
     let waiter = tokio::spawn(async move { *head.wait_for(|h| *h >= 3).await.unwrap() });
-    log.append("s", ExpectedVersion::Any, events(3, "T")).await.unwrap();
+    log.append("s", ExpectedVersion::Any, events(3, "T"))
+        .await
+        .unwrap();
     assert_eq!(waiter.await.unwrap(), 3);
 }

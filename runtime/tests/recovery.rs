@@ -30,10 +30,16 @@ async fn a_restart_resumes_every_projector_from_its_checkpoint() {
         .append("order-o5", json!([{"type": "OrderPlaced", "data": {"order_id": "o5", "customer": "c3", "total_cents": 90}}]))
         .await;
     client
-        .append("order-o5", json!([{"type": "OrderCancelled", "data": {"order_id": "o5"}}]))
+        .append(
+            "order-o5",
+            json!([{"type": "OrderCancelled", "data": {"order_id": "o5"}}]),
+        )
         .await;
     client
-        .append("account-a2", json!([{"type": "TransferMade", "data": {"from": "a2", "to": "a1", "amount": 150}}]))
+        .append(
+            "account-a2",
+            json!([{"type": "TransferMade", "data": {"from": "a2", "to": "a1", "amount": 150}}]),
+        )
         .await;
     for (name, _) in common::examples() {
         client.wait_caught_up(name).await;

@@ -38,7 +38,10 @@ enum Task {
 }
 
 fn main() -> Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
     match Cli::parse().task {
         Task::BuildGuests { out } => {
             build_guests(&root, &root.join(out))?;
@@ -47,7 +50,17 @@ fn main() -> Result<()> {
         Task::Demo { data_dir, listen } => demo(&root, &data_dir, &listen),
         Task::Ci => {
             cargo(&root, &["fmt", "--all", "--", "--check"])?;
-            cargo(&root, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+            cargo(
+                &root,
+                &[
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+            )?;
             cargo(&root, &["test", "--workspace"])
         }
     }
@@ -55,7 +68,10 @@ fn main() -> Result<()> {
 
 fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     eprintln!("xtask: cargo {}", args.join(" "));
-    let status = Command::new(env!("CARGO")).args(args).current_dir(root).status()?;
+    let status = Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(root)
+        .status()?;
     if !status.success() {
         bail!("cargo {} failed: {status}", args.join(" "));
     }
@@ -83,7 +99,17 @@ fn build_guests(root: &Path, out: &Path) -> Result<Vec<(String, PathBuf)>> {
 
 fn demo(root: &Path, data_dir: &Path, listen: &str) -> Result<()> {
     let guests = build_guests(root, &root.join("target/projectors"))?;
-    cargo(root, &["build", "--release", "--package", "prism-runtime", "--bin", "prism"])?;
+    cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "--package",
+            "prism-runtime",
+            "--bin",
+            "prism",
+        ],
+    )?;
     let mut prism = Command::new(root.join("target/release/prism"))
         .arg("serve")
         .arg("--data-dir")
@@ -127,9 +153,16 @@ fn seed(prism: &mut Child, url: &str, guests: &[(String, PathBuf)]) -> Result<()
         if !status.is_success() {
             bail!("deploying {name}: {status} {body}");
         }
-        eprintln!("xtask: deployed {name} ({}, {})", body["mode"], body["module"]);
+        eprintln!(
+            "xtask: deployed {name} ({}, {})",
+            body["mode"], body["module"]
+        );
     }
-    let head = http.get(format!("{url}/projectors")).send()?.json::<Value>()?["head"].as_u64();
+    let head = http
+        .get(format!("{url}/projectors"))
+        .send()?
+        .json::<Value>()?["head"]
+        .as_u64();
     if head == Some(0) {
         let mut appended = 0;
         for (stream, events) in sample_history() {

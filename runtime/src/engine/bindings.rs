@@ -7,4 +7,4 @@ wasmtime::component::bindgen!({
     imports: { default: trappable },
 });
 
-pub use prism::projector::{host, types, view};
+pub use self::prism::projector::{host, types, view};

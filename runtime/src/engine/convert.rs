@@ -30,17 +30,17 @@ impl From<wit::Descriptor> for Descriptor {
 
 /// A batch of events in the flat layout the guest receives: one header per event, all strings
 /// and payloads back to back in one buffer. Reused from batch to batch.
-#[derive(Default)]
 pub struct EventBatch {
     pub(super) inner: wit::Batch,
-    positions_end: u64,
 }
 
-impl Default for wit::Batch {
+impl Default for EventBatch {
     fn default() -> Self {
-        wit::Batch {
-            events: Vec::new(),
-            bytes: Vec::new(),
+        EventBatch {
+            inner: wit::Batch {
+                events: Vec::new(),
+                bytes: Vec::new(),
+            },
         }
     }
 }
@@ -50,7 +50,6 @@ impl EventBatch {
     pub fn clear(&mut self) {
         self.inner.events.clear();
         self.inner.bytes.clear();
-        self.positions_end = 0;
     }
 
     /// Adds one event.
@@ -78,7 +77,6 @@ impl EventBatch {
             metadata_offset,
             metadata_len,
         });
-        self.positions_end = position;
     }
 
     /// How many events the batch holds.
