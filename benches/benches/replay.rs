@@ -89,7 +89,7 @@ fn replay(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let log = EventLog::open(&dir.path().join("log.redb")).unwrap();
     fill(&log, n);
-    let engine = Engine::new().unwrap();
+    let engine = Engine::new(None).unwrap();
 
     let mut group = c.benchmark_group("replay");
     group.throughput(Throughput::Elements(n));
@@ -100,7 +100,10 @@ fn replay(c: &mut Criterion) {
         ("order-totals", prism_test_artifacts::ORDER_TOTALS),
         ("account-balances", prism_test_artifacts::ACCOUNT_BALANCES),
     ] {
-        let module = engine.compile(&prism_test_artifacts::read(path)).unwrap();
+        let module = engine
+            .compile(&prism_test_artifacts::read(path))
+            .unwrap()
+            .module;
         group.bench_function(name, |b| {
             b.iter_custom(|iterations| {
                 let mut total = Duration::ZERO;

@@ -17,11 +17,8 @@
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
-//! let server = prism::server::Server::start(prism::server::ServerConfig {
-//!     data_dir: "prism-data".into(),
-//!     listen: "127.0.0.1:7070".parse()?,
-//! })
-//! .await?;
+//! let config = prism::server::ServerConfig::new("prism-data", "127.0.0.1:7070".parse()?);
+//! let server = prism::server::Server::start(config).await?;
 //! println!("listening on http://{}", server.addr());
 //! server.stop().await;
 //! # Ok(()) }

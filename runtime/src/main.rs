@@ -28,18 +28,73 @@ enum Command {
         /// Address to listen on.
         #[arg(long, env = "PRISM_LISTEN", default_value = "127.0.0.1:7070")]
         listen: SocketAddr,
+        /// Largest module upload, in bytes.
+        #[arg(long, env = "PRISM_MAX_MODULE_BYTES", default_value_t = prism::http::MAX_MODULE_BODY)]
+        max_module_bytes: usize,
     },
-    /// Upload a compiled projector (`.wasm`) as NAME; replaces any projector of that name.
+    /// Upload a compiled projector (`.wasm`) as NAME, or redeploy a stored module by hash.
+    ///
+    /// Redeploying a projector is a hot reload: with the same view schema version the new code
+    /// continues from the checkpoint; with a new one a fresh view is rebuilt in the background
+    /// (a progress bar shows it) while the old one keeps serving, then queries switch over.
     Deploy {
         #[command(flatten)]
         server: ServerArg,
         /// The projector's name (letters, digits, '-', '_').
         name: String,
         /// The `.wasm` file: a component, or a core module built with the guest SDK.
-        file: PathBuf,
-        /// A configuration string passed to the projector's `init`.
-        #[arg(long, default_value = "")]
-        config: String,
+        #[arg(required_unless_present = "module")]
+        file: Option<PathBuf>,
+        /// Deploy a module Prism already stores (see `prism modules`), e.g. to roll back.
+        #[arg(long, conflicts_with = "file")]
+        module: Option<String>,
+        /// A configuration string passed to the projector's `init` (default: keep the current).
+        #[arg(long)]
+        config: Option<String>,
+        /// Force `continue` or `rebuild` instead of choosing from the view schema version.
+        #[arg(long)]
+        mode: Option<String>,
+        /// Return at once instead of following a rebuild to its end.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Show one projector's status (state, module, generation, checkpoint, lag, rebuild).
+    Status {
+        #[command(flatten)]
+        server: ServerArg,
+        name: String,
+    },
+    /// Pause a projector: it applies nothing until resumed; its view keeps serving.
+    Pause {
+        #[command(flatten)]
+        server: ServerArg,
+        name: String,
+    },
+    /// Resume a paused projector, or restart a faulted one from its checkpoint.
+    Resume {
+        #[command(flatten)]
+        server: ServerArg,
+        name: String,
+    },
+    /// Rebuild a projector's view from scratch in the background, then switch to it.
+    Reset {
+        #[command(flatten)]
+        server: ServerArg,
+        name: String,
+        /// Return at once instead of following the rebuild to its end.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Stop a projector and delete its views.
+    Delete {
+        #[command(flatten)]
+        server: ServerArg,
+        name: String,
+    },
+    /// List the modules Prism stores (deployable by hash).
+    Modules {
+        #[command(flatten)]
+        server: ServerArg,
     },
     /// Append one event to STREAM.
     Append {
@@ -121,23 +176,70 @@ fn main() -> Result<()> {
 
 async fn run(command: Command) -> Result<()> {
     match command {
-        Command::Serve { data_dir, listen } => serve(data_dir, listen).await,
+        Command::Serve {
+            data_dir,
+            listen,
+            max_module_bytes,
+        } => {
+            let mut config = ServerConfig::new(data_dir, listen);
+            config.limits.max_module_bytes = max_module_bytes;
+            serve(config).await
+        }
         Command::Deploy {
             server,
             name,
             file,
+            module,
             config,
+            mode,
+            no_wait,
         } => {
-            let wasm =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let url = format!("{}/projectors/{name}", server.url);
+            let wasm = match &file {
+                Some(file) => {
+                    std::fs::read(file).with_context(|| format!("reading {}", file.display()))?
+                }
+                None => Vec::new(),
+            };
+            let mut query = Vec::new();
+            query.extend(config.map(|c| ("config", c)));
+            query.extend(mode.map(|m| ("mode", m)));
+            query.extend(module.map(|m| ("module", m)));
             let reply = client()
-                .put(url)
-                .query(&[("config", config)])
+                .put(format!("{}/projectors/{name}", server.url))
+                .query(&query)
                 .body(wasm)
                 .send()
                 .await;
-            print_json(reply).await
+            let deployed = json_reply(reply).await?;
+            println!("{}", serde_json::to_string_pretty(&deployed)?);
+            if deployed["mode"] == "rebuild" && !no_wait {
+                follow_rebuild(&server.url, &name).await?;
+            }
+            Ok(())
+        }
+        Command::Status { server, name } => {
+            let url = format!("{}/projectors/{name}", server.url);
+            print_json(client().get(url).send().await).await
+        }
+        Command::Pause { server, name } => action(&server.url, &name, "pause").await,
+        Command::Resume { server, name } => action(&server.url, &name, "resume").await,
+        Command::Reset {
+            server,
+            name,
+            no_wait,
+        } => {
+            action(&server.url, &name, "reset").await?;
+            if !no_wait {
+                follow_rebuild(&server.url, &name).await?;
+            }
+            Ok(())
+        }
+        Command::Delete { server, name } => {
+            let url = format!("{}/projectors/{name}", server.url);
+            print_json(client().delete(url).send().await).await
+        }
+        Command::Modules { server } => {
+            print_json(client().get(format!("{}/modules", server.url)).send().await).await
         }
         Command::Append {
             server,
@@ -199,12 +301,9 @@ async fn run(command: Command) -> Result<()> {
     }
 }
 
-async fn serve(data_dir: PathBuf, listen: SocketAddr) -> Result<()> {
-    let server = Server::start(ServerConfig {
-        data_dir: data_dir.clone(),
-        listen,
-    })
-    .await?;
+async fn serve(config: ServerConfig) -> Result<()> {
+    let data_dir = config.data_dir.clone();
+    let server = Server::start(config).await?;
     println!(
         "prism serving on http://{} with data in {}",
         server.addr(),
@@ -235,19 +334,76 @@ fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-/// Prints a JSON reply; an error status becomes the command's error.
-async fn print_json(reply: reqwest::Result<reqwest::Response>) -> Result<()> {
+/// A reply's JSON body; an error status becomes an error with the server's message.
+async fn json_reply(reply: reqwest::Result<reqwest::Response>) -> Result<Value> {
     let reply = reply.context("cannot reach the Prism server (is `prism serve` running?)")?;
     let status = reply.status();
     let text = reply.text().await?;
-    let pretty = serde_json::from_str::<Value>(&text)
-        .map(|v| serde_json::to_string_pretty(&v).expect("JSON prints"))
-        .unwrap_or(text);
-    if status.is_success() {
-        println!("{pretty}");
-        Ok(())
-    } else {
-        bail!("{status}: {pretty}")
+    match serde_json::from_str::<Value>(&text) {
+        Ok(body) if status.is_success() => Ok(body),
+        Ok(body) => bail!(
+            "{status}: {}",
+            body["error"]
+                .as_str()
+                .map_or_else(|| body.to_string(), str::to_string)
+        ),
+        Err(_) => bail!("{status}: {text}"),
+    }
+}
+
+/// Prints a JSON reply; an error status becomes the command's error.
+async fn print_json(reply: reqwest::Result<reqwest::Response>) -> Result<()> {
+    let body = json_reply(reply).await?;
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    Ok(())
+}
+
+/// `POST /projectors/{name}/{verb}`, printing the resulting status.
+async fn action(url: &str, name: &str, verb: &str) -> Result<()> {
+    let url = format!("{url}/projectors/{name}/{verb}");
+    print_json(client().post(url).send().await).await
+}
+
+/// Shows a rebuild's progress until it has been promoted (or has failed).
+async fn follow_rebuild(url: &str, name: &str) -> Result<()> {
+    let bar = indicatif::ProgressBar::new(1000);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "rebuilding {prefix} [{bar:40}] {percent:>3}% {msg}",
+        )?
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(name.to_string());
+    let status_url = format!("{url}/projectors/{name}");
+    loop {
+        let status = json_reply(client().get(&status_url).send().await).await?;
+        let Some(rebuild) = status["rebuild"].as_object() else {
+            if let Some(error) = status["error"]["message"].as_str() {
+                bar.abandon_with_message(format!("projector faulted: {error}"));
+                bail!("{name} faulted: {error}");
+            }
+            bar.finish_with_message(format!(
+                "done: generation {} is serving at checkpoint {}",
+                status["generation"], status["checkpoint"]
+            ));
+            return Ok(());
+        };
+        if let Some(error) = rebuild.get("error").and_then(|e| e["message"].as_str()) {
+            bar.abandon_with_message(format!("the rebuild faulted: {error}"));
+            bail!("the rebuild of {name} faulted (the old view keeps serving): {error}");
+        }
+        let percent = rebuild["percent"].as_f64().unwrap_or_default();
+        bar.set_position((percent * 10.0) as u64);
+        bar.set_message(format!(
+            "{} / {} events, {} events/s, ETA {}",
+            rebuild["checkpoint"],
+            status["head"],
+            rebuild["events_per_sec"],
+            rebuild["eta_secs"]
+                .as_f64()
+                .map_or("-".to_string(), |s| format!("{s:.0}s"))
+        ));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 

@@ -1,7 +1,7 @@
 //! Prism assembled: the log, the engine, the registry and the HTTP API on one data dir.
 
 use crate::engine::Engine;
-use crate::http::{AppState, router};
+use crate::http::{AppState, Limits, router};
 use crate::log::EventLog;
 use crate::projector::Registry;
 use anyhow::Context;
@@ -17,6 +17,19 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// The address to listen on (port 0 picks a free port).
     pub listen: SocketAddr,
+    /// Request size limits.
+    pub limits: Limits,
+}
+
+impl ServerConfig {
+    /// Defaults for everything but where.
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        ServerConfig {
+            data_dir: data_dir.into(),
+            listen,
+            limits: Limits::default(),
+        }
+    }
 }
 
 /// A running Prism.
@@ -36,7 +49,7 @@ impl Server {
             std::fs::create_dir_all(&data_dir)
                 .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
             let log = EventLog::open(&data_dir.join("log.redb"))?;
-            let engine = Engine::new()
+            let engine = Engine::new(Some(data_dir.join("cache")))
                 .map_err(|e| anyhow::anyhow!("starting the WebAssembly engine: {e:#}"))?;
             let registry = Registry::open(&data_dir, engine, log.clone())?;
             Ok((log, registry))
@@ -49,6 +62,7 @@ impl Server {
         let app = router(AppState {
             log,
             registry: registry.clone(),
+            limits: config.limits,
         });
         let (shutdown, stopped) = oneshot::channel();
         let http = tokio::spawn(async move {

@@ -18,6 +18,9 @@ use host::HostState;
 use crate::store::BatchView;
 use bindings::ProjectorWorldPre;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use wasmtime::Store;
 use wasmtime::component::{Component, HasSelf, Linker};
 
@@ -27,17 +30,30 @@ pub enum ModuleError {
     /// The bytes are not WebAssembly at all.
     #[error("the upload is not a WebAssembly module or component")]
     NotWasm,
+    /// The bytes are WebAssembly but do not validate.
+    #[error("the WebAssembly does not validate: {0}")]
+    Invalid(String),
     /// A core module without the component type a projector needs.
     #[error("the core module cannot become a projector component: {0}")]
     Componentize(String),
-    /// The component is invalid or cannot be compiled.
-    #[error("the component is invalid: {0}")]
-    Invalid(String),
-    /// The component does not implement Prism's projector world (a missing export, or an
-    /// import Prism does not provide, such as WASI).
-    #[error("the component does not fit Prism's projector world: {0}")]
+    /// The component imports something Prism does not provide (WASI, say): projectors may
+    /// import only Prism's `view`, `host` and `types` interfaces.
+    #[error("the component imports {}, which Prism does not provide: a projector may import only {}", .0.join(", "), ALLOWED_IMPORTS.join(", "))]
+    Imports(Vec<String>),
+    /// The component does not implement Prism's projector world (a missing or mistyped export).
+    #[error("the component does not implement Prism's projector world: {0}")]
     World(String),
+    /// A stored module could not be read.
+    #[error("module {hash} cannot be read: {reason}")]
+    Unavailable { hash: String, reason: String },
 }
+
+/// The interfaces a projector may import.
+pub const ALLOWED_IMPORTS: [&str; 3] = [
+    "prism:projector/types@0.1.0",
+    "prism:projector/view@0.1.0",
+    "prism:projector/host@0.1.0",
+];
 
 /// Why an instance could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -65,11 +81,15 @@ pub enum ApplyError {
     Trap(String),
 }
 
-/// The process-wide WebAssembly engine and linker.
+/// The process-wide WebAssembly engine and linker, with the cache of compiled modules.
 #[derive(Clone)]
 pub struct Engine {
     engine: wasmtime::Engine,
-    linker: std::sync::Arc<Linker<HostState>>,
+    linker: Arc<Linker<HostState>>,
+    /// Where compiled artifacts that Prism itself produced are kept (`<hash>.cwasm`).
+    cache_dir: Option<PathBuf>,
+    /// Modules compiled (or loaded) in this process, by hash.
+    loaded: Arc<Mutex<HashMap<String, Module>>>,
 }
 
 /// A validated, compiled and pre-instantiated projector module.
@@ -77,8 +97,6 @@ pub struct Engine {
 pub struct Module {
     /// sha256 of the component, hex: the module's identity.
     pub hash: String,
-    /// The component's bytes (what Prism stores).
-    pub component: std::sync::Arc<[u8]>,
     pre: ProjectorWorldPre<HostState>,
 }
 
@@ -88,44 +106,145 @@ impl std::fmt::Debug for Module {
     }
 }
 
+/// An uploaded module, ready to store and run.
+pub struct Upload {
+    /// The compiled module.
+    pub module: Module,
+    /// The component's bytes, to store under `module.hash`.
+    pub component: Vec<u8>,
+    /// Where the compiled code came from.
+    pub source: CompileSource,
+}
+
+/// Where a module's compiled code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CompileSource {
+    /// Compiled now.
+    Compiled,
+    /// Already loaded in this process.
+    Memory,
+    /// Loaded from the on-disk cache of artifacts Prism compiled before.
+    DiskCache,
+}
+
 impl Engine {
-    /// A new engine with Prism's imports in its linker.
-    pub fn new() -> wasmtime::Result<Engine> {
+    /// A new engine with Prism's imports in its linker; compiled artifacts are cached in
+    /// `cache_dir` when given.
+    pub fn new(cache_dir: Option<PathBuf>) -> wasmtime::Result<Engine> {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
         let engine = wasmtime::Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         bindings::ProjectorWorld::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+        if let Some(dir) = &cache_dir {
+            std::fs::create_dir_all(dir)?;
+        }
         Ok(Engine {
             engine,
-            linker: std::sync::Arc::new(linker),
+            linker: Arc::new(linker),
+            cache_dir,
+            loaded: Arc::default(),
         })
     }
 
-    /// Validates and compiles `wasm` (a component, or a core module with its component type).
-    /// Compiling is CPU-heavy: call it off the async executor.
-    pub fn compile(&self, wasm: &[u8]) -> Result<Module, ModuleError> {
-        let component_bytes = if wasmparser::Parser::is_component(wasm) {
+    /// Validates and compiles uploaded bytes (a component, or a core module with its component
+    /// type). Compiling is CPU-heavy: call it off the async executor. A module whose hash is
+    /// known is not compiled again.
+    pub fn compile(&self, wasm: &[u8]) -> Result<Upload, ModuleError> {
+        let component = if wasmparser::Parser::is_component(wasm) {
             wasm.to_vec()
         } else if wasmparser::Parser::is_core_wasm(wasm) {
+            wasmparser::Validator::new()
+                .validate_all(wasm)
+                .map_err(|e| ModuleError::Invalid(e.to_string()))?;
             prism_toolchain::componentize(wasm)
                 .map_err(|e| ModuleError::Componentize(format!("{e:#}")))?
         } else {
             return Err(ModuleError::NotWasm);
         };
-        let component = Component::new(&self.engine, &component_bytes)
-            .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
+        let hash = hex::encode(Sha256::digest(&component));
+        let (module, source) = self.load(&hash, || Ok(component.clone()))?;
+        Ok(Upload {
+            module,
+            component,
+            source,
+        })
+    }
+
+    /// The module with `hash`, from memory, the disk cache, or compiled from the bytes `read`
+    /// returns (which must be the component with that hash).
+    pub fn load(
+        &self,
+        hash: &str,
+        read: impl FnOnce() -> std::io::Result<Vec<u8>>,
+    ) -> Result<(Module, CompileSource), ModuleError> {
+        if let Some(module) = self.loaded.lock().expect("module cache lock").get(hash) {
+            return Ok((module.clone(), CompileSource::Memory));
+        }
+        let cached = self.cache_path(hash).and_then(|path| {
+            // SAFETY: the cache dir holds only artifacts this process's code serialized
+            // (`store_artifact`), never bytes a user sent; wasmtime checks that the artifact
+            // matches this engine's version and configuration and refuses it otherwise.
+            let loaded = unsafe { Component::deserialize_file(&self.engine, &path) };
+            loaded
+                .inspect_err(|e| tracing::warn!(path = %path.display(), error = %e, "ignoring a stale compiled artifact"))
+                .ok()
+        });
+        let (component, source) = match cached {
+            Some(component) => (component, CompileSource::DiskCache),
+            None => {
+                let bytes = read().map_err(|e| ModuleError::Unavailable {
+                    hash: hash.to_string(),
+                    reason: e.to_string(),
+                })?;
+                wasmparser::Validator::new()
+                    .validate_all(&bytes)
+                    .map_err(|e| ModuleError::Invalid(e.to_string()))?;
+                let component = Component::new(&self.engine, &bytes)
+                    .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
+                check_imports(&self.engine, &component)?;
+                self.store_artifact(hash, &component);
+                (component, CompileSource::Compiled)
+            }
+        };
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| ModuleError::World(format!("{e:#}")))?;
         let pre = ProjectorWorldPre::new(instance_pre)
             .map_err(|e| ModuleError::World(format!("{e:#}")))?;
-        Ok(Module {
-            hash: hex::encode(Sha256::digest(&component_bytes)),
-            component: component_bytes.into(),
+        let module = Module {
+            hash: hash.to_string(),
             pre,
-        })
+        };
+        self.loaded
+            .lock()
+            .expect("module cache lock")
+            .insert(hash.to_string(), module.clone());
+        Ok((module, source))
+    }
+
+    fn cache_path(&self, hash: &str) -> Option<PathBuf> {
+        let path = self.cache_dir.as_ref()?.join(format!("{hash}.cwasm"));
+        path.exists().then_some(path)
+    }
+
+    /// Writes a compiled artifact to the cache (best effort: a failure only costs a compile).
+    fn store_artifact(&self, hash: &str, component: &Component) {
+        let Some(dir) = &self.cache_dir else { return };
+        let write = || -> anyhow::Result<()> {
+            let bytes = component
+                .serialize()
+                .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            let tmp = dir.join(format!(".{hash}.tmp"));
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(tmp, dir.join(format!("{hash}.cwasm")))?;
+            Ok(())
+        };
+        if let Err(e) = write() {
+            tracing::warn!(error = %e, "caching a compiled module failed");
+        }
     }
 
     /// Starts an instance of `module` for the projector `name`: instantiates it, asks it to
@@ -152,6 +271,7 @@ impl Engine {
             .map_err(trap)?
             .map_err(InstanceError::Init)?;
         Ok(Instance {
+            module: module.hash.clone(),
             store,
             bindings,
             descriptor,
@@ -159,14 +279,36 @@ impl Engine {
     }
 }
 
+/// Refuses a component that imports anything but Prism's interfaces, naming what it imports.
+fn check_imports(engine: &wasmtime::Engine, component: &Component) -> Result<(), ModuleError> {
+    let unknown: Vec<String> = component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name)
+        .filter(|name| !ALLOWED_IMPORTS.contains(name))
+        .map(str::to_string)
+        .collect();
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(ModuleError::Imports(unknown))
+    }
+}
+
 /// A running instance of a projector module, with its own `Store`.
 pub struct Instance {
+    module: String,
     store: Store<HostState>,
     bindings: bindings::ProjectorWorld,
     descriptor: Descriptor,
 }
 
 impl Instance {
+    /// The hash of the module this is an instance of.
+    pub fn module(&self) -> &str {
+        &self.module
+    }
+
     /// What the module said about itself.
     pub fn descriptor(&self) -> &Descriptor {
         &self.descriptor

@@ -4,9 +4,12 @@
 //! |---|---|
 //! | `POST /streams/{stream}/events?expected_version=` | append a JSON array of events |
 //! | `GET /streams/{stream}?from=&limit=` | read a stream |
-//! | `PUT /projectors/{name}?config=` | deploy a `.wasm` projector (body) |
+//! | `PUT /projectors/{name}?config=&mode=&module=` | deploy a `.wasm` projector (body), or a stored module by hash |
+//! | `POST /projectors/{name}/pause`, `/resume`, `/reset` | lifecycle |
+//! | `DELETE /projectors/{name}` | stop and delete a projector and its views |
 //! | `GET /projectors` | list projectors with status |
-//! | `GET /projectors/{name}` | one projector's status |
+//! | `GET /projectors/{name}` | one projector's status (with rebuild progress) |
+//! | `GET /modules` | stored module hashes |
 //! | `GET /projectors/{name}/view/{key}` | a view value |
 //! | `GET /projectors/{name}/view?prefix=&after=&limit=` | ordered scan |
 //! | `GET /health` | liveness |
@@ -27,11 +30,12 @@ use crate::projector::{ProjectorHandle, Registry};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use projectors as p;
 use std::sync::Arc;
 
 /// Largest append request body.
 pub const MAX_APPEND_BODY: usize = 16 << 20;
-/// Largest module upload.
+/// Largest module upload by default.
 pub const MAX_MODULE_BODY: usize = 64 << 20;
 
 /// What every handler shares.
@@ -39,6 +43,22 @@ pub const MAX_MODULE_BODY: usize = 64 << 20;
 pub struct AppState {
     pub log: EventLog,
     pub registry: Registry,
+    pub limits: Limits,
+}
+
+/// Request size limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest module upload, in bytes.
+    pub max_module_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_module_bytes: MAX_MODULE_BODY,
+        }
+    }
 }
 
 impl AppState {
@@ -57,13 +77,18 @@ pub fn router(state: AppState) -> Router {
             post(streams::append).layer(DefaultBodyLimit::max(MAX_APPEND_BODY)),
         )
         .route("/streams/{stream}", get(streams::read))
-        .route("/projectors", get(projectors::list))
+        .route("/projectors", get(p::list))
         .route(
             "/projectors/{name}",
-            get(projectors::show)
-                .put(projectors::deploy)
-                .layer(DefaultBodyLimit::max(MAX_MODULE_BODY)),
+            get(p::show)
+                .put(p::deploy)
+                .delete(p::delete)
+                .layer(DefaultBodyLimit::max(state.limits.max_module_bytes)),
         )
+        .route("/projectors/{name}/pause", post(p::pause))
+        .route("/projectors/{name}/resume", post(p::resume))
+        .route("/projectors/{name}/reset", post(p::reset))
+        .route("/modules", get(p::modules))
         .route("/projectors/{name}/view", get(views::scan))
         .route("/projectors/{name}/view/{*key}", get(views::get))
         .route(

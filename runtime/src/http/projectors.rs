@@ -1,8 +1,11 @@
-//! `/projectors`: deploy a module, list projectors and their status.
+//! `/projectors`: deploy and redeploy modules, the lifecycle (pause, resume, reset, delete),
+//! and status.
 
 use super::{ApiError, AppState};
 use crate::engine::ModuleError;
-use crate::projector::{DeployError, ProjectorHandle};
+use crate::projector::{
+    DeployError, DeployMode, Generation, LifecycleError, ModuleSource, ProjectorHandle,
+};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -13,11 +16,16 @@ use serde_json::{Value, json};
 
 #[derive(Deserialize)]
 pub struct DeployParams {
-    #[serde(default)]
-    config: String,
+    /// A new configuration string (default: keep the current one, or empty).
+    config: Option<String>,
+    /// `continue` or `rebuild`, overriding the choice made from the view schema version.
+    mode: Option<DeployMode>,
+    /// Deploy a stored module by hash instead of the body (a rollback).
+    module: Option<String>,
 }
 
-/// `PUT /projectors/{name}?config=`: deploys the `.wasm` in the body.
+/// `PUT /projectors/{name}?config=&mode=&module=`: deploys the `.wasm` in the body, or the
+/// stored module `module`.
 pub async fn deploy(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -26,30 +34,111 @@ pub async fn deploy(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Query(params) = params?;
     let body = body?;
-    let registry = state.registry.clone();
-    let deployed =
-        tokio::task::spawn_blocking(move || registry.deploy(&name, &body, &params.config))
-            .await
-            .map_err(ApiError::internal)?;
-    match deployed {
-        Ok(deployed) => {
-            let status = match deployed.mode {
-                crate::projector::DeployMode::Created => StatusCode::CREATED,
-                _ => StatusCode::OK,
-            };
-            Ok((status, Json(json!(deployed))))
-        }
-        Err(e @ DeployError::InvalidName(_)) => Err(ApiError::bad_request(e.to_string())),
-        Err(e @ DeployError::Module(ModuleError::NotWasm)) => Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            e.to_string(),
-        )),
-        Err(e @ (DeployError::Module(_) | DeployError::Instance(_))) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            e.to_string(),
-        )),
-        Err(e @ DeployError::Storage(_)) => Err(ApiError::internal(e)),
+    if params.mode == Some(DeployMode::Created) {
+        return Err(ApiError::bad_request("mode must be continue or rebuild"));
     }
+    let source = match (params.module, body.is_empty()) {
+        (Some(hash), true) => ModuleSource::Stored(hash),
+        (Some(_), false) => {
+            return Err(ApiError::bad_request(
+                "send either a module in the body or ?module=<hash>, not both",
+            ));
+        }
+        (None, true) => {
+            return Err(ApiError::bad_request(
+                "the body must be a .wasm projector (or use ?module=<hash> to deploy a stored one)",
+            ));
+        }
+        (None, false) => ModuleSource::Upload(body.to_vec()),
+    };
+    let registry = state.registry.clone();
+    let deployed = tokio::task::spawn_blocking(move || {
+        registry.deploy(&name, source, params.config, params.mode)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(deploy_error)?;
+    let status = match deployed.mode {
+        DeployMode::Created => StatusCode::CREATED,
+        _ => StatusCode::OK,
+    };
+    Ok((status, Json(json!(deployed))))
+}
+
+fn deploy_error(e: DeployError) -> ApiError {
+    match e {
+        DeployError::InvalidName(_) => ApiError::bad_request(e.to_string()),
+        DeployError::UnknownModule(_) => ApiError::not_found(e.to_string()),
+        DeployError::Module(ModuleError::NotWasm) => {
+            ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, e.to_string())
+        }
+        DeployError::Module(ModuleError::Unavailable { .. }) | DeployError::Storage(_) => {
+            ApiError::internal(e)
+        }
+        DeployError::Module(_) | DeployError::Instance(_) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        }
+    }
+}
+
+fn lifecycle_error(e: LifecycleError) -> ApiError {
+    match e {
+        LifecycleError::NotFound(_) => ApiError::not_found(e.to_string()),
+        LifecycleError::Deploy(e) => deploy_error(e),
+        LifecycleError::Storage(_) => ApiError::internal(e),
+    }
+}
+
+/// Runs a lifecycle action off the executor and answers with the projector's status.
+async fn lifecycle(
+    state: AppState,
+    name: String,
+    action: impl FnOnce(&crate::projector::Registry, &str) -> Result<(), LifecycleError>
+    + Send
+    + 'static,
+) -> Result<Json<Value>, ApiError> {
+    let registry = state.registry.clone();
+    let target = name.clone();
+    tokio::task::spawn_blocking(move || action(&registry, &target))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(lifecycle_error)?;
+    match state.registry.get(&name) {
+        Some(projector) => Ok(Json(info(&projector, state.log.head()))),
+        None => Ok(Json(json!({ "name": name, "deleted": true }))),
+    }
+}
+
+/// `POST /projectors/{name}/pause`.
+pub async fn pause(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    lifecycle(state, name, |r, n| r.pause(n)).await
+}
+
+/// `POST /projectors/{name}/resume`: also restarts a faulted projector from its checkpoint.
+pub async fn resume(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    lifecycle(state, name, |r, n| r.resume(n)).await
+}
+
+/// `POST /projectors/{name}/reset`: rebuilds the view from scratch, blue/green.
+pub async fn reset(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    lifecycle(state, name, |r, n| r.reset(n).map(|_| ())).await
+}
+
+/// `DELETE /projectors/{name}`: stops the projector and deletes its views.
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    lifecycle(state, name, |r, n| r.delete(n)).await
 }
 
 /// `GET /projectors`: every projector with its status.
@@ -73,20 +162,52 @@ pub async fn show(
     Ok(Json(info(&projector, state.log.head())))
 }
 
+/// `GET /modules`: the hashes of every stored module (deployable with `?module=`).
+pub async fn modules(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let modules = state.registry.modules().map_err(ApiError::internal)?;
+    Ok(Json(json!({ "modules": modules })))
+}
+
 fn info(projector: &ProjectorHandle, head: u64) -> Value {
-    let status = projector.status();
-    let descriptor = projector.descriptor.as_ref();
+    let serving = projector.serving();
+    let status = serving.status();
+    let record = serving.record();
+    let descriptor = serving.descriptor.lock().expect("descriptor lock").clone();
     json!({
         "name": projector.name,
-        "module": projector.deployment.module,
-        "schema_version": projector.deployment.schema_version,
-        "code_name": descriptor.map(|d| d.name.clone()),
-        "subscription": descriptor.map(|d| d.subscription.clone()),
-        "state": status.state,
+        "state": projector.state(),
+        "module": status.module,
+        "schema_version": record.schema_version,
+        "generation": record.id,
+        "config": record.config,
+        "code_name": descriptor.as_ref().map(|d| d.name.clone()),
+        "subscription": descriptor.map(|d| d.subscription),
         "checkpoint": status.checkpoint,
         "head": head,
         "lag": head.saturating_sub(status.checkpoint),
+        "events_per_sec": status.rate.per_second().round(),
         "events_applied": status.events_applied,
+        "error": status.error,
+        "reload_error": projector.reload_error(),
+        "rebuild": projector.pending().map(|p| rebuild(&p, head)),
+    })
+}
+
+/// A rebuild's progress: percent of the log, speed, and time left.
+fn rebuild(pending: &Generation, head: u64) -> Value {
+    let status = pending.status();
+    let record = pending.record();
+    let rate = status.rate.per_second();
+    let left = head.saturating_sub(status.checkpoint);
+    json!({
+        "generation": record.id,
+        "module": record.module,
+        "schema_version": record.schema_version,
+        "state": status.state,
+        "checkpoint": status.checkpoint,
+        "percent": if head == 0 { 100.0 } else { (status.checkpoint as f64 * 1000.0 / head as f64).round() / 10.0 },
+        "events_per_sec": rate.round(),
+        "eta_secs": (rate > 0.0).then(|| (left as f64 / rate * 10.0).round() / 10.0),
         "error": status.error,
     })
 }

@@ -1,10 +1,11 @@
 //! `/projectors/{name}/view`: read a projector's view, by key or by ordered prefix scan.
 //!
-//! Every answer carries `Prism-Module` (the module hash) and `Prism-Checkpoint` (the position
-//! the answer reflects) headers.
+//! Every answer carries `Prism-Module` (the module hash), `Prism-Generation` and
+//! `Prism-Checkpoint` (the position the answer reflects) headers. An answer is read from one
+//! snapshot of one generation's view, so it never mixes generations.
 
 use super::{ApiError, AppState};
-use crate::projector::ProjectorHandle;
+use crate::projector::Generation;
 use crate::store::ViewSnapshot;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 pub const MAX_SCAN: usize = 1000;
 
 const MODULE: HeaderName = HeaderName::from_static("prism-module");
+const GENERATION: HeaderName = HeaderName::from_static("prism-generation");
 const CHECKPOINT: HeaderName = HeaderName::from_static("prism-checkpoint");
 
 /// `GET /projectors/{name}/view/{key}`: the value under `key` (keys may contain `/`).
@@ -27,8 +29,9 @@ pub async fn get(
     State(state): State<AppState>,
     Path((name, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let projector = state.projector(&name)?;
-    let (snapshot, value) = blocking(projector.clone(), move |snapshot| snapshot.get(&key)).await?;
+    let generation = state.projector(&name)?.serving();
+    let (snapshot, value) =
+        blocking(generation.clone(), move |snapshot| snapshot.get(&key)).await?;
     let Some(value) = value else {
         return Err(ApiError::not_found("no such key in the view"));
     };
@@ -37,7 +40,7 @@ pub async fn get(
     } else {
         "application/octet-stream"
     };
-    let mut headers = provenance(&projector, &snapshot);
+    let mut headers = provenance(&generation, &snapshot);
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     Ok((headers, value).into_response())
 }
@@ -64,8 +67,8 @@ pub async fn scan(
             "limit must be 1 to {MAX_SCAN}"
         )));
     }
-    let projector = state.projector(&name)?;
-    let (snapshot, entries) = blocking(projector.clone(), move |snapshot| {
+    let generation = state.projector(&name)?.serving();
+    let (snapshot, entries) = blocking(generation.clone(), move |snapshot| {
         // One extra entry tells whether another page follows.
         snapshot.scan(&params.prefix, params.after.as_deref(), limit + 1)
     })
@@ -86,16 +89,16 @@ pub async fn scan(
         .collect();
     let next = more.then(|| entries[limit - 1].0.clone());
     let body = Json(json!({ "items": items, "next": next }));
-    Ok((provenance(&projector, &snapshot), body).into_response())
+    Ok((provenance(&generation, &snapshot), body).into_response())
 }
 
-/// Runs a read on a fresh snapshot of the projector's view, off the async executor.
+/// Runs a read on a fresh snapshot of a generation's view, off the async executor.
 async fn blocking<T: Send + 'static>(
-    projector: Arc<ProjectorHandle>,
+    generation: Arc<Generation>,
     read: impl FnOnce(&ViewSnapshot) -> Result<T, crate::store::StoreError> + Send + 'static,
 ) -> Result<(ViewSnapshot, T), ApiError> {
     tokio::task::spawn_blocking(move || {
-        let snapshot = projector.store.snapshot()?;
+        let snapshot = generation.store.snapshot()?;
         let value = read(&snapshot)?;
         Ok((snapshot, value))
     })
@@ -104,11 +107,12 @@ async fn blocking<T: Send + 'static>(
     .map_err(|e: crate::store::StoreError| ApiError::internal(e))
 }
 
-fn provenance(projector: &ProjectorHandle, snapshot: &ViewSnapshot) -> HeaderMap {
+fn provenance(generation: &Generation, snapshot: &ViewSnapshot) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    if let Ok(module) = HeaderValue::from_str(&projector.deployment.module) {
+    if let Ok(module) = HeaderValue::from_str(&generation.status().module) {
         headers.insert(MODULE, module);
     }
+    headers.insert(GENERATION, HeaderValue::from(generation.id()));
     headers.insert(CHECKPOINT, HeaderValue::from(snapshot.checkpoint()));
     headers
 }

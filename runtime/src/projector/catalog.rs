@@ -10,6 +10,21 @@ const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployme
 /// One deployed projector, as recorded in the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deployment {
+    /// The generation whose view answers queries.
+    pub serving: GenerationRecord,
+    /// A generation rebuilding its view in the background, to replace `serving` once it has
+    /// caught up with the log.
+    pub pending: Option<GenerationRecord>,
+    /// Whether the projector is paused.
+    pub paused: bool,
+}
+
+/// One generation of a projector: a module and config with their own view file
+/// (`projectors/<name>/gen-<id>.redb`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationRecord {
+    /// Generation number, growing with each rebuild.
+    pub id: u64,
     /// sha256 of the module's component.
     pub module: String,
     /// The configuration string passed to `init`.
@@ -65,6 +80,32 @@ impl Catalog {
         Ok(())
     }
 
+    /// Removes a deployment, durably.
+    pub fn remove(&self, name: &str) -> Result<(), redb::Error> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(DEPLOYMENTS)?.remove(name)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The hashes of every stored module.
+    pub fn modules(&self) -> std::io::Result<Vec<String>> {
+        let mut hashes = Vec::new();
+        for entry in std::fs::read_dir(&self.modules)? {
+            let name = entry?.file_name();
+            if let Some(hash) = name.to_str().and_then(|n| n.strip_suffix(".wasm")) {
+                hashes.push(hash.to_string());
+            }
+        }
+        hashes.sort();
+        Ok(hashes)
+    }
+
+    /// Whether a module is stored.
+    pub fn has_module(&self, hash: &str) -> bool {
+        valid_hash(hash) && self.module_path(hash).exists()
+    }
+
     /// The path of a stored module.
     pub fn module_path(&self, hash: &str) -> PathBuf {
         self.modules.join(format!("{hash}.wasm"))
@@ -92,4 +133,9 @@ impl Catalog {
     pub fn read_module(&self, hash: &str) -> std::io::Result<Vec<u8>> {
         std::fs::read(self.module_path(hash))
     }
+}
+
+/// Whether `hash` looks like a sha256 in hex (so it is safe in a path).
+pub fn valid_hash(hash: &str) -> bool {
+    hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())
 }

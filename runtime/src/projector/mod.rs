@@ -9,7 +9,10 @@ pub mod catalog;
 mod registry;
 mod runner;
 
-pub use registry::{DeployError, DeployMode, Deployed, ProjectorHandle, Registry, RegistryError};
+pub use registry::{
+    DeployError, DeployMode, Deployed, Generation, LifecycleError, ModuleSource, ProjectorHandle,
+    Registry, RegistryError,
+};
 
 use crate::engine::Instance;
 use crate::log::EventLog;
@@ -38,7 +41,7 @@ impl Subscription {
     }
 }
 
-/// Where a projector is in its life.
+/// Where a projector (or one of its generations) is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum State {
@@ -48,9 +51,13 @@ pub enum State {
     CatchingUp,
     /// Caught up with the log's head, waiting for appends.
     Live,
+    /// Paused by an operator; applies nothing until resumed.
+    Paused,
+    /// A new generation is rebuilding the view in the background; the current one serves.
+    Rebuilding,
     /// Stopped by an error; see [`Status::error`]. Its view keeps serving.
     Faulted,
-    /// Stopped (Prism is shutting down, or the projector is being replaced).
+    /// Stopped (Prism is shutting down, or the generation was replaced).
     Stopped,
 }
 
@@ -68,36 +75,99 @@ pub struct Fault {
     pub event_type: Option<String>,
 }
 
-/// A projector's live status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A generation's live status, kept by its runner.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Status {
     pub state: State,
+    /// The module running now.
+    pub module: String,
     /// Position of the last event the view reflects.
     pub checkpoint: u64,
     /// Events delivered to the module since this run started.
     pub events_applied: u64,
-    /// Why the projector is faulted.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Recent progress through the log.
+    pub rate: RateMeter,
+    /// Why the generation is faulted.
     pub error: Option<Fault>,
+}
+
+impl Status {
+    /// A status for a generation about to start.
+    pub fn starting(module: &str, checkpoint: u64) -> Status {
+        Status {
+            state: State::Starting,
+            module: module.to_string(),
+            checkpoint,
+            events_applied: 0,
+            rate: RateMeter::default(),
+            error: None,
+        }
+    }
+}
+
+/// Log positions passed per second over the last few seconds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RateMeter {
+    samples: std::collections::VecDeque<(std::time::Instant, u64)>,
+}
+
+impl RateMeter {
+    /// How far back the rate looks.
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
+    /// At most one sample per this interval, so the meter stays small.
+    const RESOLUTION: std::time::Duration = std::time::Duration::from_millis(100);
+
+    /// Records that the checkpoint reached `position` now.
+    pub fn record(&mut self, position: u64) {
+        let now = std::time::Instant::now();
+        if let Some((last, _)) = self.samples.back()
+            && now.duration_since(*last) < Self::RESOLUTION
+            && self.samples.len() > 1
+        {
+            self.samples.pop_back();
+        }
+        self.samples.push_back((now, position));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > Self::WINDOW)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Positions per second over the window (0 when idle).
+    pub fn per_second(&self) -> f64 {
+        let now = std::time::Instant::now();
+        let recent: Vec<_> = self
+            .samples
+            .iter()
+            .filter(|(t, _)| now.duration_since(*t) <= Self::WINDOW)
+            .collect();
+        match (recent.first(), recent.last()) {
+            (Some((t0, p0)), Some((_, p1))) if p1 > p0 => {
+                let seconds = now.duration_since(*t0).as_secs_f64().max(0.001);
+                (p1 - p0) as f64 / seconds
+            }
+            _ => 0.0,
+        }
+    }
 }
 
 /// Runs `instance` over `log` into `store` on the calling thread, from the store's checkpoint
 /// up to the log's head, exactly as a deployed projector would; returns the final status
 /// (`live` when it caught up, `faulted` otherwise). For replays, local runs and benchmarks.
 pub fn catch_up(name: &str, instance: Instance, log: &EventLog, store: Arc<ViewStore>) -> Status {
+    let checkpoint = store.checkpoint().unwrap_or_default();
     let runner = runner::Runner {
         name: name.to_string(),
         until_head: true,
-        module_hash: String::new(),
         log: log.clone(),
+        status: Arc::new(Mutex::new(Status::starting(instance.module(), checkpoint))),
         store,
-        status: Arc::new(Mutex::new(Status {
-            state: State::Starting,
-            checkpoint: 0,
-            events_applied: 0,
-            error: None,
-        })),
-        stop: tokio::sync::watch::channel(false).1,
+        commands: tokio::sync::watch::channel(runner::Command::Run).1,
+        swap: Arc::default(),
+        hook: None,
     };
     runner.run(instance)
 }

@@ -1,19 +1,29 @@
-//! The deployed projectors: deploy (validate, compile, store, start), list, find, and stop.
+//! The deployed projectors and their lifecycle: deploy (validate, compile, store, start),
+//! hot reload (continue or blue/green rebuild), pause, resume, reset, delete.
+//!
+//! A projector has a *serving* generation — a module, a config and a view file — and, during a
+//! rebuild, a *pending* one building a fresh view from position 0 in its own file while the
+//! serving one keeps answering queries and following the log. When the pending generation
+//! reaches the log's head it is promoted: the catalog records it as serving, queries switch to
+//! it in one pointer swap, and the old generation is stopped and its file deleted.
 //!
 //! Layout in the data dir: `catalog.redb` (what is deployed), `modules/<sha256>.wasm` (module
-//! components, content-addressed) and `projectors/<name>/view.redb` (each projector's view and
-//! checkpoint, apart from every other projector's).
+//! components, content-addressed), `cache/<sha256>.cwasm` (compiled artifacts Prism produced),
+//! and `projectors/<name>/gen-<id>.redb` (each generation's view and checkpoint).
 
-use super::catalog::{Catalog, Deployment};
-use super::runner::{Runner, fault};
+use super::catalog::{Catalog, Deployment, GenerationRecord};
+use super::runner::{Command, Hook, Runner, RunnerEvent, SwapSlot, fault};
 use super::{State, Status};
-use crate::engine::{Descriptor, Engine, Instance, InstanceError, Module, ModuleError};
+use crate::engine::{
+    CompileSource, Descriptor, Engine, Instance, InstanceError, Module, ModuleError,
+};
 use crate::log::EventLog;
 use crate::store::{StoreError, ViewStore};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
+use std::time::Instant;
 use tokio::sync::watch;
 
 /// Longest projector name accepted.
@@ -25,6 +35,9 @@ pub enum DeployError {
     /// The projector name is not usable.
     #[error("invalid projector name {0:?}: use 1 to {MAX_NAME_LEN} letters, digits, '-' or '_'")]
     InvalidName(String),
+    /// A redeploy by hash named a module Prism does not have.
+    #[error("no stored module {0}")]
+    UnknownModule(String),
     /// The module is not a valid projector.
     #[error(transparent)]
     Module(#[from] ModuleError),
@@ -32,6 +45,20 @@ pub enum DeployError {
     #[error(transparent)]
     Instance(#[from] InstanceError),
     /// Storing the module, the catalog entry or the view failed.
+    #[error("storage failed: {0}")]
+    Storage(String),
+}
+
+/// Why a lifecycle action (pause, resume, reset, delete) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// No projector has that name.
+    #[error("no projector named {0:?}")]
+    NotFound(String),
+    /// Restarting the module failed.
+    #[error(transparent)]
+    Deploy(#[from] DeployError),
+    /// Storage failed.
     #[error("storage failed: {0}")]
     Storage(String),
 }
@@ -51,16 +78,26 @@ pub enum RegistryError {
     View(#[from] StoreError),
 }
 
-/// How a deploy went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// How a deploy applies to an existing projector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DeployMode {
     /// A new projector, starting from the beginning of the log.
     Created,
-    /// Same view schema: the new code continues from the existing checkpoint.
+    /// The new code takes over between two batches and continues from the current checkpoint
+    /// on the existing view. The default when the view schema version is unchanged.
     Continue,
-    /// New view schema: the view was dropped and is rebuilt from the beginning of the log.
+    /// A new generation rebuilds a fresh view from the start of the log in the background;
+    /// queries switch to it when it has caught up. The default when the schema changed.
     Rebuild,
+}
+
+/// Where a deploy's module comes from.
+pub enum ModuleSource {
+    /// Uploaded bytes: a component, or a core module with its component type.
+    Upload(Vec<u8>),
+    /// A module Prism already stores, by hash (a rollback, or a reset).
+    Stored(String),
 }
 
 /// The result of a deploy.
@@ -70,34 +107,112 @@ pub struct Deployed {
     pub module: String,
     pub schema_version: u32,
     pub mode: DeployMode,
+    /// The generation the deploy runs in (a new one for a rebuild).
+    pub generation: u64,
+    /// Where the compiled code came from.
+    pub compile: CompileSource,
+    /// How long validation and compilation took, in milliseconds.
+    pub compile_ms: f64,
 }
 
-/// A deployed projector: its deployment, its view, its status and its runner thread.
-pub struct ProjectorHandle {
-    /// The deployment name.
-    pub name: String,
-    /// What is deployed.
-    pub deployment: Deployment,
-    /// What the module said about itself (`None` when it failed to start).
-    pub descriptor: Option<Descriptor>,
-    /// The projector's view and checkpoint.
+/// One generation of a projector: its record, its view, and its runner.
+pub struct Generation {
+    /// What the catalog says of it (the module changes with a continue-mode reload).
+    record: RwLock<GenerationRecord>,
+    /// Its view and checkpoint.
     pub store: Arc<ViewStore>,
+    /// What the module said about itself (`None` when it failed to start).
+    pub descriptor: Mutex<Option<Descriptor>>,
     status: Arc<Mutex<Status>>,
-    stop: watch::Sender<bool>,
+    commands: watch::Sender<Command>,
+    swap: SwapSlot,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-impl ProjectorHandle {
-    /// A copy of the projector's current status.
+impl Generation {
+    /// What the catalog says of it.
+    pub fn record(&self) -> GenerationRecord {
+        self.record.read().expect("record lock").clone()
+    }
+
+    /// The generation's number.
+    pub fn id(&self) -> u64 {
+        self.record.read().expect("record lock").id
+    }
+
+    /// A copy of the generation's status.
     pub fn status(&self) -> Status {
         self.status.lock().expect("status lock").clone()
     }
 
+    fn command(&self, command: Command) {
+        self.commands.send_replace(command);
+    }
+
+    fn running(&self) -> bool {
+        self.thread
+            .lock()
+            .expect("thread lock")
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
+    }
+
     /// Stops the runner and waits for it to make its view durable.
     fn stop(&self) {
-        self.stop.send_replace(true);
+        self.command(Command::Stop);
         if let Some(thread) = self.thread.lock().expect("thread lock").take() {
             let _ = thread.join();
+        }
+    }
+}
+
+/// A deployed projector: its serving generation and, during a rebuild, a pending one.
+pub struct ProjectorHandle {
+    /// The deployment name.
+    pub name: String,
+    slots: RwLock<Slots>,
+}
+
+struct Slots {
+    serving: Arc<Generation>,
+    pending: Option<Arc<Generation>>,
+    paused: bool,
+    /// The last reload that failed, kept for the status.
+    reload_error: Option<String>,
+}
+
+impl ProjectorHandle {
+    /// The generation answering queries. A query holds it for its whole answer, so every answer
+    /// comes from exactly one generation.
+    pub fn serving(&self) -> Arc<Generation> {
+        self.slots.read().expect("slots lock").serving.clone()
+    }
+
+    /// The generation rebuilding in the background, if any.
+    pub fn pending(&self) -> Option<Arc<Generation>> {
+        self.slots.read().expect("slots lock").pending.clone()
+    }
+
+    /// Whether the projector is paused.
+    pub fn paused(&self) -> bool {
+        self.slots.read().expect("slots lock").paused
+    }
+
+    /// The last reload that failed (the previous module kept serving).
+    pub fn reload_error(&self) -> Option<String> {
+        self.slots.read().expect("slots lock").reload_error.clone()
+    }
+
+    /// The projector's overall state: paused, rebuilding, or its serving generation's state.
+    pub fn state(&self) -> State {
+        let slots = self.slots.read().expect("slots lock");
+        let serving = slots.serving.status().state;
+        if slots.paused {
+            State::Paused
+        } else if slots.pending.is_some() && serving != State::Faulted {
+            State::Rebuilding
+        } else {
+            serving
         }
     }
 }
@@ -114,24 +229,21 @@ struct Inner {
     data_dir: PathBuf,
     catalog: Catalog,
     projectors: RwLock<BTreeMap<String, Arc<ProjectorHandle>>>,
-    /// Serializes deploys (compiling happens before, in parallel).
-    deploying: Mutex<()>,
+    /// Serializes changes to deployments (compiling happens before, in parallel).
+    changing: Mutex<()>,
 }
 
 impl Registry {
-    /// Opens the catalog in `data_dir` and starts every deployed projector from its checkpoint.
-    /// A projector whose module fails to load is listed as faulted; its view still serves.
+    /// Opens the catalog in `data_dir` and starts every deployed projector from its checkpoint,
+    /// resuming any rebuild in progress. A generation whose module fails to load is listed as
+    /// faulted; the serving view still answers queries.
     pub fn open(data_dir: &Path, engine: Engine, log: EventLog) -> Result<Registry, RegistryError> {
-        let catalog = Catalog::open(data_dir).map_err(|source| RegistryError::Catalog {
+        let catalog_error = |source| RegistryError::Catalog {
             path: data_dir.display().to_string(),
             source,
-        })?;
-        let deployments = catalog
-            .deployments()
-            .map_err(|source| RegistryError::Catalog {
-                path: data_dir.display().to_string(),
-                source,
-            })?;
+        };
+        let catalog = Catalog::open(data_dir).map_err(catalog_error)?;
+        let deployments = catalog.deployments().map_err(catalog_error)?;
         let registry = Registry {
             inner: Arc::new(Inner {
                 engine,
@@ -139,22 +251,29 @@ impl Registry {
                 data_dir: data_dir.to_path_buf(),
                 catalog,
                 projectors: RwLock::new(BTreeMap::new()),
-                deploying: Mutex::new(()),
+                changing: Mutex::new(()),
             }),
         };
         for (name, deployment) in deployments {
-            let store = Arc::new(ViewStore::open(&registry.view_path(&name))?);
-            let started = registry.load(&name, &deployment);
-            let handle = match started {
-                Ok((module, instance)) => {
-                    registry.start(&name, deployment, &module, instance, store)
-                }
-                Err(message) => {
-                    tracing::error!(projector = %name, error = %message, "projector failed to load");
-                    registry.faulted(&name, deployment, store, message)?
-                }
+            let command = if deployment.paused {
+                Command::Pause
+            } else {
+                Command::Run
             };
-            registry.insert(handle);
+            let serving = registry.resume_generation(&name, deployment.serving, command, false)?;
+            let pending = deployment
+                .pending
+                .map(|record| registry.resume_generation(&name, record, command, true))
+                .transpose()?;
+            registry.insert(Arc::new(ProjectorHandle {
+                name: name.clone(),
+                slots: RwLock::new(Slots {
+                    serving,
+                    pending,
+                    paused: deployment.paused,
+                    reload_error: None,
+                }),
+            }));
         }
         Ok(registry)
     }
@@ -185,76 +304,529 @@ impl Registry {
             .cloned()
     }
 
-    /// Validates, compiles, stores and starts `wasm` as the projector `name`, replacing any
-    /// projector of that name. Blocking and CPU-heavy: call it off the async executor.
+    /// The hashes of every stored module.
+    pub fn modules(&self) -> std::io::Result<Vec<String>> {
+        self.inner.catalog.modules()
+    }
+
+    /// Deploys `source` as the projector `name`. Blocking and CPU-heavy: call it off the async
+    /// executor.
     ///
-    /// A module with the same view schema version as the one it replaces continues from its
-    /// checkpoint; a different version drops the view and rebuilds it from the start of the log.
-    pub fn deploy(&self, name: &str, wasm: &[u8], config: &str) -> Result<Deployed, DeployError> {
+    /// `config` replaces the configuration (`None` keeps the current one). `mode` forces how
+    /// an existing projector is replaced; by default, the same view schema version continues
+    /// and a new one rebuilds (see [`DeployMode`]). A module that fails to validate, compile,
+    /// instantiate or initialize is refused and nothing changes.
+    pub fn deploy(
+        &self,
+        name: &str,
+        source: ModuleSource,
+        config: Option<String>,
+        mode: Option<DeployMode>,
+    ) -> Result<Deployed, DeployError> {
         if !valid_name(name) {
             return Err(DeployError::InvalidName(name.to_string()));
         }
-        let module = self.inner.engine.compile(wasm)?;
-        let instance = self.inner.engine.instantiate(&module, name, config)?;
+        let started = Instant::now();
+        let (module, compile) = self.module(source)?;
+        let compile_ms = started.elapsed().as_secs_f64() * 1000.0;
+
+        let _changing = self.inner.changing.lock().expect("deploy lock");
+        let existing = self.get(name);
+        let config = config
+            .or_else(|| existing.as_ref().map(|p| p.serving().record().config))
+            .unwrap_or_default();
+        let instance = self.inner.engine.instantiate(&module, name, &config)?;
         let schema_version = instance.descriptor().schema_version;
         let storage = |e: &dyn std::fmt::Display| DeployError::Storage(e.to_string());
-        self.inner
-            .catalog
-            .store_module(&module.hash, &module.component)
-            .map_err(|e| storage(&e))?;
 
-        let _deploying = self.inner.deploying.lock().expect("deploy lock");
-        let previous = self.get(name);
-        let mode = match &previous {
-            None => DeployMode::Created,
-            Some(p) if p.deployment.schema_version == schema_version => DeployMode::Continue,
-            Some(_) => DeployMode::Rebuild,
+        let Some(projector) = existing else {
+            let record = GenerationRecord {
+                id: 1,
+                module: module.hash.clone(),
+                config,
+                schema_version,
+            };
+            let store = self
+                .open_store(name, record.id, true)
+                .map_err(|e| storage(&e))?;
+            let deployment = Deployment {
+                serving: record.clone(),
+                pending: None,
+                paused: false,
+            };
+            self.inner
+                .catalog
+                .put(name, &deployment)
+                .map_err(|e| storage(&e))?;
+            let serving = self.start(name, record, instance, store, Command::Run, false);
+            self.insert(Arc::new(ProjectorHandle {
+                name: name.to_string(),
+                slots: RwLock::new(Slots {
+                    serving,
+                    pending: None,
+                    paused: false,
+                    reload_error: None,
+                }),
+            }));
+            tracing::info!(projector = name, module = %module.hash, "deployed");
+            return Ok(Deployed {
+                name: name.to_string(),
+                module: module.hash,
+                schema_version,
+                mode: DeployMode::Created,
+                generation: 1,
+                compile,
+                compile_ms,
+            });
         };
-        if let Some(previous) = &previous {
-            previous.stop();
-        }
-        let store = match (&previous, mode) {
-            (Some(previous), DeployMode::Continue) => previous.store.clone(),
-            _ => {
-                let path = self.view_path(name);
-                if mode == DeployMode::Rebuild {
-                    std::fs::remove_file(&path).map_err(|e| storage(&e))?;
+
+        let serving = projector.serving();
+        let current = serving.record();
+        let mode = mode.unwrap_or(if current.schema_version == schema_version {
+            DeployMode::Continue
+        } else {
+            DeployMode::Rebuild
+        });
+        // A newer deploy supersedes a rebuild in progress.
+        self.cancel_pending(&projector);
+        let command = if projector.paused() {
+            Command::Pause
+        } else {
+            Command::Run
+        };
+        let generation = match mode {
+            DeployMode::Created | DeployMode::Continue => {
+                let record = GenerationRecord {
+                    module: module.hash.clone(),
+                    config,
+                    schema_version,
+                    ..current
+                };
+                self.put_deployment(&projector, Some(record.clone()), None)
+                    .map_err(|e| storage(&e))?;
+                if serving.running() {
+                    // Swap between two batches, on trial until the new code applies one.
+                    *serving.descriptor.lock().expect("descriptor lock") =
+                        Some(instance.descriptor().clone());
+                    *serving.record.write().expect("record lock") = record.clone();
+                    *serving.swap.lock().expect("swap lock") = Some(instance);
+                    serving.commands.send_modify(|_| {});
+                } else {
+                    // Faulted or stopped: start the new code on the same view.
+                    let started = self.start(
+                        name,
+                        record.clone(),
+                        instance,
+                        serving.store.clone(),
+                        command,
+                        false,
+                    );
+                    projector.slots.write().expect("slots lock").serving = started;
                 }
-                Arc::new(ViewStore::open(&path).map_err(|e| storage(&e))?)
+                record.id
+            }
+            DeployMode::Rebuild => {
+                let record = GenerationRecord {
+                    id: current.id + 1,
+                    module: module.hash.clone(),
+                    config,
+                    schema_version,
+                };
+                let store = self
+                    .open_store(name, record.id, true)
+                    .map_err(|e| storage(&e))?;
+                self.put_deployment(&projector, None, Some(Some(record.clone())))
+                    .map_err(|e| storage(&e))?;
+                let pending = self.start(name, record.clone(), instance, store, command, true);
+                projector.slots.write().expect("slots lock").pending = Some(pending);
+                record.id
             }
         };
-        let deployment = Deployment {
-            module: module.hash.clone(),
-            config: config.to_string(),
-            schema_version,
-        };
-        self.inner
-            .catalog
-            .put(name, &deployment)
-            .map_err(|e| storage(&e))?;
-        tracing::info!(projector = name, module = %module.hash, ?mode, "deployed");
-        self.insert(self.start(name, deployment, &module, instance, store));
+        projector.slots.write().expect("slots lock").reload_error = None;
+        tracing::info!(projector = name, module = %module.hash, ?mode, generation, "deployed");
         Ok(Deployed {
             name: name.to_string(),
             module: module.hash,
             schema_version,
             mode,
+            generation,
+            compile,
+            compile_ms,
         })
+    }
+
+    /// Pauses a projector (every generation stops between two batches).
+    pub fn pause(&self, name: &str) -> Result<(), LifecycleError> {
+        self.set_paused(name, true)
+    }
+
+    /// Resumes a paused projector, and restarts any faulted generation from its checkpoint
+    /// with a fresh instance (e.g. after the cause was fixed).
+    pub fn resume(&self, name: &str) -> Result<(), LifecycleError> {
+        self.set_paused(name, false)?;
+        let _changing = self.inner.changing.lock().expect("deploy lock");
+        let projector = self.handle(name)?;
+        let serving = projector.serving();
+        if !serving.running() {
+            let restarted = self.restart(name, &serving, false)?;
+            projector.slots.write().expect("slots lock").serving = restarted;
+        }
+        if let Some(pending) = projector.pending().filter(|p| !p.running()) {
+            let restarted = self.restart(name, &pending, true)?;
+            projector.slots.write().expect("slots lock").pending = Some(restarted);
+        }
+        Ok(())
+    }
+
+    /// Rebuilds a projector's view from scratch with its current module, blue/green.
+    pub fn reset(&self, name: &str) -> Result<Deployed, LifecycleError> {
+        let module = self.handle(name)?.serving().record().module;
+        Ok(self.deploy(
+            name,
+            ModuleSource::Stored(module),
+            None,
+            Some(DeployMode::Rebuild),
+        )?)
+    }
+
+    /// Stops a projector and deletes its views and its catalog entry.
+    pub fn delete(&self, name: &str) -> Result<(), LifecycleError> {
+        let _changing = self.inner.changing.lock().expect("deploy lock");
+        let projector = self.handle(name)?;
+        self.inner
+            .catalog
+            .remove(name)
+            .map_err(|e| LifecycleError::Storage(e.to_string()))?;
+        self.inner
+            .projectors
+            .write()
+            .expect("registry lock")
+            .remove(name);
+        self.cancel_pending(&projector);
+        projector.serving().stop();
+        let dir = self.projector_dir(name);
+        std::fs::remove_dir_all(&dir).map_err(|e| LifecycleError::Storage(e.to_string()))?;
+        tracing::info!(projector = name, "deleted");
+        Ok(())
     }
 
     /// Stops every projector, each making its view durable.
     pub fn shutdown(&self) {
-        for handle in self.list() {
-            handle.stop();
+        for projector in self.list() {
+            if let Some(pending) = projector.pending() {
+                pending.stop();
+            }
+            projector.serving().stop();
         }
     }
 
-    fn view_path(&self, name: &str) -> PathBuf {
+    fn handle(&self, name: &str) -> Result<Arc<ProjectorHandle>, LifecycleError> {
+        self.get(name)
+            .ok_or_else(|| LifecycleError::NotFound(name.to_string()))
+    }
+
+    fn module(&self, source: ModuleSource) -> Result<(Module, CompileSource), DeployError> {
+        match source {
+            ModuleSource::Upload(bytes) => {
+                let upload = self.inner.engine.compile(&bytes)?;
+                self.inner
+                    .catalog
+                    .store_module(&upload.module.hash, &upload.component)
+                    .map_err(|e| DeployError::Storage(e.to_string()))?;
+                Ok((upload.module, upload.source))
+            }
+            ModuleSource::Stored(hash) => {
+                if !self.inner.catalog.has_module(&hash) {
+                    return Err(DeployError::UnknownModule(hash));
+                }
+                Ok(self.load(&hash)?)
+            }
+        }
+    }
+
+    fn load(&self, hash: &str) -> Result<(Module, CompileSource), ModuleError> {
         self.inner
-            .data_dir
-            .join("projectors")
-            .join(name)
-            .join("view.redb")
+            .engine
+            .load(hash, || self.inner.catalog.read_module(hash))
+    }
+
+    fn set_paused(&self, name: &str, paused: bool) -> Result<(), LifecycleError> {
+        let _changing = self.inner.changing.lock().expect("deploy lock");
+        let projector = self.handle(name)?;
+        let mut deployment = self.deployment(&projector);
+        deployment.paused = paused;
+        self.inner
+            .catalog
+            .put(name, &deployment)
+            .map_err(|e| LifecycleError::Storage(e.to_string()))?;
+        let mut slots = projector.slots.write().expect("slots lock");
+        slots.paused = paused;
+        let command = if paused { Command::Pause } else { Command::Run };
+        slots.serving.command(command);
+        if let Some(pending) = &slots.pending {
+            pending.command(command);
+        }
+        Ok(())
+    }
+
+    /// The catalog entry of a projector as it runs now.
+    fn deployment(&self, projector: &ProjectorHandle) -> Deployment {
+        let slots = projector.slots.read().expect("slots lock");
+        Deployment {
+            serving: slots.serving.record(),
+            pending: slots.pending.as_ref().map(|p| p.record()),
+            paused: slots.paused,
+        }
+    }
+
+    /// Records a projector's deployment with a new serving record and/or pending slot.
+    fn put_deployment(
+        &self,
+        projector: &ProjectorHandle,
+        serving: Option<GenerationRecord>,
+        pending: Option<Option<GenerationRecord>>,
+    ) -> Result<(), redb::Error> {
+        let mut deployment = self.deployment(projector);
+        if let Some(serving) = serving {
+            deployment.serving = serving;
+        }
+        if let Some(pending) = pending {
+            deployment.pending = pending;
+        }
+        self.inner.catalog.put(&projector.name, &deployment)
+    }
+
+    /// Stops and discards a rebuild in progress.
+    fn cancel_pending(&self, projector: &ProjectorHandle) {
+        let pending = projector.slots.write().expect("slots lock").pending.take();
+        if let Some(pending) = pending {
+            pending.stop();
+            if let Err(e) = self.put_deployment(projector, None, Some(None)) {
+                tracing::error!(projector = %projector.name, error = %e, "recording a cancelled rebuild failed");
+            }
+            self.remove_store(&projector.name, pending.id());
+            tracing::info!(projector = %projector.name, generation = pending.id(), "rebuild cancelled");
+        }
+    }
+
+    /// Makes a caught-up pending generation the serving one (run on its own thread).
+    fn promote(&self, name: &str, id: u64) {
+        let _changing = self.inner.changing.lock().expect("deploy lock");
+        let Some(projector) = self.get(name) else {
+            return;
+        };
+        let Some(pending) = projector.pending().filter(|p| p.id() == id) else {
+            return;
+        };
+        let deployment = Deployment {
+            serving: pending.record(),
+            pending: None,
+            paused: projector.paused(),
+        };
+        if let Err(e) = self.inner.catalog.put(name, &deployment) {
+            tracing::error!(projector = name, error = %e, "recording a promotion failed; the rebuild stays pending");
+            return;
+        }
+        let old = {
+            let mut slots = projector.slots.write().expect("slots lock");
+            slots.pending = None;
+            std::mem::replace(&mut slots.serving, pending)
+        };
+        old.stop();
+        self.remove_store(name, old.id());
+        tracing::info!(
+            projector = name,
+            generation = id,
+            "rebuild caught up; now serving"
+        );
+    }
+
+    /// Records a failed continue-mode reload: the catalog goes back to the previous module.
+    fn reload_failed(&self, name: &str, module: &str, previous: &str, error: String) {
+        let _changing = self.inner.changing.lock().expect("deploy lock");
+        let Some(projector) = self.get(name) else {
+            return;
+        };
+        let serving = projector.serving();
+        let mut record = serving.record();
+        if record.module != module {
+            return;
+        }
+        record.module = previous.to_string();
+        if let Err(e) = self.put_deployment(&projector, Some(record.clone()), None) {
+            tracing::error!(projector = name, error = %e, "recording a failed reload failed");
+        }
+        *serving.record.write().expect("record lock") = record;
+        projector.slots.write().expect("slots lock").reload_error =
+            Some(format!("module {module} failed its first batch: {error}"));
+    }
+
+    /// Restarts a generation that is not running, with a fresh instance, from its checkpoint.
+    fn restart(
+        &self,
+        name: &str,
+        generation: &Generation,
+        pending: bool,
+    ) -> Result<Arc<Generation>, LifecycleError> {
+        let record = generation.record();
+        let (module, _) = self.load(&record.module).map_err(DeployError::from)?;
+        let instance = self
+            .inner
+            .engine
+            .instantiate(&module, name, &record.config)
+            .map_err(DeployError::from)?;
+        Ok(self.start(
+            name,
+            record,
+            instance,
+            generation.store.clone(),
+            Command::Run,
+            pending,
+        ))
+    }
+
+    /// Starts a generation found in the catalog; one that fails to load is listed faulted.
+    fn resume_generation(
+        &self,
+        name: &str,
+        record: GenerationRecord,
+        command: Command,
+        pending: bool,
+    ) -> Result<Arc<Generation>, StoreError> {
+        let store = self.open_store(name, record.id, false)?;
+        let loaded = self
+            .load(&record.module)
+            .map_err(|e| e.to_string())
+            .and_then(|(module, _)| {
+                self.inner
+                    .engine
+                    .instantiate(&module, name, &record.config)
+                    .map_err(|e| e.to_string())
+            });
+        Ok(match loaded {
+            Ok(instance) => self.start(name, record, instance, store, command, pending),
+            Err(message) => {
+                tracing::error!(projector = name, generation = record.id, error = %message, "projector failed to load");
+                let mut status = Status::starting(&record.module, store.checkpoint()?);
+                status.state = State::Faulted;
+                status.error = Some(fault(message));
+                Arc::new(Generation {
+                    record: RwLock::new(record),
+                    store,
+                    descriptor: Mutex::new(None),
+                    status: Arc::new(Mutex::new(status)),
+                    commands: watch::channel(Command::Stop).0,
+                    swap: Arc::default(),
+                    thread: Mutex::new(None),
+                })
+            }
+        })
+    }
+
+    /// Starts a runner thread for a generation. A pending generation promotes itself when it
+    /// first catches up.
+    fn start(
+        &self,
+        name: &str,
+        record: GenerationRecord,
+        instance: Instance,
+        store: Arc<ViewStore>,
+        command: Command,
+        pending: bool,
+    ) -> Arc<Generation> {
+        let checkpoint = store.checkpoint().unwrap_or_default();
+        let status = Arc::new(Mutex::new(Status::starting(&record.module, checkpoint)));
+        let (commands, commands_rx) = watch::channel(command);
+        let swap = SwapSlot::default();
+        let descriptor = Mutex::new(Some(instance.descriptor().clone()));
+        let runner = Runner {
+            name: name.to_string(),
+            until_head: false,
+            log: self.inner.log.clone(),
+            store: store.clone(),
+            status: status.clone(),
+            commands: commands_rx,
+            swap: swap.clone(),
+            hook: Some(self.hook(name, record.id, pending)),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("prism-{name}-{}", record.id))
+            .spawn(move || {
+                runner.run(instance);
+            })
+            .expect("spawning a projector thread");
+        Arc::new(Generation {
+            record: RwLock::new(record),
+            store,
+            descriptor,
+            status,
+            commands,
+            swap,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// What a runner's events do. Each is handled on a thread of its own, so a runner never
+    /// waits on the registry's lock (which may be held by someone stopping that runner).
+    fn hook(&self, name: &str, id: u64, pending: bool) -> Hook {
+        let registry: Weak<Inner> = Arc::downgrade(&self.inner);
+        let name = name.to_string();
+        Arc::new(move |event: RunnerEvent| {
+            let registry = registry.clone();
+            let name = name.clone();
+            let work = move || {
+                let Some(inner) = registry.upgrade() else {
+                    return;
+                };
+                let registry = Registry { inner };
+                match event {
+                    RunnerEvent::CaughtUp if pending => registry.promote(&name, id),
+                    RunnerEvent::ReloadFailed {
+                        module,
+                        previous,
+                        error,
+                    } => registry.reload_failed(&name, &module, &previous, error),
+                    RunnerEvent::ReloadSucceeded { module } => {
+                        tracing::info!(projector = %name, %module, "reload complete: the new module applied its first batch");
+                    }
+                    RunnerEvent::CaughtUp => {}
+                }
+            };
+            if let Err(e) = std::thread::Builder::new()
+                .name("prism-lifecycle".into())
+                .spawn(work)
+            {
+                tracing::error!(error = %e, "spawning a lifecycle thread failed");
+            }
+        })
+    }
+
+    fn projector_dir(&self, name: &str) -> PathBuf {
+        self.inner.data_dir.join("projectors").join(name)
+    }
+
+    fn store_path(&self, name: &str, id: u64) -> PathBuf {
+        self.projector_dir(name).join(format!("gen-{id}.redb"))
+    }
+
+    /// Opens a generation's view file; `fresh` first removes any leftover of that generation.
+    fn open_store(&self, name: &str, id: u64, fresh: bool) -> Result<Arc<ViewStore>, StoreError> {
+        let path = self.store_path(name, id);
+        if fresh {
+            self.remove_store(name, id);
+        }
+        Ok(Arc::new(ViewStore::open(&path)?))
+    }
+
+    fn remove_store(&self, name: &str, id: u64) {
+        let path = self.store_path(name, id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "removing a view file failed")
+            }
+        }
     }
 
     fn insert(&self, handle: Arc<ProjectorHandle>) {
@@ -263,93 +835,6 @@ impl Registry {
             .write()
             .expect("registry lock")
             .insert(handle.name.clone(), handle);
-    }
-
-    /// Loads and starts a deployed module.
-    fn load(&self, name: &str, deployment: &Deployment) -> Result<(Module, Instance), String> {
-        let bytes = self
-            .inner
-            .catalog
-            .read_module(&deployment.module)
-            .map_err(|e| format!("cannot read module {}: {e}", deployment.module))?;
-        let module = self
-            .inner
-            .engine
-            .compile(&bytes)
-            .map_err(|e| e.to_string())?;
-        let instance = self
-            .inner
-            .engine
-            .instantiate(&module, name, &deployment.config)
-            .map_err(|e| e.to_string())?;
-        Ok((module, instance))
-    }
-
-    fn start(
-        &self,
-        name: &str,
-        deployment: Deployment,
-        module: &Module,
-        instance: Instance,
-        store: Arc<ViewStore>,
-    ) -> Arc<ProjectorHandle> {
-        let status = Arc::new(Mutex::new(Status {
-            state: State::Starting,
-            checkpoint: 0,
-            events_applied: 0,
-            error: None,
-        }));
-        let (stop, stop_rx) = watch::channel(false);
-        let descriptor = Some(instance.descriptor().clone());
-        let runner = Runner {
-            name: name.to_string(),
-            until_head: false,
-            module_hash: module.hash.clone(),
-            log: self.inner.log.clone(),
-            store: store.clone(),
-            status: status.clone(),
-            stop: stop_rx,
-        };
-        let thread = std::thread::Builder::new()
-            .name(format!("prism-{name}"))
-            .spawn(move || {
-                runner.run(instance);
-            })
-            .expect("spawning a projector thread");
-        Arc::new(ProjectorHandle {
-            name: name.to_string(),
-            deployment,
-            descriptor,
-            store,
-            status,
-            stop,
-            thread: Mutex::new(Some(thread)),
-        })
-    }
-
-    /// A projector that could not start: listed as faulted, its view still readable.
-    fn faulted(
-        &self,
-        name: &str,
-        deployment: Deployment,
-        store: Arc<ViewStore>,
-        message: String,
-    ) -> Result<Arc<ProjectorHandle>, StoreError> {
-        let checkpoint = store.checkpoint()?;
-        Ok(Arc::new(ProjectorHandle {
-            name: name.to_string(),
-            deployment,
-            descriptor: None,
-            store,
-            status: Arc::new(Mutex::new(Status {
-                state: State::Faulted,
-                checkpoint,
-                events_applied: 0,
-                error: Some(fault(message)),
-            })),
-            stop: watch::channel(true).0,
-            thread: Mutex::new(None),
-        }))
     }
 }
 

@@ -1,6 +1,11 @@
-//! One projector's loop: read a batch after the checkpoint, filter it, apply it in Wasm,
-//! commit the view writes and the new checkpoint in one transaction, repeat; when caught up,
-//! sleep until the log's head moves (no polling).
+//! One projector generation's loop: read a batch after the checkpoint, filter it, apply it in
+//! Wasm, commit the view writes and the new checkpoint in one transaction, repeat; when caught
+//! up, sleep until the log's head moves or a command arrives (no polling).
+//!
+//! Code swaps (continue-mode reloads) happen here, between two batches: the new instance takes
+//! over at the current checkpoint, on trial until it has applied one batch. If that first
+//! batch fails, the runner goes back to the previous instance, reports the failure, and applies
+//! the batch again with the old code — so a bad reload never faults a healthy projector.
 
 use super::{Fault, State, Status, Subscription};
 use crate::engine::{ApplyError, EventBatch, Instance};
@@ -15,24 +20,62 @@ pub const MAX_BATCH_EVENTS: usize = 1024;
 /// Most payload bytes per batch (a batch always holds at least one event).
 pub const MAX_BATCH_BYTES: usize = 4 << 20;
 
-/// Everything a runner needs besides its instance; it borrows nothing.
+/// What a runner is told to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Apply events.
+    Run,
+    /// Stay between batches, applying nothing, until told otherwise.
+    Pause,
+    /// Make the view durable and return.
+    Stop,
+}
+
+/// What a runner reports to its owner, from its own thread. Handlers must not block on the
+/// owner's locks (they hand work to another thread).
+#[derive(Debug, Clone)]
+pub enum RunnerEvent {
+    /// The runner reached the log's head (reported once per run).
+    CaughtUp,
+    /// A swapped-in module applied its first batch: the reload is complete.
+    ReloadSucceeded { module: String },
+    /// A swapped-in module failed its first batch; the runner is back on `previous`.
+    ReloadFailed {
+        module: String,
+        previous: String,
+        error: String,
+    },
+}
+
+/// Receives [`RunnerEvent`]s.
+pub type Hook = Arc<dyn Fn(RunnerEvent) + Send + Sync>;
+
+/// A slot where the owner leaves an instance for the runner to swap in between batches.
+pub type SwapSlot = Arc<Mutex<Option<Instance>>>;
+
+/// Everything a runner needs besides its first instance; it borrows nothing.
 pub struct Runner {
     pub name: String,
     /// Return once the log's head is reached instead of waiting for more.
     pub until_head: bool,
-    pub module_hash: String,
     pub log: EventLog,
     pub store: Arc<ViewStore>,
     pub status: Arc<Mutex<Status>>,
-    pub stop: watch::Receiver<bool>,
+    pub commands: watch::Receiver<Command>,
+    pub swap: SwapSlot,
+    pub hook: Option<Hook>,
 }
 
 impl Runner {
     /// Runs `instance` until stopped or faulted (or, with `until_head`, caught up), then makes
     /// the view durable. Returns the final status.
     pub fn run(mut self, instance: Instance) -> Status {
-        let span = tracing::info_span!("projector", projector = %self.name, module = self.module_hash.get(..12).unwrap_or_default());
+        let span = tracing::info_span!("projector", projector = %self.name);
         let _entered = span.enter();
+        self.set(|s| {
+            s.module = instance.module().to_string();
+            s.error = None;
+        });
         if let Err(fault) = self.follow(instance) {
             tracing::error!(error = %fault.message, position = fault.position, "projector faulted");
             self.set(|s| {
@@ -55,17 +98,49 @@ impl Runner {
         f(&mut self.status.lock().expect("status lock"))
     }
 
+    fn report(&self, event: RunnerEvent) {
+        if let Some(hook) = &self.hook {
+            hook(event);
+        }
+    }
+
     fn follow(&mut self, mut instance: Instance) -> Result<(), Fault> {
-        let subscription: Subscription = instance.descriptor().subscription.clone();
+        let mut subscription: Subscription = instance.descriptor().subscription.clone();
+        let mut previous: Option<Instance> = None;
         let mut checkpoint = self.store.checkpoint().map_err(|e| fault(e.to_string()))?;
         let mut head = self.log.subscribe();
         let mut batch = EventBatch::default();
         let mut last_durable = Instant::now();
+        let mut reported_caught_up = false;
         self.set(|s| {
             s.checkpoint = checkpoint;
             s.state = State::CatchingUp;
         });
-        while !*self.stop.borrow() {
+        loop {
+            let command = *self.commands.borrow_and_update();
+            match command {
+                Command::Stop => return Ok(()),
+                Command::Pause => {
+                    self.set(|s| s.state = State::Paused);
+                    if !self.wait_for_command() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Command::Run => {}
+            }
+            if let Some(next) = self.swap.lock().expect("swap lock").take() {
+                tracing::info!(
+                    from = instance.module(),
+                    to = next.module(),
+                    "swapping code"
+                );
+                subscription = next.descriptor().subscription.clone();
+                let module = next.module().to_string();
+                previous = Some(std::mem::replace(&mut instance, next));
+                self.set(|s| s.module = module);
+            }
+
             batch.clear();
             let last = self
                 .log
@@ -78,8 +153,12 @@ impl Runner {
                 .map_err(|e| fault(e.to_string()))?;
             let Some(last) = last else {
                 self.set(|s| s.state = State::Live);
+                if !reported_caught_up {
+                    reported_caught_up = true;
+                    self.report(RunnerEvent::CaughtUp);
+                }
                 if self.until_head || !self.wait_for_events(&mut head, checkpoint) {
-                    break;
+                    return Ok(());
                 }
                 continue;
             };
@@ -89,8 +168,33 @@ impl Runner {
             } else {
                 let _span = tracing::debug_span!("apply", events = batch.len(), last).entered();
                 match instance.apply(&batch, view) {
-                    (view, Ok(())) => view,
-                    (_, Err(e)) => return Err(self.describe_failure(e)),
+                    (view, Ok(())) => {
+                        if let Some(old) = previous.take() {
+                            self.report(RunnerEvent::ReloadSucceeded {
+                                module: instance.module().to_string(),
+                            });
+                            drop(old);
+                        }
+                        view
+                    }
+                    (_, Err(e)) => match previous.take() {
+                        Some(old) => {
+                            // The new code failed its trial: back to the old code, and retry
+                            // the batch with it.
+                            let failed = std::mem::replace(&mut instance, old);
+                            subscription = instance.descriptor().subscription.clone();
+                            let error = self.describe_failure(e).to_string();
+                            tracing::warn!(module = failed.module(), %error, "reload failed its first batch; keeping the previous module");
+                            self.set(|s| s.module = instance.module().to_string());
+                            self.report(RunnerEvent::ReloadFailed {
+                                module: failed.module().to_string(),
+                                previous: instance.module().to_string(),
+                                error,
+                            });
+                            continue;
+                        }
+                        None => return Err(self.describe_failure(e)),
+                    },
                 }
             };
             let durable = last_durable.elapsed() >= DURABLE_INTERVAL;
@@ -106,6 +210,7 @@ impl Runner {
             self.set(|s| {
                 s.checkpoint = checkpoint;
                 s.events_applied += applied;
+                s.rate.record(checkpoint);
                 s.state = if behind {
                     State::CatchingUp
                 } else {
@@ -113,18 +218,23 @@ impl Runner {
                 };
             });
         }
-        Ok(())
     }
 
-    /// Sleeps until the head passes `checkpoint` (true) or the runner is stopped (false).
+    /// Sleeps until the head passes `checkpoint` (true) or a command arrives (true, to be
+    /// handled by the loop); false when the owner is gone.
     fn wait_for_events(&mut self, head: &mut watch::Receiver<u64>, checkpoint: u64) -> bool {
-        let stop = &mut self.stop;
+        let commands = &mut self.commands;
         futures::executor::block_on(async {
             tokio::select! {
                 moved = head.wait_for(|h| *h > checkpoint) => moved.is_ok(),
-                _ = stop.wait_for(|stop| *stop) => false,
+                changed = commands.changed() => changed.is_ok(),
             }
         })
+    }
+
+    /// Sleeps until a new command arrives; false when the owner is gone.
+    fn wait_for_command(&mut self) -> bool {
+        futures::executor::block_on(self.commands.changed()).is_ok()
     }
 
     /// A fault naming the failing event when the guest named one.
@@ -143,11 +253,24 @@ impl Runner {
     }
 }
 
+/// A fault with only a message.
 pub fn fault(message: String) -> Fault {
     Fault {
         message,
         position: None,
         stream: None,
         event_type: None,
+    }
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)?;
+        if let (Some(position), Some(stream), Some(event_type)) =
+            (self.position, &self.stream, &self.event_type)
+        {
+            write!(f, " (event {position}, {event_type} in {stream})")?;
+        }
+        Ok(())
     }
 }

@@ -11,12 +11,9 @@ pub use prism_test_artifacts as artifacts;
 
 /// Starts Prism on `127.0.0.1:0` over `data_dir`.
 pub async fn start(data_dir: &Path) -> (Server, Client) {
-    let server = Server::start(ServerConfig {
-        data_dir: data_dir.to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-    })
-    .await
-    .expect("prism starts");
+    let server = Server::start(ServerConfig::new(data_dir, "127.0.0.1:0".parse().unwrap()))
+        .await
+        .expect("prism starts");
     let client = Client {
         base: format!("http://{}", server.addr()),
         http: reqwest::Client::new(),
