@@ -78,13 +78,16 @@ fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// The example projectors (the guest workspace also holds test fixtures).
+const EXAMPLES: [&str; 3] = ["event-counter", "order-totals", "account-balances"];
+
 /// Builds the example projectors and writes their components to `out`.
 fn build_guests(root: &Path, out: &Path) -> Result<Vec<(String, PathBuf)>> {
     let toolchain = prism_toolchain::Toolchain::find()?;
     eprintln!("xtask: building the example projectors with {toolchain:?}");
     let guests = root.join("example-projectors");
     let artifacts =
-        prism_toolchain::build_workspace(&toolchain, &guests, &guests.join("target"), &[])?;
+        prism_toolchain::build_workspace(&toolchain, &guests, &guests.join("target"), &EXAMPLES)?;
     std::fs::create_dir_all(out)?;
     let mut built = Vec::new();
     for artifact in artifacts {

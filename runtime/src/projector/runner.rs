@@ -114,6 +114,7 @@ impl Runner {
         let mut reported_caught_up = false;
         self.set(|s| {
             s.checkpoint = checkpoint;
+            s.rate.record(checkpoint);
             s.state = State::CatchingUp;
         });
         loop {

@@ -90,8 +90,17 @@ impl Client {
 
     /// Deploys a `.wasm` file; panics unless it is accepted.
     pub async fn deploy(&self, name: &str, wasm_path: &str) -> Value {
+        self.deploy_with(name, wasm_path, "").await
+    }
+
+    /// Deploys a `.wasm` file with a query string (e.g. `mode=rebuild`); panics unless it is
+    /// accepted.
+    pub async fn deploy_with(&self, name: &str, wasm_path: &str, query: &str) -> Value {
         let reply = self
-            .put_raw(&format!("/projectors/{name}"), artifacts::read(wasm_path))
+            .put_raw(
+                &format!("/projectors/{name}?{query}"),
+                artifacts::read(wasm_path),
+            )
             .await;
         assert!(
             reply.status == 200 || reply.status == 201,
@@ -100,6 +109,34 @@ impl Client {
             reply.body
         );
         reply.body
+    }
+
+    /// A projector's status.
+    pub async fn status(&self, name: &str) -> Value {
+        let reply = self.get(&format!("/projectors/{name}")).await;
+        assert_eq!(reply.status, 200, "status of {name}: {}", reply.body);
+        reply.body
+    }
+
+    /// Waits until `check` accepts projector `name`'s status; returns that status.
+    pub async fn wait_until(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = self.status(name).await;
+            if check(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: timed out waiting for {what}: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Waits until projector `name` has applied the whole log; returns its status.
@@ -133,10 +170,19 @@ impl Client {
 
     /// The whole view of `name`, paging through scans: key → value.
     pub async fn whole_view(&self, name: &str) -> serde_json::Map<String, Value> {
+        self.whole_view_paged(name, 7).await
+    }
+
+    /// The whole view of `name`, in pages of `page` entries.
+    pub async fn whole_view_paged(
+        &self,
+        name: &str,
+        page: usize,
+    ) -> serde_json::Map<String, Value> {
         let mut out = serde_json::Map::new();
         let mut after: Option<String> = None;
         loop {
-            let mut path = format!("/projectors/{name}/view?limit=7");
+            let mut path = format!("/projectors/{name}/view?limit={page}");
             if let Some(a) = &after {
                 path.push_str(&format!("&after={}", urlencode(a)));
             }
@@ -162,6 +208,29 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Appends `n` events of type `event_type` to `stream`, `per_append` at a time; returns the
+/// last position.
+pub async fn append_many(
+    client: &Client,
+    stream: &str,
+    event_type: &str,
+    n: usize,
+    per_append: usize,
+) -> u64 {
+    let mut last = 0;
+    let mut left = n;
+    while left > 0 {
+        let batch: Vec<Value> = (0..per_append.min(left))
+            .map(|i| json!({"type": event_type, "data": {"i": i}}))
+            .collect();
+        left -= batch.len();
+        last = client.append(stream, Value::Array(batch)).await["last_position"]
+            .as_u64()
+            .unwrap();
+    }
+    last
 }
 
 /// The example projectors, by deployment name and artifact.
