@@ -1,0 +1,254 @@
+//! Hot-reload harness (end to end, real server on a real socket, release build):
+//!
+//! - upload-to-serving time of a continue-mode reload: from the start of the `PUT` until the
+//!   status reports the new module running — cold (never compiled) and compile-cache hits;
+//! - compile time of a cache hit, from memory and from the disk cache (after a restart);
+//! - the longest gap in query service while a blue/green rebuild swaps generations, with 16
+//!   clients querying.
+//!
+//! `cargo bench -p prism-benches --bench reload`
+
+use prism::server::{Server, ServerConfig};
+use prism_test_artifacts as artifacts;
+use serde_json::Value;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+struct Prism {
+    server: Server,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Prism {
+    async fn start(dir: &std::path::Path) -> Prism {
+        let server = Server::start(ServerConfig::new(dir, "127.0.0.1:0".parse().unwrap()))
+            .await
+            .unwrap();
+        let base = format!("http://{}", server.addr());
+        Prism {
+            server,
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn deploy(&self, name: &str, wasm: &[u8], query: &str) -> Value {
+        let reply = self
+            .http
+            .put(format!("{}/projectors/{name}?{query}", self.base))
+            .body(wasm.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert!(reply.status().is_success());
+        reply.json().await.unwrap()
+    }
+
+    async fn status(&self, name: &str) -> Value {
+        let url = format!("{}/projectors/{name}", self.base);
+        self.http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn wait(&self, name: &str, check: impl Fn(&Value) -> bool) {
+        while !check(&self.status(name).await) {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+
+    async fn append(&self, n: usize) {
+        let mut left = n;
+        while left > 0 {
+            let batch: Vec<Value> = (0..left.min(1000))
+                .map(|i| serde_json::json!({"type": "A", "data": {"i": i}}))
+                .collect();
+            left -= batch.len();
+            let url = format!("{}/streams/s/events", self.base);
+            let reply = self.http.post(url).json(&batch).send().await.unwrap();
+            assert!(reply.status().is_success());
+        }
+    }
+}
+
+/// Deploys `wasm` over a running projector and waits until its runner runs the new module.
+async fn upload_to_serving(prism: &Prism, wasm: &[u8]) -> (Duration, Value) {
+    let start = Instant::now();
+    let deployed = prism.deploy("tally", wasm, "").await;
+    assert_eq!(deployed["mode"], "continue");
+    let module = deployed["module"].clone();
+    prism.wait("tally", |s| s["module"] == module).await;
+    (start.elapsed(), deployed)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn summary(mut samples: Vec<Duration>) -> String {
+    samples.sort();
+    let p50 = samples[samples.len() / 2];
+    let max = *samples.last().unwrap();
+    format!("p50 {} max {} (n={})", ms(p50), ms(max), samples.len())
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --benches` asks for a list; there is nothing to list.
+    }
+    let v1 = artifacts::read(artifacts::TALLY_V1);
+    let v2 = artifacts::read(artifacts::TALLY_V2);
+
+    // Cold: each sample on a fresh data dir, so nothing is cached.
+    let mut cold = Vec::new();
+    let mut cold_compile = Vec::new();
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let prism = Prism::start(dir.path()).await;
+        prism.deploy("tally", &v1, "").await;
+        prism.append(1000).await;
+        prism.wait("tally", |s| s["lag"] == 0).await;
+        let (took, deployed) = upload_to_serving(&prism, &v2).await;
+        assert_eq!(deployed["compile"], "compiled");
+        cold.push(took);
+        cold_compile.push(Duration::from_secs_f64(
+            deployed["compile_ms"].as_f64().unwrap() / 1000.0,
+        ));
+        prism.server.stop().await;
+    }
+    println!(
+        "continue-mode reload, cold compile: upload-to-serving {}",
+        summary(cold)
+    );
+    println!("  of which validation + compile: {}", summary(cold_compile));
+
+    // Cache hits: alternate two known modules on one server.
+    let dir = tempfile::tempdir().unwrap();
+    let prism = Prism::start(dir.path()).await;
+    prism.deploy("tally", &v1, "").await;
+    prism.deploy("tally", &v2, "").await;
+    prism.append(1000).await;
+    let mut hits = Vec::new();
+    let mut hit_compile = Vec::new();
+    for i in 0..50 {
+        let wasm = if i % 2 == 0 { &v1 } else { &v2 };
+        let (took, deployed) = upload_to_serving(&prism, wasm).await;
+        assert_eq!(deployed["compile"], "memory");
+        hits.push(took);
+        hit_compile.push(Duration::from_secs_f64(
+            deployed["compile_ms"].as_f64().unwrap() / 1000.0,
+        ));
+    }
+    println!(
+        "continue-mode reload, compile-cache hit: upload-to-serving {}",
+        summary(hits)
+    );
+    println!(
+        "  of which hashing + cache lookup: {}",
+        summary(hit_compile)
+    );
+    prism.server.stop().await;
+
+    // Disk cache: after a restart, a module compiled before is loaded, not compiled.
+    let prism = Prism::start(dir.path()).await;
+    let v3 = artifacts::read(artifacts::TALLY_V3);
+    prism.deploy("warm", &v3, "").await; // compiled now, cached on disk
+    let url = format!("{}/projectors/warm", prism.base);
+    assert!(
+        prism
+            .http
+            .delete(url)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    prism.server.stop().await;
+    let prism = Prism::start(dir.path()).await;
+    let deployed = prism.deploy("warm-2", &v3, "").await;
+    assert_eq!(deployed["compile"], "disk-cache");
+    println!(
+        "compile-cache hit from disk (after restart): {:.2} ms (cold compile of the same module above)",
+        deployed["compile_ms"].as_f64().unwrap()
+    );
+    prism.server.stop().await;
+
+    // Query service through a blue/green swap.
+    let dir = tempfile::tempdir().unwrap();
+    let prism = Arc::new(Prism::start(dir.path()).await);
+    prism.deploy("tally", &v1, "").await;
+    prism.append(50_000).await;
+    prism.wait("tally", |s| s["lag"] == 0).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let epoch = Instant::now();
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        let (prism, stop) = (prism.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            let url = format!("{}/projectors/tally/view?limit=5", prism.base);
+            while !stop.load(Ordering::Relaxed) {
+                let start = Instant::now();
+                let reply = prism.http.get(&url).send().await.unwrap();
+                assert!(reply.status().is_success());
+                let _ = reply.bytes().await.unwrap();
+                done.push((start - epoch, start.elapsed()));
+            }
+            done
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deploy_at = epoch.elapsed();
+    prism
+        .deploy("tally", &artifacts::read(artifacts::TALLY_V3), "")
+        .await;
+    prism
+        .wait("tally", |s| s["generation"] == 2 && s["rebuild"].is_null())
+        .await;
+    let swapped_at = epoch.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for client in clients {
+        all.extend(client.await.unwrap());
+    }
+    let ends = {
+        let mut ends: Vec<_> = all.iter().map(|(start, took)| *start + *took).collect();
+        ends.sort();
+        ends
+    };
+    let gap = ends.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    let during: Vec<_> = all
+        .iter()
+        .filter(|(start, _)| *start >= deploy_at && *start <= swapped_at)
+        .map(|(_, took)| *took)
+        .collect();
+    let before: Vec<_> = all
+        .iter()
+        .filter(|(start, _)| *start < deploy_at)
+        .map(|(_, took)| *took)
+        .collect();
+    println!(
+        "blue/green swap under 16 query clients: {} queries, 0 failed; longest gap between answers {}",
+        all.len(),
+        ms(gap)
+    );
+    println!("  query latency before the deploy: {}", summary(before));
+    println!(
+        "  query latency during the rebuild ({} for 50k events) and swap: {}",
+        ms(swapped_at - deploy_at),
+        summary(during)
+    );
+    if let Ok(prism) = Arc::try_unwrap(prism) {
+        prism.server.stop().await;
+    }
+}
