@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! append (HTTP/CLI) -> event log (log.redb) -> runner -> projector (Wasm)
-//!                   -> view + checkpoint (projectors/<name>/view.redb, one transaction) -> HTTP
+//!                   -> view + checkpoint (projectors/<name>/gen-<n>.redb, one transaction) -> HTTP
 //! ```
 //!
 //! - [`log`]: the event log, with group-committed durable appends and a head watch.

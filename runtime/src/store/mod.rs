@@ -1,4 +1,5 @@
-//! A projector's own redb file (`view.redb`): its view table and its checkpoint.
+//! A projector generation's own redb file (`projectors/<name>/gen-<n>.redb`): its view table
+//! and its checkpoint.
 //!
 //! The checkpoint is the position of the last event the view reflects. A batch's view writes
 //! and its new checkpoint commit in **one** write transaction ([`ViewStore::commit`]), so a crash
