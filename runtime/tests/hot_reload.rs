@@ -84,10 +84,10 @@ async fn rebuild_mode_swaps_atomically_under_query_load() {
     common::append_many(&client, "load", "A", 20_000, 1000).await;
     client.wait_caught_up("tally").await;
 
-    // Hammer the view from many clients through the whole swap.
+    // Hammer the view from many concurrent clients through the whole swap.
     let stop = Arc::new(AtomicBool::new(false));
     let mut hammers = Vec::new();
-    for _ in 0..16 {
+    for _ in 0..64 {
         let (client, stop) = (client.clone(), stop.clone());
         hammers.push(tokio::spawn(async move {
             let mut answers = Vec::new();

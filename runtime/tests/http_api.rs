@@ -172,6 +172,11 @@ async fn bad_requests_get_json_errors_and_change_nothing() {
         assert!(!message.is_empty(), "{what}");
     }
 
+    // A refused import is named.
+    let wasi = client.put_raw("/projectors/p", wasi_importer()).await;
+    let message = wasi.body["error"].as_str().unwrap();
+    assert!(message.contains("wasi:cli/environment@0.2.0"), "{message}");
+
     // The conflict says what it found.
     let conflict = client
         .post_raw(
@@ -242,4 +247,9 @@ async fn a_redeploy_with_the_same_schema_continues_from_the_checkpoint() {
     );
     assert_eq!(client.view("orders", "stats").await, json!({"ignored": 3}));
     server.stop().await;
+}
+
+/// A component that imports a WASI interface (and exports nothing).
+fn wasi_importer() -> Vec<u8> {
+    wat::parse_str(r#"(component (import "wasi:cli/environment@0.2.0" (instance)))"#).unwrap()
 }
