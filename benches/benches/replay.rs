@@ -8,7 +8,7 @@
 //! `cargo bench -p prism-benches --bench replay` (set `PRISM_BENCH_EVENTS=1000000` for 1M).
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use prism::engine::Engine;
+use prism::engine::{Engine, Limits};
 use prism::log::{EventLog, ExpectedVersion, NewEvent};
 use prism::projector::{State, catch_up};
 use prism::store::ViewStore;
@@ -89,7 +89,7 @@ fn replay(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let log = EventLog::open(&dir.path().join("log.redb")).unwrap();
     fill(&log, n);
-    let engine = Engine::new(None).unwrap();
+    let engine = Engine::new(None, Limits::default()).unwrap();
 
     let mut group = c.benchmark_group("replay");
     group.throughput(Throughput::Elements(n));
@@ -112,7 +112,7 @@ fn replay(c: &mut Criterion) {
                     let store = Arc::new(ViewStore::open(&view).unwrap());
                     let instance = engine.instantiate(&module, name, "").unwrap();
                     let start = Instant::now();
-                    let status = catch_up(name, instance, &log, store);
+                    let status = catch_up(&engine, &module, instance, &log, store);
                     total += start.elapsed();
                     assert_eq!(
                         (status.state, status.checkpoint),

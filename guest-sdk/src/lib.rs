@@ -409,6 +409,8 @@ pub mod __private {
     pub fn apply<P: Projector>(batch: wit::Batch) -> Result<(), wit::ApplyError> {
         let mut view = View { _private: () };
         for (index, header) in batch.events.iter().enumerate() {
+            // Starts this event's own instruction budget, and names the event a trap belongs to.
+            host::begin_event(index as u32);
             let fail = |message: String| wit::ApplyError {
                 index: index as u32,
                 message,

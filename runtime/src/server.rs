@@ -19,6 +19,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Request size limits.
     pub limits: Limits,
+    /// The sandbox projectors run in.
+    pub sandbox: crate::engine::Limits,
 }
 
 impl ServerConfig {
@@ -28,6 +30,7 @@ impl ServerConfig {
             data_dir: data_dir.into(),
             listen,
             limits: Limits::default(),
+            sandbox: crate::engine::Limits::default(),
         }
     }
 }
@@ -45,11 +48,12 @@ impl Server {
     /// API.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
         let data_dir = config.data_dir.clone();
+        let sandbox = config.sandbox;
         let (log, registry) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             std::fs::create_dir_all(&data_dir)
                 .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
             let log = EventLog::open(&data_dir.join("log.redb"))?;
-            let engine = Engine::new(Some(data_dir.join("cache")))
+            let engine = Engine::new(Some(data_dir.join("cache")), sandbox)
                 .map_err(|e| anyhow::anyhow!("starting the WebAssembly engine: {e:#}"))?;
             let registry = Registry::open(&data_dir, engine, log.clone())?;
             Ok((log, registry))

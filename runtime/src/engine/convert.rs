@@ -79,6 +79,11 @@ impl EventBatch {
         });
     }
 
+    /// Keeps only the first `len` events (their bytes stay where they are).
+    pub fn truncate(&mut self, len: usize) {
+        self.inner.events.truncate(len);
+    }
+
     /// How many events the batch holds.
     pub fn len(&self) -> usize {
         self.inner.events.len()

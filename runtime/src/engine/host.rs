@@ -15,6 +15,18 @@ pub struct HostState {
     pub(super) projector: String,
     /// The batch being applied, while `apply` runs.
     pub(super) batch: Option<BatchView>,
+    /// Memory and table caps.
+    pub(super) limits: wasmtime::StoreLimits,
+    /// The instruction budget each event gets at `begin-event`.
+    pub(super) fuel_per_event: u64,
+    /// How many events the batch being applied holds.
+    pub(super) batch_len: u32,
+    /// The index `begin-event` expects next.
+    pub(super) next_event: u32,
+    /// The event being applied (the last `begin-event`), to attribute a trap.
+    pub(super) current_event: Option<u32>,
+    /// Set by `begin-event`; the call hook refills the fuel when the call returns to Wasm.
+    pub(super) refuel: bool,
 }
 
 impl HostState {
@@ -55,6 +67,20 @@ impl view::Host for HostState {
 }
 
 impl host::Host for HostState {
+    fn begin_event(&mut self, index: u32) -> wasmtime::Result<()> {
+        if self.batch.is_none() || index != self.next_event || index >= self.batch_len {
+            wasmtime::bail!(
+                "begin-event({index}) out of order: expected event {} of a batch of {}",
+                self.next_event,
+                self.batch_len
+            );
+        }
+        self.next_event += 1;
+        self.current_event = Some(index);
+        self.refuel = true;
+        Ok(())
+    }
+
     fn log(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
         let projector = self.projector.as_str();
         match convert::level(level) {

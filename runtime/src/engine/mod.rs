@@ -76,9 +76,61 @@ pub enum ApplyError {
         position: u64,
         message: String,
     },
-    /// The guest trapped; the instance is unusable.
-    #[error("the projector trapped: {0}")]
-    Trap(String),
+    /// The guest trapped (a bug, or a sandbox limit hit) while applying the event at `index`;
+    /// the instance is unusable.
+    #[error("the projector trapped on event {position}: {message}")]
+    Trap {
+        index: usize,
+        position: u64,
+        message: String,
+    },
+}
+
+impl ApplyError {
+    /// The index in the batch of the event that failed.
+    pub fn index(&self) -> usize {
+        match self {
+            ApplyError::Guest { index, .. } | ApplyError::Trap { index, .. } => *index,
+        }
+    }
+
+    /// The position of the event that failed.
+    pub fn position(&self) -> u64 {
+        match self {
+            ApplyError::Guest { position, .. } | ApplyError::Trap { position, .. } => *position,
+        }
+    }
+}
+
+/// The sandbox every projector instance runs in. All limits trap the call that exceeds them;
+/// the runner then drops the instance, discards the batch's writes, and applies its error policy
+/// to the event that was running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    /// Instructions (wasmtime fuel) one event may use. Fuel is deterministic: an event that is
+    /// too expensive is so on every machine and every replay, however events were batched.
+    pub fuel_per_event: u64,
+    /// Instructions for starting an instance (instantiation, `describe`, `init`).
+    pub fuel_to_start: u64,
+    /// Largest linear memory of an instance, in bytes.
+    pub max_memory_bytes: usize,
+    /// Most elements in a table.
+    pub max_table_elements: usize,
+    /// Largest Wasm stack, in bytes (deep recursion traps instead of crashing Prism).
+    pub max_wasm_stack: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel_per_event: 100_000_000,
+            fuel_to_start: 1_000_000_000,
+            max_memory_bytes: 64 << 20,
+            max_table_elements: 100_000,
+            max_wasm_stack: 512 << 10,
+        }
+    }
 }
 
 /// The process-wide WebAssembly engine and linker, with the cache of compiled modules.
@@ -90,6 +142,7 @@ pub struct Engine {
     cache_dir: Option<PathBuf>,
     /// Modules compiled (or loaded) in this process, by hash.
     loaded: Arc<Mutex<HashMap<String, Module>>>,
+    limits: Limits,
 }
 
 /// A validated, compiled and pre-instantiated projector module.
@@ -130,10 +183,13 @@ pub enum CompileSource {
 
 impl Engine {
     /// A new engine with Prism's imports in its linker; compiled artifacts are cached in
-    /// `cache_dir` when given.
-    pub fn new(cache_dir: Option<PathBuf>) -> wasmtime::Result<Engine> {
+    /// `cache_dir` when given; every instance runs under `limits`.
+    pub fn new(cache_dir: Option<PathBuf>, limits: Limits) -> wasmtime::Result<Engine> {
         let mut config = wasmtime::Config::new();
-        config.wasm_component_model(true);
+        config
+            .wasm_component_model(true)
+            .consume_fuel(true)
+            .max_wasm_stack(limits.max_wasm_stack);
         let engine = wasmtime::Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         bindings::ProjectorWorld::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
@@ -145,7 +201,13 @@ impl Engine {
             linker: Arc::new(linker),
             cache_dir,
             loaded: Arc::default(),
+            limits,
         })
+    }
+
+    /// The limits instances run under.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// Validates and compiles uploaded bytes (a component, or a core module with its component
@@ -255,14 +317,35 @@ impl Engine {
         name: &str,
         config: &str,
     ) -> Result<Instance, InstanceError> {
-        let trap = |e: wasmtime::Error| InstanceError::Trap(format!("{e:#}"));
+        let trap = |e: wasmtime::Error| InstanceError::Trap(describe_trap(&e, &self.limits));
+        let limits = self.limits;
         let mut store = Store::new(
             &self.engine,
             HostState {
                 projector: name.to_string(),
                 batch: None,
+                limits: wasmtime::StoreLimitsBuilder::new()
+                    .memory_size(limits.max_memory_bytes)
+                    .table_elements(limits.max_table_elements)
+                    .build(),
+                fuel_per_event: limits.fuel_per_event,
+                batch_len: 0,
+                next_event: 0,
+                current_event: None,
+                refuel: false,
             },
         );
+        store.limiter(|state| &mut state.limits);
+        // `begin-event` asks for a refill; it happens as the call returns to Wasm.
+        store.call_hook(|mut ctx, hook| {
+            if matches!(hook, wasmtime::CallHook::ReturningFromHost) && ctx.data().refuel {
+                ctx.data_mut().refuel = false;
+                let fuel = ctx.data().fuel_per_event;
+                ctx.set_fuel(fuel)?;
+            }
+            Ok(())
+        });
+        store.set_fuel(limits.fuel_to_start).map_err(trap)?;
         let bindings = module.pre.instantiate(&mut store).map_err(trap)?;
         let guest = bindings.prism_projector_projector();
         let descriptor = guest.call_describe(&mut store).map_err(trap)?.into();
@@ -276,6 +359,22 @@ impl Engine {
             bindings,
             descriptor,
         })
+    }
+}
+
+/// A trap's message, saying which sandbox limit was hit when one was.
+fn describe_trap(error: &wasmtime::Error, limits: &Limits) -> String {
+    let limit = match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::OutOfFuel) => Some(format!(
+            "exceeded its instruction budget ({} per event)",
+            limits.fuel_per_event
+        )),
+        Some(wasmtime::Trap::StackOverflow) => Some("exceeded the Wasm stack limit".to_string()),
+        _ => None,
+    };
+    match limit {
+        Some(limit) => format!("{limit}: {error:#}"),
+        None => format!("{error:#}"),
     }
 }
 
@@ -322,11 +421,19 @@ impl Instance {
         batch: &EventBatch,
         view: BatchView,
     ) -> (BatchView, Result<(), ApplyError>) {
-        self.store.data_mut().batch = Some(view);
-        let outcome = self
-            .bindings
-            .prism_projector_projector()
-            .call_apply(&mut self.store, &batch.inner);
+        let state = self.store.data_mut();
+        state.batch = Some(view);
+        state.batch_len = batch.len() as u32;
+        state.next_event = 0;
+        state.current_event = None;
+        state.refuel = false;
+        let fuel_per_event = state.fuel_per_event;
+        // Fuel for the code before the first `begin-event`; each event then gets its own.
+        let outcome = self.store.set_fuel(fuel_per_event).and_then(|()| {
+            self.bindings
+                .prism_projector_projector()
+                .call_apply(&mut self.store, &batch.inner)
+        });
         let view = self
             .store
             .data_mut()
@@ -343,7 +450,18 @@ impl Instance {
                     message: e.message,
                 })
             }
-            Err(trap) => Err(ApplyError::Trap(format!("{trap:#}"))),
+            Err(trap) => {
+                let index = self.store.data().current_event.unwrap_or(0) as usize;
+                let limits = Limits {
+                    fuel_per_event: self.store.data().fuel_per_event,
+                    ..Limits::default()
+                };
+                Err(ApplyError::Trap {
+                    index,
+                    position: batch.position(index).unwrap_or_default(),
+                    message: describe_trap(&trap, &limits),
+                })
+            }
         };
         (view, outcome)
     }

@@ -9,6 +9,8 @@
 //! | `DELETE /projectors/{name}` | stop and delete a projector and its views |
 //! | `GET /projectors` | list projectors with status |
 //! | `GET /projectors/{name}` | one projector's status (with rebuild progress) |
+//! | `GET /projectors/{name}/dead-letters` | events skipped under `on_error=skip` |
+//! | `DELETE /projectors/{name}/dead-letters/{position}` | discard a dead letter |
 //! | `GET /modules` | stored module hashes |
 //! | `GET /projectors/{name}/view/{key}` | a view value |
 //! | `GET /projectors/{name}/view?prefix=&after=&limit=` | ordered scan |
@@ -88,6 +90,11 @@ pub fn router(state: AppState) -> Router {
         .route("/projectors/{name}/pause", post(p::pause))
         .route("/projectors/{name}/resume", post(p::resume))
         .route("/projectors/{name}/reset", post(p::reset))
+        .route("/projectors/{name}/dead-letters", get(p::dead_letters))
+        .route(
+            "/projectors/{name}/dead-letters/{position}",
+            axum::routing::delete(p::discard_dead_letter),
+        )
         .route("/modules", get(p::modules))
         .route("/projectors/{name}/view", get(views::scan))
         .route("/projectors/{name}/view/{*key}", get(views::get))

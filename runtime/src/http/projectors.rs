@@ -4,7 +4,8 @@
 use super::{ApiError, AppState};
 use crate::engine::ModuleError;
 use crate::projector::{
-    DeployError, DeployMode, Generation, LifecycleError, ModuleSource, ProjectorHandle,
+    DeployError, DeployMode, DeployOptions, Generation, LifecycleError, ModuleSource,
+    ProjectorHandle,
 };
 use axum::Json;
 use axum::body::Bytes;
@@ -16,12 +17,11 @@ use serde_json::{Value, json};
 
 #[derive(Deserialize)]
 pub struct DeployParams {
-    /// A new configuration string (default: keep the current one, or empty).
-    config: Option<String>,
-    /// `continue` or `rebuild`, overriding the choice made from the view schema version.
-    mode: Option<DeployMode>,
     /// Deploy a stored module by hash instead of the body (a rollback).
     module: Option<String>,
+    /// `config`, `mode` (`continue` or `rebuild`) and `on_error` (`stop` or `skip`).
+    #[serde(flatten)]
+    options: DeployOptions,
 }
 
 /// `PUT /projectors/{name}?config=&mode=&module=`: deploys the `.wasm` in the body, or the
@@ -34,7 +34,7 @@ pub async fn deploy(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Query(params) = params?;
     let body = body?;
-    if params.mode == Some(DeployMode::Created) {
+    if params.options.mode == Some(DeployMode::Created) {
         return Err(ApiError::bad_request("mode must be continue or rebuild"));
     }
     let source = match (params.module, body.is_empty()) {
@@ -52,12 +52,11 @@ pub async fn deploy(
         (None, false) => ModuleSource::Upload(body.to_vec()),
     };
     let registry = state.registry.clone();
-    let deployed = tokio::task::spawn_blocking(move || {
-        registry.deploy(&name, source, params.config, params.mode)
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(deploy_error)?;
+    let deployed =
+        tokio::task::spawn_blocking(move || registry.deploy(&name, source, params.options))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(deploy_error)?;
     let status = match deployed.mode {
         DeployMode::Created => StatusCode::CREATED,
         _ => StatusCode::OK,
@@ -162,6 +161,51 @@ pub async fn show(
     Ok(Json(info(&projector, state.log.head())))
 }
 
+#[derive(Deserialize)]
+pub struct DeadLetterParams {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+/// `GET /projectors/{name}/dead-letters?after=&limit=`: skipped events, in log order.
+pub async fn dead_letters(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    params: Result<Query<DeadLetterParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(params) = params?;
+    let limit = params.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::bad_request("limit must be 1 to 1000"));
+    }
+    let registry = state.registry.clone();
+    let letters =
+        tokio::task::spawn_blocking(move || registry.dead_letters(&name, params.after, limit))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(lifecycle_error)?;
+    Ok(Json(json!({ "dead_letters": letters })))
+}
+
+/// `DELETE /projectors/{name}/dead-letters/{position}`: discards a dead letter.
+pub async fn discard_dead_letter(
+    State(state): State<AppState>,
+    Path((name, position)): Path<(String, u64)>,
+) -> Result<Json<Value>, ApiError> {
+    let registry = state.registry.clone();
+    let found = tokio::task::spawn_blocking(move || registry.discard_dead_letter(&name, position))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(lifecycle_error)?;
+    if !found {
+        return Err(ApiError::not_found(format!(
+            "no dead letter at position {position}"
+        )));
+    }
+    Ok(Json(json!({ "discarded": position })))
+}
+
 /// `GET /modules`: the hashes of every stored module (deployable with `?module=`).
 pub async fn modules(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let modules = state.registry.modules().map_err(ApiError::internal)?;
@@ -187,6 +231,8 @@ fn info(projector: &ProjectorHandle, head: u64) -> Value {
         "lag": head.saturating_sub(status.checkpoint),
         "events_per_sec": status.rate.per_second().round(),
         "events_applied": status.events_applied,
+        "on_error": record.on_error,
+        "dead_letters_this_run": status.dead_letters,
         "error": status.error,
         "reload_error": projector.reload_error(),
         "rebuild": projector.pending().map(|p| rebuild(&p, head)),

@@ -31,6 +31,9 @@ pub struct GenerationRecord {
     pub config: String,
     /// The view schema version the module declared.
     pub schema_version: u32,
+    /// What to do with an event the module fails on.
+    #[serde(default)]
+    pub on_error: super::ErrorPolicy,
 }
 
 /// The catalog of deployments, and the module files.

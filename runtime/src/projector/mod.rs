@@ -10,11 +10,11 @@ mod registry;
 mod runner;
 
 pub use registry::{
-    DeployError, DeployMode, Deployed, Generation, LifecycleError, ModuleSource, ProjectorHandle,
-    Registry, RegistryError,
+    DeployError, DeployMode, DeployOptions, Deployed, Generation, LifecycleError, ModuleSource,
+    ProjectorHandle, Registry, RegistryError,
 };
 
-use crate::engine::Instance;
+use crate::engine::{Engine, Instance, Module};
 use crate::log::EventLog;
 use crate::store::ViewStore;
 use serde::Serialize;
@@ -85,6 +85,8 @@ pub struct Status {
     pub checkpoint: u64,
     /// Events delivered to the module since this run started.
     pub events_applied: u64,
+    /// Events skipped as dead letters since this run started.
+    pub dead_letters: u64,
     /// Recent progress through the log.
     pub rate: RateMeter,
     /// Why the generation is faulted.
@@ -99,10 +101,23 @@ impl Status {
             module: module.to_string(),
             checkpoint,
             events_applied: 0,
+            dead_letters: 0,
             rate: RateMeter::default(),
             error: None,
         }
     }
+}
+
+/// What a projector does with an event its module fails on (a guest error, a trap, a sandbox
+/// limit hit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorPolicy {
+    /// Fault the projector, its checkpoint just before the event (the default).
+    #[default]
+    Stop,
+    /// Record the event as a dead letter and go on.
+    Skip,
 }
 
 /// Log positions passed per second over the last few seconds.
@@ -154,13 +169,23 @@ impl RateMeter {
     }
 }
 
-/// Runs `instance` over `log` into `store` on the calling thread, from the store's checkpoint
-/// up to the log's head, exactly as a deployed projector would; returns the final status
-/// (`live` when it caught up, `faulted` otherwise). For replays, local runs and benchmarks.
-pub fn catch_up(name: &str, instance: Instance, log: &EventLog, store: Arc<ViewStore>) -> Status {
+/// Runs `instance` of `module` over `log` into `store` on the calling thread, from the store's
+/// checkpoint up to the log's head, exactly as a deployed projector would (with the `stop`
+/// error policy); returns the final status (`live` when it caught up, `faulted` otherwise). For
+/// replays, local runs and benchmarks.
+pub fn catch_up(
+    engine: &Engine,
+    module: &Module,
+    instance: Instance,
+    log: &EventLog,
+    store: Arc<ViewStore>,
+) -> Status {
     let checkpoint = store.checkpoint().unwrap_or_default();
+    let name = instance.descriptor().name.clone();
     let runner = runner::Runner {
-        name: name.to_string(),
+        name,
+        engine: engine.clone(),
+        policy: ErrorPolicy::Stop,
         until_head: true,
         log: log.clone(),
         status: Arc::new(Mutex::new(Status::starting(instance.module(), checkpoint))),
@@ -169,5 +194,9 @@ pub fn catch_up(name: &str, instance: Instance, log: &EventLog, store: Arc<ViewS
         swap: Arc::default(),
         hook: None,
     };
-    runner.run(instance)
+    let code = runner::Code {
+        module: module.clone(),
+        config: String::new(),
+    };
+    runner.run(code, instance)
 }

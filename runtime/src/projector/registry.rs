@@ -12,8 +12,8 @@
 //! and `projectors/<name>/gen-<id>.redb` (each generation's view and checkpoint).
 
 use super::catalog::{Catalog, Deployment, GenerationRecord};
-use super::runner::{Command, Hook, Runner, RunnerEvent, SwapSlot, fault};
-use super::{State, Status};
+use super::runner::{Code, Command, Hook, Runner, RunnerEvent, SwapSlot, fault};
+use super::{ErrorPolicy, State, Status};
 use crate::engine::{
     CompileSource, Descriptor, Engine, Instance, InstanceError, Module, ModuleError,
 };
@@ -98,6 +98,18 @@ pub enum ModuleSource {
     Upload(Vec<u8>),
     /// A module Prism already stores, by hash (a rollback, or a reset).
     Stored(String),
+}
+
+/// How to deploy; every field defaults to keeping what the projector has (or the default for
+/// a new one).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct DeployOptions {
+    /// A new configuration string for `init`.
+    pub config: Option<String>,
+    /// Forces `continue` or `rebuild` instead of choosing from the view schema version.
+    pub mode: Option<DeployMode>,
+    /// What to do with an event the module fails on.
+    pub on_error: Option<ErrorPolicy>,
 }
 
 /// The result of a deploy.
@@ -320,9 +332,13 @@ impl Registry {
         &self,
         name: &str,
         source: ModuleSource,
-        config: Option<String>,
-        mode: Option<DeployMode>,
+        options: DeployOptions,
     ) -> Result<Deployed, DeployError> {
+        let DeployOptions {
+            config,
+            mode,
+            on_error,
+        } = options;
         if !valid_name(name) {
             return Err(DeployError::InvalidName(name.to_string()));
         }
@@ -332,8 +348,12 @@ impl Registry {
 
         let _changing = self.inner.changing.lock().expect("deploy lock");
         let existing = self.get(name);
+        let current = existing.as_ref().map(|p| p.serving().record());
         let config = config
-            .or_else(|| existing.as_ref().map(|p| p.serving().record().config))
+            .or_else(|| current.as_ref().map(|r| r.config.clone()))
+            .unwrap_or_default();
+        let on_error = on_error
+            .or_else(|| current.as_ref().map(|r| r.on_error))
             .unwrap_or_default();
         let instance = self.inner.engine.instantiate(&module, name, &config)?;
         let schema_version = instance.descriptor().schema_version;
@@ -345,6 +365,7 @@ impl Registry {
                 module: module.hash.clone(),
                 config,
                 schema_version,
+                on_error,
             };
             let store = self
                 .open_store(name, record.id, true)
@@ -358,7 +379,7 @@ impl Registry {
                 .catalog
                 .put(name, &deployment)
                 .map_err(|e| storage(&e))?;
-            let serving = self.start(name, record, instance, store, Command::Run, false);
+            let serving = self.start(name, record, &module, instance, store, Command::Run, false);
             self.insert(Arc::new(ProjectorHandle {
                 name: name.to_string(),
                 slots: RwLock::new(Slots {
@@ -382,6 +403,10 @@ impl Registry {
 
         let serving = projector.serving();
         let current = serving.record();
+        let code = Code {
+            module: module.clone(),
+            config: config.clone(),
+        };
         let mode = mode.unwrap_or(if current.schema_version == schema_version {
             DeployMode::Continue
         } else {
@@ -400,6 +425,7 @@ impl Registry {
                     module: module.hash.clone(),
                     config,
                     schema_version,
+                    on_error,
                     ..current
                 };
                 self.put_deployment(&projector, Some(record.clone()), None)
@@ -409,13 +435,14 @@ impl Registry {
                     *serving.descriptor.lock().expect("descriptor lock") =
                         Some(instance.descriptor().clone());
                     *serving.record.write().expect("record lock") = record.clone();
-                    *serving.swap.lock().expect("swap lock") = Some(instance);
+                    *serving.swap.lock().expect("swap lock") = Some((code, instance));
                     serving.commands.send_modify(|_| {});
                 } else {
                     // Faulted or stopped: start the new code on the same view.
                     let started = self.start(
                         name,
                         record.clone(),
+                        &module,
                         instance,
                         serving.store.clone(),
                         command,
@@ -431,13 +458,22 @@ impl Registry {
                     module: module.hash.clone(),
                     config,
                     schema_version,
+                    on_error,
                 };
                 let store = self
                     .open_store(name, record.id, true)
                     .map_err(|e| storage(&e))?;
                 self.put_deployment(&projector, None, Some(Some(record.clone())))
                     .map_err(|e| storage(&e))?;
-                let pending = self.start(name, record.clone(), instance, store, command, true);
+                let pending = self.start(
+                    name,
+                    record.clone(),
+                    &module,
+                    instance,
+                    store,
+                    command,
+                    true,
+                );
                 projector.slots.write().expect("slots lock").pending = Some(pending);
                 record.id
             }
@@ -481,12 +517,11 @@ impl Registry {
     /// Rebuilds a projector's view from scratch with its current module, blue/green.
     pub fn reset(&self, name: &str) -> Result<Deployed, LifecycleError> {
         let module = self.handle(name)?.serving().record().module;
-        Ok(self.deploy(
-            name,
-            ModuleSource::Stored(module),
-            None,
-            Some(DeployMode::Rebuild),
-        )?)
+        let options = DeployOptions {
+            mode: Some(DeployMode::Rebuild),
+            ..DeployOptions::default()
+        };
+        Ok(self.deploy(name, ModuleSource::Stored(module), options)?)
     }
 
     /// Stops a projector and deletes its views and its catalog entry.
@@ -678,11 +713,35 @@ impl Registry {
         Ok(self.start(
             name,
             record,
+            &module,
             instance,
             generation.store.clone(),
             Command::Run,
             pending,
         ))
+    }
+
+    /// Lists the dead letters of a projector's serving generation after position `after`.
+    pub fn dead_letters(
+        &self,
+        name: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::store::DeadLetter>, LifecycleError> {
+        self.handle(name)?
+            .serving()
+            .store
+            .dead_letters(after, limit)
+            .map_err(|e| LifecycleError::Storage(e.to_string()))
+    }
+
+    /// Discards the dead letter at `position`; false when there was none.
+    pub fn discard_dead_letter(&self, name: &str, position: u64) -> Result<bool, LifecycleError> {
+        self.handle(name)?
+            .serving()
+            .store
+            .discard_dead_letter(position)
+            .map_err(|e| LifecycleError::Storage(e.to_string()))
     }
 
     /// Starts a generation found in the catalog; one that fails to load is listed faulted.
@@ -698,13 +757,17 @@ impl Registry {
             .load(&record.module)
             .map_err(|e| e.to_string())
             .and_then(|(module, _)| {
-                self.inner
+                let instance = self
+                    .inner
                     .engine
                     .instantiate(&module, name, &record.config)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string())?;
+                Ok((module, instance))
             });
         Ok(match loaded {
-            Ok(instance) => self.start(name, record, instance, store, command, pending),
+            Ok((module, instance)) => {
+                self.start(name, record, &module, instance, store, command, pending)
+            }
             Err(message) => {
                 tracing::error!(projector = name, generation = record.id, error = %message, "projector failed to load");
                 let mut status = Status::starting(&record.module, store.checkpoint()?);
@@ -725,10 +788,12 @@ impl Registry {
 
     /// Starts a runner thread for a generation. A pending generation promotes itself when it
     /// first catches up.
+    #[allow(clippy::too_many_arguments)]
     fn start(
         &self,
         name: &str,
         record: GenerationRecord,
+        module: &Module,
         instance: Instance,
         store: Arc<ViewStore>,
         command: Command,
@@ -739,8 +804,14 @@ impl Registry {
         let (commands, commands_rx) = watch::channel(command);
         let swap = SwapSlot::default();
         let descriptor = Mutex::new(Some(instance.descriptor().clone()));
+        let code = Code {
+            module: module.clone(),
+            config: record.config.clone(),
+        };
         let runner = Runner {
             name: name.to_string(),
+            engine: self.inner.engine.clone(),
+            policy: record.on_error,
             until_head: false,
             log: self.inner.log.clone(),
             store: store.clone(),
@@ -752,7 +823,7 @@ impl Registry {
         let thread = std::thread::Builder::new()
             .name(format!("prism-{name}-{}", record.id))
             .spawn(move || {
-                runner.run(instance);
+                runner.run(code, instance);
             })
             .expect("spawning a projector thread");
         Arc::new(Generation {

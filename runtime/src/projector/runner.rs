@@ -6,11 +6,17 @@
 //! over at the current checkpoint, on trial until it has applied one batch. If that first
 //! batch fails, the runner goes back to the previous instance, reports the failure, and applies
 //! the batch again with the old code — so a bad reload never faults a healthy projector.
+//!
+//! Poison events: when a batch fails (a guest error, a trap, a sandbox limit), its writes are
+//! dropped with the instance, a fresh instance re-applies the events before the failing one and
+//! commits them, and the error policy decides the rest: `stop` faults the projector with its
+//! checkpoint just before the failing event; `skip` records the event as a dead letter in the
+//! same transaction as the checkpoint that passes it, and goes on.
 
-use super::{Fault, State, Status, Subscription};
-use crate::engine::{ApplyError, EventBatch, Instance};
+use super::{ErrorPolicy, Fault, State, Status, Subscription};
+use crate::engine::{ApplyError, Engine, EventBatch, Instance, InstanceError, Module};
 use crate::log::EventLog;
-use crate::store::{BatchView, DURABLE_INTERVAL, ViewStore};
+use crate::store::{BatchView, DURABLE_INTERVAL, DeadLetter, ViewStore};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::watch;
@@ -50,12 +56,23 @@ pub enum RunnerEvent {
 /// Receives [`RunnerEvent`]s.
 pub type Hook = Arc<dyn Fn(RunnerEvent) + Send + Sync>;
 
-/// A slot where the owner leaves an instance for the runner to swap in between batches.
-pub type SwapSlot = Arc<Mutex<Option<Instance>>>;
+/// A module with the configuration it runs with.
+#[derive(Clone)]
+pub struct Code {
+    pub module: Module,
+    pub config: String,
+}
+
+/// A slot where the owner leaves new code, already instantiated, for the runner to swap in
+/// between batches.
+pub type SwapSlot = Arc<Mutex<Option<(Code, Instance)>>>;
 
 /// Everything a runner needs besides its first instance; it borrows nothing.
 pub struct Runner {
     pub name: String,
+    pub engine: Engine,
+    /// What to do with an event the module fails on.
+    pub policy: ErrorPolicy,
     /// Return once the log's head is reached instead of waiting for more.
     pub until_head: bool,
     pub log: EventLog,
@@ -67,16 +84,16 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// Runs `instance` until stopped or faulted (or, with `until_head`, caught up), then makes
-    /// the view durable. Returns the final status.
-    pub fn run(mut self, instance: Instance) -> Status {
+    /// Runs `instance` of `code` until stopped or faulted (or, with `until_head`, caught up),
+    /// then makes the view durable. Returns the final status.
+    pub fn run(mut self, code: Code, instance: Instance) -> Status {
         let span = tracing::info_span!("projector", projector = %self.name);
         let _entered = span.enter();
         self.set(|s| {
             s.module = instance.module().to_string();
             s.error = None;
         });
-        if let Err(fault) = self.follow(instance) {
+        if let Err(fault) = self.follow(code, instance) {
             tracing::error!(error = %fault.message, position = fault.position, "projector faulted");
             self.set(|s| {
                 s.state = State::Faulted;
@@ -104,9 +121,14 @@ impl Runner {
         }
     }
 
-    fn follow(&mut self, mut instance: Instance) -> Result<(), Fault> {
+    fn instantiate(&self, code: &Code) -> Result<Instance, InstanceError> {
+        self.engine
+            .instantiate(&code.module, &self.name, &code.config)
+    }
+
+    fn follow(&mut self, mut code: Code, mut instance: Instance) -> Result<(), Fault> {
         let mut subscription: Subscription = instance.descriptor().subscription.clone();
-        let mut previous: Option<Instance> = None;
+        let mut previous: Option<(Code, Instance)> = None;
         let mut checkpoint = self.store.checkpoint().map_err(|e| fault(e.to_string()))?;
         let mut head = self.log.subscribe();
         let mut batch = EventBatch::default();
@@ -130,7 +152,7 @@ impl Runner {
                 }
                 Command::Run => {}
             }
-            if let Some(next) = self.swap.lock().expect("swap lock").take() {
+            if let Some((next_code, next)) = self.swap.lock().expect("swap lock").take() {
                 tracing::info!(
                     from = instance.module(),
                     to = next.module(),
@@ -138,7 +160,8 @@ impl Runner {
                 );
                 subscription = next.descriptor().subscription.clone();
                 let module = next.module().to_string();
-                previous = Some(std::mem::replace(&mut instance, next));
+                let old_code = std::mem::replace(&mut code, next_code);
+                previous = Some((old_code, std::mem::replace(&mut instance, next)));
                 self.set(|s| s.module = module);
             }
 
@@ -178,11 +201,12 @@ impl Runner {
                         }
                         view
                     }
-                    (_, Err(e)) => match previous.take() {
-                        Some(old) => {
+                    (_, Err(e)) => {
+                        if let Some((old_code, old)) = previous.take() {
                             // The new code failed its trial: back to the old code, and retry
                             // the batch with it.
                             let failed = std::mem::replace(&mut instance, old);
+                            code = old_code;
                             subscription = instance.descriptor().subscription.clone();
                             let error = self.describe_failure(e).to_string();
                             tracing::warn!(module = failed.module(), %error, "reload failed its first batch; keeping the previous module");
@@ -194,13 +218,17 @@ impl Runner {
                             });
                             continue;
                         }
-                        None => return Err(self.describe_failure(e)),
-                    },
+                        // A poison event. The instance may be broken (a trap) and the batch's
+                        // writes are tainted: drop both, and start again from the checkpoint.
+                        instance = self.instantiate(&code).map_err(|e| fault(e.to_string()))?;
+                        checkpoint = self.handle_poison(&mut instance, &mut batch, e, &code)?;
+                        continue;
+                    }
                 }
             };
             let durable = last_durable.elapsed() >= DURABLE_INTERVAL;
             self.store
-                .commit(&view.into_overlay(), last, durable)
+                .commit(&view.into_overlay(), last, durable, None)
                 .map_err(|e| fault(e.to_string()))?;
             if durable {
                 last_durable = Instant::now();
@@ -221,6 +249,57 @@ impl Runner {
         }
     }
 
+    /// Commits the events of `batch` before the one `error` names (re-applied by the fresh
+    /// `instance`), then applies the error policy to the failing event. Returns the new
+    /// checkpoint, or the fault that stops the runner.
+    fn handle_poison(
+        &mut self,
+        instance: &mut Instance,
+        batch: &mut EventBatch,
+        error: ApplyError,
+        code: &Code,
+    ) -> Result<u64, Fault> {
+        let (index, position) = (error.index(), error.position());
+        let mut view = BatchView::new(self.store.snapshot().map_err(|e| fault(e.to_string()))?);
+        if index > 0 {
+            batch.truncate(index);
+            match instance.apply(batch, view) {
+                (applied, Ok(())) => view = applied,
+                // Deterministic code fails the same way twice; anything else is a fault.
+                (_, Err(again)) => return Err(self.describe_failure(again)),
+            }
+        }
+        let failure = self.describe_failure(error);
+        let (checkpoint, letter) = match self.policy {
+            ErrorPolicy::Stop => (position - 1, None),
+            ErrorPolicy::Skip => {
+                let letter = DeadLetter {
+                    position,
+                    stream: failure.stream.clone().unwrap_or_default(),
+                    event_type: failure.event_type.clone().unwrap_or_default(),
+                    error: failure.message.clone(),
+                    module: code.module.hash.clone(),
+                };
+                (position, Some(letter))
+            }
+        };
+        self.store
+            .commit(&view.into_overlay(), checkpoint, true, letter.as_ref())
+            .map_err(|e| fault(e.to_string()))?;
+        self.set(|s| {
+            s.checkpoint = checkpoint;
+            s.events_applied += index as u64;
+        });
+        match letter {
+            None => Err(failure),
+            Some(_) => {
+                tracing::warn!(position, error = %failure, "skipped a failing event (dead letter)");
+                self.set(|s| s.dead_letters += 1);
+                Ok(checkpoint)
+            }
+        }
+    }
+
     /// Sleeps until the head passes `checkpoint` (true) or a command arrives (true, to be
     /// handled by the loop); false when the owner is gone.
     fn wait_for_events(&mut self, head: &mut watch::Receiver<u64>, checkpoint: u64) -> bool {
@@ -238,16 +317,17 @@ impl Runner {
         futures::executor::block_on(self.commands.changed()).is_ok()
     }
 
-    /// A fault naming the failing event when the guest named one.
+    /// A fault naming the failing event.
     fn describe_failure(&self, error: ApplyError) -> Fault {
-        let position = match &error {
-            ApplyError::Guest { position, .. } => Some(*position),
-            ApplyError::Trap(_) => None,
-        };
-        let event = position.and_then(|p| self.log.read_from(p, 1).ok()?.pop());
+        let position = error.position();
+        let event = self
+            .log
+            .read_from(position, 1)
+            .ok()
+            .and_then(|mut e| e.pop());
         Fault {
             message: error.to_string(),
-            position,
+            position: Some(position),
             stream: event.as_ref().map(|e| e.stream.clone()),
             event_type: event.map(|e| e.event_type),
         }

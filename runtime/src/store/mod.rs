@@ -24,7 +24,25 @@ const VIEW: TableDefinition<&str, &[u8]> = TableDefinition::new("view");
 /// Bookkeeping: `checkpoint` → position.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// Events skipped under the `skip` error policy, by position.
+const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+
 const CHECKPOINT: &str = "checkpoint";
+
+/// An event the projector failed on and skipped (error policy `skip`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeadLetter {
+    /// The event's position in the log.
+    pub position: u64,
+    /// Its stream.
+    pub stream: String,
+    /// Its type.
+    pub event_type: String,
+    /// The error or trap message.
+    pub error: String,
+    /// The module that failed on it.
+    pub module: String,
+}
 
 /// How often a running projector makes a durable commit.
 pub const DURABLE_INTERVAL: Duration = Duration::from_secs(1);
@@ -66,6 +84,7 @@ impl ViewStore {
         let txn = db.begin_write().map_err(|e| fail(e.into()))?;
         txn.open_table(VIEW).map_err(|e| fail(e.into()))?;
         txn.open_table(META).map_err(|e| fail(e.into()))?;
+        txn.open_table(DEAD_LETTERS).map_err(|e| fail(e.into()))?;
         txn.commit().map_err(|e| fail(e.into()))?;
         Ok(ViewStore { db })
     }
@@ -99,6 +118,7 @@ impl ViewStore {
         overlay: &Overlay,
         checkpoint: u64,
         durable: bool,
+        dead_letter: Option<&DeadLetter>,
     ) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(redb::Error::from)?;
         if !durable {
@@ -117,9 +137,47 @@ impl ViewStore {
             let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
             meta.insert(CHECKPOINT, checkpoint)
                 .map_err(redb::Error::from)?;
+            if let Some(letter) = dead_letter {
+                let mut letters = txn.open_table(DEAD_LETTERS).map_err(redb::Error::from)?;
+                let bytes = serde_json::to_vec(letter).expect("a dead letter serializes");
+                letters
+                    .insert(letter.position, bytes.as_slice())
+                    .map_err(redb::Error::from)?;
+            }
         }
         txn.commit().map_err(redb::Error::from)?;
         Ok(())
+    }
+
+    /// Up to `limit` dead letters after position `after`, in log order.
+    pub fn dead_letters(&self, after: u64, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let letters = txn.open_table(DEAD_LETTERS).map_err(redb::Error::from)?;
+        let mut out = Vec::new();
+        for row in letters
+            .range((Bound::Excluded(after), Bound::Unbounded))
+            .map_err(redb::Error::from)?
+            .take(limit)
+        {
+            let (_, bytes) = row.map_err(redb::Error::from)?;
+            if let Ok(letter) = serde_json::from_slice(bytes.value()) {
+                out.push(letter);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the dead letter at `position`; false when there was none.
+    pub fn discard_dead_letter(&self, position: u64) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        let removed = txn
+            .open_table(DEAD_LETTERS)
+            .map_err(redb::Error::from)?
+            .remove(position)
+            .map_err(redb::Error::from)?
+            .is_some();
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(removed)
     }
 
     /// Makes every earlier commit durable.
@@ -294,9 +352,16 @@ mod tests {
         let (_dir, store) = store();
         assert_eq!(store.checkpoint().unwrap(), 0);
         store
-            .commit(&overlay(&[("a", Some("1")), ("b", Some("2"))]), 7, false)
+            .commit(
+                &overlay(&[("a", Some("1")), ("b", Some("2"))]),
+                7,
+                false,
+                None,
+            )
             .unwrap();
-        store.commit(&overlay(&[("a", None)]), 9, true).unwrap();
+        store
+            .commit(&overlay(&[("a", None)]), 9, true, None)
+            .unwrap();
         let snap = store.snapshot().unwrap();
         assert_eq!(snap.checkpoint(), 9);
         assert_eq!(snap.get("a").unwrap(), None);
@@ -310,7 +375,7 @@ mod tests {
             .iter()
             .map(|k| (*k, Some("v")))
             .collect();
-        store.commit(&overlay(&entries), 1, false).unwrap();
+        store.commit(&overlay(&entries), 1, false, None).unwrap();
         let snap = store.snapshot().unwrap();
         let keys = |v: Vec<Entry>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
         assert_eq!(
@@ -334,6 +399,7 @@ mod tests {
                 &overlay(&[("k/1", Some("old")), ("k/2", Some("x")), ("k/4", Some("y"))]),
                 1,
                 false,
+                None,
             )
             .unwrap();
         let mut batch = BatchView::new(store.snapshot().unwrap());
