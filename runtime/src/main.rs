@@ -31,6 +31,15 @@ enum Command {
         /// Largest module upload, in bytes.
         #[arg(long, env = "PRISM_MAX_MODULE_BYTES", default_value_t = prism::http::MAX_MODULE_BODY)]
         max_module_bytes: usize,
+        /// Instructions (wasmtime fuel) one event may use before its projector traps.
+        #[arg(long, env = "PRISM_FUEL_PER_EVENT", default_value_t = prism::engine::Limits::default().fuel_per_event)]
+        fuel_per_event: u64,
+        /// Largest linear memory of a projector instance, in bytes.
+        #[arg(long, env = "PRISM_MAX_MEMORY_BYTES", default_value_t = prism::engine::Limits::default().max_memory_bytes)]
+        max_memory_bytes: usize,
+        /// Largest Wasm stack of a projector instance, in bytes.
+        #[arg(long, env = "PRISM_MAX_WASM_STACK", default_value_t = prism::engine::Limits::default().max_wasm_stack)]
+        max_wasm_stack: usize,
     },
     /// Upload a compiled projector (`.wasm`) as NAME, or redeploy a stored module by hash.
     ///
@@ -54,9 +63,29 @@ enum Command {
         /// Force `continue` or `rebuild` instead of choosing from the view schema version.
         #[arg(long)]
         mode: Option<String>,
+        /// What to do with an event the module fails on: `stop` (fault; the default) or `skip`
+        /// (record a dead letter and go on). Default: keep the current policy.
+        #[arg(long)]
+        on_error: Option<String>,
         /// Return at once instead of following a rebuild to its end.
         #[arg(long)]
         no_wait: bool,
+    },
+    /// List the events projector NAME skipped (dead letters).
+    DeadLetters {
+        #[command(flatten)]
+        server: ServerArg,
+        name: String,
+        /// Only dead letters after this log position.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+    /// Discard the dead letter at POSITION of projector NAME.
+    Discard {
+        #[command(flatten)]
+        server: ServerArg,
+        name: String,
+        position: u64,
     },
     /// Show one projector's status (state, module, generation, checkpoint, lag, rebuild).
     Status {
@@ -180,9 +209,15 @@ async fn run(command: Command) -> Result<()> {
             data_dir,
             listen,
             max_module_bytes,
+            fuel_per_event,
+            max_memory_bytes,
+            max_wasm_stack,
         } => {
             let mut config = ServerConfig::new(data_dir, listen);
             config.limits.max_module_bytes = max_module_bytes;
+            config.sandbox.fuel_per_event = fuel_per_event;
+            config.sandbox.max_memory_bytes = max_memory_bytes;
+            config.sandbox.max_wasm_stack = max_wasm_stack;
             serve(config).await
         }
         Command::Deploy {
@@ -192,6 +227,7 @@ async fn run(command: Command) -> Result<()> {
             module,
             config,
             mode,
+            on_error,
             no_wait,
         } => {
             let wasm = match &file {
@@ -203,6 +239,7 @@ async fn run(command: Command) -> Result<()> {
             let mut query = Vec::new();
             query.extend(config.map(|c| ("config", c)));
             query.extend(mode.map(|m| ("mode", m)));
+            query.extend(on_error.map(|p| ("on_error", p)));
             query.extend(module.map(|m| ("module", m)));
             let reply = client()
                 .put(format!("{}/projectors/{name}", server.url))
@@ -236,6 +273,22 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Delete { server, name } => {
             let url = format!("{}/projectors/{name}", server.url);
+            print_json(client().delete(url).send().await).await
+        }
+        Command::DeadLetters {
+            server,
+            name,
+            after,
+        } => {
+            let url = format!("{}/projectors/{name}/dead-letters", server.url);
+            print_json(client().get(url).query(&[("after", after)]).send().await).await
+        }
+        Command::Discard {
+            server,
+            name,
+            position,
+        } => {
+            let url = format!("{}/projectors/{name}/dead-letters/{position}", server.url);
             print_json(client().delete(url).send().await).await
         }
         Command::Modules { server } => {

@@ -17,8 +17,8 @@ pub struct HostState {
     pub(super) batch: Option<BatchView>,
     /// Memory and table caps.
     pub(super) limits: wasmtime::StoreLimits,
-    /// The instruction budget each event gets at `begin-event`.
-    pub(super) fuel_per_event: u64,
+    /// The instruction budget each event gets at `begin-event` (`None`: not metered).
+    pub(super) fuel_per_event: Option<u64>,
     /// How many events the batch being applied holds.
     pub(super) batch_len: u32,
     /// The index `begin-event` expects next.

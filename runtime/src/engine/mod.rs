@@ -108,6 +108,10 @@ impl ApplyError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct Limits {
+    /// Whether instructions are metered at all. Without metering there is no instruction budget
+    /// and a runaway loop never stops: for benchmarks that measure what metering costs, never
+    /// for serving.
+    pub meter_fuel: bool,
     /// Instructions (wasmtime fuel) one event may use. Fuel is deterministic: an event that is
     /// too expensive is so on every machine and every replay, however events were batched.
     pub fuel_per_event: u64,
@@ -124,6 +128,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
+            meter_fuel: true,
             fuel_per_event: 100_000_000,
             fuel_to_start: 1_000_000_000,
             max_memory_bytes: 64 << 20,
@@ -188,7 +193,7 @@ impl Engine {
         let mut config = wasmtime::Config::new();
         config
             .wasm_component_model(true)
-            .consume_fuel(true)
+            .consume_fuel(limits.meter_fuel)
             .max_wasm_stack(limits.max_wasm_stack);
         let engine = wasmtime::Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
@@ -327,8 +332,9 @@ impl Engine {
                 limits: wasmtime::StoreLimitsBuilder::new()
                     .memory_size(limits.max_memory_bytes)
                     .table_elements(limits.max_table_elements)
+                    .trap_on_grow_failure(true)
                     .build(),
-                fuel_per_event: limits.fuel_per_event,
+                fuel_per_event: limits.meter_fuel.then_some(limits.fuel_per_event),
                 batch_len: 0,
                 next_event: 0,
                 current_event: None,
@@ -340,12 +346,15 @@ impl Engine {
         store.call_hook(|mut ctx, hook| {
             if matches!(hook, wasmtime::CallHook::ReturningFromHost) && ctx.data().refuel {
                 ctx.data_mut().refuel = false;
-                let fuel = ctx.data().fuel_per_event;
-                ctx.set_fuel(fuel)?;
+                if let Some(fuel) = ctx.data().fuel_per_event {
+                    ctx.set_fuel(fuel)?;
+                }
             }
             Ok(())
         });
-        store.set_fuel(limits.fuel_to_start).map_err(trap)?;
+        if limits.meter_fuel {
+            store.set_fuel(limits.fuel_to_start).map_err(trap)?;
+        }
         let bindings = module.pre.instantiate(&mut store).map_err(trap)?;
         let guest = bindings.prism_projector_projector();
         let descriptor = guest.call_describe(&mut store).map_err(trap)?.into();
@@ -354,6 +363,7 @@ impl Engine {
             .map_err(trap)?
             .map_err(InstanceError::Init)?;
         Ok(Instance {
+            limits,
             module: module.hash.clone(),
             store,
             bindings,
@@ -362,20 +372,42 @@ impl Engine {
     }
 }
 
-/// A trap's message, saying which sandbox limit was hit when one was.
+/// A short trap message: which sandbox limit was hit when one was, the trap itself, and the
+/// innermost few Wasm frames (a deep recursion's backtrace would otherwise run to thousands of
+/// lines).
 fn describe_trap(error: &wasmtime::Error, limits: &Limits) -> String {
     let limit = match error.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::OutOfFuel) => Some(format!(
             "exceeded its instruction budget ({} per event)",
             limits.fuel_per_event
         )),
-        Some(wasmtime::Trap::StackOverflow) => Some("exceeded the Wasm stack limit".to_string()),
+        Some(wasmtime::Trap::StackOverflow) => Some(format!(
+            "exceeded the Wasm stack limit ({} bytes)",
+            limits.max_wasm_stack
+        )),
         _ => None,
     };
-    match limit {
-        Some(limit) => format!("{limit}: {error:#}"),
-        None => format!("{error:#}"),
+    let cause = error.root_cause().to_string();
+    let frames = error
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .map(|trace| {
+            trace
+                .frames()
+                .iter()
+                .take(3)
+                .map(|f| f.func_name().unwrap_or("?").to_string())
+                .collect::<Vec<_>>()
+                .join(" < ")
+        })
+        .filter(|frames| !frames.is_empty());
+    let mut message = match limit {
+        Some(limit) => format!("{limit}: {cause}"),
+        None => cause,
+    };
+    if let Some(frames) = frames {
+        message.push_str(&format!(" (in {frames})"));
     }
+    message
 }
 
 /// Refuses a component that imports anything but Prism's interfaces, naming what it imports.
@@ -396,6 +428,7 @@ fn check_imports(engine: &wasmtime::Engine, component: &Component) -> Result<(),
 
 /// A running instance of a projector module, with its own `Store`.
 pub struct Instance {
+    limits: Limits,
     module: String,
     store: Store<HostState>,
     bindings: bindings::ProjectorWorld,
@@ -429,7 +462,11 @@ impl Instance {
         state.refuel = false;
         let fuel_per_event = state.fuel_per_event;
         // Fuel for the code before the first `begin-event`; each event then gets its own.
-        let outcome = self.store.set_fuel(fuel_per_event).and_then(|()| {
+        let refuel = match fuel_per_event {
+            Some(fuel) => self.store.set_fuel(fuel),
+            None => Ok(()),
+        };
+        let outcome = refuel.and_then(|()| {
             self.bindings
                 .prism_projector_projector()
                 .call_apply(&mut self.store, &batch.inner)
@@ -452,14 +489,10 @@ impl Instance {
             }
             Err(trap) => {
                 let index = self.store.data().current_event.unwrap_or(0) as usize;
-                let limits = Limits {
-                    fuel_per_event: self.store.data().fuel_per_event,
-                    ..Limits::default()
-                };
                 Err(ApplyError::Trap {
                     index,
                     position: batch.position(index).unwrap_or_default(),
-                    message: describe_trap(&trap, &limits),
+                    message: describe_trap(&trap, &self.limits),
                 })
             }
         };

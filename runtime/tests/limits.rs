@@ -1,0 +1,192 @@
+//! Sandbox limits and poison events, injected with hostile fixtures over a real socket: a
+//! runaway loop, a memory bomb and deep recursion each trap only their own projector, which
+//! stops just before the failing event; the `skip` policy dead-letters failing events in the
+//! checkpoint's transaction; other projectors never notice.
+
+mod common;
+
+use common::artifacts;
+use serde_json::{Value, json};
+
+/// Deploys `wasm` as `name` next to an event-counter, appends `ok, ok, <bad>, ok` in one
+/// append (one batch), and checks that only `name` stopped, right before the bad event.
+async fn stops_just_before(wasm: &str, bad_type: &str, expect_in_error: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = common::start(dir.path()).await;
+    client.deploy("hostile", wasm).await;
+    client.deploy("counter", artifacts::EVENT_COUNTER).await;
+    client
+        .append(
+            "s-1",
+            json!([
+                {"type": "Fine", "data": {}},
+                {"type": "Fine", "data": {}},
+                {"type": bad_type, "data": {}},
+                {"type": "Fine", "data": {}},
+            ]),
+        )
+        .await;
+    let status = client
+        .wait_until("hostile", "a fault", |s| s["state"] == "faulted")
+        .await;
+    let error = &status["error"];
+    assert_eq!(error["position"], 3, "{status}");
+    assert_eq!(error["event_type"], bad_type);
+    assert_eq!(error["stream"], "s-1");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains(expect_in_error), "{message}");
+    // The events before the failing one are committed; the failing one is not.
+    assert_eq!(status["checkpoint"], 2);
+    assert_eq!(client.view("hostile", "ok").await, json!(2));
+
+    // The neighbour applied everything, and Prism keeps serving.
+    client.wait_caught_up("counter").await;
+    assert_eq!(client.view("counter", "total").await, json!(4));
+    client
+        .append("s-1", json!([{"type": "Fine", "data": {}}]))
+        .await;
+    client.wait_caught_up("counter").await;
+    assert_eq!(client.view("counter", "total").await, json!(5));
+
+    // Resuming re-applies the same event: fuel and limits are deterministic, so is the verdict.
+    client.post_raw("/projectors/hostile/resume", "").await;
+    let again = client
+        .wait_until("hostile", "the same fault", |s| {
+            s["state"] == "faulted" && s["error"]["position"] == 3
+        })
+        .await;
+    assert_eq!(again["checkpoint"], 2);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runaway_loop_exhausts_its_instruction_budget() {
+    stops_just_before(artifacts::INFINITE_LOOP, "Loop", "instruction budget").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memory_bomb_hits_the_memory_cap() {
+    stops_just_before(artifacts::MEMORY_BOMB, "Bomb", "memory").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deep_recursion_hits_the_stack_cap() {
+    stops_just_before(artifacts::DEEP_RECURSION, "Recurse", "stack").await;
+}
+
+fn poison_history() -> Value {
+    json!([
+        {"type": "N", "data": {"n": 1}},
+        {"type": "N", "data": {"n": 2}},
+        {"type": "N", "data": {"n": 3, "poison": true}},
+        {"type": "N", "data": {"n": 4}},
+        {"type": "N", "data": {"n": 5, "trap": true}},
+        {"type": "N", "data": {"n": 6}},
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stop_policy_faults_at_the_first_failing_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = common::start(dir.path()).await;
+    client.deploy("poison", artifacts::POISON).await;
+    client.append("p-1", poison_history()).await;
+    let status = client
+        .wait_until("poison", "a fault", |s| s["state"] == "faulted")
+        .await;
+    assert_eq!(status["on_error"], "stop");
+    assert_eq!(status["checkpoint"], 2);
+    assert_eq!(status["error"]["position"], 3);
+    assert!(
+        status["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("poisoned event 3")
+    );
+    // Events 1 and 2 are in the view; the failing event's partial write is not.
+    assert_eq!(client.view("poison", "sum").await, json!(3));
+    assert_eq!(client.view("poison", "count").await, json!(2));
+    server.stop().await;
+
+    // The fault and its checkpoint survive a restart; it stays faulted on the same event.
+    let (server, client) = common::start(dir.path()).await;
+    let status = client
+        .wait_until("poison", "the fault again", |s| s["state"] == "faulted")
+        .await;
+    assert_eq!(
+        (
+            status["checkpoint"].clone(),
+            status["error"]["position"].clone()
+        ),
+        (json!(2), json!(3))
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_skip_policy_dead_letters_failing_events_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = common::start(dir.path()).await;
+    let deployed = client
+        .deploy_with("poison", artifacts::POISON, "on_error=skip")
+        .await;
+    client.append("p-1", poison_history()).await;
+    let status = client.wait_caught_up("poison").await;
+    assert_eq!(status["on_error"], "skip");
+    assert_eq!(status["checkpoint"], 6);
+    assert_eq!(status["dead_letters_this_run"], 2);
+    // Only the good events count; the failing events' partial writes were discarded.
+    assert_eq!(client.view("poison", "count").await, json!(4));
+    assert_eq!(client.view("poison", "sum").await, json!(1 + 2 + 4 + 6));
+
+    let letters = client.get("/projectors/poison/dead-letters").await.body["dead_letters"].clone();
+    let letters = letters.as_array().unwrap();
+    assert_eq!(letters.len(), 2);
+    assert_eq!(letters[0]["position"], 3);
+    assert_eq!(letters[0]["stream"], "p-1");
+    assert_eq!(letters[0]["event_type"], "N");
+    assert_eq!(letters[0]["module"], deployed["module"]);
+    assert!(
+        letters[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("poisoned event 3")
+    );
+    assert_eq!(letters[1]["position"], 5);
+    assert!(letters[1]["error"].as_str().unwrap().contains("trapped"));
+
+    // Paging, and discarding.
+    let after = client
+        .get("/projectors/poison/dead-letters?after=3")
+        .await
+        .body;
+    assert_eq!(after["dead_letters"].as_array().unwrap().len(), 1);
+    let discard = client
+        .http
+        .delete(client.url("/projectors/poison/dead-letters/3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(discard.status(), 200);
+    let again = client
+        .http
+        .delete(client.url("/projectors/poison/dead-letters/3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 404);
+    let left = client.get("/projectors/poison/dead-letters").await.body["dead_letters"].clone();
+    assert_eq!(left.as_array().unwrap().len(), 1);
+
+    // Dead letters and the checkpoint survive a restart together.
+    server.stop().await;
+    let (server, client) = common::start(dir.path()).await;
+    client
+        .append("p-1", json!([{"type": "N", "data": {"n": 10}}]))
+        .await;
+    client.wait_caught_up("poison").await;
+    assert_eq!(client.view("poison", "sum").await, json!(23));
+    let left = client.get("/projectors/poison/dead-letters").await.body["dead_letters"].clone();
+    assert_eq!(left.as_array().unwrap().len(), 1);
+    server.stop().await;
+}
