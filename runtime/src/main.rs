@@ -40,6 +40,21 @@ enum Command {
         /// Largest Wasm stack of a projector instance, in bytes.
         #[arg(long, env = "PRISM_MAX_WASM_STACK", default_value_t = prism::engine::Limits::default().max_wasm_stack)]
         max_wasm_stack: usize,
+        /// Most events in one append request.
+        #[arg(long, env = "PRISM_MAX_APPEND_EVENTS", default_value_t = prism::http::MAX_APPEND_EVENTS)]
+        max_append_events: usize,
+        /// Seconds a request may take before it is answered 408.
+        #[arg(long, env = "PRISM_REQUEST_TIMEOUT_SECS", default_value_t = 60)]
+        request_timeout_secs: u64,
+        /// Bearer token required for deploys and projector changes (default: none, open).
+        #[arg(long, env = "PRISM_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// Bearer token required for appends (the admin token works too).
+        #[arg(long, env = "PRISM_WRITE_TOKEN", hide_env_values = true)]
+        write_token: Option<String>,
+        /// Bearer token required for reads (the write and admin tokens work too).
+        #[arg(long, env = "PRISM_READ_TOKEN", hide_env_values = true)]
+        read_token: Option<String>,
     },
     /// Upload a compiled projector (`.wasm`) as NAME, or redeploy a stored module by hash.
     ///
@@ -188,6 +203,25 @@ struct ServerArg {
     /// The Prism server to talk to.
     #[arg(long, env = "PRISM_URL", default_value = "http://127.0.0.1:7070")]
     url: String,
+    /// Bearer token sent with every request.
+    #[arg(long, env = "PRISM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl ServerArg {
+    /// An HTTP client that sends the token, if any.
+    fn client(&self) -> Result<reqwest::Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &self.token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("--token must be printable ASCII")?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        Ok(reqwest::Client::builder()
+            .default_headers(headers)
+            .build()?)
+    }
 }
 
 fn main() -> Result<()> {
@@ -212,8 +246,20 @@ async fn run(command: Command) -> Result<()> {
             fuel_per_event,
             max_memory_bytes,
             max_wasm_stack,
+            max_append_events,
+            request_timeout_secs,
+            admin_token,
+            write_token,
+            read_token,
         } => {
             let mut config = ServerConfig::new(data_dir, listen);
+            config.limits.max_append_events = max_append_events;
+            config.limits.request_timeout = std::time::Duration::from_secs(request_timeout_secs);
+            config.tokens = prism::http::Tokens {
+                admin: admin_token,
+                write: write_token,
+                read: read_token,
+            };
             config.limits.max_module_bytes = max_module_bytes;
             config.sandbox.fuel_per_event = fuel_per_event;
             config.sandbox.max_memory_bytes = max_memory_bytes;
@@ -241,7 +287,8 @@ async fn run(command: Command) -> Result<()> {
             query.extend(mode.map(|m| ("mode", m)));
             query.extend(on_error.map(|p| ("on_error", p)));
             query.extend(module.map(|m| ("module", m)));
-            let reply = client()
+            let reply = server
+                .client()?
                 .put(format!("{}/projectors/{name}", server.url))
                 .query(&query)
                 .body(wasm)
@@ -250,30 +297,30 @@ async fn run(command: Command) -> Result<()> {
             let deployed = json_reply(reply).await?;
             println!("{}", serde_json::to_string_pretty(&deployed)?);
             if deployed["mode"] == "rebuild" && !no_wait {
-                follow_rebuild(&server.url, &name).await?;
+                follow_rebuild(&server, &name).await?;
             }
             Ok(())
         }
         Command::Status { server, name } => {
             let url = format!("{}/projectors/{name}", server.url);
-            print_json(client().get(url).send().await).await
+            print_json(server.client()?.get(url).send().await).await
         }
-        Command::Pause { server, name } => action(&server.url, &name, "pause").await,
-        Command::Resume { server, name } => action(&server.url, &name, "resume").await,
+        Command::Pause { server, name } => action(&server, &name, "pause").await,
+        Command::Resume { server, name } => action(&server, &name, "resume").await,
         Command::Reset {
             server,
             name,
             no_wait,
         } => {
-            action(&server.url, &name, "reset").await?;
+            action(&server, &name, "reset").await?;
             if !no_wait {
-                follow_rebuild(&server.url, &name).await?;
+                follow_rebuild(&server, &name).await?;
             }
             Ok(())
         }
         Command::Delete { server, name } => {
             let url = format!("{}/projectors/{name}", server.url);
-            print_json(client().delete(url).send().await).await
+            print_json(server.client()?.delete(url).send().await).await
         }
         Command::DeadLetters {
             server,
@@ -281,7 +328,15 @@ async fn run(command: Command) -> Result<()> {
             after,
         } => {
             let url = format!("{}/projectors/{name}/dead-letters", server.url);
-            print_json(client().get(url).query(&[("after", after)]).send().await).await
+            print_json(
+                server
+                    .client()?
+                    .get(url)
+                    .query(&[("after", after)])
+                    .send()
+                    .await,
+            )
+            .await
         }
         Command::Discard {
             server,
@@ -289,10 +344,17 @@ async fn run(command: Command) -> Result<()> {
             position,
         } => {
             let url = format!("{}/projectors/{name}/dead-letters/{position}", server.url);
-            print_json(client().delete(url).send().await).await
+            print_json(server.client()?.delete(url).send().await).await
         }
         Command::Modules { server } => {
-            print_json(client().get(format!("{}/modules", server.url)).send().await).await
+            print_json(
+                server
+                    .client()?
+                    .get(format!("{}/modules", server.url))
+                    .send()
+                    .await,
+            )
+            .await
         }
         Command::Append {
             server,
@@ -308,7 +370,8 @@ async fn run(command: Command) -> Result<()> {
                 event["metadata"] =
                     serde_json::from_str(&metadata).context("--metadata must be a JSON object")?;
             }
-            let mut request = client()
+            let mut request = server
+                .client()?
                 .post(format!("{}/streams/{stream}/events", server.url))
                 .json(&[event]);
             if let Some(v) = expected_version {
@@ -322,7 +385,8 @@ async fn run(command: Command) -> Result<()> {
             from,
             limit,
         } => {
-            let request = client()
+            let request = server
+                .client()?
                 .get(format!("{}/streams/{stream}", server.url))
                 .query(&[("from", from), ("limit", limit as u64)]);
             print_json(request.send().await).await
@@ -334,7 +398,7 @@ async fn run(command: Command) -> Result<()> {
                 .pop_if_empty()
                 .extend(["projectors", &name, "view"])
                 .extend(key.split('/'));
-            print_json(client().get(url).send().await).await
+            print_json(server.client()?.get(url).send().await).await
         }
         Command::Scan {
             server,
@@ -345,12 +409,13 @@ async fn run(command: Command) -> Result<()> {
         } => {
             let mut query = vec![("prefix", prefix), ("limit", limit.to_string())];
             query.extend(after.map(|a| ("after", a)));
-            let request = client()
+            let request = server
+                .client()?
                 .get(format!("{}/projectors/{name}/view", server.url))
                 .query(&query);
             print_json(request.send().await).await
         }
-        Command::Ls { server } => ls(&server.url).await,
+        Command::Ls { server } => ls(&server).await,
     }
 }
 
@@ -383,10 +448,6 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::new()
-}
-
 /// A reply's JSON body; an error status becomes an error with the server's message.
 async fn json_reply(reply: reqwest::Result<reqwest::Response>) -> Result<Value> {
     let reply = reply.context("cannot reach the Prism server (is `prism serve` running?)")?;
@@ -412,13 +473,14 @@ async fn print_json(reply: reqwest::Result<reqwest::Response>) -> Result<()> {
 }
 
 /// `POST /projectors/{name}/{verb}`, printing the resulting status.
-async fn action(url: &str, name: &str, verb: &str) -> Result<()> {
-    let url = format!("{url}/projectors/{name}/{verb}");
-    print_json(client().post(url).send().await).await
+async fn action(server: &ServerArg, name: &str, verb: &str) -> Result<()> {
+    let url = format!("{}/projectors/{name}/{verb}", server.url);
+    print_json(server.client()?.post(url).send().await).await
 }
 
 /// Shows a rebuild's progress until it has been promoted (or has failed).
-async fn follow_rebuild(url: &str, name: &str) -> Result<()> {
+async fn follow_rebuild(server: &ServerArg, name: &str) -> Result<()> {
+    let url = &server.url;
     let bar = indicatif::ProgressBar::new(1000);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -429,7 +491,7 @@ async fn follow_rebuild(url: &str, name: &str) -> Result<()> {
     bar.set_prefix(name.to_string());
     let status_url = format!("{url}/projectors/{name}");
     loop {
-        let status = json_reply(client().get(&status_url).send().await).await?;
+        let status = json_reply(server.client()?.get(&status_url).send().await).await?;
         let Some(rebuild) = status["rebuild"].as_object() else {
             if let Some(error) = status["error"]["message"].as_str() {
                 bar.abandon_with_message(format!("projector faulted: {error}"));
@@ -460,8 +522,10 @@ async fn follow_rebuild(url: &str, name: &str) -> Result<()> {
     }
 }
 
-async fn ls(url: &str) -> Result<()> {
-    let reply = client()
+async fn ls(server: &ServerArg) -> Result<()> {
+    let url = &server.url;
+    let reply = server
+        .client()?
         .get(format!("{url}/projectors"))
         .send()
         .await

@@ -21,6 +21,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// The sandbox projectors run in.
     pub sandbox: crate::engine::Limits,
+    /// Bearer tokens (none: open, fit for loopback only).
+    pub tokens: crate::http::Tokens,
 }
 
 impl ServerConfig {
@@ -31,6 +33,7 @@ impl ServerConfig {
             listen,
             limits: Limits::default(),
             sandbox: crate::engine::Limits::default(),
+            tokens: crate::http::Tokens::default(),
         }
     }
 }
@@ -67,7 +70,11 @@ impl Server {
             log,
             registry: registry.clone(),
             limits: config.limits,
+            tokens: config.tokens.clone(),
         });
+        if !addr.ip().is_loopback() && config.tokens.admin.is_none() {
+            tracing::warn!(%addr, "listening beyond loopback without an admin token: anyone who can reach this address can deploy and delete projectors (set --admin-token)");
+        }
         let (shutdown, stopped) = oneshot::channel();
         let http = tokio::spawn(async move {
             axum::serve(listener, app)

@@ -77,7 +77,10 @@ async fn sigkill_at_random_moments_loses_nothing_and_views_stay_exact() {
     let mut next_id = 0u64;
 
     let prism = start(dir.path());
-    prism.client.deploy("counter", artifacts::EVENT_COUNTER).await;
+    prism
+        .client
+        .deploy("counter", artifacts::EVENT_COUNTER)
+        .await;
     prism.client.deploy("tally", artifacts::TALLY_V1).await;
     let mut prism = Some(prism);
 
@@ -111,7 +114,9 @@ async fn sigkill_at_random_moments_loses_nothing_and_views_stay_exact() {
                     if reply.status() != 201 {
                         break;
                     }
-                    let Ok(body) = reply.json::<Value>().await else { break };
+                    let Ok(body) = reply.json::<Value>().await else {
+                        break;
+                    };
                     done.push(Acked {
                         first_position: body["first_position"].as_u64().unwrap(),
                         ids,
@@ -131,16 +136,23 @@ async fn sigkill_at_random_moments_loses_nothing_and_views_stay_exact() {
     // Recovery: start once more and let the projectors catch up.
     let prism = start(dir.path());
     let client = prism.client.clone();
-    let head = client.get("/projectors").await.body["head"].as_u64().unwrap();
+    let head = client.get("/projectors").await.body["head"]
+        .as_u64()
+        .unwrap();
     let acked_events: usize = acked.iter().map(|a| a.ids.len()).sum();
-    assert!(acked_events > kills, "too few appends were acknowledged: {acked_events}");
+    assert!(
+        acked_events > kills,
+        "too few appends were acknowledged: {acked_events}"
+    );
 
     // (1) Every acknowledged event is where it was acknowledged; positions are gapless.
     let mut log = Vec::new();
     for stream in ["c-0", "c-1", "c-2"] {
         let mut from = 1;
         loop {
-            let reply = client.get(&format!("/streams/{stream}?from={from}&limit=1000")).await;
+            let reply = client
+                .get(&format!("/streams/{stream}?from={from}&limit=1000"))
+                .await;
             if reply.status == 404 {
                 break;
             }
@@ -154,7 +166,12 @@ async fn sigkill_at_random_moments_loses_nothing_and_views_stay_exact() {
     }
     let mut by_position: Vec<(u64, u64)> = log
         .iter()
-        .map(|e| (e["position"].as_u64().unwrap(), e["data"]["id"].as_u64().unwrap()))
+        .map(|e| {
+            (
+                e["position"].as_u64().unwrap(),
+                e["data"]["id"].as_u64().unwrap(),
+            )
+        })
         .collect();
     by_position.sort();
     assert_eq!(
@@ -178,9 +195,16 @@ async fn sigkill_at_random_moments_loses_nothing_and_views_stay_exact() {
     client.wait_caught_up("counter").await;
     assert_eq!(tally["head"], json!(head));
     let view = client.whole_view_paged("tally", 1000).await;
-    assert_eq!(view["applied"], json!(head), "an event was skipped or applied twice");
+    assert_eq!(
+        view["applied"],
+        json!(head),
+        "an event was skipped or applied twice"
+    );
     assert_eq!(view.get("duplicates"), None, "an event was applied twice");
-    for (name, wasm) in [("counter", artifacts::EVENT_COUNTER), ("tally", artifacts::TALLY_V1)] {
+    for (name, wasm) in [
+        ("counter", artifacts::EVENT_COUNTER),
+        ("tally", artifacts::TALLY_V1),
+    ] {
         let replay = format!("{name}-replay");
         client.deploy(&replay, wasm).await;
         client.wait_caught_up(&replay).await;

@@ -13,6 +13,10 @@ async fn bad_requests_get_json_errors_and_change_nothing() {
         .append("s-1", json!([{"type": "T", "data": {"n": 1}}]))
         .await;
 
+    let long_key_path = format!(
+        "/projectors/p/view/{}",
+        "k".repeat(prism::http::MAX_KEY_LEN + 1)
+    );
     let cases: Vec<(&str, &str, &str, Vec<u8>, u16)> = vec![
         (
             "malformed JSON",
@@ -153,6 +157,19 @@ async fn bad_requests_get_json_errors_and_change_nothing() {
             vec![],
             400,
         ),
+        (
+            "too many events in one append",
+            "POST",
+            "/streams/s-1/events",
+            {
+                let events: Vec<_> = (0..prism::http::MAX_APPEND_EVENTS + 1)
+                    .map(|_| json!({"type": "T", "data": 0}))
+                    .collect();
+                serde_json::to_vec(&events).unwrap()
+            },
+            413,
+        ),
+        ("view key too long", "GET", &long_key_path, vec![], 400),
     ];
     for (what, method, path, body, status) in cases {
         let request = match method {
@@ -252,4 +269,120 @@ async fn a_redeploy_with_the_same_schema_continues_from_the_checkpoint() {
 /// A component that imports a WASI interface (and exports nothing).
 fn wasi_importer() -> Vec<u8> {
     wat::parse_str(r#"(component (import "wasi:cli/environment@0.2.0" (instance)))"#).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bearer_tokens_guard_admin_write_and_read_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = common::start_with(dir.path(), |config| {
+        config.tokens = prism::http::Tokens {
+            admin: Some("admin-secret".into()),
+            write: Some("write-secret".into()),
+            read: Some("read-secret".into()),
+        };
+    })
+    .await;
+    let wasm = common::artifacts::read(common::artifacts::EVENT_COUNTER);
+    let events = r#"[{"type":"T","data":1}]"#;
+    let send = |method: reqwest::Method, path: &str, token: Option<&str>, body: Vec<u8>| {
+        let mut request = client.http.request(method, client.url(path)).body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.unwrap() }
+    };
+    use reqwest::Method;
+    // (method, path, token, body, expected status)
+    let cases: Vec<(Method, &str, Option<&str>, Vec<u8>, u16)> = vec![
+        (Method::GET, "/health", None, vec![], 200),
+        (Method::PUT, "/projectors/c", None, wasm.clone(), 401),
+        (
+            Method::PUT,
+            "/projectors/c",
+            Some("write-secret"),
+            wasm.clone(),
+            401,
+        ),
+        (
+            Method::PUT,
+            "/projectors/c",
+            Some("admin-secretX"),
+            wasm.clone(),
+            401,
+        ),
+        (
+            Method::PUT,
+            "/projectors/c",
+            Some("admin-secret"),
+            wasm.clone(),
+            201,
+        ),
+        (Method::POST, "/streams/s/events", None, events.into(), 401),
+        (
+            Method::POST,
+            "/streams/s/events",
+            Some("read-secret"),
+            events.into(),
+            401,
+        ),
+        (
+            Method::POST,
+            "/streams/s/events",
+            Some("write-secret"),
+            events.into(),
+            201,
+        ),
+        (
+            Method::POST,
+            "/streams/s/events",
+            Some("admin-secret"),
+            events.into(),
+            201,
+        ),
+        (Method::GET, "/projectors", None, vec![], 401),
+        (Method::GET, "/projectors", Some("read-secret"), vec![], 200),
+        (Method::GET, "/streams/s", Some("write-secret"), vec![], 200),
+        (
+            Method::POST,
+            "/projectors/c/pause",
+            Some("read-secret"),
+            vec![],
+            401,
+        ),
+        (
+            Method::POST,
+            "/projectors/c/pause",
+            Some("admin-secret"),
+            vec![],
+            200,
+        ),
+        (
+            Method::DELETE,
+            "/projectors/c",
+            Some("write-secret"),
+            vec![],
+            401,
+        ),
+    ];
+    for (method, path, token, body, status) in cases {
+        let reply = send(method.clone(), path, token, body).await;
+        assert_eq!(
+            reply.status().as_u16(),
+            status,
+            "{method} {path} with {token:?}"
+        );
+        if status == 401 {
+            assert_eq!(reply.headers()["www-authenticate"], "Bearer");
+            let body: serde_json::Value = reply.json().await.unwrap();
+            assert!(
+                body["error"].as_str().unwrap().contains("bearer token"),
+                "{body}"
+            );
+        }
+    }
+    // Refused requests changed nothing: the projector exists once, two events were appended.
+    let stream = send(Method::GET, "/streams/s", Some("read-secret"), vec![]).await;
+    let stream: serde_json::Value = stream.json().await.unwrap();
+    assert_eq!(stream["version"], 2);
+    server.stop().await;
 }

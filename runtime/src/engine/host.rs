@@ -7,7 +7,7 @@
 
 use super::bindings::{host, types, view};
 use super::convert;
-use crate::store::BatchView;
+use crate::store::{BatchView, MAX_KEY_LEN};
 
 /// A projector instance's host-side state.
 pub struct HostState {
@@ -45,6 +45,12 @@ impl view::Host for HostState {
     }
 
     fn put(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
+        if key.len() > MAX_KEY_LEN {
+            wasmtime::bail!(
+                "view key of {} bytes is longer than the limit of {MAX_KEY_LEN}",
+                key.len()
+            );
+        }
         self.batch()?.put(key, value);
         Ok(())
     }

@@ -16,15 +16,17 @@
 //! | `GET /projectors/{name}/view?prefix=&after=&limit=` | ordered scan |
 //! | `GET /health` | liveness |
 //!
-//! Errors are JSON `{ "error": "..." }` with 400 (bad request), 404 (unknown stream, projector
-//! or key), 409 (version conflict), 413 (body too large), 415 (not Wasm) or 422 (not a valid
-//! projector).
+//! Errors are JSON `{ "error": "..." }` with 400 (bad request), 401 (missing or wrong bearer
+//! token, see [`auth`]), 404 (unknown stream, projector or key), 408 (timeout), 409 (version
+//! conflict), 413 (body or batch too large), 415 (not Wasm) or 422 (not a valid projector).
 
+mod auth;
 mod error;
 mod projectors;
 mod streams;
 mod views;
 
+pub use auth::Tokens;
 pub use error::ApiError;
 
 use crate::log::EventLog;
@@ -39,6 +41,10 @@ use std::sync::Arc;
 pub const MAX_APPEND_BODY: usize = 16 << 20;
 /// Largest module upload by default.
 pub const MAX_MODULE_BODY: usize = 64 << 20;
+/// Most events in one append.
+pub const MAX_APPEND_EVENTS: usize = 10_000;
+/// Longest view key a query may name, in bytes.
+pub const MAX_KEY_LEN: usize = crate::store::MAX_KEY_LEN;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -46,19 +52,26 @@ pub struct AppState {
     pub log: EventLog,
     pub registry: Registry,
     pub limits: Limits,
+    pub tokens: Tokens,
 }
 
-/// Request size limits.
+/// Request limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Largest module upload, in bytes.
     pub max_module_bytes: usize,
+    /// Most events in one append.
+    pub max_append_events: usize,
+    /// How long a request may take before it is answered 408.
+    pub request_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_module_bytes: MAX_MODULE_BODY,
+            max_append_events: MAX_APPEND_EVENTS,
+            request_timeout: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -103,5 +116,13 @@ pub fn router(state: AppState) -> Router {
             get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
         )
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::timeout,
+        ))
         .with_state(state)
 }

@@ -42,6 +42,13 @@ pub async fn append(
             "the body must be a JSON array of {{\"type\", \"data\", \"metadata\"?}} events: {e}"
         ))
     })?;
+    let most = state.limits.max_append_events;
+    if events.len() > most {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{} events in one append; the limit is {most}", events.len()),
+        ));
+    }
     let events = events
         .into_iter()
         .enumerate()

@@ -29,6 +29,12 @@ pub async fn get(
     State(state): State<AppState>,
     Path((name, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    if key.len() > super::MAX_KEY_LEN {
+        return Err(ApiError::bad_request(format!(
+            "a view key is at most {} bytes",
+            super::MAX_KEY_LEN
+        )));
+    }
     let generation = state.projector(&name)?.serving();
     let (snapshot, value) =
         blocking(generation.clone(), move |snapshot| snapshot.get(&key)).await?;

@@ -44,6 +44,9 @@ pub struct DeadLetter {
     pub module: String,
 }
 
+/// Longest view key, in bytes: a projector writing a longer one traps.
+pub const MAX_KEY_LEN: usize = 1024;
+
 /// How often a running projector makes a durable commit.
 pub const DURABLE_INTERVAL: Duration = Duration::from_secs(1);
 

@@ -11,9 +11,17 @@ pub use prism_test_artifacts as artifacts;
 
 /// Starts Prism on `127.0.0.1:0` over `data_dir`.
 pub async fn start(data_dir: &Path) -> (Server, Client) {
-    let server = Server::start(ServerConfig::new(data_dir, "127.0.0.1:0".parse().unwrap()))
-        .await
-        .expect("prism starts");
+    start_with(data_dir, |_| {}).await
+}
+
+/// Starts Prism on `127.0.0.1:0` over `data_dir`, with `configure` applied to its config.
+pub async fn start_with(
+    data_dir: &Path,
+    configure: impl FnOnce(&mut ServerConfig),
+) -> (Server, Client) {
+    let mut config = ServerConfig::new(data_dir, "127.0.0.1:0".parse().unwrap());
+    configure(&mut config);
+    let server = Server::start(config).await.expect("prism starts");
     let client = Client {
         base: format!("http://{}", server.addr()),
         http: reqwest::Client::new(),

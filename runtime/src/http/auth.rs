@@ -1,0 +1,164 @@
+//! The admin boundary: bearer tokens by role, compared in constant time, and request timeouts.
+//!
+//! | role | routes | accepted tokens |
+//! |---|---|---|
+//! | admin | every `PUT`, `POST` and `DELETE` under `/projectors` (deploy, pause, resume, reset, delete, dead-letter actions) | admin |
+//! | write | `POST /streams/{stream}/events` | write, admin |
+//! | read | every `GET` but `/health` | read, write, admin |
+//!
+//! A role whose token is not configured is open (for write: when neither the write nor the
+//! admin token is set; for read: when no read token is set). `/health` is always open.
+
+use super::{ApiError, AppState};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+
+/// Bearer tokens; `None` leaves that role open.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    /// For deploys and the projector lifecycle.
+    pub admin: Option<String>,
+    /// For appends.
+    pub write: Option<String>,
+    /// For reads (views, streams, status).
+    pub read: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Open,
+    Read,
+    Write,
+    Admin,
+}
+
+fn role(method: &Method, path: &str) -> Role {
+    if path == "/health" {
+        Role::Open
+    } else if method == Method::GET || method == Method::HEAD {
+        Role::Read
+    } else if path.starts_with("/streams/") {
+        Role::Write
+    } else {
+        Role::Admin
+    }
+}
+
+impl Tokens {
+    /// The tokens that grant `role`; empty when the role is open.
+    fn granting(&self, role: Role) -> Vec<&str> {
+        let (admin, write, read) = (
+            self.admin.as_deref(),
+            self.write.as_deref(),
+            self.read.as_deref(),
+        );
+        let tokens: Vec<Option<&str>> = match role {
+            Role::Open => vec![],
+            Role::Admin => vec![admin],
+            Role::Write if write.is_none() && admin.is_none() => vec![],
+            Role::Write => vec![write, admin],
+            Role::Read if read.is_none() => vec![],
+            Role::Read => vec![read, write, admin],
+        };
+        tokens.into_iter().flatten().collect()
+    }
+}
+
+/// Refuses a request without a token that grants its route's role.
+pub async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let role = role(request.method(), request.uri().path());
+    let granting = state.tokens.granting(role);
+    if granting.is_empty() {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    // Compare against every candidate, in constant time, without stopping early.
+    let granted = granting.iter().fold(false, |granted, token| {
+        granted | bool::from(presented.as_bytes().ct_eq(token.as_bytes()))
+    });
+    if granted {
+        return next.run(request).await;
+    }
+    // Read the body before answering, so a client still sending it gets the answer rather
+    // than a broken pipe (bounded by the largest body any route accepts).
+    let limit = state.limits.max_module_bytes;
+    let _ = axum::body::to_bytes(request.into_body(), limit).await;
+    let what = match role {
+        Role::Admin => "deploys and projector changes need the admin token",
+        Role::Write => "appends need the write (or admin) token",
+        _ => "reads need the read (or write, or admin) token",
+    };
+    let mut response = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        format!("missing or wrong bearer token: {what} (Authorization: Bearer <token>)"),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// Answers 408 when a request takes longer than the configured timeout.
+pub async fn timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limit = state.limits.request_timeout;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request took longer than {} s", limit.as_secs_f64()),
+        )
+        .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(admin: Option<&str>, write: Option<&str>, read: Option<&str>) -> Tokens {
+        Tokens {
+            admin: admin.map(Into::into),
+            write: write.map(Into::into),
+            read: read.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn routes_map_to_roles() {
+        assert_eq!(role(&Method::GET, "/health"), Role::Open);
+        assert_eq!(role(&Method::GET, "/projectors/p/view/k"), Role::Read);
+        assert_eq!(role(&Method::POST, "/streams/s/events"), Role::Write);
+        assert_eq!(role(&Method::PUT, "/projectors/p"), Role::Admin);
+        assert_eq!(role(&Method::POST, "/projectors/p/pause"), Role::Admin);
+        assert_eq!(
+            role(&Method::DELETE, "/projectors/p/dead-letters/3"),
+            Role::Admin
+        );
+    }
+
+    #[test]
+    fn unset_tokens_leave_roles_open_and_higher_tokens_grant_lower_roles() {
+        let none = tokens(None, None, None);
+        assert!(none.granting(Role::Admin).is_empty());
+        let admin_only = tokens(Some("a"), None, None);
+        assert_eq!(admin_only.granting(Role::Admin), ["a"]);
+        assert_eq!(admin_only.granting(Role::Write), ["a"]);
+        assert!(admin_only.granting(Role::Read).is_empty());
+        let all = tokens(Some("a"), Some("w"), Some("r"));
+        assert_eq!(all.granting(Role::Read), ["r", "w", "a"]);
+        assert_eq!(all.granting(Role::Write), ["w", "a"]);
+    }
+}
