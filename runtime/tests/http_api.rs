@@ -292,8 +292,9 @@ async fn bearer_tokens_guard_admin_write_and_read_routes() {
         async move { request.send().await.unwrap() }
     };
     use reqwest::Method;
-    // (method, path, token, body, expected status)
-    let cases: Vec<(Method, &str, Option<&str>, Vec<u8>, u16)> = vec![
+    /// (method, path, token, body, expected status)
+    type Case<'a> = (Method, &'a str, Option<&'a str>, Vec<u8>, u16);
+    let cases: Vec<Case> = vec![
         (Method::GET, "/health", None, vec![], 200),
         (Method::PUT, "/projectors/c", None, wasm.clone(), 401),
         (
