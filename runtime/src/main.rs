@@ -56,6 +56,13 @@ enum Command {
         #[arg(long, env = "PRISM_READ_TOKEN", hide_env_values = true)]
         read_token: Option<String>,
     },
+    /// Check a data dir (with Prism stopped): damaged view files are moved aside and rebuilt
+    /// from the log at the next start; a damaged log or catalog is reported (restore a backup).
+    Repair {
+        /// The data dir to check.
+        #[arg(long, env = "PRISM_DATA_DIR", default_value = "prism-data")]
+        data_dir: PathBuf,
+    },
     /// Upload a compiled projector (`.wasm`) as NAME, or redeploy a stored module by hash.
     ///
     /// Redeploying a projector is a hot reload: with the same view schema version the new code
@@ -85,6 +92,12 @@ enum Command {
         /// Return at once instead of following a rebuild to its end.
         #[arg(long)]
         no_wait: bool,
+    },
+    /// Replay projector NAME from scratch and compare with its live view (exit 1 if they differ).
+    Verify {
+        #[command(flatten)]
+        server: ServerArg,
+        name: String,
     },
     /// List the events projector NAME skipped (dead letters).
     DeadLetters {
@@ -266,6 +279,28 @@ async fn run(command: Command) -> Result<()> {
             config.sandbox.max_wasm_stack = max_wasm_stack;
             serve(config).await
         }
+        Command::Repair { data_dir } => {
+            let repairs = prism::server::repair(&data_dir)?;
+            if repairs.is_empty() {
+                println!(
+                    "{}: every file opens; nothing to repair",
+                    data_dir.display()
+                );
+            }
+            for prism::server::Repair::ViewMovedAside {
+                file,
+                moved_to,
+                error,
+            } in repairs
+            {
+                println!(
+                    "damaged view {} moved to {} ({error}); its projector rebuilds it from the log at the next start",
+                    file.display(),
+                    moved_to.display()
+                );
+            }
+            Ok(())
+        }
         Command::Deploy {
             server,
             name,
@@ -321,6 +356,15 @@ async fn run(command: Command) -> Result<()> {
         Command::Delete { server, name } => {
             let url = format!("{}/projectors/{name}", server.url);
             print_json(server.client()?.delete(url).send().await).await
+        }
+        Command::Verify { server, name } => {
+            let url = format!("{}/projectors/{name}/verify", server.url);
+            let report = json_reply(server.client()?.post(url).send().await).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if report["identical"] != true {
+                bail!("the live view of {name} differs from a replay of the log");
+            }
+            Ok(())
         }
         Command::DeadLetters {
             server,

@@ -110,3 +110,56 @@ impl Server {
         let _ = tokio::task::spawn_blocking(move || registry.shutdown()).await;
     }
 }
+
+/// What [`repair`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repair {
+    /// A damaged view file was moved aside (to `moved_to`); its projector rebuilds it from the
+    /// log at the next start.
+    ViewMovedAside {
+        file: PathBuf,
+        moved_to: PathBuf,
+        error: String,
+    },
+}
+
+/// Checks every file of a data dir (Prism must not be running on it). Damaged view files are
+/// moved aside so their projectors rebuild them from the log at the next start; a damaged log
+/// or catalog is an error (restore it from a backup). Returns what was repaired.
+pub fn repair(data_dir: &std::path::Path) -> anyhow::Result<Vec<Repair>> {
+    EventLog::open(&data_dir.join("log.redb"))?;
+    crate::projector::catalog::Catalog::open(data_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open the catalog {}: {e}; restore it from a backup",
+            data_dir.join("catalog.redb").display()
+        )
+    })?;
+    let mut repairs = Vec::new();
+    let projectors = data_dir.join("projectors");
+    let Ok(dirs) = std::fs::read_dir(&projectors) else {
+        return Ok(repairs);
+    };
+    for dir in dirs.flatten() {
+        for file in std::fs::read_dir(dir.path())?.flatten() {
+            let path = file.path();
+            if path.extension().is_none_or(|e| e != "redb") {
+                continue;
+            }
+            if let Err(e) = crate::store::ViewStore::open(&path) {
+                let moved_to = path.with_extension(format!(
+                    "redb.damaged-{}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs())
+                ));
+                std::fs::rename(&path, &moved_to)?;
+                repairs.push(Repair::ViewMovedAside {
+                    file: path,
+                    moved_to,
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok(repairs)
+}

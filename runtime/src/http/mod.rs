@@ -11,6 +11,7 @@
 //! | `GET /projectors/{name}` | one projector's status (with rebuild progress) |
 //! | `GET /projectors/{name}/dead-letters` | events skipped under `on_error=skip` |
 //! | `DELETE /projectors/{name}/dead-letters/{position}` | discard a dead letter |
+//! | `POST /projectors/{name}/verify` | replay from scratch and compare with the live view |
 //! | `GET /modules` | stored module hashes |
 //! | `GET /projectors/{name}/view/{key}` | a view value |
 //! | `GET /projectors/{name}/view?prefix=&after=&limit=` | ordered scan |
@@ -103,6 +104,7 @@ pub fn router(state: AppState) -> Router {
         .route("/projectors/{name}/pause", post(p::pause))
         .route("/projectors/{name}/resume", post(p::resume))
         .route("/projectors/{name}/reset", post(p::reset))
+        .route("/projectors/{name}/verify", post(p::verify))
         .route("/projectors/{name}/dead-letters", get(p::dead_letters))
         .route(
             "/projectors/{name}/dead-letters/{position}",

@@ -206,6 +206,20 @@ pub async fn discard_dead_letter(
     Ok(Json(json!({ "discarded": position })))
 }
 
+/// `POST /projectors/{name}/verify`: replays the projector from scratch and compares the
+/// result with the live view at the same position.
+pub async fn verify(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let registry = state.registry.clone();
+    let report = tokio::task::spawn_blocking(move || registry.verify(&name))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(lifecycle_error)?;
+    Ok(Json(json!(report)))
+}
+
 /// `GET /modules`: the hashes of every stored module (deployable with `?module=`).
 pub async fn modules(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let modules = state.registry.modules().map_err(ApiError::internal)?;

@@ -130,7 +130,10 @@ pub enum ReadError {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// The file could not be opened or is damaged.
-    #[error("cannot open the event log {path}: {source}")]
+    #[error(
+        "cannot open the event log {path}: {source}. The log is the source of truth and cannot be rebuilt: \
+         if the file is damaged, restore it from a backup (views can be rebuilt from the log; the log cannot)"
+    )]
     Database {
         path: String,
         #[source]
@@ -176,7 +179,7 @@ impl EventLog {
             path: path.display().to_string(),
             source,
         };
-        let db = Database::create(path).map_err(|e| fail(e.into()))?;
+        let db = crate::store::open_database(path).map_err(fail)?;
         let head = init_tables(&db).map_err(fail)?;
         let db = Arc::new(db);
         let (head_tx, head_rx) = watch::channel(head);

@@ -10,8 +10,8 @@ mod registry;
 mod runner;
 
 pub use registry::{
-    DeployError, DeployMode, DeployOptions, Deployed, Generation, LifecycleError, ModuleSource,
-    ProjectorHandle, Registry, RegistryError,
+    DeployError, DeployMode, DeployOptions, Deployed, Difference, Generation, LifecycleError,
+    ModuleSource, ProjectorHandle, Registry, RegistryError, Verification, ViewDigest,
 };
 
 use crate::engine::{Engine, Instance, Module};
@@ -180,13 +180,25 @@ pub fn catch_up(
     log: &EventLog,
     store: Arc<ViewStore>,
 ) -> Status {
+    replay_to(engine, module, instance, log, store, None)
+}
+
+/// Like [`catch_up`], but stops at position `end` when given.
+pub fn replay_to(
+    engine: &Engine,
+    module: &Module,
+    instance: Instance,
+    log: &EventLog,
+    store: Arc<ViewStore>,
+    end: Option<u64>,
+) -> Status {
     let checkpoint = store.checkpoint().unwrap_or_default();
     let name = instance.descriptor().name.clone();
     let runner = runner::Runner {
         name,
         engine: engine.clone(),
         policy: ErrorPolicy::Stop,
-        until_head: true,
+        stop_at: end.map_or(runner::StopAt::Head, runner::StopAt::Position),
         log: log.clone(),
         status: Arc::new(Mutex::new(Status::starting(instance.module(), checkpoint))),
         store,

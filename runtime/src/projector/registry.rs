@@ -721,6 +721,63 @@ impl Registry {
         ))
     }
 
+    /// Replays the projector's serving module from scratch into a scratch view, up to the
+    /// checkpoint of a snapshot of the live view, and compares the two. Blocking and as costly
+    /// as a rebuild: call it off the async executor.
+    pub fn verify(&self, name: &str) -> Result<Verification, LifecycleError> {
+        let generation = self.handle(name)?.serving();
+        let record = generation.record();
+        let storage = |e: &dyn std::fmt::Display| LifecycleError::Storage(e.to_string());
+        let live = generation.store.snapshot().map_err(|e| storage(&e))?;
+        let checkpoint = live.checkpoint();
+        let (module, _) = self.load(&record.module).map_err(DeployError::from)?;
+        let instance = self
+            .inner
+            .engine
+            .instantiate(&module, name, &record.config)
+            .map_err(DeployError::from)?;
+        let scratch_dir = self.inner.data_dir.join("tmp");
+        std::fs::create_dir_all(&scratch_dir).map_err(|e| storage(&e))?;
+        let scratch_path = scratch_dir.join(format!(
+            "verify-{name}-{}.redb",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        let started = Instant::now();
+        let outcome = (|| {
+            let scratch = Arc::new(ViewStore::open(&scratch_path).map_err(|e| storage(&e))?);
+            let status = super::replay_to(
+                &self.inner.engine,
+                &module,
+                instance,
+                &self.inner.log,
+                scratch.clone(),
+                Some(checkpoint),
+            );
+            if let Some(error) = status.error {
+                return Err(LifecycleError::Storage(format!(
+                    "the replay faulted: {error}"
+                )));
+            }
+            let replay = scratch.snapshot().map_err(|e| storage(&e))?;
+            compare(&live, &replay).map_err(|e| storage(&e))
+        })();
+        let _ = std::fs::remove_file(&scratch_path);
+        let (live_view, replay_view, differences) = outcome?;
+        Ok(Verification {
+            projector: name.to_string(),
+            module: record.module,
+            generation: record.id,
+            checkpoint,
+            identical: differences.is_empty() && live_view == replay_view,
+            live: live_view,
+            replay: replay_view,
+            differences,
+            replay_ms: started.elapsed().as_secs_f64() * 1000.0,
+        })
+    }
+
     /// Lists the dead letters of a projector's serving generation after position `after`.
     pub fn dead_letters(
         &self,
@@ -812,7 +869,7 @@ impl Registry {
             name: name.to_string(),
             engine: self.inner.engine.clone(),
             policy: record.on_error,
-            until_head: false,
+            stop_at: super::runner::StopAt::Never,
             log: self.inner.log.clone(),
             store: store.clone(),
             status: status.clone(),
@@ -907,6 +964,95 @@ impl Registry {
             .expect("registry lock")
             .insert(handle.name.clone(), handle);
     }
+}
+
+/// The outcome of [`Registry::verify`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Verification {
+    pub projector: String,
+    pub module: String,
+    pub generation: u64,
+    /// The position both views reflect.
+    pub checkpoint: u64,
+    /// Whether the live view equals the replay.
+    pub identical: bool,
+    pub live: ViewDigest,
+    pub replay: ViewDigest,
+    /// The first few keys whose values differ (`null` where a side lacks the key).
+    pub differences: Vec<Difference>,
+    /// How long the replay took.
+    pub replay_ms: f64,
+}
+
+/// A view's size and content digest (sha256 over its entries in key order).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ViewDigest {
+    pub entries: u64,
+    pub sha256: String,
+}
+
+/// One key on which two views disagree.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Difference {
+    pub key: String,
+    pub live: Option<String>,
+    pub replay: Option<String>,
+}
+
+/// How many differences a verification lists at most.
+const MAX_DIFFERENCES: usize = 10;
+
+fn digest(view: &crate::store::ViewSnapshot) -> Result<ViewDigest, StoreError> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut entries = 0;
+    view.for_each(|key, value| {
+        entries += 1;
+        hasher.update((key.len() as u64).to_le_bytes());
+        hasher.update(key.as_bytes());
+        hasher.update((value.len() as u64).to_le_bytes());
+        hasher.update(value);
+    })?;
+    Ok(ViewDigest {
+        entries,
+        sha256: hex::encode(hasher.finalize()),
+    })
+}
+
+/// Digests two views and, when they differ, lists the first keys that do.
+fn compare(
+    live: &crate::store::ViewSnapshot,
+    replay: &crate::store::ViewSnapshot,
+) -> Result<(ViewDigest, ViewDigest, Vec<Difference>), StoreError> {
+    let (live_digest, replay_digest) = (digest(live)?, digest(replay)?);
+    if live_digest == replay_digest {
+        return Ok((live_digest, replay_digest, Vec::new()));
+    }
+    let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+    let mut replayed = BTreeMap::new();
+    replay.for_each(|key, value| {
+        replayed.insert(key.to_string(), text(value));
+    })?;
+    let mut differences = Vec::new();
+    live.for_each(|key, value| {
+        let live_value = text(value);
+        match replayed.remove(key) {
+            Some(replay_value) if replay_value == live_value => {}
+            replay_value => differences.push(Difference {
+                key: key.to_string(),
+                live: Some(live_value),
+                replay: replay_value,
+            }),
+        }
+    })?;
+    differences.extend(replayed.into_iter().map(|(key, value)| Difference {
+        key,
+        live: None,
+        replay: Some(value),
+    }));
+    differences.sort_by(|a, b| a.key.cmp(&b.key));
+    differences.truncate(MAX_DIFFERENCES);
+    Ok((live_digest, replay_digest, differences))
 }
 
 fn valid_name(name: &str) -> bool {

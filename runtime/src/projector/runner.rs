@@ -26,6 +26,17 @@ pub const MAX_BATCH_EVENTS: usize = 1024;
 /// Most payload bytes per batch (a batch always holds at least one event).
 pub const MAX_BATCH_BYTES: usize = 4 << 20;
 
+/// Where a runner stops by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopAt {
+    /// Never: follow the log until told to stop.
+    Never,
+    /// At the log's head.
+    Head,
+    /// Once the checkpoint reaches this position (or the head, if that comes first).
+    Position(u64),
+}
+
 /// What a runner is told to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -73,8 +84,8 @@ pub struct Runner {
     pub engine: Engine,
     /// What to do with an event the module fails on.
     pub policy: ErrorPolicy,
-    /// Return once the log's head is reached instead of waiting for more.
-    pub until_head: bool,
+    /// Where to stop.
+    pub stop_at: StopAt,
     pub log: EventLog,
     pub store: Arc<ViewStore>,
     pub status: Arc<Mutex<Status>>,
@@ -84,7 +95,7 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// Runs `instance` of `code` until stopped or faulted (or, with `until_head`, caught up),
+    /// Runs `instance` of `code` until stopped or faulted (or until `stop_at`),
     /// then makes the view durable. Returns the final status.
     pub fn run(mut self, code: Code, instance: Instance) -> Status {
         let span = tracing::info_span!("projector", projector = %self.name);
@@ -104,7 +115,7 @@ impl Runner {
             tracing::error!(error = %e, "flushing the view failed");
         }
         self.set(|s| {
-            if s.state != State::Faulted && !self.until_head {
+            if s.state != State::Faulted && self.stop_at == StopAt::Never {
                 s.state = State::Stopped;
             }
         });
@@ -165,6 +176,11 @@ impl Runner {
                 self.set(|s| s.module = module);
             }
 
+            let end = match self.stop_at {
+                StopAt::Position(end) if checkpoint >= end => return Ok(()),
+                StopAt::Position(end) => end,
+                _ => u64::MAX,
+            };
             batch.clear();
             let last = self
                 .log
@@ -172,7 +188,7 @@ impl Runner {
                     if subscription.matches(event.stream, event.event_type) {
                         batch.push(position, event);
                     }
-                    batch.byte_len() < MAX_BATCH_BYTES
+                    batch.byte_len() < MAX_BATCH_BYTES && position < end
                 })
                 .map_err(|e| fault(e.to_string()))?;
             let Some(last) = last else {
@@ -181,7 +197,7 @@ impl Runner {
                     reported_caught_up = true;
                     self.report(RunnerEvent::CaughtUp);
                 }
-                if self.until_head || !self.wait_for_events(&mut head, checkpoint) {
+                if self.stop_at != StopAt::Never || !self.wait_for_events(&mut head, checkpoint) {
                     return Ok(());
                 }
                 continue;

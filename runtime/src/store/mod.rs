@@ -12,7 +12,7 @@
 //! The runner makes a durable commit at most every [`DURABLE_INTERVAL`] and when it stops, which
 //! bounds the replay after a crash without paying an `fsync` per batch.
 
-use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
@@ -54,7 +54,10 @@ pub const DURABLE_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The file could not be opened or is damaged.
-    #[error("cannot open the view file {path}: {source}")]
+    #[error(
+        "cannot open the view file {path}: {source}. A view can be rebuilt from the log: \
+         `prism repair --data-dir <dir>` moves damaged view files aside, and the next start rebuilds them"
+    )]
     Open {
         path: String,
         #[source]
@@ -83,7 +86,7 @@ impl ViewStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| fail(e.into()))?;
         }
-        let db = Database::create(path).map_err(|e| fail(e.into()))?;
+        let db = open_database(path).map_err(fail)?;
         let txn = db.begin_write().map_err(|e| fail(e.into()))?;
         txn.open_table(VIEW).map_err(|e| fail(e.into()))?;
         txn.open_table(META).map_err(|e| fail(e.into()))?;
@@ -191,6 +194,23 @@ impl ViewStore {
     }
 }
 
+/// Opens (or creates) a redb file; a damaged file is an error, never a panic.
+pub fn open_database(path: &Path) -> Result<Database, redb::Error> {
+    match std::panic::catch_unwind(|| Database::create(path)) {
+        Ok(opened) => opened.map_err(redb::Error::from),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(redb::Error::Corrupted(format!(
+                "the file cannot be read ({what})"
+            )))
+        }
+    }
+}
+
 /// A read-only, consistent view of a committed view and its checkpoint.
 pub struct ViewSnapshot {
     view: redb::ReadOnlyTable<&'static str, &'static [u8]>,
@@ -201,6 +221,15 @@ pub struct ViewSnapshot {
 pub type Entry = (String, Vec<u8>);
 
 impl ViewSnapshot {
+    /// Walks every entry in key order.
+    pub fn for_each(&self, mut f: impl FnMut(&str, &[u8])) -> Result<(), StoreError> {
+        for row in self.view.iter().map_err(redb::Error::from)? {
+            let (key, value) = row.map_err(redb::Error::from)?;
+            f(key.value(), value.value());
+        }
+        Ok(())
+    }
+
     /// The position of the last event this snapshot reflects.
     pub fn checkpoint(&self) -> u64 {
         self.checkpoint
