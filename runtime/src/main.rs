@@ -108,6 +108,13 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         after: u64,
     },
+    /// Apply the dead letter at POSITION of projector NAME again, with its current code.
+    Retry {
+        #[command(flatten)]
+        server: ServerArg,
+        name: String,
+        position: u64,
+    },
     /// Discard the dead letter at POSITION of projector NAME.
     Discard {
         #[command(flatten)]
@@ -381,6 +388,17 @@ async fn run(command: Command) -> Result<()> {
                     .await,
             )
             .await
+        }
+        Command::Retry {
+            server,
+            name,
+            position,
+        } => {
+            let url = format!(
+                "{}/projectors/{name}/dead-letters/{position}/retry",
+                server.url
+            );
+            print_json(server.client()?.post(url).send().await).await
         }
         Command::Discard {
             server,

@@ -190,3 +190,55 @@ async fn the_skip_policy_dead_letters_failing_events_and_goes_on() {
     assert_eq!(left.as_array().unwrap().len(), 1);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_are_retried_after_a_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = common::start(dir.path()).await;
+    client
+        .deploy_with("poison", artifacts::POISON, "on_error=skip")
+        .await;
+    client.append("p-1", poison_history()).await;
+    client.wait_caught_up("poison").await;
+    assert_eq!(client.view("poison", "sum").await, json!(13));
+
+    // Retrying with the same code fails again: the dead letter stays.
+    let again = client
+        .post_raw("/projectors/poison/dead-letters/3/retry", "")
+        .await;
+    assert_eq!(again.status, 422, "{}", again.body);
+    assert!(
+        again.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("poisoned event 3")
+    );
+    let unknown = client
+        .post_raw("/projectors/poison/dead-letters/4/retry", "")
+        .await;
+    assert_eq!(unknown.status, 404);
+
+    // Deploy the fix (same schema: continue), then retry both.
+    let fixed = client.deploy("poison", artifacts::POISON_FIXED).await;
+    assert_eq!(fixed["mode"], "continue");
+    for position in [3, 5] {
+        let retried = client
+            .post_raw(
+                &format!("/projectors/poison/dead-letters/{position}/retry"),
+                "",
+            )
+            .await;
+        assert_eq!(retried.status, 200, "{}", retried.body);
+    }
+    assert_eq!(client.view("poison", "sum").await, json!(21));
+    assert_eq!(client.view("poison", "count").await, json!(6));
+    let left = client.get("/projectors/poison/dead-letters").await.body;
+    assert_eq!(left["dead_letters"], json!([]));
+    // The checkpoint did not move, and new events still flow.
+    client
+        .append("p-1", json!([{"type": "N", "data": {"n": 100}}]))
+        .await;
+    client.wait_caught_up("poison").await;
+    assert_eq!(client.view("poison", "sum").await, json!(121));
+    server.stop().await;
+}

@@ -11,6 +11,7 @@
 //! | `GET /projectors/{name}` | one projector's status (with rebuild progress) |
 //! | `GET /projectors/{name}/dead-letters` | events skipped under `on_error=skip` |
 //! | `DELETE /projectors/{name}/dead-letters/{position}` | discard a dead letter |
+//! | `POST /projectors/{name}/dead-letters/{position}/retry` | apply it again with the current code |
 //! | `POST /projectors/{name}/verify` | replay from scratch and compare with the live view |
 //! | `GET /modules` | stored module hashes |
 //! | `GET /projectors/{name}/view/{key}` | a view value |
@@ -109,6 +110,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/projectors/{name}/dead-letters/{position}",
             axum::routing::delete(p::discard_dead_letter),
+        )
+        .route(
+            "/projectors/{name}/dead-letters/{position}/retry",
+            post(p::retry_dead_letter),
         )
         .route("/modules", get(p::modules))
         .route("/projectors/{name}/view", get(views::scan))

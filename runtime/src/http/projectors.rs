@@ -5,7 +5,7 @@ use super::{ApiError, AppState};
 use crate::engine::ModuleError;
 use crate::projector::{
     DeployError, DeployMode, DeployOptions, Generation, LifecycleError, ModuleSource,
-    ProjectorHandle,
+    ProjectorHandle, RetryError,
 };
 use axum::Json;
 use axum::body::Bytes;
@@ -204,6 +204,25 @@ pub async fn discard_dead_letter(
         )));
     }
     Ok(Json(json!({ "discarded": position })))
+}
+
+/// `POST /projectors/{name}/dead-letters/{position}/retry`: applies a dead-lettered event
+/// again with the current code.
+pub async fn retry_dead_letter(
+    State(state): State<AppState>,
+    Path((name, position)): Path<(String, u64)>,
+) -> Result<Json<Value>, ApiError> {
+    let registry = state.registry.clone();
+    tokio::task::spawn_blocking(move || registry.retry_dead_letter(&name, position))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| match e {
+            RetryError::NotFound(_) => ApiError::not_found(e.to_string()),
+            RetryError::NotRunning => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            RetryError::Failed(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+            RetryError::Storage(_) => ApiError::internal(e),
+        })?;
+    Ok(Json(json!({ "retried": position, "applied": true })))
 }
 
 /// `POST /projectors/{name}/verify`: replays the projector from scratch and compares the

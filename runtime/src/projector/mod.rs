@@ -11,7 +11,7 @@ mod runner;
 
 pub use registry::{
     DeployError, DeployMode, DeployOptions, Deployed, Difference, Generation, LifecycleError,
-    ModuleSource, ProjectorHandle, Registry, RegistryError, Verification, ViewDigest,
+    ModuleSource, ProjectorHandle, Registry, RegistryError, RetryError, Verification, ViewDigest,
 };
 
 use crate::engine::{Engine, Instance, Module};
@@ -204,6 +204,7 @@ pub fn replay_to(
         store,
         commands: tokio::sync::watch::channel(runner::Command::Run).1,
         swap: Arc::default(),
+        retries: Arc::default(),
         hook: None,
     };
     let code = runner::Code {

@@ -12,7 +12,7 @@
 //! and `projectors/<name>/gen-<id>.redb` (each generation's view and checkpoint).
 
 use super::catalog::{Catalog, Deployment, GenerationRecord};
-use super::runner::{Code, Command, Hook, Runner, RunnerEvent, SwapSlot, fault};
+use super::runner::{Code, Command, Hook, Retry, RetryQueue, Runner, RunnerEvent, SwapSlot, fault};
 use super::{ErrorPolicy, State, Status};
 use crate::engine::{
     CompileSource, Descriptor, Engine, Instance, InstanceError, Module, ModuleError,
@@ -58,6 +58,23 @@ pub enum LifecycleError {
     /// Restarting the module failed.
     #[error(transparent)]
     Deploy(#[from] DeployError),
+    /// Storage failed.
+    #[error("storage failed: {0}")]
+    Storage(String),
+}
+
+/// Why a dead-letter retry did not apply.
+#[derive(Debug, thiserror::Error)]
+pub enum RetryError {
+    /// No such projector or dead letter.
+    #[error("{0}")]
+    NotFound(String),
+    /// The projector is not running (faulted or stopping): resume it first.
+    #[error("the projector is not running; resume it first")]
+    NotRunning,
+    /// The event failed again; the dead letter stays, with this error.
+    #[error("the event failed again: {0}")]
+    Failed(String),
     /// Storage failed.
     #[error("storage failed: {0}")]
     Storage(String),
@@ -138,6 +155,7 @@ pub struct Generation {
     status: Arc<Mutex<Status>>,
     commands: watch::Sender<Command>,
     swap: SwapSlot,
+    retries: RetryQueue,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -792,6 +810,42 @@ impl Registry {
             .map_err(|e| LifecycleError::Storage(e.to_string()))
     }
 
+    /// Applies the dead-lettered event at `position` again with the projector's current code
+    /// (e.g. after deploying a fix). Blocking: the runner handles it between two batches. On
+    /// success the event's writes commit and the dead letter is removed; on failure the error is
+    /// returned and recorded on the dead letter.
+    pub fn retry_dead_letter(&self, name: &str, position: u64) -> Result<(), RetryError> {
+        let generation = self
+            .handle(name)
+            .map_err(|_| RetryError::NotFound(format!("no projector named {name:?}")))?
+            .serving();
+        let known = generation
+            .store
+            .dead_letter(position)
+            .map_err(|e| RetryError::Storage(e.to_string()))?
+            .is_some();
+        if !known {
+            return Err(RetryError::NotFound(format!(
+                "no dead letter at position {position}"
+            )));
+        }
+        if !generation.running() {
+            return Err(RetryError::NotRunning);
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        generation
+            .retries
+            .lock()
+            .expect("retry lock")
+            .push(Retry { position, reply });
+        generation.commands.send_modify(|_| {});
+        match futures::executor::block_on(answer) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(RetryError::Failed(error)),
+            Err(_) => Err(RetryError::NotRunning),
+        }
+    }
+
     /// Discards the dead letter at `position`; false when there was none.
     pub fn discard_dead_letter(&self, name: &str, position: u64) -> Result<bool, LifecycleError> {
         self.handle(name)?
@@ -837,6 +891,7 @@ impl Registry {
                     status: Arc::new(Mutex::new(status)),
                     commands: watch::channel(Command::Stop).0,
                     swap: Arc::default(),
+                    retries: Arc::default(),
                     thread: Mutex::new(None),
                 })
             }
@@ -860,6 +915,7 @@ impl Registry {
         let status = Arc::new(Mutex::new(Status::starting(&record.module, checkpoint)));
         let (commands, commands_rx) = watch::channel(command);
         let swap = SwapSlot::default();
+        let retries = RetryQueue::default();
         let descriptor = Mutex::new(Some(instance.descriptor().clone()));
         let code = Code {
             module: module.clone(),
@@ -875,6 +931,7 @@ impl Registry {
             status: status.clone(),
             commands: commands_rx,
             swap: swap.clone(),
+            retries: retries.clone(),
             hook: Some(self.hook(name, record.id, pending)),
         };
         let thread = std::thread::Builder::new()
@@ -890,6 +947,7 @@ impl Registry {
             status,
             commands,
             swap,
+            retries,
             thread: Mutex::new(Some(thread)),
         })
     }

@@ -78,6 +78,15 @@ pub struct Code {
 /// between batches.
 pub type SwapSlot = Arc<Mutex<Option<(Code, Instance)>>>;
 
+/// A request to apply a dead-lettered event again, with the current code.
+pub struct Retry {
+    pub position: u64,
+    pub reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Where the owner queues [`Retry`] requests for the runner (handled between batches).
+pub type RetryQueue = Arc<Mutex<Vec<Retry>>>;
+
 /// Everything a runner needs besides its first instance; it borrows nothing.
 pub struct Runner {
     pub name: String,
@@ -91,6 +100,7 @@ pub struct Runner {
     pub status: Arc<Mutex<Status>>,
     pub commands: watch::Receiver<Command>,
     pub swap: SwapSlot,
+    pub retries: RetryQueue,
     pub hook: Option<Hook>,
 }
 
@@ -152,6 +162,11 @@ impl Runner {
         });
         loop {
             let command = *self.commands.borrow_and_update();
+            let retries = std::mem::take(&mut *self.retries.lock().expect("retry lock"));
+            for retry in retries {
+                let outcome = self.retry(&mut instance, &code, retry.position);
+                let _ = retry.reply.send(outcome);
+            }
             match command {
                 Command::Stop => return Ok(()),
                 Command::Pause => {
@@ -312,6 +327,47 @@ impl Runner {
                 tracing::warn!(position, error = %failure, "skipped a failing event (dead letter)");
                 self.set(|s| s.dead_letters += 1);
                 Ok(checkpoint)
+            }
+        }
+    }
+
+    /// Applies the dead-lettered event at `position` again with the current code, on the current
+    /// view. On success its writes commit and the dead letter goes, in one transaction; on
+    /// failure the dead letter records the new error and the instance is replaced.
+    fn retry(&mut self, instance: &mut Instance, code: &Code, position: u64) -> Result<(), String> {
+        let letter = self
+            .store
+            .dead_letter(position)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no dead letter at position {position}"))?;
+        let mut batch = EventBatch::default();
+        self.log
+            .visit_from(position, 1, |p, event| {
+                batch.push(p, event);
+                false
+            })
+            .map_err(|e| e.to_string())?;
+        let view = BatchView::new(self.store.snapshot().map_err(|e| e.to_string())?);
+        match instance.apply(&batch, view) {
+            (view, Ok(())) => {
+                self.store
+                    .commit_retry(&view.into_overlay(), position)
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(position, "dead letter retried and applied");
+                Ok(())
+            }
+            (_, Err(error)) => {
+                *instance = self.instantiate(code).map_err(|e| e.to_string())?;
+                let failure = self.describe_failure(error).to_string();
+                let letter = DeadLetter {
+                    error: failure.clone(),
+                    module: code.module.hash.clone(),
+                    ..letter
+                };
+                self.store
+                    .put_dead_letter(&letter)
+                    .map_err(|e| e.to_string())?;
+                Err(failure)
             }
         }
     }

@@ -155,6 +155,50 @@ impl ViewStore {
         Ok(())
     }
 
+    /// Writes the overlay of a successful dead-letter retry and removes that dead letter, in one
+    /// durable transaction; the checkpoint does not move.
+    pub fn commit_retry(&self, overlay: &Overlay, position: u64) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        {
+            let mut view = txn.open_table(VIEW).map_err(redb::Error::from)?;
+            for (key, value) in overlay {
+                match value {
+                    Some(value) => view.insert(key.as_str(), value.as_slice()),
+                    None => view.remove(key.as_str()).map(|_| None),
+                }
+                .map_err(redb::Error::from)?;
+            }
+            let mut letters = txn.open_table(DEAD_LETTERS).map_err(redb::Error::from)?;
+            letters.remove(position).map_err(redb::Error::from)?;
+        }
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// Records (or replaces) one dead letter, durably.
+    pub fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        {
+            let mut letters = txn.open_table(DEAD_LETTERS).map_err(redb::Error::from)?;
+            let bytes = serde_json::to_vec(letter).expect("a dead letter serializes");
+            letters
+                .insert(letter.position, bytes.as_slice())
+                .map_err(redb::Error::from)?;
+        }
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// The dead letter at `position`.
+    pub fn dead_letter(&self, position: u64) -> Result<Option<DeadLetter>, StoreError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let letters = txn.open_table(DEAD_LETTERS).map_err(redb::Error::from)?;
+        Ok(letters
+            .get(position)
+            .map_err(redb::Error::from)?
+            .and_then(|bytes| serde_json::from_slice(bytes.value()).ok()))
+    }
+
     /// Up to `limit` dead letters after position `after`, in log order.
     pub fn dead_letters(&self, after: u64, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
