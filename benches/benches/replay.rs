@@ -9,9 +9,10 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use prism::engine::{Engine, Limits};
-use prism::log::{EventLog, ExpectedVersion, NewEvent};
+use prism::log::EventLog;
 use prism::projector::{State, catch_up};
 use prism::store::ViewStore;
+use prism_benches::fill;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,68 +21,6 @@ fn events() -> u64 {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(100_000)
-}
-
-/// Event `i` of the benchmark log: (stream, event).
-fn event(i: u64) -> (String, NewEvent) {
-    let n = i % 10_000;
-    let (stream, event_type, data) = match i % 4 {
-        0 => (
-            format!("order-{n}"),
-            "OrderPlaced",
-            format!(
-                r#"{{"order_id":"o-{i}","customer":"c-{n}","total_cents":{},"note":"bench"}}"#,
-                i % 997
-            ),
-        ),
-        1 => (
-            format!("account-{n}"),
-            "Deposited",
-            format!(
-                r#"{{"account":"a-{n}","amount":{},"reference":"ref-{i:012}","note":"x"}}"#,
-                i % 991
-            ),
-        ),
-        2 => (
-            format!("account-{n}"),
-            "AccountOpened",
-            format!(r#"{{"account":"a-{n}","owner":"owner number {n:06}","note":"benchmark"}}"#),
-        ),
-        _ => (
-            format!("order-{n}"),
-            "OrderCancelled",
-            format!(
-                r#"{{"order_id":"o-{}","reason":"customer changed their mind {i:08}"}}"#,
-                i - 3
-            ),
-        ),
-    };
-    (
-        stream,
-        NewEvent {
-            event_type: event_type.into(),
-            data: data.into_bytes(),
-            metadata: None,
-        },
-    )
-}
-
-/// Fills a log with `n` events, 1000 per append (each append one stream's run of events).
-fn fill(log: &EventLog, n: u64) {
-    futures::executor::block_on(async {
-        let mut i = 0;
-        while i < n {
-            let (stream, _) = event(i);
-            let mut batch = Vec::new();
-            while i < n && batch.len() < 1000 {
-                batch.push(event(i).1);
-                i += 1;
-            }
-            log.append(&stream, ExpectedVersion::Any, batch)
-                .await
-                .unwrap();
-        }
-    });
 }
 
 fn replay(c: &mut Criterion) {

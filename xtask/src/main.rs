@@ -35,6 +35,12 @@ enum Task {
     },
     /// Format check, clippy, and the whole test suite.
     Ci,
+    /// Run the end-to-end benchmark report and print its table (figure, value, target).
+    BenchReport {
+        /// Events in the replay log.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -48,6 +54,18 @@ fn main() -> Result<()> {
             Ok(())
         }
         Task::Demo { data_dir, listen } => demo(&root, &data_dir, &listen),
+        Task::BenchReport { events } => {
+            eprintln!("xtask: cargo bench -p prism-benches --bench report ({events} events)");
+            let status = Command::new(env!("CARGO"))
+                .args(["bench", "-p", "prism-benches", "--bench", "report"])
+                .env("PRISM_BENCH_EVENTS", events.to_string())
+                .current_dir(&root)
+                .status()?;
+            if !status.success() {
+                bail!("the benchmark report failed: {status}");
+            }
+            Ok(())
+        }
         Task::Ci => {
             cargo(&root, &["fmt", "--all", "--", "--check"])?;
             cargo(

@@ -1,0 +1,543 @@
+//! The end-to-end benchmark report: every figure of Prism's performance targets, measured on
+//! this machine, printed as one table (figure, value, target, pass/fail).
+//!
+//! `cargo xtask bench-report [--events N]` runs it (default 1M events; the report in
+//! `benches/REPORT.md` uses 10M). Everything runs in release, on real files, with real
+//! servers on loopback where a figure is about HTTP. Clients share the machine with the server,
+//! so HTTP figures are conservative.
+
+use prism::engine::{Engine, Limits};
+use prism::log::EventLog;
+use prism::projector::{State, catch_up};
+use prism::server::{Server, ServerConfig};
+use prism::store::ViewStore;
+use prism_benches::native::{self, Native};
+use prism_test_artifacts as artifacts;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+struct Row {
+    figure: String,
+    value: String,
+    target: &'static str,
+    pass: bool,
+}
+
+struct Report {
+    rows: Vec<Row>,
+}
+
+impl Report {
+    fn add(&mut self, figure: impl Into<String>, value: String, target: &'static str, pass: bool) {
+        let row = Row {
+            figure: figure.into(),
+            value,
+            target,
+            pass,
+        };
+        println!(
+            "  {}: {} (target {}) {}",
+            row.figure,
+            row.value,
+            row.target,
+            verdict(row.pass)
+        );
+        self.rows.push(row);
+    }
+
+    fn print(&self) {
+        println!("\n| figure | value | target | |\n|---|---|---|---|");
+        for row in &self.rows {
+            println!(
+                "| {} | {} | {} | {} |",
+                row.figure,
+                row.value,
+                row.target,
+                verdict(row.pass)
+            );
+        }
+    }
+}
+
+fn verdict(pass: bool) -> &'static str {
+    if pass { "pass" } else { "FAIL" }
+}
+
+fn rate(n: u64, took: Duration) -> f64 {
+    n as f64 / took.as_secs_f64()
+}
+
+fn human(per_second: f64) -> String {
+    if per_second >= 1e6 {
+        format!("{:.2}M/s", per_second / 1e6)
+    } else {
+        format!("{:.0}k/s", per_second / 1e3)
+    }
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Resident memory of this process, in bytes (Linux).
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 4096
+}
+
+fn replay_figures(report: &mut Report, n: u64, dir: &std::path::Path) {
+    println!("replay ({n} events, 100-byte payloads, 10k streams)");
+    let log = EventLog::open(&dir.join("replay-log.redb")).unwrap();
+    let filled = Instant::now();
+    prism_benches::fill(&log, n);
+    println!("  (log filled in {:.1} s)", filled.elapsed().as_secs_f64());
+    let engine = Engine::new(None, Limits::default()).unwrap();
+    let projectors: [(&str, &str, &dyn Native, &'static str, f64); 3] = [
+        (
+            "event-counter",
+            artifacts::EVENT_COUNTER,
+            &native::EventCounter,
+            "≥ 3M events/s",
+            3e6,
+        ),
+        (
+            "order-totals",
+            artifacts::ORDER_TOTALS,
+            &native::OrderTotals,
+            "≥ 500k events/s",
+            5e5,
+        ),
+        (
+            "account-balances",
+            artifacts::ACCOUNT_BALANCES,
+            &native::AccountBalances,
+            "(no target)",
+            0.0,
+        ),
+    ];
+    for (name, path, native, target, goal) in projectors {
+        let module = engine.compile(&artifacts::read(path)).unwrap().module;
+        let wasm_view = dir.join(format!("{name}-wasm.redb"));
+        let store = Arc::new(ViewStore::open(&wasm_view).unwrap());
+        let instance = engine.instantiate(&module, name, "").unwrap();
+        let start = Instant::now();
+        let status = catch_up(&engine, &module, instance, &log, store);
+        let wasm = rate(n, start.elapsed());
+        assert_eq!(
+            (status.state, status.checkpoint),
+            (State::Live, n),
+            "{status:?}"
+        );
+
+        let native_view = dir.join(format!("{name}-native.redb"));
+        let store = ViewStore::open(&native_view).unwrap();
+        let start = Instant::now();
+        assert_eq!(native::replay(native, &log, &store).unwrap(), n);
+        let native_rate = rate(n, start.elapsed());
+        // The baseline really did the same work: the views are identical.
+        let same = {
+            let (a, b) = (
+                ViewStore::open(&wasm_view).unwrap().snapshot().unwrap(),
+                store.snapshot().unwrap(),
+            );
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            a.for_each(|k, v| x.push((k.to_string(), v.to_vec())))
+                .unwrap();
+            b.for_each(|k, v| y.push((k.to_string(), v.to_vec())))
+                .unwrap();
+            x == y
+        };
+        assert!(
+            same,
+            "{name}: the native baseline's view differs from the Wasm one"
+        );
+        let figure = if name == "order-totals" {
+            format!("replay `{name}` (customers up to 1M)")
+        } else {
+            format!("replay `{name}`")
+        };
+        report.add(
+            figure,
+            format!("{} events/s", human(wasm)),
+            target,
+            wasm >= goal,
+        );
+        let ratio = wasm / native_rate;
+        report.add(
+            format!(
+                "Wasm / native, `{name}` (native {} events/s)",
+                human(native_rate)
+            ),
+            format!("{ratio:.2}"),
+            "≥ 0.6",
+            ratio >= 0.6,
+        );
+        let _ = std::fs::remove_file(wasm_view);
+        let _ = std::fs::remove_file(native_view);
+    }
+}
+
+struct Prism {
+    server: Server,
+    base: String,
+    http: reqwest::Client,
+}
+
+async fn start(dir: &std::path::Path) -> Prism {
+    let server = Server::start(ServerConfig::new(dir, "127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let base = format!("http://{}", server.addr());
+    Prism {
+        server,
+        base,
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()
+            .unwrap(),
+    }
+}
+
+impl Prism {
+    async fn deploy(&self, name: &str, wasm: &[u8]) {
+        let reply = self
+            .http
+            .put(format!("{}/projectors/{name}", self.base))
+            .body(wasm.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert!(reply.status().is_success());
+    }
+
+    async fn all_live(&self, count: usize) -> bool {
+        let Ok(reply) = self
+            .http
+            .get(format!("{}/projectors", self.base))
+            .send()
+            .await
+        else {
+            return false;
+        };
+        let body: Value = reply.json().await.unwrap();
+        let projectors = body["projectors"].as_array().unwrap();
+        projectors.len() == count
+            && projectors
+                .iter()
+                .all(|p| p["state"] == "live" && p["lag"] == 0)
+    }
+}
+
+async fn append_figures(report: &mut Report, dir: &std::path::Path) {
+    println!("appends over HTTP");
+    let prism = start(&dir.join("append")).await;
+    // (a) batched: 1000 events per request, 4 clients.
+    let batch: Vec<Value> = (0..1000)
+        .map(|i| json!({"type": "T", "data": {"i": i, "note": "a payload of about a hundred bytes, more or less"}}))
+        .collect();
+    let body = serde_json::to_vec(&batch).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let total = Arc::new(AtomicU64::new(0));
+    let start_at = Instant::now();
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let (http, base, body, total) = (
+            prism.http.clone(),
+            prism.base.clone(),
+            body.clone(),
+            total.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let reply = http
+                    .post(format!("{base}/streams/batch-{c}/events"))
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(reply.status(), 201);
+                total.fetch_add(1000, Ordering::Relaxed);
+            }
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    let batched = rate(total.load(Ordering::Relaxed), start_at.elapsed());
+    report.add(
+        "batched append via HTTP (1000/request, 4 clients)",
+        format!("{} events/s", human(batched)),
+        "≥ 500k events/s",
+        batched >= 5e5,
+    );
+
+    // (b) 64 concurrent clients, one event per request, durable ack; (c) the same with an
+    // expected version per stream.
+    for expected in [false, true] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let total = Arc::new(AtomicU64::new(0));
+        let start_at = Instant::now();
+        let mut clients = Vec::new();
+        for c in 0..64 {
+            let (http, base, total) = (prism.http.clone(), prism.base.clone(), total.clone());
+            clients.push(tokio::spawn(async move {
+                let stream = format!("single-{expected}-{c}");
+                let mut version = 0;
+                while Instant::now() < deadline {
+                    let mut request = http
+                        .post(format!("{base}/streams/{stream}/events"))
+                        .header("content-type", "application/json")
+                        .body(r#"[{"type":"T","data":{"n":1}}]"#);
+                    if expected {
+                        request = request.query(&[("expected_version", version)]);
+                    }
+                    let reply = request.send().await.unwrap();
+                    assert_eq!(reply.status(), 201);
+                    version += 1;
+                    total.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        for c in clients {
+            c.await.unwrap();
+        }
+        let singles = rate(total.load(Ordering::Relaxed), start_at.elapsed());
+        if expected {
+            report.add(
+                "64 clients, single-event appends with expected version",
+                format!("{} events/s", human(singles)),
+                "(no target)",
+                true,
+            );
+        } else {
+            report.add(
+                "64 concurrent single-event durable appends",
+                format!("{} events/s", human(singles)),
+                "≥ 30k events/s",
+                singles >= 3e4,
+            );
+        }
+    }
+    prism.server.stop().await;
+}
+
+async fn freshness_and_query_figures(report: &mut Report, dir: &std::path::Path) {
+    println!("freshness and queries");
+    let prism = Arc::new(start(&dir.join("fresh")).await);
+    prism
+        .deploy("counter", &artifacts::read(artifacts::EVENT_COUNTER))
+        .await;
+    for per_second in [1_000u64, 10_000] {
+        // Open loop: one append every 1/rate s for 3 s; every 10th is followed until visible.
+        let interval = Duration::from_secs_f64(1.0 / per_second as f64);
+        let count = per_second * 3;
+        let start_at = tokio::time::Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..count {
+            tokio::time::sleep_until(start_at + interval * i as u32).await;
+            let prism = prism.clone();
+            tasks.push(tokio::spawn(async move {
+                let reply = prism
+                    .http
+                    .post(format!("{}/streams/fresh/events", prism.base))
+                    .header("content-type", "application/json")
+                    .body(r#"[{"type":"T","data":{}}]"#)
+                    .send()
+                    .await
+                    .unwrap();
+                let body: Value = reply.json().await.unwrap();
+                let acked = Instant::now();
+                if i % 10 != 0 {
+                    return None;
+                }
+                let position = body["last_position"].as_u64().unwrap();
+                loop {
+                    let reply = prism
+                        .http
+                        .get(format!("{}/projectors/counter/view/total", prism.base))
+                        .send()
+                        .await
+                        .unwrap();
+                    let checkpoint: u64 = reply.headers()["prism-checkpoint"]
+                        .to_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    if checkpoint >= position {
+                        return Some(acked.elapsed());
+                    }
+                    tokio::time::sleep(Duration::from_micros(100)).await;
+                }
+            }));
+        }
+        let mut latencies = Vec::new();
+        for task in tasks {
+            latencies.extend(task.await.unwrap());
+        }
+        let (p50, p99, p999) = (
+            percentile(&mut latencies, 0.5),
+            percentile(&mut latencies, 0.99),
+            percentile(&mut latencies, 0.999),
+        );
+        let pass = per_second != 10_000 || p99 <= Duration::from_millis(2);
+        report.add(
+            format!("append acked → visible in view at {per_second} events/s (p50 / p99 / p999)"),
+            format!("{} / {} / {}", ms(p50), ms(p99), ms(p999)),
+            if per_second == 10_000 {
+                "p99 ≤ 2 ms"
+            } else {
+                "(no target)"
+            },
+            pass,
+        );
+    }
+
+    // Queries: 32 concurrent clients for 5 s.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    let start_at = Instant::now();
+    for _ in 0..32 {
+        let (prism, stop) = (prism.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let reply = prism
+                    .http
+                    .get(format!("{}/projectors/counter/view/type/T", prism.base))
+                    .send()
+                    .await
+                    .unwrap();
+                let _ = reply.bytes().await.unwrap();
+                latencies.push(started.elapsed());
+            }
+            latencies
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    for c in clients {
+        latencies.extend(c.await.unwrap());
+    }
+    let per_second = rate(latencies.len() as u64, start_at.elapsed());
+    let p99 = percentile(&mut latencies, 0.99);
+    report.add(
+        "view GET by key, loopback, 32 clients (req/s, p99)",
+        format!("{:.0} req/s, p99 {}", per_second, ms(p99)),
+        "≥ 40k req/s, p99 ≤ 5 ms",
+        per_second >= 40_000.0 && p99 <= Duration::from_millis(5),
+    );
+    if let Ok(prism) = Arc::try_unwrap(prism) {
+        prism.server.stop().await;
+    }
+}
+
+async fn reload_and_restart_figures(report: &mut Report, dir: &std::path::Path) {
+    println!("reload, restart and memory");
+    let data = dir.join("many");
+    let prism = start(&data).await;
+    let v1 = artifacts::read(artifacts::TALLY_V1);
+    let v2 = artifacts::read(artifacts::TALLY_V2);
+    prism.deploy("tally", &v1).await;
+    prism.deploy("tally", &v2).await;
+    let mut hits = Vec::new();
+    for i in 0..20 {
+        let wasm = if i % 2 == 0 { &v1 } else { &v2 };
+        let start_at = Instant::now();
+        let reply = prism
+            .http
+            .put(format!("{}/projectors/tally", prism.base))
+            .body(wasm.clone())
+            .send()
+            .await
+            .unwrap();
+        let deployed: Value = reply.json().await.unwrap();
+        loop {
+            let status: Value = prism
+                .http
+                .get(format!("{}/projectors/tally", prism.base))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if status["module"] == deployed["module"] {
+                break;
+            }
+        }
+        hits.push(start_at.elapsed());
+    }
+    let p50 = percentile(&mut hits, 0.5);
+    report.add(
+        "continue-mode reload, compile-cache hit, upload-to-serving (p50)",
+        ms(p50),
+        "≤ 50 ms",
+        p50 <= Duration::from_millis(50),
+    );
+
+    // 50 idle projectors: memory, then a restart to all live.
+    let counter = artifacts::read(artifacts::EVENT_COUNTER);
+    let before = rss();
+    for i in 0..50 {
+        prism.deploy(&format!("idle-{i}"), &counter).await;
+    }
+    while !prism.all_live(51).await {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let per_projector = (rss().saturating_sub(before)) as f64 / 50.0 / (1 << 20) as f64;
+    report.add(
+        "resident memory per idle projector",
+        format!("{per_projector:.2} MiB"),
+        "≤ 2 MiB",
+        per_projector <= 2.0,
+    );
+    prism.server.stop().await;
+    let start_at = Instant::now();
+    let prism = start(&data).await;
+    while !prism.all_live(51).await {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let took = start_at.elapsed();
+    report.add(
+        "restart with 51 projectors deployed, to all live",
+        ms(took),
+        "≤ 1 s",
+        took <= Duration::from_secs(1),
+    );
+    prism.server.stop().await;
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let n: u64 = std::env::var("PRISM_BENCH_EVENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let mut report = Report { rows: Vec::new() };
+    replay_figures(&mut report, n, dir.path());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        append_figures(&mut report, dir.path()).await;
+        freshness_and_query_figures(&mut report, dir.path()).await;
+        reload_and_restart_figures(&mut report, dir.path()).await;
+    });
+    report.print();
+}

@@ -1,0 +1,334 @@
+//! The three example projectors, compiled natively and driven exactly like the Wasm ones: the
+//! same log reader, batch size, host-side filter, JSON decoding, view overlay and commits — only
+//! the sandbox and the boundary crossing are missing. Their logic mirrors
+//! `example-projectors/*/src/lib.rs` line for line.
+
+use prism::log::EventLog;
+use prism::store::{BatchView, StoreError, ViewStore};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// A native projector: the subscription and the per-event logic.
+pub trait Native {
+    /// Event types wanted (empty: all).
+    fn event_types(&self) -> &'static [&'static str];
+    /// Applies one event.
+    fn apply(
+        &self,
+        stream: &str,
+        event_type: &str,
+        data: &[u8],
+        view: &mut View,
+    ) -> Result<(), String>;
+}
+
+/// The typed view helpers of the guest SDK, over the host's batch view.
+pub struct View {
+    batch: BatchView,
+}
+
+impl View {
+    fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, String> {
+        match self.batch.get(key).map_err(|e| e.to_string())? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    fn put<T: Serialize>(&mut self, key: &str, value: &T) -> Result<(), String> {
+        let bytes = serde_json::to_vec(value).map_err(|e| e.to_string())?;
+        self.batch.put(key.to_string(), bytes);
+        Ok(())
+    }
+
+    fn update<T: Serialize + DeserializeOwned + Default>(
+        &mut self,
+        key: &str,
+        f: impl FnOnce(&mut T),
+    ) -> Result<(), String> {
+        let mut value = self.get::<T>(key)?.unwrap_or_default();
+        f(&mut value);
+        self.put(key, &value)
+    }
+}
+
+/// Replays `projector` over `log` into `store`, from its checkpoint to the head, in batches of
+/// up to 1024 events (like the Wasm runner), committing view and checkpoint together.
+pub fn replay(
+    projector: &dyn Native,
+    log: &EventLog,
+    store: &ViewStore,
+) -> Result<u64, StoreError> {
+    let mut checkpoint = store.checkpoint()?;
+    let types = projector.event_types();
+    loop {
+        let mut view = View {
+            batch: BatchView::new(store.snapshot()?),
+        };
+        let mut failed = None;
+        let last = log
+            .visit_from(checkpoint + 1, 1024, |_, event| {
+                if types.is_empty() || types.contains(&event.event_type) {
+                    if let Err(e) =
+                        projector.apply(event.stream, event.event_type, event.data, &mut view)
+                    {
+                        failed = Some(e);
+                    }
+                }
+                true
+            })
+            .expect("reading the log");
+        if let Some(e) = failed {
+            panic!("native projector failed: {e}");
+        }
+        let Some(last) = last else {
+            return Ok(checkpoint);
+        };
+        store.commit(&view.batch.into_overlay(), last, false, None)?;
+        checkpoint = last;
+    }
+}
+
+fn category(stream: &str) -> &str {
+    stream.split_once('-').map_or(stream, |(c, _)| c)
+}
+
+/// `event-counter`.
+pub struct EventCounter;
+
+impl Native for EventCounter {
+    fn event_types(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn apply(
+        &self,
+        stream: &str,
+        event_type: &str,
+        _data: &[u8],
+        view: &mut View,
+    ) -> Result<(), String> {
+        let increment = |count: &mut u64| *count += 1;
+        view.update("total", increment)?;
+        view.update(&format!("type/{event_type}"), increment)?;
+        view.update(&format!("category/{}", category(stream)), increment)
+    }
+}
+
+/// `order-totals`.
+pub struct OrderTotals;
+
+#[derive(Deserialize)]
+struct OrderPlaced {
+    order_id: String,
+    customer: String,
+    total_cents: i64,
+}
+
+#[derive(Deserialize)]
+struct OrderCancelled {
+    order_id: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Order {
+    customer: String,
+    total_cents: i64,
+    cancelled: bool,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Customer {
+    orders: u64,
+    total_cents: i64,
+    cancelled: u64,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct OrderStats {
+    ignored: u64,
+}
+
+impl Native for OrderTotals {
+    fn event_types(&self) -> &'static [&'static str] {
+        &["OrderPlaced", "OrderCancelled"]
+    }
+
+    fn apply(
+        &self,
+        _stream: &str,
+        event_type: &str,
+        data: &[u8],
+        view: &mut View,
+    ) -> Result<(), String> {
+        let ignore = |view: &mut View| view.update("stats", |s: &mut OrderStats| s.ignored += 1);
+        match event_type {
+            "OrderPlaced" => {
+                let placed: OrderPlaced =
+                    serde_json::from_slice(data).map_err(|e| e.to_string())?;
+                let order_key = format!("order/{}", placed.order_id);
+                if view.get::<Order>(&order_key)?.is_some() {
+                    return ignore(view);
+                }
+                view.update(
+                    &format!("customer/{}", placed.customer),
+                    |c: &mut Customer| {
+                        c.orders += 1;
+                        c.total_cents += placed.total_cents;
+                    },
+                )?;
+                view.put(
+                    &order_key,
+                    &Order {
+                        customer: placed.customer,
+                        total_cents: placed.total_cents,
+                        cancelled: false,
+                    },
+                )
+            }
+            "OrderCancelled" => {
+                let cancelled: OrderCancelled =
+                    serde_json::from_slice(data).map_err(|e| e.to_string())?;
+                let order_key = format!("order/{}", cancelled.order_id);
+                let Some(mut order) = view.get::<Order>(&order_key)? else {
+                    return ignore(view);
+                };
+                if order.cancelled {
+                    return ignore(view);
+                }
+                view.update(
+                    &format!("customer/{}", order.customer),
+                    |c: &mut Customer| {
+                        c.orders -= 1;
+                        c.total_cents -= order.total_cents;
+                        c.cancelled += 1;
+                    },
+                )?;
+                order.cancelled = true;
+                view.put(&order_key, &order)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `account-balances`.
+pub struct AccountBalances;
+
+#[derive(Deserialize)]
+struct AccountOpened {
+    account: String,
+    owner: String,
+}
+
+#[derive(Deserialize)]
+struct Movement {
+    account: String,
+    amount: i64,
+}
+
+#[derive(Deserialize)]
+struct TransferMade {
+    from: String,
+    to: String,
+    amount: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Account {
+    owner: String,
+    balance: i64,
+    rejected_overdrafts: u64,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct AccountStats {
+    rejected_overdrafts: u64,
+    ignored: u64,
+}
+
+fn decode<T: DeserializeOwned>(data: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(data).map_err(|e| e.to_string())
+}
+
+fn account_key(id: &str) -> String {
+    format!("account/{id}")
+}
+
+fn move_money(
+    view: &mut View,
+    from: Option<&str>,
+    to: Option<&str>,
+    amount: i64,
+) -> Result<(), String> {
+    let load = |view: &View, id: Option<&str>| -> Result<Option<Option<Account>>, String> {
+        id.map(|id| view.get::<Account>(&account_key(id)))
+            .transpose()
+    };
+    let (source, target) = (load(view, from)?, load(view, to)?);
+    let unknown = matches!(source, Some(None)) || matches!(target, Some(None));
+    if unknown || amount <= 0 || from.is_some() && from == to {
+        return view.update("stats", |s: &mut AccountStats| s.ignored += 1);
+    }
+    if let (Some(id), Some(Some(mut account))) = (from, source) {
+        if account.balance < amount {
+            account.rejected_overdrafts += 1;
+            view.put(&account_key(id), &account)?;
+            return view.update("stats", |s: &mut AccountStats| s.rejected_overdrafts += 1);
+        }
+        account.balance -= amount;
+        view.put(&account_key(id), &account)?;
+    }
+    if let (Some(id), Some(Some(mut account))) = (to, target) {
+        account.balance += amount;
+        view.put(&account_key(id), &account)?;
+    }
+    Ok(())
+}
+
+impl Native for AccountBalances {
+    fn event_types(&self) -> &'static [&'static str] {
+        &["AccountOpened", "Deposited", "Withdrawn", "TransferMade"]
+    }
+
+    fn apply(
+        &self,
+        _stream: &str,
+        event_type: &str,
+        data: &[u8],
+        view: &mut View,
+    ) -> Result<(), String> {
+        match event_type {
+            "AccountOpened" => {
+                let opened: AccountOpened = decode(data)?;
+                let key = account_key(&opened.account);
+                if view.get::<Account>(&key)?.is_some() {
+                    return view.update("stats", |s: &mut AccountStats| s.ignored += 1);
+                }
+                view.put(
+                    &key,
+                    &Account {
+                        owner: opened.owner,
+                        balance: 0,
+                        rejected_overdrafts: 0,
+                    },
+                )
+            }
+            "Deposited" => {
+                let m: Movement = decode(data)?;
+                move_money(view, None, Some(&m.account), m.amount)
+            }
+            "Withdrawn" => {
+                let m: Movement = decode(data)?;
+                move_money(view, Some(&m.account), None, m.amount)
+            }
+            "TransferMade" => {
+                let t: TransferMade = decode(data)?;
+                move_money(view, Some(&t.from), Some(&t.to), t.amount)
+            }
+            _ => Ok(()),
+        }
+    }
+}
