@@ -148,10 +148,8 @@ fn replay_figures(report: &mut Report, n: u64, dir: &std::path::Path) {
         let native_rate = rate(n, start.elapsed());
         // The baseline really did the same work: the views are identical.
         let same = {
-            let (a, b) = (
-                ViewStore::open(&wasm_view).unwrap().snapshot().unwrap(),
-                store.snapshot().unwrap(),
-            );
+            let wasm_store = ViewStore::open(&wasm_view).unwrap();
+            let (a, b) = (wasm_store.snapshot().unwrap(), store.snapshot().unwrap());
             let (mut x, mut y) = (Vec::new(), Vec::new());
             a.for_each(|k, v| x.push((k.to_string(), v.to_vec())))
                 .unwrap();
@@ -170,14 +168,14 @@ fn replay_figures(report: &mut Report, n: u64, dir: &std::path::Path) {
         };
         report.add(
             figure,
-            format!("{} events/s", human(wasm)),
+            format!("{} events", human(wasm)),
             target,
             wasm >= goal,
         );
         let ratio = wasm / native_rate;
         report.add(
             format!(
-                "Wasm / native, `{name}` (native {} events/s)",
+                "Wasm / native, `{name}` (native {} events)",
                 human(native_rate)
             ),
             format!("{ratio:.2}"),
@@ -279,7 +277,7 @@ async fn append_figures(report: &mut Report, dir: &std::path::Path) {
     let batched = rate(total.load(Ordering::Relaxed), start_at.elapsed());
     report.add(
         "batched append via HTTP (1000/request, 4 clients)",
-        format!("{} events/s", human(batched)),
+        format!("{} events", human(batched)),
         "≥ 500k events/s",
         batched >= 5e5,
     );
@@ -318,14 +316,14 @@ async fn append_figures(report: &mut Report, dir: &std::path::Path) {
         if expected {
             report.add(
                 "64 clients, single-event appends with expected version",
-                format!("{} events/s", human(singles)),
+                format!("{} events", human(singles)),
                 "(no target)",
                 true,
             );
         } else {
             report.add(
                 "64 concurrent single-event durable appends",
-                format!("{} events/s", human(singles)),
+                format!("{} events", human(singles)),
                 "≥ 30k events/s",
                 singles >= 3e4,
             );

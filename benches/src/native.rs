@@ -70,12 +70,11 @@ pub fn replay(
         let mut failed = None;
         let last = log
             .visit_from(checkpoint + 1, 1024, |_, event| {
-                if types.is_empty() || types.contains(&event.event_type) {
-                    if let Err(e) =
+                if (types.is_empty() || types.contains(&event.event_type))
+                    && let Err(e) =
                         projector.apply(event.stream, event.event_type, event.data, &mut view)
-                    {
-                        failed = Some(e);
-                    }
+                {
+                    failed = Some(e);
                 }
                 true
             })
