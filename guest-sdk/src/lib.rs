@@ -51,6 +51,7 @@
 
 use serde::Serialize;
 use serde::de::{Deserialize, DeserializeOwned};
+use std::collections::HashMap;
 use std::fmt;
 
 #[doc(hidden)]
@@ -210,43 +211,97 @@ pub fn category(stream: &str) -> &str {
 
 /// The projector's view: an ordered key-value map. Values written with [`View::put`] are JSON.
 ///
-/// Writes are buffered by Prism and commit with the checkpoint when the batch succeeds.
+/// Within one batch the view keeps what it read and wrote in guest memory: a key read or
+/// written again costs no call to the host, and the batch's writes go to the host in one call
+/// when `apply` ends. Prism commits them with the checkpoint when the batch succeeds.
 pub struct View {
-    _private: (),
+    /// Values read or written during this batch; `dirty` ones still have to reach the host.
+    cache: HashMap<String, Cached>,
+}
+
+struct Cached {
+    value: Option<Vec<u8>>,
+    dirty: bool,
 }
 
 impl View {
+    fn new() -> Self {
+        View {
+            cache: HashMap::new(),
+        }
+    }
+
     /// Reads and decodes the JSON value under `key`.
-    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
-        match wit_view::get(key) {
+    pub fn get<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>, Error> {
+        match self.cached(key) {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
+            Some(bytes) => serde_json::from_slice(bytes)
                 .map(Some)
                 .map_err(|e| Error::msg(format!("view key {key:?}: bad JSON value: {e}"))),
         }
     }
 
     /// Reads the raw bytes under `key`.
-    pub fn get_raw(&self, key: &str) -> Option<Vec<u8>> {
-        wit_view::get(key)
+    pub fn get_raw(&mut self, key: &str) -> Option<Vec<u8>> {
+        self.cached(key).map(<[u8]>::to_vec)
+    }
+
+    fn cached(&mut self, key: &str) -> Option<&[u8]> {
+        if !self.cache.contains_key(key) {
+            let value = wit_view::get(key);
+            self.cache.insert(
+                key.to_string(),
+                Cached {
+                    value,
+                    dirty: false,
+                },
+            );
+        }
+        self.cache[key].value.as_deref()
+    }
+
+    fn write(&mut self, key: &str, value: Option<Vec<u8>>) {
+        let cached = Cached { value, dirty: true };
+        match self.cache.get_mut(key) {
+            Some(entry) => *entry = cached,
+            None => {
+                self.cache.insert(key.to_string(), cached);
+            }
+        }
     }
 
     /// Stores `value` as JSON under `key`.
     pub fn put<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<(), Error> {
         let bytes = serde_json::to_vec(value)
             .map_err(|e| Error::msg(format!("view key {key:?}: cannot encode value: {e}")))?;
-        wit_view::put(key, &bytes);
+        self.write(key, Some(bytes));
         Ok(())
     }
 
     /// Stores raw bytes under `key`.
     pub fn put_raw(&mut self, key: &str, value: &[u8]) {
-        wit_view::put(key, value)
+        self.write(key, Some(value.to_vec()))
     }
 
     /// Removes `key` (a missing key is fine).
     pub fn delete(&mut self, key: &str) {
-        wit_view::delete(key)
+        self.write(key, None)
+    }
+
+    /// Sends the buffered writes to the host.
+    fn flush(&mut self) {
+        let writes: Vec<(String, Option<Vec<u8>>)> = self
+            .cache
+            .iter_mut()
+            .filter(|(_, entry)| entry.dirty)
+            .map(|(key, entry)| {
+                entry.dirty = false;
+                (key.clone(), entry.value.clone())
+            })
+            .collect();
+        if !writes.is_empty() {
+            wit_view::write_many(&writes);
+        }
     }
 
     /// Reads the value under `key` (or `T::default()` when missing), lets `f` change it, and
@@ -280,11 +335,13 @@ impl View {
     /// Up to `limit` entries whose key starts with `prefix`, in key order, after the key
     /// `after` when given. Values are decoded from JSON.
     pub fn scan<T: DeserializeOwned>(
-        &self,
+        &mut self,
         prefix: &str,
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<(String, T)>, Error> {
+        // The host merges its view with the batch's writes: send them first.
+        self.flush();
         wit_view::scan(prefix, after, limit)
             .into_iter()
             .map(|(key, bytes)| match serde_json::from_slice(&bytes) {
@@ -407,7 +464,7 @@ pub mod __private {
     }
 
     pub fn apply<P: Projector>(batch: wit::Batch) -> Result<(), wit::ApplyError> {
-        let mut view = View { _private: () };
+        let mut view = View::new();
         for (index, header) in batch.events.iter().enumerate() {
             // Starts this event's own instruction budget, and names the event a trap belongs to.
             host::begin_event(index as u32);
@@ -418,6 +475,7 @@ pub mod __private {
             let event = decode(header, &batch.bytes).map_err(fail)?;
             P::apply(&event, &mut view).map_err(|e| fail(e.0))?;
         }
+        view.flush();
         Ok(())
     }
 

@@ -105,7 +105,7 @@ fn move_money(
     to: Option<&str>,
     amount: i64,
 ) -> Result<(), Error> {
-    let load = |view: &View, id: Option<&str>| -> Result<Option<Option<Account>>, Error> {
+    let load = |view: &mut View, id: Option<&str>| -> Result<Option<Option<Account>>, Error> {
         id.map(|id| view.get::<Account>(&account_key(id)))
             .transpose()
     };

@@ -39,24 +39,44 @@ impl HostState {
 
 impl types::Host for HostState {}
 
+/// Traps on a key longer than the limit.
+fn check_key(key: &str) -> wasmtime::Result<()> {
+    if key.len() > MAX_KEY_LEN {
+        wasmtime::bail!(
+            "view key of {} bytes is longer than the limit of {MAX_KEY_LEN}",
+            key.len()
+        );
+    }
+    Ok(())
+}
+
 impl view::Host for HostState {
     fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
         Ok(self.batch()?.get(&key)?)
     }
 
     fn put(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
-        if key.len() > MAX_KEY_LEN {
-            wasmtime::bail!(
-                "view key of {} bytes is longer than the limit of {MAX_KEY_LEN}",
-                key.len()
-            );
-        }
+        check_key(&key)?;
         self.batch()?.put(key, value);
         Ok(())
     }
 
     fn delete(&mut self, key: String) -> wasmtime::Result<()> {
         self.batch()?.delete(key);
+        Ok(())
+    }
+
+    fn write_many(&mut self, writes: Vec<(String, Option<Vec<u8>>)>) -> wasmtime::Result<()> {
+        let batch = self.batch()?;
+        for (key, value) in writes {
+            match value {
+                Some(value) => {
+                    check_key(&key)?;
+                    batch.put(key, value);
+                }
+                None => batch.delete(key),
+            }
+        }
         Ok(())
     }
 
