@@ -49,9 +49,10 @@
 //! Build it for `wasm32-unknown-unknown` (`prism`'s tooling finds a toolchain for you) and
 //! upload the `.wasm` with `prism deploy balances target/.../balances.wasm`.
 
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 use serde::de::{Deserialize, DeserializeOwned};
-use std::collections::HashMap;
+use std::any::Any;
 use std::fmt;
 
 #[doc(hidden)]
@@ -216,18 +217,51 @@ pub fn category(stream: &str) -> &str {
 /// when `apply` ends. Prism commits them with the checkpoint when the batch succeeds.
 pub struct View {
     /// Values read or written during this batch; `dirty` ones still have to reach the host.
-    cache: HashMap<String, Cached>,
+    cache: FxHashMap<String, Cached>,
 }
 
 struct Cached {
-    value: Option<Vec<u8>>,
+    value: Cell,
     dirty: bool,
+}
+
+/// A cached value: bytes as the host has them, or a value [`View::update`] decoded, kept
+/// decoded so that updating the same key again costs no JSON round trip.
+enum Cell {
+    Bytes(Option<Vec<u8>>),
+    Typed(Box<dyn Erased>),
+}
+
+/// A decoded value whose type is known only to the code that decoded it.
+trait Erased: Any {
+    fn to_json(&self) -> Vec<u8>;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+impl<T: Serialize + Any> Erased for T {
+    fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a view value serializes")
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+impl Cell {
+    /// The value as bytes (encoding a decoded one).
+    fn into_bytes(self) -> Option<Vec<u8>> {
+        match self {
+            Cell::Bytes(bytes) => bytes,
+            Cell::Typed(value) => Some(value.to_json()),
+        }
+    }
 }
 
 impl View {
     fn new() -> Self {
         View {
-            cache: HashMap::new(),
+            cache: FxHashMap::default(),
         }
     }
 
@@ -246,9 +280,10 @@ impl View {
         self.cached(key).map(<[u8]>::to_vec)
     }
 
-    fn cached(&mut self, key: &str) -> Option<&[u8]> {
+    /// The entry for `key`, read from the host on first use.
+    fn entry(&mut self, key: &str) -> &mut Cached {
         if !self.cache.contains_key(key) {
-            let value = wit_view::get(key);
+            let value = Cell::Bytes(wit_view::get(key));
             self.cache.insert(
                 key.to_string(),
                 Cached {
@@ -257,11 +292,26 @@ impl View {
                 },
             );
         }
-        self.cache[key].value.as_deref()
+        self.cache.get_mut(key).expect("just inserted")
+    }
+
+    fn cached(&mut self, key: &str) -> Option<&[u8]> {
+        let entry = self.entry(key);
+        if let Cell::Typed(_) = entry.value {
+            let cell = std::mem::replace(&mut entry.value, Cell::Bytes(None));
+            entry.value = Cell::Bytes(cell.into_bytes());
+        }
+        match &entry.value {
+            Cell::Bytes(bytes) => bytes.as_deref(),
+            Cell::Typed(_) => unreachable!("turned into bytes above"),
+        }
     }
 
     fn write(&mut self, key: &str, value: Option<Vec<u8>>) {
-        let cached = Cached { value, dirty: true };
+        let cached = Cached {
+            value: Cell::Bytes(value),
+            dirty: true,
+        };
         match self.cache.get_mut(key) {
             Some(entry) => *entry = cached,
             None => {
@@ -296,7 +346,11 @@ impl View {
             .filter(|(_, entry)| entry.dirty)
             .map(|(key, entry)| {
                 entry.dirty = false;
-                (key.clone(), entry.value.clone())
+                let bytes = match &entry.value {
+                    Cell::Bytes(bytes) => bytes.clone(),
+                    Cell::Typed(value) => Some(value.to_json()),
+                };
+                (key.clone(), bytes)
             })
             .collect();
         if !writes.is_empty() {
@@ -305,15 +359,37 @@ impl View {
     }
 
     /// Reads the value under `key` (or `T::default()` when missing), lets `f` change it, and
-    /// stores it back.
+    /// stores it back. The value stays decoded for the rest of the batch, so updating a hot key
+    /// (a counter, a total) costs no JSON decoding or encoding per event.
     pub fn update<T, F>(&mut self, key: &str, f: F) -> Result<(), Error>
     where
-        T: Serialize + DeserializeOwned + Default,
+        T: Serialize + DeserializeOwned + Default + Any,
         F: FnOnce(&mut T),
     {
-        let mut value = self.get::<T>(key)?.unwrap_or_default();
+        let entry = self.entry(key);
+        // (No let-chains: the SDK builds with Rust 1.85.)
+        if let Cell::Typed(value) = &mut entry.value {
+            if let Some(value) = value.as_any_mut().downcast_mut::<T>() {
+                f(value);
+                entry.dirty = true;
+                return Ok(());
+            }
+        }
+        let bytes = std::mem::replace(&mut entry.value, Cell::Bytes(None)).into_bytes();
+        let mut value: T = match &bytes {
+            None => T::default(),
+            Some(raw) => match serde_json::from_slice(raw) {
+                Ok(value) => value,
+                Err(e) => {
+                    entry.value = Cell::Bytes(bytes);
+                    return Err(Error::msg(format!("view key {key:?}: bad JSON value: {e}")));
+                }
+            },
+        };
         f(&mut value);
-        self.put(key, &value)
+        entry.value = Cell::Typed(Box::new(value));
+        entry.dirty = true;
+        Ok(())
     }
 
     /// Reads the value under `key`, and stores what `f` returns: `Some` replaces the value,
