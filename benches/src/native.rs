@@ -5,8 +5,10 @@
 
 use prism::log::EventLog;
 use prism::store::{BatchView, StoreError, ViewStore};
+use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::any::Any;
 
 /// A native projector: the subscription and the per-event logic.
 pub trait Native {
@@ -22,35 +24,128 @@ pub trait Native {
     ) -> Result<(), String>;
 }
 
-/// The typed view helpers of the guest SDK, over the host's batch view.
+/// The typed view helpers of the guest SDK, with the same algorithm: a batch's reads and writes
+/// are cached (values `update` touched stay decoded), and the writes go to the host's batch
+/// view once, at the end of the batch.
 pub struct View {
     batch: BatchView,
+    cache: FxHashMap<String, Cached>,
+}
+
+struct Cached {
+    value: Cell,
+    dirty: bool,
+}
+
+enum Cell {
+    Bytes(Option<Vec<u8>>),
+    Typed(Box<dyn Erased>),
+}
+
+trait Erased: Any {
+    fn to_json(&self) -> Vec<u8>;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+impl<T: Serialize + Any> Erased for T {
+    fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a view value serializes")
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+impl Cell {
+    fn into_bytes(self) -> Option<Vec<u8>> {
+        match self {
+            Cell::Bytes(bytes) => bytes,
+            Cell::Typed(value) => Some(value.to_json()),
+        }
+    }
 }
 
 impl View {
-    fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, String> {
-        match self.batch.get(key).map_err(|e| e.to_string())? {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
+    fn entry(&mut self, key: &str) -> Result<&mut Cached, String> {
+        if !self.cache.contains_key(key) {
+            let value = Cell::Bytes(self.batch.get(key).map_err(|e| e.to_string())?);
+            self.cache.insert(
+                key.to_string(),
+                Cached {
+                    value,
+                    dirty: false,
+                },
+            );
+        }
+        Ok(self.cache.get_mut(key).expect("just inserted"))
+    }
+
+    fn get<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>, String> {
+        let entry = self.entry(key)?;
+        if let Cell::Typed(_) = entry.value {
+            let cell = std::mem::replace(&mut entry.value, Cell::Bytes(None));
+            entry.value = Cell::Bytes(cell.into_bytes());
+        }
+        match &entry.value {
+            Cell::Bytes(None) => Ok(None),
+            Cell::Bytes(Some(bytes)) => serde_json::from_slice(bytes)
                 .map(Some)
                 .map_err(|e| e.to_string()),
+            Cell::Typed(_) => unreachable!("turned into bytes above"),
         }
     }
 
     fn put<T: Serialize>(&mut self, key: &str, value: &T) -> Result<(), String> {
         let bytes = serde_json::to_vec(value).map_err(|e| e.to_string())?;
-        self.batch.put(key.to_string(), bytes);
+        let cached = Cached {
+            value: Cell::Bytes(Some(bytes)),
+            dirty: true,
+        };
+        match self.cache.get_mut(key) {
+            Some(entry) => *entry = cached,
+            None => {
+                self.cache.insert(key.to_string(), cached);
+            }
+        }
         Ok(())
     }
 
-    fn update<T: Serialize + DeserializeOwned + Default>(
+    fn update<T: Serialize + DeserializeOwned + Default + Any>(
         &mut self,
         key: &str,
         f: impl FnOnce(&mut T),
     ) -> Result<(), String> {
-        let mut value = self.get::<T>(key)?.unwrap_or_default();
+        let entry = self.entry(key)?;
+        if let Cell::Typed(value) = &mut entry.value
+            && let Some(value) = value.as_any_mut().downcast_mut::<T>()
+        {
+            f(value);
+            entry.dirty = true;
+            return Ok(());
+        }
+        let bytes = std::mem::replace(&mut entry.value, Cell::Bytes(None)).into_bytes();
+        let mut value: T = match &bytes {
+            None => T::default(),
+            Some(raw) => serde_json::from_slice(raw).map_err(|e| e.to_string())?,
+        };
         f(&mut value);
-        self.put(key, &value)
+        entry.value = Cell::Typed(Box::new(value));
+        entry.dirty = true;
+        Ok(())
+    }
+
+    /// The batch's writes, as the SDK sends them with `write-many`.
+    fn into_batch(mut self) -> BatchView {
+        for (key, entry) in self.cache.drain() {
+            if entry.dirty {
+                match entry.value.into_bytes() {
+                    Some(bytes) => self.batch.put(key, bytes),
+                    None => self.batch.delete(key),
+                }
+            }
+        }
+        self.batch
     }
 }
 
@@ -66,6 +161,7 @@ pub fn replay(
     loop {
         let mut view = View {
             batch: BatchView::new(store.snapshot()?),
+            cache: FxHashMap::default(),
         };
         let mut failed = None;
         let last = log
@@ -85,7 +181,7 @@ pub fn replay(
         let Some(last) = last else {
             return Ok(checkpoint);
         };
-        store.commit(&view.batch.into_overlay(), last, false, None)?;
+        store.commit(&view.into_batch().into_overlay(), last, false, None)?;
         checkpoint = last;
     }
 }
@@ -262,7 +358,7 @@ fn move_money(
     to: Option<&str>,
     amount: i64,
 ) -> Result<(), String> {
-    let load = |view: &View, id: Option<&str>| -> Result<Option<Option<Account>>, String> {
+    let load = |view: &mut View, id: Option<&str>| -> Result<Option<Option<Account>>, String> {
         id.map(|id| view.get::<Account>(&account_key(id)))
             .transpose()
     };
