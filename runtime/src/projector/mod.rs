@@ -201,6 +201,7 @@ pub fn replay_to(
         stop_at: end.map_or(runner::StopAt::Head, runner::StopAt::Position),
         log: log.clone(),
         status: Arc::new(Mutex::new(Status::starting(instance.module(), checkpoint))),
+        checkpoints: tokio::sync::watch::channel(checkpoint).0,
         store,
         commands: tokio::sync::watch::channel(runner::Command::Run).1,
         swap: Arc::default(),

@@ -156,10 +156,16 @@ pub struct Generation {
     commands: watch::Sender<Command>,
     swap: SwapSlot,
     retries: RetryQueue,
+    checkpoints: watch::Sender<u64>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Generation {
+    /// A watch of the generation's checkpoint: it changes after every commit.
+    pub fn checkpoints(&self) -> watch::Receiver<u64> {
+        self.checkpoints.subscribe()
+    }
+
     /// What the catalog says of it.
     pub fn record(&self) -> GenerationRecord {
         self.record.read().expect("record lock").clone()
@@ -881,7 +887,8 @@ impl Registry {
             }
             Err(message) => {
                 tracing::error!(projector = name, generation = record.id, error = %message, "projector failed to load");
-                let mut status = Status::starting(&record.module, store.checkpoint()?);
+                let checkpoint = store.checkpoint()?;
+                let mut status = Status::starting(&record.module, checkpoint);
                 status.state = State::Faulted;
                 status.error = Some(fault(message));
                 Arc::new(Generation {
@@ -892,6 +899,7 @@ impl Registry {
                     commands: watch::channel(Command::Stop).0,
                     swap: Arc::default(),
                     retries: Arc::default(),
+                    checkpoints: watch::channel(checkpoint).0,
                     thread: Mutex::new(None),
                 })
             }
@@ -916,6 +924,7 @@ impl Registry {
         let (commands, commands_rx) = watch::channel(command);
         let swap = SwapSlot::default();
         let retries = RetryQueue::default();
+        let (checkpoints, _) = watch::channel(checkpoint);
         let descriptor = Mutex::new(Some(instance.descriptor().clone()));
         let code = Code {
             module: module.clone(),
@@ -929,6 +938,7 @@ impl Registry {
             log: self.inner.log.clone(),
             store: store.clone(),
             status: status.clone(),
+            checkpoints: checkpoints.clone(),
             commands: commands_rx,
             swap: swap.clone(),
             retries: retries.clone(),
@@ -948,6 +958,7 @@ impl Registry {
             commands,
             swap,
             retries,
+            checkpoints,
             thread: Mutex::new(Some(thread)),
         })
     }

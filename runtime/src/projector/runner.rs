@@ -98,6 +98,8 @@ pub struct Runner {
     pub log: EventLog,
     pub store: Arc<ViewStore>,
     pub status: Arc<Mutex<Status>>,
+    /// Publishes the checkpoint after every commit (for read-your-writes waits and metrics).
+    pub checkpoints: watch::Sender<u64>,
     pub commands: watch::Receiver<Command>,
     pub swap: SwapSlot,
     pub retries: RetryQueue,
@@ -133,7 +135,15 @@ impl Runner {
     }
 
     fn set(&self, f: impl FnOnce(&mut Status)) {
-        f(&mut self.status.lock().expect("status lock"))
+        let mut status = self.status.lock().expect("status lock");
+        f(&mut status);
+        let checkpoint = status.checkpoint;
+        drop(status);
+        self.checkpoints.send_if_modified(|c| {
+            let moved = *c != checkpoint;
+            *c = checkpoint;
+            moved
+        });
     }
 
     fn report(&self, event: RunnerEvent) {
