@@ -49,7 +49,8 @@
 //! Build it for `wasm32-unknown-unknown` (`prism`'s tooling finds a toolchain for you) and
 //! upload the `.wasm` with `prism deploy balances target/.../balances.wasm`.
 
-use rustc_hash::FxHashMap;
+use hashbrown::HashMap;
+use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 use serde::de::{Deserialize, DeserializeOwned};
 use std::any::Any;
@@ -217,7 +218,7 @@ pub fn category(stream: &str) -> &str {
 /// when `apply` ends. Prism commits them with the checkpoint when the batch succeeds.
 pub struct View {
     /// Values read or written during this batch; `dirty` ones still have to reach the host.
-    cache: FxHashMap<String, Cached>,
+    cache: HashMap<String, Cached, FxBuildHasher>,
 }
 
 struct Cached {
@@ -261,7 +262,7 @@ impl Cell {
 impl View {
     fn new() -> Self {
         View {
-            cache: FxHashMap::default(),
+            cache: HashMap::default(),
         }
     }
 
@@ -282,17 +283,11 @@ impl View {
 
     /// The entry for `key`, read from the host on first use.
     fn entry(&mut self, key: &str) -> &mut Cached {
-        if !self.cache.contains_key(key) {
-            let value = Cell::Bytes(wit_view::get(key));
-            self.cache.insert(
-                key.to_string(),
-                Cached {
-                    value,
-                    dirty: false,
-                },
-            );
-        }
-        self.cache.get_mut(key).expect("just inserted")
+        // One lookup; the key is copied only when it is new.
+        self.cache.entry_ref(key).or_insert_with(|| Cached {
+            value: Cell::Bytes(wit_view::get(key)),
+            dirty: false,
+        })
     }
 
     fn cached(&mut self, key: &str) -> Option<&[u8]> {
@@ -565,8 +560,14 @@ pub mod __private {
                 .ok_or_else(|| format!("event {}: {what} out of bounds", header.position))
         };
         let text = |offset, len, what| {
-            std::str::from_utf8(slice(offset, len, what)?)
-                .map_err(|_| format!("event {}: {what} is not UTF-8", header.position))
+            let bytes = slice(offset, len, what)?;
+            // Stream names and event types were validated as UTF-8 when they were appended;
+            // the host copies them unchanged.
+            if cfg!(debug_assertions) && std::str::from_utf8(bytes).is_err() {
+                return Err(format!("event {}: {what} is not UTF-8", header.position));
+            }
+            // SAFETY: the host only sends strings it holds as `&str` (see above).
+            Ok(unsafe { std::str::from_utf8_unchecked(bytes) })
         };
         Ok(Event {
             position: header.position,

@@ -195,6 +195,10 @@ impl Engine {
             .wasm_component_model(true)
             .consume_fuel(limits.meter_fuel)
             .max_wasm_stack(limits.max_wasm_stack);
+        // `PRISM_PERF_MAP=1` names guest functions for `perf` (/tmp/perf-<pid>.map).
+        if std::env::var_os("PRISM_PERF_MAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = wasmtime::Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         bindings::ProjectorWorld::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
