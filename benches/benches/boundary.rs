@@ -18,7 +18,7 @@ fn boundary(c: &mut Criterion) {
     let mut instance = engine.instantiate(&module, "noop", "").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = ViewStore::open(&dir.path().join("view.redb")).unwrap();
-    let payload = vec![b'x'; 100];
+    let payload = [b'x'; 100];
 
     let mut group = c.benchmark_group("boundary");
     for (label, data) in [("empty", &b""[..]), ("100-byte", &payload[..])] {
