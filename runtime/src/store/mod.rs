@@ -134,23 +134,12 @@ impl ViewStore {
                 .expect("no persistent savepoints are used");
         }
         {
-            let mut view = txn.open_table(VIEW).map_err(redb::Error::from)?;
-            for (key, value) in overlay {
-                match value {
-                    Some(value) => view.insert(key.as_str(), value.as_slice()),
-                    None => view.remove(key.as_str()).map(|_| None),
-                }
-                .map_err(redb::Error::from)?;
-            }
+            write_overlay(&txn, overlay)?;
             let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
             meta.insert(CHECKPOINT, checkpoint)
                 .map_err(redb::Error::from)?;
             if let Some(letter) = dead_letter {
-                let mut letters = txn.open_table(DEAD_LETTERS).map_err(redb::Error::from)?;
-                let bytes = serde_json::to_vec(letter).expect("a dead letter serializes");
-                letters
-                    .insert(letter.position, bytes.as_slice())
-                    .map_err(redb::Error::from)?;
+                write_dead_letter(&txn, letter)?;
             }
         }
         txn.commit().map_err(redb::Error::from)?;
@@ -162,14 +151,7 @@ impl ViewStore {
     pub fn commit_retry(&self, overlay: &Overlay, position: u64) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(redb::Error::from)?;
         {
-            let mut view = txn.open_table(VIEW).map_err(redb::Error::from)?;
-            for (key, value) in overlay {
-                match value {
-                    Some(value) => view.insert(key.as_str(), value.as_slice()),
-                    None => view.remove(key.as_str()).map(|_| None),
-                }
-                .map_err(redb::Error::from)?;
-            }
+            write_overlay(&txn, overlay)?;
             let mut letters = txn.open_table(DEAD_LETTERS).map_err(redb::Error::from)?;
             letters.remove(position).map_err(redb::Error::from)?;
         }
@@ -180,13 +162,7 @@ impl ViewStore {
     /// Records (or replaces) one dead letter, durably.
     pub fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(redb::Error::from)?;
-        {
-            let mut letters = txn.open_table(DEAD_LETTERS).map_err(redb::Error::from)?;
-            let bytes = serde_json::to_vec(letter).expect("a dead letter serializes");
-            letters
-                .insert(letter.position, bytes.as_slice())
-                .map_err(redb::Error::from)?;
-        }
+        write_dead_letter(&txn, letter)?;
         txn.commit().map_err(redb::Error::from)?;
         Ok(())
     }
@@ -238,6 +214,29 @@ impl ViewStore {
         txn.commit().map_err(redb::Error::from)?;
         Ok(())
     }
+}
+
+/// Writes a batch's overlay into the view table of `txn`.
+fn write_overlay(txn: &redb::WriteTransaction, overlay: &Overlay) -> Result<(), StoreError> {
+    let mut view = txn.open_table(VIEW).map_err(redb::Error::from)?;
+    for (key, value) in overlay {
+        match value {
+            Some(value) => view.insert(key.as_str(), value.as_slice()),
+            None => view.remove(key.as_str()).map(|_| None),
+        }
+        .map_err(redb::Error::from)?;
+    }
+    Ok(())
+}
+
+/// Records a dead letter in `txn`.
+fn write_dead_letter(txn: &redb::WriteTransaction, letter: &DeadLetter) -> Result<(), StoreError> {
+    let mut letters = txn.open_table(DEAD_LETTERS).map_err(redb::Error::from)?;
+    let bytes = serde_json::to_vec(letter).expect("a dead letter serializes");
+    letters
+        .insert(letter.position, bytes.as_slice())
+        .map_err(redb::Error::from)?;
+    Ok(())
 }
 
 /// Opens (or creates) a redb file; a damaged file is an error, never a panic.
