@@ -8,75 +8,12 @@
 //!
 //! `cargo bench -p prism-benches --bench reload`
 
-use prism::server::{Server, ServerConfig};
+use prism_benches::server::Prism;
 use prism_test_artifacts as artifacts;
 use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-struct Prism {
-    server: Server,
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Prism {
-    async fn start(dir: &std::path::Path) -> Prism {
-        let server = Server::start(ServerConfig::new(dir, "127.0.0.1:0".parse().unwrap()))
-            .await
-            .unwrap();
-        let base = format!("http://{}", server.addr());
-        Prism {
-            server,
-            base,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn deploy(&self, name: &str, wasm: &[u8], query: &str) -> Value {
-        let reply = self
-            .http
-            .put(format!("{}/projectors/{name}?{query}", self.base))
-            .body(wasm.to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert!(reply.status().is_success());
-        reply.json().await.unwrap()
-    }
-
-    async fn status(&self, name: &str) -> Value {
-        let url = format!("{}/projectors/{name}", self.base);
-        self.http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn wait(&self, name: &str, check: impl Fn(&Value) -> bool) {
-        while !check(&self.status(name).await) {
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
-    }
-
-    async fn append(&self, n: usize) {
-        let mut left = n;
-        while left > 0 {
-            let batch: Vec<Value> = (0..left.min(1000))
-                .map(|i| serde_json::json!({"type": "A", "data": {"i": i}}))
-                .collect();
-            left -= batch.len();
-            let url = format!("{}/streams/s/events", self.base);
-            let reply = self.http.post(url).json(&batch).send().await.unwrap();
-            assert!(reply.status().is_success());
-        }
-    }
-}
 
 /// Deploys `wasm` over a running projector and waits until its runner runs the new module.
 async fn upload_to_serving(prism: &Prism, wasm: &[u8]) -> (Duration, Value) {

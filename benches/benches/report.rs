@@ -9,9 +9,9 @@
 use prism::engine::{Engine, Limits};
 use prism::log::EventLog;
 use prism::projector::{State, catch_up};
-use prism::server::{Server, ServerConfig};
 use prism::store::ViewStore;
 use prism_benches::native::{self, Native};
+use prism_benches::server::Prism;
 use prism_test_artifacts as artifacts;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -187,60 +187,9 @@ fn replay_figures(report: &mut Report, n: u64, dir: &std::path::Path) {
     }
 }
 
-struct Prism {
-    server: Server,
-    base: String,
-    http: reqwest::Client,
-}
-
-async fn start(dir: &std::path::Path) -> Prism {
-    let server = Server::start(ServerConfig::new(dir, "127.0.0.1:0".parse().unwrap()))
-        .await
-        .unwrap();
-    let base = format!("http://{}", server.addr());
-    Prism {
-        server,
-        base,
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
-            .build()
-            .unwrap(),
-    }
-}
-
-impl Prism {
-    async fn deploy(&self, name: &str, wasm: &[u8]) {
-        let reply = self
-            .http
-            .put(format!("{}/projectors/{name}", self.base))
-            .body(wasm.to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert!(reply.status().is_success());
-    }
-
-    async fn all_live(&self, count: usize) -> bool {
-        let Ok(reply) = self
-            .http
-            .get(format!("{}/projectors", self.base))
-            .send()
-            .await
-        else {
-            return false;
-        };
-        let body: Value = reply.json().await.unwrap();
-        let projectors = body["projectors"].as_array().unwrap();
-        projectors.len() == count
-            && projectors
-                .iter()
-                .all(|p| p["state"] == "live" && p["lag"] == 0)
-    }
-}
-
 async fn append_figures(report: &mut Report, dir: &std::path::Path) {
     println!("appends over HTTP");
-    let prism = start(&dir.join("append")).await;
+    let prism = Prism::start(&dir.join("append")).await;
     // (a) batched: 1000 events per request, 4 clients.
     let batch: Vec<Value> = (0..1000)
         .map(|i| json!({"type": "T", "data": {"i": i, "note": "a payload of about a hundred bytes, more or less"}}))
@@ -334,9 +283,9 @@ async fn append_figures(report: &mut Report, dir: &std::path::Path) {
 
 async fn freshness_and_query_figures(report: &mut Report, dir: &std::path::Path) {
     println!("freshness and queries");
-    let prism = Arc::new(start(&dir.join("fresh")).await);
+    let prism = Arc::new(Prism::start(&dir.join("fresh")).await);
     prism
-        .deploy("counter", &artifacts::read(artifacts::EVENT_COUNTER))
+        .deploy("counter", &artifacts::read(artifacts::EVENT_COUNTER), "")
         .await;
     // Open loop: one append every 1/rate s for 3 s over HTTP; the latency of each is from its
     // acknowledgement to the projector's commit that makes it visible to view queries (observed
@@ -474,11 +423,11 @@ fn wrk(url: &str) -> Option<(f64, Duration)> {
 async fn reload_and_restart_figures(report: &mut Report, dir: &std::path::Path) {
     println!("reload, restart and memory");
     let data = dir.join("many");
-    let prism = start(&data).await;
+    let prism = Prism::start(&data).await;
     let v1 = artifacts::read(artifacts::TALLY_V1);
     let v2 = artifacts::read(artifacts::TALLY_V2);
-    prism.deploy("tally", &v1).await;
-    prism.deploy("tally", &v2).await;
+    prism.deploy("tally", &v1, "").await;
+    prism.deploy("tally", &v2, "").await;
     let mut hits = Vec::new();
     for i in 0..20 {
         let wasm = if i % 2 == 0 { &v1 } else { &v2 };
@@ -519,7 +468,7 @@ async fn reload_and_restart_figures(report: &mut Report, dir: &std::path::Path) 
     let counter = artifacts::read(artifacts::EVENT_COUNTER);
     let before = rss();
     for i in 0..50 {
-        prism.deploy(&format!("idle-{i}"), &counter).await;
+        prism.deploy(&format!("idle-{i}"), &counter, "").await;
     }
     while !prism.all_live(51).await {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -533,7 +482,7 @@ async fn reload_and_restart_figures(report: &mut Report, dir: &std::path::Path) 
     );
     prism.server.stop().await;
     let start_at = Instant::now();
-    let prism = start(&data).await;
+    let prism = Prism::start(&data).await;
     while !prism.all_live(51).await {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
