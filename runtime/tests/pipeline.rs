@@ -145,3 +145,66 @@ async fn streams_read_back_with_positions_versions_and_metadata() {
     assert_eq!(page["next"], 3);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_your_writes_waits_for_min_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = common::start(dir.path()).await;
+    client
+        .deploy("counter", common::artifacts::EVENT_COUNTER)
+        .await;
+    client.post_raw("/projectors/counter/pause", "").await;
+    let appended = client
+        .append("s-1", json!([{"type": "T", "data": {}}]))
+        .await;
+    let position = appended["last_position"].as_u64().unwrap();
+
+    // Paused: the view cannot reach the position in time, and says where it is.
+    let timed_out = client
+        .get(&format!(
+            "/projectors/counter/view/total?min_position={position}&timeout_ms=100"
+        ))
+        .await;
+    assert_eq!(timed_out.status, 504, "{}", timed_out.body);
+    assert_eq!(timed_out.body["checkpoint"], 0);
+    assert_eq!(timed_out.body["min_position"], position);
+
+    // A query waiting for the position is answered as soon as the projector gets there.
+    let waiting = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .get(&format!(
+                    "/projectors/counter/view/total?min_position={position}"
+                ))
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished());
+    client.post_raw("/projectors/counter/resume", "").await;
+    let answered = waiting.await.unwrap();
+    assert_eq!(answered.status, 200);
+    assert_eq!(answered.body, json!(1));
+    let checkpoint: u64 = answered.headers["prism-checkpoint"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(checkpoint >= position);
+
+    // Scans take it too; a bad timeout is a 400.
+    let scan = client
+        .get(&format!(
+            "/projectors/counter/view?prefix=type/&min_position={position}"
+        ))
+        .await;
+    assert_eq!(scan.body["items"][0]["key"], "type/T");
+    let bad = client
+        .get(&format!(
+            "/projectors/counter/view/total?min_position=1&timeout_ms=999999"
+        ))
+        .await;
+    assert_eq!(bad.status, 400);
+    server.stop().await;
+}

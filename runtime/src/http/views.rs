@@ -28,7 +28,9 @@ const CHECKPOINT: HeaderName = HeaderName::from_static("prism-checkpoint");
 pub async fn get(
     State(state): State<AppState>,
     Path((name, key)): Path<(String, String)>,
+    consistency: Result<Query<Consistency>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(consistency) = consistency?;
     if key.len() > super::MAX_KEY_LEN {
         return Err(ApiError::bad_request(format!(
             "a view key is at most {} bytes",
@@ -36,6 +38,7 @@ pub async fn get(
         )));
     }
     let generation = state.projector(&name)?.serving();
+    consistency.wait(&generation).await?;
     let (snapshot, value) =
         blocking(generation.clone(), move |snapshot| snapshot.get(&key)).await?;
     let Some(value) = value else {
@@ -57,6 +60,56 @@ pub struct ScanParams {
     prefix: String,
     after: Option<String>,
     limit: Option<usize>,
+    // Not `#[serde(flatten)]`ed from `Consistency`: flattening loses the query string's numbers.
+    min_position: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
+/// Read-your-writes: `?min_position=P` (the position an append returned) makes a query wait
+/// until the view reflects P, for at most `timeout_ms` (default 5000, at most 30000).
+#[derive(Deserialize, Default)]
+pub struct Consistency {
+    min_position: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
+/// Longest a query may wait for `min_position`.
+pub const MAX_WAIT_MS: u64 = 30_000;
+
+impl Consistency {
+    /// Waits until `generation` has passed `min_position`; 504 with the current checkpoint when
+    /// it does not within the timeout.
+    async fn wait(&self, generation: &Generation) -> Result<(), ApiError> {
+        let Some(position) = self.min_position else {
+            return Ok(());
+        };
+        let timeout_ms = self.timeout_ms.unwrap_or(5_000);
+        if timeout_ms > MAX_WAIT_MS {
+            return Err(ApiError::bad_request(format!(
+                "timeout_ms is at most {MAX_WAIT_MS}"
+            )));
+        }
+        let mut checkpoints = generation.checkpoints();
+        let reached = tokio::time::timeout(
+            std::time::Duration::from_millis(timeout_ms),
+            checkpoints.wait_for(|c| *c >= position),
+        )
+        .await
+        .is_ok_and(|waited| waited.is_ok());
+        if reached {
+            Ok(())
+        } else {
+            let checkpoint = *checkpoints.borrow();
+            Err(ApiError::new(
+                    axum::http::StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "the view has not reached position {position} within {timeout_ms} ms (it is at {checkpoint})"
+                    ),
+                )
+                .with("checkpoint", checkpoint)
+                .with("min_position", position))
+        }
+    }
 }
 
 /// `GET /projectors/{name}/view?prefix=&after=&limit=`: entries in key order; `next` is the
@@ -74,6 +127,11 @@ pub async fn scan(
         )));
     }
     let generation = state.projector(&name)?.serving();
+    let consistency = Consistency {
+        min_position: params.min_position,
+        timeout_ms: params.timeout_ms,
+    };
+    consistency.wait(&generation).await?;
     let (snapshot, entries) = blocking(generation.clone(), move |snapshot| {
         // One extra entry tells whether another page follows.
         snapshot.scan(&params.prefix, params.after.as_deref(), limit + 1)
