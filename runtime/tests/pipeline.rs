@@ -201,9 +201,7 @@ async fn read_your_writes_waits_for_min_position() {
         .await;
     assert_eq!(scan.body["items"][0]["key"], "type/T");
     let bad = client
-        .get(&format!(
-            "/projectors/counter/view/total?min_position=1&timeout_ms=999999"
-        ))
+        .get("/projectors/counter/view/total?min_position=1&timeout_ms=999999")
         .await;
     assert_eq!(bad.status, 400);
     server.stop().await;
