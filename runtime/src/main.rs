@@ -46,6 +46,9 @@ enum Command {
         /// Seconds a request may take before it is answered 408.
         #[arg(long, env = "PRISM_REQUEST_TIMEOUT_SECS", default_value_t = 60)]
         request_timeout_secs: u64,
+        /// Seconds a projector may be behind the log without progress before `/ready` fails.
+        #[arg(long, env = "PRISM_STALL_AFTER_SECS", default_value_t = 30)]
+        stall_after_secs: u64,
         /// Bearer token required for deploys and projector changes (default: none, open).
         #[arg(long, env = "PRISM_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
@@ -268,6 +271,7 @@ async fn run(command: Command) -> Result<()> {
             max_wasm_stack,
             max_append_events,
             request_timeout_secs,
+            stall_after_secs,
             admin_token,
             write_token,
             read_token,
@@ -275,6 +279,7 @@ async fn run(command: Command) -> Result<()> {
             let mut config = ServerConfig::new(data_dir, listen);
             config.limits.max_append_events = max_append_events;
             config.limits.request_timeout = std::time::Duration::from_secs(request_timeout_secs);
+            config.limits.stall_after = std::time::Duration::from_secs(stall_after_secs);
             config.tokens = prism::http::Tokens {
                 admin: admin_token,
                 write: write_token,

@@ -90,11 +90,23 @@ async fn the_stop_policy_faults_at_the_first_failing_event() {
     let dir = tempfile::tempdir().unwrap();
     let (server, client) = common::start(dir.path()).await;
     client.deploy("poison", artifacts::POISON).await;
+    client.wait_caught_up("poison").await;
+    let ready = client.get("/ready").await;
+    assert_eq!(
+        (ready.status, ready.body["ready"].clone()),
+        (200, json!(true))
+    );
     client.append("p-1", poison_history()).await;
     let status = client
         .wait_until("poison", "a fault", |s| s["state"] == "faulted")
         .await;
     assert_eq!(status["on_error"], "stop");
+    // Readiness reports the faulted projector.
+    let ready = client.get("/ready").await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert_eq!(ready.body["unready"][0]["name"], "poison");
+    assert_eq!(ready.body["unready"][0]["reason"], "faulted");
+    assert_eq!(ready.body["unready"][0]["error"]["position"], 3);
     assert_eq!(status["checkpoint"], 2);
     assert_eq!(status["error"]["position"], 3);
     assert!(

@@ -7,7 +7,8 @@
 //! | read | every `GET` but `/health` | read, write, admin |
 //!
 //! A role whose token is not configured is open (for write: when neither the write nor the
-//! admin token is set; for read: when no read token is set). `/health` is always open.
+//! admin token is set; for read: when no read token is set). `/health` and `/ready` are
+//! always open (for orchestrators' probes).
 
 use super::{ApiError, AppState};
 use axum::extract::{Request, State};
@@ -36,7 +37,7 @@ enum Role {
 }
 
 fn role(method: &Method, path: &str) -> Role {
-    if path == "/health" {
+    if path == "/health" || path == "/ready" {
         Role::Open
     } else if method == Method::GET || method == Method::HEAD {
         Role::Read

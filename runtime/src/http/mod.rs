@@ -17,6 +17,7 @@
 //! | `GET /projectors/{name}/view/{key}` | a view value |
 //! | `GET /projectors/{name}/view?prefix=&after=&limit=` | ordered scan |
 //! | `GET /health` | liveness |
+//! | `GET /ready` | readiness: 503 while a projector is faulted or stalled |
 //!
 //! Errors are JSON `{ "error": "..." }` with 400 (bad request), 401 (missing or wrong bearer
 //! token, see [`auth`]), 404 (unknown stream, projector or key), 408 (timeout), 409 (version
@@ -66,6 +67,8 @@ pub struct Limits {
     pub max_append_events: usize,
     /// How long a request may take before it is answered 408.
     pub request_timeout: std::time::Duration,
+    /// How long a projector may be behind without progress before `/ready` reports it.
+    pub stall_after: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -74,6 +77,7 @@ impl Default for Limits {
             max_module_bytes: MAX_MODULE_BODY,
             max_append_events: MAX_APPEND_EVENTS,
             request_timeout: std::time::Duration::from_secs(60),
+            stall_after: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -118,6 +122,7 @@ pub fn router(state: AppState) -> Router {
         .route("/modules", get(p::modules))
         .route("/projectors/{name}/view", get(views::scan))
         .route("/projectors/{name}/view/{*key}", get(views::get))
+        .route("/ready", get(p::ready))
         .route(
             "/health",
             get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),

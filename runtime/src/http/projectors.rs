@@ -239,6 +239,39 @@ pub async fn verify(
     Ok(Json(json!(report)))
 }
 
+/// `GET /ready`: 200 when every projector is healthy; 503 listing those faulted, or behind the
+/// log with no progress for longer than the stall limit (paused ones do not count).
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let head = state.log.head();
+    let mut unready = Vec::new();
+    for projector in state.registry.list() {
+        let status = projector.serving().status();
+        let lag = head.saturating_sub(status.checkpoint);
+        let idle = status.last_progress.elapsed();
+        let verdict =
+            crate::projector::readiness(projector.state(), lag, idle, state.limits.stall_after);
+        if let Some(reason) = verdict {
+            unready.push(json!({
+                "name": projector.name,
+                "reason": reason,
+                "checkpoint": status.checkpoint,
+                "lag": lag,
+                "seconds_without_progress": idle.as_secs(),
+                "error": status.error,
+            }));
+        }
+    }
+    let code = if unready.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(json!({ "ready": unready.is_empty(), "head": head, "unready": unready })),
+    )
+}
+
 /// `GET /modules`: the hashes of every stored module (deployable with `?module=`).
 pub async fn modules(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let modules = state.registry.modules().map_err(ApiError::internal)?;

@@ -89,6 +89,8 @@ pub struct Status {
     pub dead_letters: u64,
     /// Recent progress through the log.
     pub rate: RateMeter,
+    /// When the checkpoint last moved (or the run started).
+    pub last_progress: std::time::Instant,
     /// Why the generation is faulted.
     pub error: Option<Fault>,
 }
@@ -102,9 +104,36 @@ impl Status {
             checkpoint,
             events_applied: 0,
             dead_letters: 0,
+            last_progress: std::time::Instant::now(),
             rate: RateMeter::default(),
             error: None,
         }
+    }
+}
+
+/// Why a projector makes Prism not ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unready {
+    /// It stopped on an error.
+    Faulted,
+    /// It is behind the log and has not moved for longer than the stall limit.
+    Stalled,
+}
+
+/// Whether a projector in `state`, `lag` events behind, whose checkpoint last moved `idle` ago,
+/// makes Prism not ready. A paused projector does not: an operator paused it.
+pub fn readiness(
+    state: State,
+    lag: u64,
+    idle: std::time::Duration,
+    stall_after: std::time::Duration,
+) -> Option<Unready> {
+    match state {
+        State::Faulted => Some(Unready::Faulted),
+        State::Paused | State::Stopped => None,
+        _ if lag > 0 && idle > stall_after => Some(Unready::Stalled),
+        _ => None,
     }
 }
 
@@ -213,4 +242,33 @@ pub fn replay_to(
         config: String::new(),
     };
     runner.run(code, instance)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_projector_behind_and_not_moving_is_stalled() {
+        let limit = Duration::from_secs(30);
+        let (long, short) = (Duration::from_secs(31), Duration::from_secs(1));
+        assert_eq!(
+            readiness(State::CatchingUp, 10, long, limit),
+            Some(Unready::Stalled)
+        );
+        assert_eq!(
+            readiness(State::Rebuilding, 10, long, limit),
+            Some(Unready::Stalled)
+        );
+        assert_eq!(readiness(State::CatchingUp, 10, short, limit), None);
+        // Caught up and idle is healthy, however long.
+        assert_eq!(readiness(State::Live, 0, long, limit), None);
+        // Paused on purpose is not a stall; a fault always counts.
+        assert_eq!(readiness(State::Paused, 10, long, limit), None);
+        assert_eq!(
+            readiness(State::Faulted, 0, short, limit),
+            Some(Unready::Faulted)
+        );
+    }
 }

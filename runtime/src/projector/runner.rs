@@ -281,6 +281,7 @@ impl Runner {
                 s.checkpoint = checkpoint;
                 s.events_applied += applied;
                 s.rate.record(checkpoint);
+                s.last_progress = Instant::now();
                 s.state = if behind {
                     State::CatchingUp
                 } else {
