@@ -8,11 +8,13 @@
 pub mod catalog;
 mod registry;
 mod runner;
+mod verify;
 
 pub use registry::{
-    DeployError, DeployMode, DeployOptions, Deployed, Difference, Generation, LifecycleError,
-    ModuleSource, ProjectorHandle, Registry, RegistryError, RetryError, Verification, ViewDigest,
+    DeployError, DeployMode, DeployOptions, Deployed, Generation, LifecycleError, ModuleSource,
+    ProjectorHandle, Registry, RegistryError, RetryError,
 };
+pub use verify::{Difference, Verification, ViewDigest};
 
 use crate::engine::{Engine, Instance, Module};
 use crate::log::EventLog;
