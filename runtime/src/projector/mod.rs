@@ -236,7 +236,7 @@ pub fn replay_to(
         store,
         commands: tokio::sync::watch::channel(runner::Command::Run).1,
         swap: Arc::default(),
-        retries: Arc::default(),
+        retries: Arc::new(Mutex::new(Some(Vec::new()))),
         hook: None,
     };
     let code = runner::Code {

@@ -840,14 +840,18 @@ impl Registry {
             return Err(RetryError::NotRunning);
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
-        generation
-            .retries
-            .lock()
-            .expect("retry lock")
-            .push(Retry { position, reply });
+        match generation.retries.lock().expect("retry lock").as_mut() {
+            Some(queue) => queue.push(Retry { position, reply }),
+            // The runner has stopped taking retries.
+            None => return Err(RetryError::NotRunning),
+        }
         generation.commands.send_modify(|_| {});
+        // The runner handles the request between two batches, or answers it as it stops.
         match futures::executor::block_on(answer) {
             Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) if error.starts_with("the projector stopped") => {
+                Err(RetryError::NotRunning)
+            }
             Ok(Err(error)) => Err(RetryError::Failed(error)),
             Err(_) => Err(RetryError::NotRunning),
         }
@@ -924,7 +928,7 @@ impl Registry {
         let status = Arc::new(Mutex::new(Status::starting(&record.module, checkpoint)));
         let (commands, commands_rx) = watch::channel(command);
         let swap = SwapSlot::default();
-        let retries = RetryQueue::default();
+        let retries: RetryQueue = Arc::new(Mutex::new(Some(Vec::new())));
         let (checkpoints, _) = watch::channel(checkpoint);
         let descriptor = Mutex::new(Some(instance.descriptor().clone()));
         let code = Code {

@@ -84,8 +84,9 @@ pub struct Retry {
     pub reply: tokio::sync::oneshot::Sender<Result<(), String>>,
 }
 
-/// Where the owner queues [`Retry`] requests for the runner (handled between batches).
-pub type RetryQueue = Arc<Mutex<Vec<Retry>>>;
+/// Where the owner queues [`Retry`] requests for the runner (handled between batches); `None`
+/// once the runner has stopped taking them.
+pub type RetryQueue = Arc<Mutex<Option<Vec<Retry>>>>;
 
 /// Everything a runner needs besides its first instance; it borrows nothing.
 pub struct Runner {
@@ -125,6 +126,13 @@ impl Runner {
         }
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "flushing the view failed");
+        }
+        // Close the retry queue, answering what is left rather than leaving callers waiting.
+        let left = self.retries.lock().expect("retry lock").take();
+        for retry in left.into_iter().flatten() {
+            let _ = retry
+                .reply
+                .send(Err("the projector stopped; resume it first".into()));
         }
         self.set(|s| {
             if s.state != State::Faulted && self.stop_at == StopAt::Never {
@@ -172,7 +180,13 @@ impl Runner {
         });
         loop {
             let command = *self.commands.borrow_and_update();
-            let retries = std::mem::take(&mut *self.retries.lock().expect("retry lock"));
+            let retries = self
+                .retries
+                .lock()
+                .expect("retry lock")
+                .as_mut()
+                .map(std::mem::take)
+                .unwrap_or_default();
             for retry in retries {
                 let outcome = self.retry(&mut instance, &code, retry.position);
                 let _ = retry.reply.send(outcome);
