@@ -71,6 +71,7 @@ impl Server {
             registry: registry.clone(),
             limits: config.limits,
             tokens: config.tokens.clone(),
+            metrics: crate::http::Metrics::default(),
         });
         if !addr.ip().is_loopback() && config.tokens.admin.is_none() {
             tracing::warn!(%addr, "listening beyond loopback without an admin token: anyone who can reach this address can deploy and delete projectors (set --admin-token)");

@@ -63,6 +63,34 @@ async fn append_project_and_query_over_http() {
     assert_eq!(listed["head"], 16);
     assert_eq!(listed["projectors"].as_array().unwrap().len(), 3);
 
+    // Prometheus metrics agree with the status API.
+    let metrics = client
+        .http
+        .get(client.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap();
+    for line in [
+        "prism_log_head 16",
+        "prism_log_appended_events_total 16",
+        "prism_projector_checkpoint{projector=\"order-totals\"} 16",
+        "prism_projector_lag{projector=\"order-totals\"} 0",
+        "prism_projector_state{projector=\"event-counter\",state=\"live\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+    assert!(
+        text.lines().any(|l| l.starts_with(
+            "prism_http_requests_total{method=\"GET\",route=\"/projectors/{name}/view/{*key}\",status=\"200\"}"
+        )),
+        "{text}"
+    );
+
     server.stop().await;
 }
 

@@ -18,6 +18,7 @@
 //! | `GET /projectors/{name}/view?prefix=&after=&limit=` | ordered scan |
 //! | `GET /health` | liveness |
 //! | `GET /ready` | readiness: 503 while a projector is faulted or stalled |
+//! | `GET /metrics` | Prometheus text format |
 //!
 //! Errors are JSON `{ "error": "..." }` with 400 (bad request), 401 (missing or wrong bearer
 //! token, see [`auth`]), 404 (unknown stream, projector or key), 408 (timeout), 409 (version
@@ -25,12 +26,14 @@
 
 mod auth;
 mod error;
+mod metrics;
 mod projectors;
 mod streams;
 mod views;
 
 pub use auth::Tokens;
 pub use error::ApiError;
+pub use metrics::Metrics;
 
 use crate::log::EventLog;
 use crate::projector::{ProjectorHandle, Registry};
@@ -56,6 +59,7 @@ pub struct AppState {
     pub registry: Registry,
     pub limits: Limits,
     pub tokens: Tokens,
+    pub metrics: Metrics,
 }
 
 /// Request limits.
@@ -123,6 +127,7 @@ pub fn router(state: AppState) -> Router {
         .route("/projectors/{name}/view", get(views::scan))
         .route("/projectors/{name}/view/{*key}", get(views::get))
         .route("/ready", get(p::ready))
+        .route("/metrics", get(metrics::scrape))
         .route(
             "/health",
             get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
@@ -135,6 +140,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
         ))
         .with_state(state)
 }

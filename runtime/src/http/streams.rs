@@ -71,8 +71,13 @@ pub async fn append(
     let expected = params
         .expected_version
         .map_or(ExpectedVersion::Any, ExpectedVersion::Exact);
+    let (started, count) = (std::time::Instant::now(), events.len() as u64);
     match state.log.append(&stream, expected, events).await {
-        Ok(appended) => Ok((
+        Ok(appended) => {
+            state
+                .metrics
+                .appended(count, started.elapsed().as_secs_f64());
+            Ok((
             StatusCode::CREATED,
             Json(json!({
                 "stream": stream,
@@ -80,7 +85,8 @@ pub async fn append(
                 "last_position": appended.last_position,
                 "stream_version": appended.stream_version,
             })),
-        )),
+        ))
+        }
         Err(AppendError::VersionConflict {
             stream,
             expected,
