@@ -10,13 +10,7 @@ async fn a_restart_resumes_every_projector_from_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
 
     let (server, client) = common::start(dir.path()).await;
-    for (name, wasm) in common::examples() {
-        client.deploy(name, wasm).await;
-    }
-    common::append_history(&client).await;
-    for (name, _) in common::examples() {
-        client.wait_caught_up(name).await;
-    }
+    common::examples_over_history(&client).await;
     server.stop().await;
 
     // Same data dir: the projectors come back by themselves, at their checkpoints.
@@ -168,13 +162,7 @@ async fn a_damaged_view_is_named_and_repair_rebuilds_it_from_the_log() {
     for how in ["bit-flip", "truncate"] {
         let dir = tempfile::tempdir().unwrap();
         let (server, client) = common::start(dir.path()).await;
-        for (name, wasm) in common::examples() {
-            client.deploy(name, wasm).await;
-        }
-        common::append_history(&client).await;
-        for (name, _) in common::examples() {
-            client.wait_caught_up(name).await;
-        }
+        common::examples_over_history(&client).await;
         server.stop().await;
 
         let view = dir.path().join("projectors/account-balances/gen-1.redb");

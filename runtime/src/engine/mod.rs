@@ -269,9 +269,7 @@ impl Engine {
                     hash: hash.to_string(),
                     reason: e.to_string(),
                 })?;
-                wasmparser::Validator::new()
-                    .validate_all(&bytes)
-                    .map_err(|e| ModuleError::Invalid(e.to_string()))?;
+                // `Component::new` validates (with wasmparser) before it compiles.
                 let component = Component::new(&self.engine, &bytes)
                     .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
                 check_imports(&self.engine, &component)?;

@@ -317,6 +317,17 @@ pub fn history() -> Vec<(&'static str, Value)> {
     ]
 }
 
+/// Deploys the three examples, appends [`history`], and waits until all have applied it.
+pub async fn examples_over_history(client: &Client) {
+    for (name, wasm) in examples() {
+        client.deploy(name, wasm).await;
+    }
+    append_history(client).await;
+    for (name, _) in examples() {
+        client.wait_caught_up(name).await;
+    }
+}
+
 /// Appends [`history`]; returns the log head after it.
 pub async fn append_history(client: &Client) -> u64 {
     let mut last = 0;
