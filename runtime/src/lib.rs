@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod config;
 pub mod engine;
 pub mod http;
 pub mod log;

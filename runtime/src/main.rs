@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use prism::config::{Config, LogFormat};
 use prism::server::{Server, ServerConfig};
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -21,44 +22,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run Prism: open (or create) the data dir, resume every projector, serve the HTTP API.
-    Serve {
-        /// Where Prism keeps the log, modules and views.
-        #[arg(long, env = "PRISM_DATA_DIR", default_value = "prism-data")]
-        data_dir: PathBuf,
-        /// Address to listen on.
-        #[arg(long, env = "PRISM_LISTEN", default_value = "127.0.0.1:7070")]
-        listen: SocketAddr,
-        /// Largest module upload, in bytes.
-        #[arg(long, env = "PRISM_MAX_MODULE_BYTES", default_value_t = prism::http::MAX_MODULE_BODY)]
-        max_module_bytes: usize,
-        /// Instructions (wasmtime fuel) one event may use before its projector traps.
-        #[arg(long, env = "PRISM_FUEL_PER_EVENT", default_value_t = prism::engine::Limits::default().fuel_per_event)]
-        fuel_per_event: u64,
-        /// Largest linear memory of a projector instance, in bytes.
-        #[arg(long, env = "PRISM_MAX_MEMORY_BYTES", default_value_t = prism::engine::Limits::default().max_memory_bytes)]
-        max_memory_bytes: usize,
-        /// Largest Wasm stack of a projector instance, in bytes.
-        #[arg(long, env = "PRISM_MAX_WASM_STACK", default_value_t = prism::engine::Limits::default().max_wasm_stack)]
-        max_wasm_stack: usize,
-        /// Most events in one append request.
-        #[arg(long, env = "PRISM_MAX_APPEND_EVENTS", default_value_t = prism::http::MAX_APPEND_EVENTS)]
-        max_append_events: usize,
-        /// Seconds a request may take before it is answered 408.
-        #[arg(long, env = "PRISM_REQUEST_TIMEOUT_SECS", default_value_t = 60)]
-        request_timeout_secs: u64,
-        /// Seconds a projector may be behind the log without progress before `/ready` fails.
-        #[arg(long, env = "PRISM_STALL_AFTER_SECS", default_value_t = 30)]
-        stall_after_secs: u64,
-        /// Bearer token required for deploys and projector changes (default: none, open).
-        #[arg(long, env = "PRISM_ADMIN_TOKEN", hide_env_values = true)]
-        admin_token: Option<String>,
-        /// Bearer token required for appends (the admin token works too).
-        #[arg(long, env = "PRISM_WRITE_TOKEN", hide_env_values = true)]
-        write_token: Option<String>,
-        /// Bearer token required for reads (the write and admin tokens work too).
-        #[arg(long, env = "PRISM_READ_TOKEN", hide_env_values = true)]
-        read_token: Option<String>,
-    },
+    ///
+    /// Settings come from defaults, then a TOML file (`--config`, else `./prism.toml` when it
+    /// exists), then `PRISM_...` environment variables, then flags.
+    Serve(Box<ServeArgs>),
     /// Check a data dir (with Prism stopped): damaged view files are moved aside and rebuilt
     /// from the log at the next start; a damaged log or catalog is reported (restore a backup).
     Repair {
@@ -221,6 +188,96 @@ enum Command {
     },
 }
 
+/// `prism serve`'s flags; each overrides the environment variable named beside it, which
+/// overrides the config file.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// A TOML config file (default: `./prism.toml` when it exists).
+    #[arg(long, env = "PRISM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the effective config (tokens masked) as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Where Prism keeps the log, modules and views [default: prism-data].
+    #[arg(long, env = "PRISM_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7070].
+    #[arg(long, env = "PRISM_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Log format: `text` (readable) or `json` (one object per line) [default: text].
+    #[arg(long, env = "PRISM_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+    /// Largest module upload, in bytes [default: 64 MiB].
+    #[arg(long, env = "PRISM_MAX_MODULE_BYTES")]
+    max_module_bytes: Option<usize>,
+    /// Instructions (wasmtime fuel) one event may use before its projector traps.
+    #[arg(long, env = "PRISM_FUEL_PER_EVENT")]
+    fuel_per_event: Option<u64>,
+    /// Largest linear memory of a projector instance, in bytes [default: 64 MiB].
+    #[arg(long, env = "PRISM_MAX_MEMORY_BYTES")]
+    max_memory_bytes: Option<usize>,
+    /// Largest Wasm stack of a projector instance, in bytes [default: 512 KiB].
+    #[arg(long, env = "PRISM_MAX_WASM_STACK")]
+    max_wasm_stack: Option<usize>,
+    /// Most events in one append request [default: 10000].
+    #[arg(long, env = "PRISM_MAX_APPEND_EVENTS")]
+    max_append_events: Option<usize>,
+    /// Seconds a request may take before it is answered 408 [default: 60].
+    #[arg(long, env = "PRISM_REQUEST_TIMEOUT_SECS")]
+    request_timeout_secs: Option<u64>,
+    /// Seconds a projector may be behind the log without progress before `/ready` fails
+    /// [default: 30].
+    #[arg(long, env = "PRISM_STALL_AFTER_SECS")]
+    stall_after_secs: Option<u64>,
+    /// Bearer token required for deploys and projector changes (default: none, open).
+    #[arg(long, env = "PRISM_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Bearer token required for appends (the admin token works too).
+    #[arg(long, env = "PRISM_WRITE_TOKEN", hide_env_values = true)]
+    write_token: Option<String>,
+    /// Bearer token required for reads (the write and admin tokens work too).
+    #[arg(long, env = "PRISM_READ_TOKEN", hide_env_values = true)]
+    read_token: Option<String>,
+}
+
+impl ServeArgs {
+    /// The config file's settings overridden by the environment and flags.
+    fn config(&self) -> Result<Config> {
+        let mut config = Config::load(self.config.as_deref())?;
+        fn set<T: Clone>(field: &mut T, given: &Option<T>) {
+            if let Some(value) = given {
+                *field = value.clone();
+            }
+        }
+        set(&mut config.data_dir, &self.data_dir);
+        set(&mut config.listen, &self.listen);
+        set(&mut config.log_format, &self.log_format);
+        set(&mut config.limits.max_module_bytes, &self.max_module_bytes);
+        set(
+            &mut config.limits.max_append_events,
+            &self.max_append_events,
+        );
+        set(
+            &mut config.limits.request_timeout_secs,
+            &self.request_timeout_secs,
+        );
+        set(&mut config.limits.stall_after_secs, &self.stall_after_secs);
+        set(&mut config.sandbox.fuel_per_event, &self.fuel_per_event);
+        set(&mut config.sandbox.max_memory_bytes, &self.max_memory_bytes);
+        set(&mut config.sandbox.max_wasm_stack, &self.max_wasm_stack);
+        for (token, given) in [
+            (&mut config.tokens.admin, &self.admin_token),
+            (&mut config.tokens.write, &self.write_token),
+            (&mut config.tokens.read, &self.read_token),
+        ] {
+            if given.is_some() {
+                token.clone_from(given);
+            }
+        }
+        Ok(config)
+    }
+}
+
 #[derive(clap::Args)]
 struct ServerArg {
     /// The Prism server to talk to.
@@ -248,49 +305,37 @@ impl ServerArg {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new()?;
+    if let Command::Serve(args) = &cli.command {
+        let config = args.config()?;
+        if args.print_config {
+            print!("{}", config.to_toml_masked());
+            return Ok(());
+        }
+        init_tracing(config.log_format);
+        return runtime.block_on(serve_until_signal(config.server_config()));
+    }
+    init_tracing(LogFormat::Text);
     runtime.block_on(run(cli.command))
+}
+
+/// Readable logs by default, JSON lines for production; `RUST_LOG` filters either.
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 async fn run(command: Command) -> Result<()> {
     match command {
-        Command::Serve {
-            data_dir,
-            listen,
-            max_module_bytes,
-            fuel_per_event,
-            max_memory_bytes,
-            max_wasm_stack,
-            max_append_events,
-            request_timeout_secs,
-            stall_after_secs,
-            admin_token,
-            write_token,
-            read_token,
-        } => {
-            let mut config = ServerConfig::new(data_dir, listen);
-            config.limits.max_append_events = max_append_events;
-            config.limits.request_timeout = std::time::Duration::from_secs(request_timeout_secs);
-            config.limits.stall_after = std::time::Duration::from_secs(stall_after_secs);
-            config.tokens = prism::http::Tokens {
-                admin: admin_token,
-                write: write_token,
-                read: read_token,
-            };
-            config.limits.max_module_bytes = max_module_bytes;
-            config.sandbox.fuel_per_event = fuel_per_event;
-            config.sandbox.max_memory_bytes = max_memory_bytes;
-            config.sandbox.max_wasm_stack = max_wasm_stack;
-            serve(config).await
-        }
+        Command::Serve(_) => unreachable!("handled in main"),
         Command::Repair { data_dir } => {
             let repairs = prism::server::repair(&data_dir)?;
             if repairs.is_empty() {
@@ -486,7 +531,7 @@ async fn run(command: Command) -> Result<()> {
     }
 }
 
-async fn serve(config: ServerConfig) -> Result<()> {
+async fn serve_until_signal(config: ServerConfig) -> Result<()> {
     let data_dir = config.data_dir.clone();
     let server = Server::start(config).await?;
     println!(

@@ -105,3 +105,60 @@ async fn the_cli_drives_a_server() {
     let unreachable = prism(url, &["ls"]).await;
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach the Prism server"));
 }
+
+/// `prism serve` settings: defaults, then the TOML file, then `PRISM_...` variables, then
+/// flags; `--print-config` shows the result with tokens masked, and a misspelt key is refused.
+#[test]
+fn serve_config_layers_file_env_and_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("prism.toml"),
+        "data_dir = \"from-file\"\nlisten = \"0.0.0.0:9000\"\n\
+         [limits]\nstall_after_secs = 5\nrequest_timeout_secs = 7\n[tokens]\nread = \"file-secret\"\n",
+    )
+    .unwrap();
+    let serve = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_prism"))
+            .current_dir(dir.path())
+            .env_remove("PRISM_LISTEN")
+            .env_remove("PRISM_CONFIG")
+            .env("PRISM_DATA_DIR", "from-env")
+            .env("PRISM_REQUEST_TIMEOUT_SECS", "8")
+            .args(["serve", "--print-config"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let printed = serve(&["--request-timeout-secs", "9"]);
+    assert!(printed.status.success(), "{printed:?}");
+    let config: toml::Table = toml::from_str(&String::from_utf8_lossy(&printed.stdout)).unwrap();
+    assert_eq!(config["listen"].as_str(), Some("0.0.0.0:9000"), "file");
+    assert_eq!(
+        config["data_dir"].as_str(),
+        Some("from-env"),
+        "env over file"
+    );
+    let limits = &config["limits"];
+    assert_eq!(
+        limits["request_timeout_secs"].as_integer(),
+        Some(9),
+        "flag over env"
+    );
+    assert_eq!(limits["stall_after_secs"].as_integer(), Some(5), "file");
+    assert_eq!(
+        limits["max_append_events"].as_integer(),
+        Some(10_000),
+        "default"
+    );
+    assert_eq!(config["tokens"]["read"].as_str(), Some("<set>"));
+    assert!(!String::from_utf8_lossy(&printed.stdout).contains("file-secret"));
+
+    std::fs::write(dir.path().join("bad.toml"), "[limits]\nstall_after = 1\n").unwrap();
+    let refused = serve(&["--config", "bad.toml"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("unknown field `stall_after`"),
+        "{stderr}"
+    );
+}

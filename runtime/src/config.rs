@@ -1,0 +1,224 @@
+//! `prism serve`'s settings: defaults, then a TOML file, then `PRISM_...` environment variables,
+//! then flags — each overriding the one before. The environment and flags are read by the CLI
+//! (clap); this module holds the file layer and turns the result into a [`ServerConfig`].
+//!
+//! ```toml
+//! data_dir = "prism-data"
+//! listen = "127.0.0.1:7070"
+//! log_format = "text"          # or "json"
+//!
+//! [limits]
+//! max_module_bytes = 67108864
+//! max_append_events = 10000
+//! request_timeout_secs = 60
+//! stall_after_secs = 30
+//!
+//! [sandbox]
+//! fuel_per_event = 100000000
+//! max_memory_bytes = 67108864
+//! max_wasm_stack = 524288
+//!
+//! [tokens]
+//! admin = "..."
+//! write = "..."
+//! read = "..."
+//! ```
+
+use crate::server::ServerConfig;
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The file `prism serve` reads when no `--config` is given and the file exists.
+pub const DEFAULT_FILE: &str = "prism.toml";
+
+/// Everything `prism serve` can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where Prism keeps the log, modules and views.
+    pub data_dir: PathBuf,
+    /// The address to listen on.
+    pub listen: SocketAddr,
+    /// `text` (readable, the default) or `json` (one object per line, for log shippers).
+    pub log_format: LogFormat,
+    pub limits: LimitsConfig,
+    pub sandbox: SandboxConfig,
+    pub tokens: TokensConfig,
+}
+
+/// How logs are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => anyhow::bail!("log format must be `text` or `json`, not {other:?}"),
+        }
+    }
+}
+
+/// Request limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_module_bytes: usize,
+    pub max_append_events: usize,
+    pub request_timeout_secs: u64,
+    pub stall_after_secs: u64,
+}
+
+/// The sandbox projectors run in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxConfig {
+    pub fuel_per_event: u64,
+    pub max_memory_bytes: usize,
+    pub max_wasm_stack: usize,
+}
+
+/// Bearer tokens (absent: that role is open).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokensConfig {
+    pub admin: Option<String>,
+    pub write: Option<String>,
+    pub read: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("prism-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            log_format: LogFormat::Text,
+            limits: LimitsConfig::default(),
+            sandbox: SandboxConfig::default(),
+            tokens: TokensConfig::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let limits = crate::http::Limits::default();
+        LimitsConfig {
+            max_module_bytes: limits.max_module_bytes,
+            max_append_events: limits.max_append_events,
+            request_timeout_secs: limits.request_timeout.as_secs(),
+            stall_after_secs: limits.stall_after.as_secs(),
+        }
+    }
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        let limits = crate::engine::Limits::default();
+        SandboxConfig {
+            fuel_per_event: limits.fuel_per_event,
+            max_memory_bytes: limits.max_memory_bytes,
+            max_wasm_stack: limits.max_wasm_stack,
+        }
+    }
+}
+
+impl Config {
+    /// The defaults overridden by `file`, or by [`DEFAULT_FILE`] when `file` is `None` and it
+    /// exists. A named file that is missing, unreadable or has unknown keys is an error.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let path = match file {
+            Some(path) => path,
+            None if Path::new(DEFAULT_FILE).exists() => Path::new(DEFAULT_FILE),
+            None => return Ok(Config::default()),
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("in the config file {}", path.display()))
+    }
+
+    /// The effective config as TOML, tokens masked.
+    pub fn to_toml_masked(&self) -> String {
+        let mut shown = self.clone();
+        for token in [
+            &mut shown.tokens.admin,
+            &mut shown.tokens.write,
+            &mut shown.tokens.read,
+        ] {
+            if token.is_some() {
+                *token = Some("<set>".into());
+            }
+        }
+        toml::to_string(&shown).expect("the config serializes")
+    }
+
+    /// The server's config.
+    pub fn server_config(&self) -> ServerConfig {
+        let mut config = ServerConfig::new(&self.data_dir, self.listen);
+        config.limits.max_module_bytes = self.limits.max_module_bytes;
+        config.limits.max_append_events = self.limits.max_append_events;
+        config.limits.request_timeout = Duration::from_secs(self.limits.request_timeout_secs);
+        config.limits.stall_after = Duration::from_secs(self.limits.stall_after_secs);
+        config.sandbox.fuel_per_event = self.sandbox.fuel_per_event;
+        config.sandbox.max_memory_bytes = self.sandbox.max_memory_bytes;
+        config.sandbox.max_wasm_stack = self.sandbox.max_wasm_stack;
+        config.tokens = crate::http::Tokens {
+            admin: self.tokens.admin.clone(),
+            write: self.tokens.write.clone(),
+            read: self.tokens.read.clone(),
+        };
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_overrides_only_what_it_names() {
+        let config: Config = toml::from_str(
+            "listen = \"0.0.0.0:9000\"\n[limits]\nstall_after_secs = 5\n[tokens]\nadmin = \"a\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(config.limits.stall_after_secs, 5);
+        assert_eq!(
+            config.limits.max_append_events,
+            LimitsConfig::default().max_append_events
+        );
+        assert_eq!(config.data_dir, Config::default().data_dir);
+        assert_eq!(config.tokens.admin.as_deref(), Some("a"));
+        let server = config.server_config();
+        assert_eq!(server.limits.stall_after, Duration::from_secs(5));
+        assert_eq!(server.tokens.admin.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let error = toml::from_str::<Config>("[limits]\nstall_after = 5\n").unwrap_err();
+        assert!(error.to_string().contains("stall_after"), "{error}");
+    }
+
+    #[test]
+    fn the_printed_config_reads_back_and_hides_tokens() {
+        let mut config = Config::default();
+        config.tokens.read = Some("secret".into());
+        let printed = config.to_toml_masked();
+        assert!(!printed.contains("secret"), "{printed}");
+        let back: Config = toml::from_str(&printed).unwrap();
+        assert_eq!(back.tokens.read.as_deref(), Some("<set>"));
+        assert_eq!(back.limits, config.limits);
+    }
+}
