@@ -18,6 +18,13 @@ async fn event_counter_counts_per_type_and_category() {
     derives_exact_view("event-counter", common::artifacts::EVENT_COUNTER).await;
 }
 
+/// The WIT contract is language-neutral: the same projector written in C, against bindings
+/// wit-bindgen generates from the WIT, derives exactly the view of its Rust twin.
+#[tokio::test(flavor = "multi_thread")]
+async fn event_counter_in_c_derives_the_same_view_as_its_rust_twin() {
+    derives_exact_view("event-counter", common::artifacts::EVENT_COUNTER_C).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn order_totals_survive_double_and_unknown_cancellations() {
     derives_exact_view("order-totals", common::artifacts::ORDER_TOTALS).await;

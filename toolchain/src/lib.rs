@@ -15,6 +15,13 @@
 //!
 //! `PRISM_WASM_TOOLCHAIN=rustup` or `=debian` forces one route (to test it, or to skip the
 //! `rustup target add` attempt on machines where it hangs).
+//!
+//! Projectors written in C take the route of the [`c`] module ([`CToolchain`]): bindings
+//! generated from the WIT by wit-bindgen's C generator, clang, `wasm-ld` and wasi-libc.
+
+pub mod c;
+
+pub use c::CToolchain;
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
