@@ -167,6 +167,33 @@ async fn the_skip_policy_dead_letters_failing_events_and_goes_on() {
     assert_eq!(letters[1]["position"], 5);
     assert!(letters[1]["error"].as_str().unwrap().contains("trapped"));
 
+    // What the module logged on the way, tagged with its module, readable over HTTP.
+    let logs = client.get("/projectors/poison/logs").await.body["lines"].clone();
+    let warning = logs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|line| line["message"] == "refusing poisoned event 3")
+        .unwrap_or_else(|| panic!("no warning in {logs}"));
+    assert_eq!(
+        (&warning["level"], &warning["module"]),
+        (&json!("warn"), &deployed["module"])
+    );
+    let newest = client.get("/projectors/poison/logs?limit=1").await.body["lines"].clone();
+    let seq = newest[0]["seq"].as_u64().unwrap();
+    assert_eq!(
+        client
+            .get(&format!("/projectors/poison/logs?after={seq}"))
+            .await
+            .body,
+        json!({"lines": []})
+    );
+    assert_eq!(
+        client.get("/projectors/poison/logs?limit=0").await.status,
+        400
+    );
+    assert_eq!(client.get("/projectors/nope/logs").await.status, 404);
+
     // Paging, and discarding.
     let after = client
         .get("/projectors/poison/dead-letters?after=3")

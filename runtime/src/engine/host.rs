@@ -13,6 +13,10 @@ use crate::store::{BatchView, MAX_KEY_LEN};
 pub struct HostState {
     /// The deployment's name, for diagnostics.
     pub(super) projector: String,
+    /// The module's hash, for diagnostics.
+    pub(super) module: String,
+    /// Where `host.log` lines are kept.
+    pub(super) log: std::sync::Arc<super::logs::ModuleLog>,
     /// The batch being applied, while `apply` runs.
     pub(super) batch: Option<BatchView>,
     /// Memory and table caps.
@@ -109,7 +113,11 @@ impl host::Host for HostState {
 
     fn log(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
         let projector = self.projector.as_str();
-        match convert::level(level) {
+        let level = convert::level(level);
+        if !self.log.write(level, &self.module, &message) {
+            return Ok(());
+        }
+        match level {
             tracing::Level::ERROR => tracing::error!(projector, "{message}"),
             tracing::Level::WARN => tracing::warn!(projector, "{message}"),
             tracing::Level::INFO => tracing::info!(projector, "{message}"),

@@ -11,9 +11,11 @@
 mod bindings;
 mod convert;
 mod host;
+mod logs;
 
 pub use convert::{Descriptor, EventBatch};
 use host::HostState;
+pub use logs::{LogLine, ModuleLogs};
 
 use crate::store::BatchView;
 use bindings::ProjectorWorldPre;
@@ -148,6 +150,7 @@ pub struct Engine {
     /// Modules compiled (or loaded) in this process, by hash.
     loaded: Arc<Mutex<HashMap<String, Module>>>,
     limits: Limits,
+    logs: ModuleLogs,
 }
 
 /// A validated, compiled and pre-instantiated projector module.
@@ -211,7 +214,13 @@ impl Engine {
             cache_dir,
             loaded: Arc::default(),
             limits,
+            logs: ModuleLogs::default(),
         })
+    }
+
+    /// What each projector wrote with `host.log`.
+    pub fn module_logs(&self) -> &ModuleLogs {
+        &self.logs
     }
 
     /// The limits instances run under.
@@ -330,6 +339,8 @@ impl Engine {
             &self.engine,
             HostState {
                 projector: name.to_string(),
+                module: module.hash.clone(),
+                log: self.logs.of(name),
                 batch: None,
                 limits: wasmtime::StoreLimitsBuilder::new()
                     .memory_size(limits.max_memory_bytes)

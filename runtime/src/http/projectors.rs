@@ -188,6 +188,32 @@ pub async fn dead_letters(
     Ok(Json(json!({ "dead_letters": letters })))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogParams {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /projectors/{name}/logs?after=&limit=`: the newest lines the projector wrote with
+/// `host.log` (rate-limited, the last 1000 kept), oldest first; `after` is a line's `seq`.
+pub async fn logs(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    params: Result<Query<LogParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(params) = params?;
+    let limit = params.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::bad_request("limit must be 1 to 1000"));
+    }
+    let lines = state
+        .registry
+        .module_log(&name, params.after, limit)
+        .map_err(lifecycle_error)?;
+    Ok(Json(json!({ "lines": lines })))
+}
+
 /// `DELETE /projectors/{name}/dead-letters/{position}`: discards a dead letter.
 pub async fn discard_dead_letter(
     State(state): State<AppState>,

@@ -320,6 +320,18 @@ impl Registry {
         &self.inner.log
     }
 
+    /// The lines the projector `name`'s modules wrote with `host.log`, after `after` (a `seq`),
+    /// at most `limit` of the newest.
+    pub fn module_log(
+        &self,
+        name: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<crate::engine::LogLine>, LifecycleError> {
+        self.handle(name)?;
+        Ok(self.inner.engine.module_logs().of(name).lines(after, limit))
+    }
+
     /// Every deployed projector, by name.
     pub fn list(&self) -> Vec<Arc<ProjectorHandle>> {
         self.inner
@@ -566,6 +578,7 @@ impl Registry {
         projector.serving().stop();
         let dir = self.projector_dir(name);
         std::fs::remove_dir_all(&dir).map_err(|e| LifecycleError::Storage(e.to_string()))?;
+        self.inner.engine.module_logs().remove(name);
         tracing::info!(projector = name, "deleted");
         Ok(())
     }
