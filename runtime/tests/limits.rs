@@ -107,6 +107,13 @@ async fn the_stop_policy_faults_at_the_first_failing_event() {
     assert_eq!(ready.body["unready"][0]["name"], "poison");
     assert_eq!(ready.body["unready"][0]["reason"], "faulted");
     assert_eq!(ready.body["unready"][0]["error"]["position"], 3);
+    let metrics = client.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "prism_projector_faults_total{projector=\"poison\"} 1"),
+        "{metrics}"
+    );
     assert_eq!(status["checkpoint"], 2);
     assert_eq!(status["error"]["position"], 3);
     assert!(
@@ -193,6 +200,13 @@ async fn the_skip_policy_dead_letters_failing_events_and_goes_on() {
         400
     );
     assert_eq!(client.get("/projectors/nope/logs").await.status, 404);
+    let metrics = client.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "prism_projector_skipped_events_total{projector=\"poison\"} 2"),
+        "{metrics}"
+    );
 
     // Paging, and discarding.
     let after = client

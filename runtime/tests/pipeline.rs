@@ -64,14 +64,7 @@ async fn append_project_and_query_over_http() {
     assert_eq!(listed["projectors"].as_array().unwrap().len(), 3);
 
     // Prometheus metrics agree with the status API.
-    let metrics = client
-        .http
-        .get(client.url("/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(metrics.status(), 200);
-    let text = metrics.text().await.unwrap();
+    let text = client.metrics().await;
     for line in [
         "prism_log_head 16",
         "prism_log_appended_events_total 16",
@@ -90,6 +83,21 @@ async fn append_project_and_query_over_http() {
         )),
         "{text}"
     );
+    // What the runner accumulated: every commit timed, each non-empty batch's apply timed.
+    let value = |name: &str| -> f64 {
+        let prefix = format!("{name}{{projector=\"order-totals\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in:\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    let batches = value("prism_projector_batches_total");
+    assert!(batches >= 1.0);
+    assert_eq!(value("prism_projector_commit_seconds_count"), batches);
+    assert!((1.0..=batches).contains(&value("prism_projector_apply_seconds_count")));
+    assert!(value("prism_projector_apply_seconds_sum") > 0.0);
+    assert_eq!(value("prism_projector_faults_total"), 0.0);
 
     server.stop().await;
 }

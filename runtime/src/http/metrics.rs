@@ -5,6 +5,7 @@
 //! letters, head) is read at scrape time, so it can never drift from the status API.
 
 use super::AppState;
+use crate::projector::ProjectorLabels;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
@@ -22,11 +23,6 @@ struct RequestLabels {
     method: String,
     route: String,
     status: u16,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ProjectorLabels {
-    projector: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -139,6 +135,32 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
             })
             .set(1);
     }
+    let runners = state.registry.metrics();
+    registry.register(
+        "projector_apply_seconds",
+        "Time in the module's apply, per batch (rebuilds included)",
+        runners.apply_seconds.clone(),
+    );
+    registry.register(
+        "projector_commit_seconds",
+        "Time committing a batch's view writes and checkpoint",
+        runners.commit_seconds.clone(),
+    );
+    registry.register(
+        "projector_batches",
+        "Batches applied and committed",
+        runners.batches.clone(),
+    );
+    registry.register(
+        "projector_faults",
+        "Times a projector's runner faulted",
+        runners.faults.clone(),
+    );
+    registry.register(
+        "projector_skipped_events",
+        "Events skipped as dead letters under on_error=skip since Prism started",
+        runners.dead_letters.clone(),
+    );
     registry.register(
         "projector_checkpoint",
         "Last position a projector's view reflects",

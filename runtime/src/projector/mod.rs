@@ -6,10 +6,12 @@
 //! - [`catalog`]: what is deployed, persisted in `catalog.redb`, and the module files.
 
 pub mod catalog;
+mod metrics;
 mod registry;
 mod runner;
 mod verify;
 
+pub use metrics::{ProjectorLabels, ProjectorMetrics, RunnerMetrics};
 pub use registry::{
     DeployError, DeployMode, DeployOptions, Deployed, Generation, LifecycleError, ModuleSource,
     ProjectorHandle, Registry, RegistryError, RetryError,
@@ -238,6 +240,7 @@ pub fn replay_to(
         swap: Arc::default(),
         retries: Arc::new(Mutex::new(Some(Vec::new()))),
         hook: None,
+        metrics: RunnerMetrics::default(),
     };
     let code = runner::Code {
         module: module.clone(),

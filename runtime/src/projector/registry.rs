@@ -268,6 +268,7 @@ struct Inner {
     projectors: RwLock<BTreeMap<String, Arc<ProjectorHandle>>>,
     /// Serializes changes to deployments (compiling happens before, in parallel).
     changing: Mutex<()>,
+    metrics: super::ProjectorMetrics,
 }
 
 impl Registry {
@@ -289,6 +290,7 @@ impl Registry {
                 catalog,
                 projectors: RwLock::new(BTreeMap::new()),
                 changing: Mutex::new(()),
+                metrics: super::ProjectorMetrics::default(),
             }),
         };
         for (name, deployment) in deployments {
@@ -318,6 +320,11 @@ impl Registry {
     /// The event log the projectors follow.
     pub fn log(&self) -> &EventLog {
         &self.inner.log
+    }
+
+    /// What the projectors' runners have accumulated.
+    pub fn metrics(&self) -> &super::ProjectorMetrics {
+        &self.inner.metrics
     }
 
     /// The lines the projector `name`'s modules wrote with `host.log`, after `after` (a `seq`),
@@ -579,6 +586,7 @@ impl Registry {
         let dir = self.projector_dir(name);
         std::fs::remove_dir_all(&dir).map_err(|e| LifecycleError::Storage(e.to_string()))?;
         self.inner.engine.module_logs().remove(name);
+        self.inner.metrics.remove(name);
         tracing::info!(projector = name, "deleted");
         Ok(())
     }
@@ -961,6 +969,7 @@ impl Registry {
             swap: swap.clone(),
             retries: retries.clone(),
             hook: Some(self.hook(name, record.id, pending)),
+            metrics: self.inner.metrics.runner(name),
         };
         let thread = std::thread::Builder::new()
             .name(format!("prism-{name}-{}", record.id))

@@ -105,6 +105,7 @@ pub struct Runner {
     pub swap: SwapSlot,
     pub retries: RetryQueue,
     pub hook: Option<Hook>,
+    pub metrics: super::RunnerMetrics,
 }
 
 impl Runner {
@@ -119,6 +120,7 @@ impl Runner {
         });
         if let Err(fault) = self.follow(code, instance) {
             tracing::error!(error = %fault.message, position = fault.position, "projector faulted");
+            self.metrics.faults.inc();
             self.set(|s| {
                 s.state = State::Faulted;
                 s.error = Some(fault);
@@ -246,7 +248,12 @@ impl Runner {
                 view
             } else {
                 let _span = tracing::debug_span!("apply", events = batch.len(), last).entered();
-                match instance.apply(&batch, view) {
+                let started = Instant::now();
+                let applied = instance.apply(&batch, view);
+                self.metrics
+                    .apply_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                match applied {
                     (view, Ok(())) => {
                         if let Some(old) = previous.take() {
                             self.report(RunnerEvent::ReloadSucceeded {
@@ -282,9 +289,14 @@ impl Runner {
                 }
             };
             let durable = last_durable.elapsed() >= DURABLE_INTERVAL;
+            let started = Instant::now();
             self.store
                 .commit(&view.into_overlay(), last, durable, None)
                 .map_err(|e| fault(e.to_string()))?;
+            self.metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics.batches.inc();
             if durable {
                 last_durable = Instant::now();
             }
@@ -350,6 +362,7 @@ impl Runner {
             None => Err(failure),
             Some(_) => {
                 tracing::warn!(position, error = %failure, "skipped a failing event (dead letter)");
+                self.metrics.dead_letters.inc();
                 self.set(|s| s.dead_letters += 1);
                 Ok(checkpoint)
             }

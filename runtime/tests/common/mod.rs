@@ -48,6 +48,13 @@ impl Client {
         format!("{}{path}", self.base)
     }
 
+    /// `GET /metrics`, which must answer 200 with Prometheus text.
+    pub async fn metrics(&self) -> String {
+        let reply = self.http.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(reply.status(), 200);
+        reply.text().await.unwrap()
+    }
+
     async fn reply(response: reqwest::Response) -> Reply {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
