@@ -25,6 +25,43 @@ async fn event_counter_in_c_derives_the_same_view_as_its_rust_twin() {
     derives_exact_view("event-counter", common::artifacts::EVENT_COUNTER_C).await;
 }
 
+/// Side by side over the same history, the C and the Rust event-counter describe themselves
+/// alike (name, subscription, schema version) and write byte-identical views: `verify`'s
+/// digest is a sha256 over every key and raw value, in key order.
+#[tokio::test(flavor = "multi_thread")]
+async fn event_counter_in_c_describes_itself_and_writes_bytes_like_its_rust_twin() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = common::start(dir.path()).await;
+    client
+        .deploy("counter-rust", common::artifacts::EVENT_COUNTER)
+        .await;
+    client
+        .deploy("counter-c", common::artifacts::EVENT_COUNTER_C)
+        .await;
+    common::append_history(&client).await;
+    let rust = client.wait_caught_up("counter-rust").await;
+    let c = client.wait_caught_up("counter-c").await;
+    for field in ["code_name", "subscription", "schema_version", "checkpoint"] {
+        assert_eq!(c[field], rust[field], "{field}: C {c} / Rust {rust}");
+    }
+    assert_eq!(c["code_name"], "event-counter");
+    let digest = |name: &'static str| {
+        let client = client.clone();
+        async move {
+            let report = client
+                .post_raw(&format!("/projectors/{name}/verify"), "")
+                .await;
+            assert_eq!(report.status, 200, "{}", report.body);
+            assert_eq!(report.body["identical"], true, "{}", report.body);
+            report.body["live"].clone()
+        }
+    };
+    let (rust, c) = (digest("counter-rust").await, digest("counter-c").await);
+    assert_eq!(c, rust);
+    assert_eq!(c["entries"], 9);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn order_totals_survive_double_and_unknown_cancellations() {
     derives_exact_view("order-totals", common::artifacts::ORDER_TOTALS).await;

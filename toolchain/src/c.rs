@@ -67,21 +67,43 @@ impl CToolchain {
             return Ok(found);
         }
         bail!(
-            "no C compiler for wasm32 found (needed for the C example projectors). Install \
-             clang with wasm32 support, wasm-ld and wasi-libc, e.g. on Debian/Ubuntu \
+            "no C compiler for wasm32 found (needed for the C example projectors): {}. \
+             Install clang with wasm32 support, wasm-ld and wasi-libc, e.g. on Debian/Ubuntu \
              `apt-get install -y {}`; or point PRISM_CLANG, PRISM_WASM_LD and \
              PRISM_WASI_SYSROOT at a wasi-sdk.",
+            Self::missing(),
             C_DEBIAN_PACKAGES.join(" ")
         )
+    }
+
+    /// What [`CToolchain::installed`] did not find, for the error message.
+    fn missing() -> String {
+        let mut missing = Vec::new();
+        for (var, program) in [("PRISM_CLANG", "clang"), ("PRISM_WASM_LD", "wasm-ld")] {
+            if tool(var, program).is_none() {
+                missing.push(match std::env::var(var) {
+                    Ok(path) => format!("{var}={path} does not exist"),
+                    Err(_) => format!("no `{program}` on the PATH"),
+                });
+            }
+        }
+        let libc = libc(&sysroot());
+        if !libc.is_file() {
+            missing.push(format!("no wasi-libc ({} is missing)", libc.display()));
+        }
+        if missing.is_empty() {
+            missing.push(format!(
+                "clang cannot compile C for {C_TARGET} with wasi-libc's headers"
+            ));
+        }
+        missing.join(", ")
     }
 
     /// The toolchain, when all of its parts are installed and clang really compiles for wasm32.
     fn installed() -> Option<CToolchain> {
         let clang = tool("PRISM_CLANG", "clang")?;
         let wasm_ld = tool("PRISM_WASM_LD", "wasm-ld")?;
-        let sysroot = std::env::var_os("PRISM_WASI_SYSROOT")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEBIAN_WASI_SYSROOT));
+        let sysroot = sysroot();
         if !libc(&sysroot).is_file() {
             return None;
         }
@@ -258,6 +280,13 @@ pub fn check_imports(wasm: &[u8]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The wasi-libc sysroot: `PRISM_WASI_SYSROOT`, or where Debian's `wasi-libc` installs.
+fn sysroot() -> PathBuf {
+    std::env::var_os("PRISM_WASI_SYSROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEBIAN_WASI_SYSROOT))
 }
 
 /// wasi-libc's static library in `sysroot`.
