@@ -4,11 +4,12 @@
 //! |---|---|---|
 //! | admin | every `PUT`, `POST` and `DELETE` under `/projectors` (deploy, pause, resume, reset, delete, dead-letter actions) | admin |
 //! | write | `POST /streams/{stream}/events` | write, admin |
-//! | read | every `GET` but `/health` | read, write, admin |
+//! | read | every `GET` but `/health`, `/ready` and the dashboard page | read, write, admin |
 //!
 //! A role whose token is not configured is open (for write: when neither the write nor the
 //! admin token is set; for read: when no read token is set). `/health` and `/ready` are
-//! always open (for orchestrators' probes).
+//! always open (for orchestrators' probes), and so are `GET /` and `/dashboard/*`: the
+//! dashboard page holds no data, and asks for a token when the API needs one.
 
 use super::{ApiError, AppState};
 use axum::extract::{Request, State};
@@ -37,9 +38,11 @@ enum Role {
 }
 
 fn role(method: &Method, path: &str) -> Role {
-    if path == "/health" || path == "/ready" {
+    let read = method == Method::GET || method == Method::HEAD;
+    let dashboard = read && (path == "/" || path.starts_with(super::dashboard::ASSETS));
+    if path == "/health" || path == "/ready" || dashboard {
         Role::Open
-    } else if method == Method::GET || method == Method::HEAD {
+    } else if read {
         Role::Read
     } else if path.starts_with("/streams/") {
         Role::Write
@@ -140,6 +143,10 @@ mod tests {
     #[test]
     fn routes_map_to_roles() {
         assert_eq!(role(&Method::GET, "/health"), Role::Open);
+        assert_eq!(role(&Method::GET, "/"), Role::Open);
+        assert_eq!(role(&Method::GET, "/dashboard/app.js"), Role::Open);
+        assert_eq!(role(&Method::POST, "/"), Role::Admin);
+        assert_eq!(role(&Method::GET, "/streams"), Role::Read);
         assert_eq!(role(&Method::GET, "/projectors/p/view/k"), Role::Read);
         assert_eq!(role(&Method::POST, "/streams/s/events"), Role::Write);
         assert_eq!(role(&Method::PUT, "/projectors/p"), Role::Admin);

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `POST /streams/{stream}/events?expected_version=` | append a JSON array of events |
 //! | `GET /streams/{stream}?from=&limit=` | read a stream |
+//! | `GET /streams?after=&limit=` | stream names with their versions |
 //! | `PUT /projectors/{name}?config=&mode=&module=` | deploy a `.wasm` projector (body), or a stored module by hash |
 //! | `POST /projectors/{name}/pause`, `/resume`, `/reset` | lifecycle |
 //! | `DELETE /projectors/{name}` | stop and delete a projector and its views |
@@ -19,12 +20,14 @@
 //! | `GET /health` | liveness |
 //! | `GET /ready` | readiness: 503 while a projector is faulted or stalled |
 //! | `GET /metrics` | Prometheus text format |
+//! | `GET /` | the dashboard page (assets under `/dashboard/`) |
 //!
 //! Errors are JSON `{ "error": "..." }` with 400 (bad request), 401 (missing or wrong bearer
 //! token, see [`auth`]), 404 (unknown stream, projector or key), 408 (timeout), 409 (version
 //! conflict), 413 (body or batch too large), 415 (not Wasm) or 422 (not a valid projector).
 
 mod auth;
+mod dashboard;
 mod error;
 mod metrics;
 mod projectors;
@@ -97,6 +100,9 @@ impl AppState {
 /// The API's routes over `state`.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/dashboard/{file}", get(dashboard::asset))
+        .route("/streams", get(streams::list))
         .route(
             "/streams/{stream}/events",
             post(streams::append).layer(DefaultBodyLimit::max(MAX_APPEND_BODY)),

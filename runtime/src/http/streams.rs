@@ -159,3 +159,40 @@ pub fn event_json(e: &RecordedEvent) -> Value {
         "metadata": serde_json::from_slice::<Value>(&e.metadata).unwrap_or(Value::Null),
     })
 }
+
+#[derive(Deserialize)]
+pub struct ListParams {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /streams?after=&limit=`: stream names in order with their versions; `next` is the
+/// `after` of the following page, or null at the end.
+pub async fn list(
+    State(state): State<AppState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(params) = params?;
+    let limit = params.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_READ {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1 to {MAX_READ}"
+        )));
+    }
+    let log = state.log.clone();
+    // One extra stream tells whether another page follows.
+    let mut streams =
+        tokio::task::spawn_blocking(move || log.streams(params.after.as_deref(), limit + 1))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
+    let next = (streams.len() > limit).then(|| {
+        streams.truncate(limit);
+        streams[limit - 1].0.clone()
+    });
+    let streams: Vec<Value> = streams
+        .into_iter()
+        .map(|(stream, version)| json!({ "stream": stream, "version": version }))
+        .collect();
+    Ok(Json(json!({ "streams": streams, "next": next })))
+}

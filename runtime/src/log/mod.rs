@@ -280,6 +280,28 @@ impl EventLog {
             .map_or(0, |v| v.value()))
     }
 
+    /// Up to `max` stream names after `after` (all when `None`), in name order, with their
+    /// versions.
+    pub fn streams(
+        &self,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<(String, u64)>, ReadError> {
+        use std::ops::Bound;
+        let streams = self.read_table(STREAMS)?;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut out = Vec::new();
+        for row in streams
+            .range::<&str>((start, Bound::Unbounded))
+            .map_err(redb::Error::from)?
+            .take(max)
+        {
+            let (name, version) = row.map_err(redb::Error::from)?;
+            out.push((name.value().to_string(), version.value()));
+        }
+        Ok(out)
+    }
+
     /// Reads up to `max` events of `stream`, from stream version `from` on.
     pub fn read_stream(
         &self,
