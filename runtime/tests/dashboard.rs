@@ -5,8 +5,9 @@
 //! they are missing, this test installs them with apt-get (as root); when it cannot, it fails
 //! and says what to install. It never skips.
 //!
-//! It saves a screenshot to `target/test-artifacts/dashboard.png` (under `CARGO_TARGET_DIR`
-//! when that is set), or `dashboard-failure.png` when a check fails.
+//! It saves screenshots to `target/test-artifacts/` (under `CARGO_TARGET_DIR` when that is
+//! set): `dashboard.png`, `dashboard-token.png` (asking for a token), and
+//! `dashboard-failure.png` when a check fails.
 
 mod common;
 
@@ -95,6 +96,16 @@ async fn the_dashboard_shows_projectors_views_and_streams_live() {
         refused.status, 401,
         "the guarded Prism refuses reads without a token"
     );
+    for open in ["/", "/dashboard/app.js", "/dashboard/style.css"] {
+        let reply = guarded_client
+            .http
+            .get(guarded_client.url(open))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 200, "GET {open} needs no token");
+    }
+    assert_eq!(guarded_client.get("/dashboard/nope.js").await.status, 404);
 
     let started = Instant::now();
     let driver = Chromedriver::start();
@@ -295,8 +306,17 @@ async fn check_dashboard(
         bail!("the first event of account-a1 shows {opened}");
     }
 
-    // Live: append 30 more events; every checkpoint on the page follows without a reload.
-    let new_head = common::append_many(client, "clicks-1", "Clicked", 30, 10).await;
+    // Live: append 40 more events; every checkpoint on the page follows without a reload.
+    // (30 in one stream to page through it, one each in ten new categories so that
+    // event-counter's view spans two pages.)
+    common::append_many(client, "clicks-1", "Clicked", 30, 10).await;
+    let mut new_head = 0;
+    for i in 0..10 {
+        let event = json!([{"type": "Visited", "data": {"i": i}}]);
+        new_head = client.append(&format!("k{i}-1"), event).await["last_position"]
+            .as_u64()
+            .unwrap();
+    }
     for name in EXAMPLES {
         let card = format!("article[data-projector='{name}']");
         wait_text(browser, &format!("{card} .checkpoint"), |t| {
@@ -306,6 +326,11 @@ async fn check_dashboard(
         wait_text(browser, &format!("{card} .state"), |t| t == "live").await?;
     }
     wait_text(browser, "#head", |t| shown_number(t) == Some(new_head)).await?;
+    // The new streams join the stream list by themselves.
+    wait_text(browser, "#stream-list li[data-stream='k9-1']", |t| {
+        t.split_whitespace().eq(["k9-1", "1"])
+    })
+    .await?;
 
     // The new stream, read by name and paged with the `next` cursor.
     let name = browser.find(Locator::Css("#stream-name")).await?;
@@ -336,7 +361,7 @@ async fn check_dashboard(
         bail!("Next stays enabled on the last page");
     }
 
-    // A last look for the screenshot: event-counter's whole view, and account-a1.
+    // event-counter's whole view, in two pages (the scan's `next` cursor), as the API has it.
     browser
         .find(Locator::Css("#view-projector"))
         .await?
@@ -354,6 +379,75 @@ async fn check_dashboard(
         .await?;
     wait_text(browser, "#view-rows tr[data-key='total'] pre", |t| {
         shown_number(t) == Some(new_head)
+    })
+    .await?;
+    let first = client
+        .get("/projectors/event-counter/view?limit=20")
+        .await
+        .body;
+    let api_keys = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| item["key"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let cursor = first["next"].as_str().context("the view spans two pages")?;
+    let second = client
+        .get(&format!(
+            "/projectors/event-counter/view?limit=20&after={cursor}"
+        ))
+        .await
+        .body;
+    let shown = texts(browser, "#view-rows td.col-key").await?;
+    if shown != api_keys(&first) {
+        bail!("page 1 of event-counter shows {shown:?}, the API {first}");
+    }
+    browser
+        .find(Locator::Css("#view-next"))
+        .await?
+        .click()
+        .await?;
+    wait_text(browser, "#view-page", |t| t == "page 2").await?;
+    let shown = texts(browser, "#view-rows td.col-key").await?;
+    if shown != api_keys(&second) || second["next"] != Value::Null {
+        bail!("page 2 of event-counter shows {shown:?}, the API {second}");
+    }
+    if browser
+        .find(Locator::Css("#view-next"))
+        .await?
+        .is_enabled()
+        .await?
+    {
+        bail!("Next stays enabled on the view's last page");
+    }
+    browser
+        .find(Locator::Css("#view-prev"))
+        .await?
+        .click()
+        .await?;
+    wait_text(browser, "#view-page", |t| t == "page 1").await?;
+    wait_text(
+        browser,
+        "#view-rows tr[data-key='category/account'] pre",
+        |t| t == "8",
+    )
+    .await?;
+
+    // A last look for the screenshot: order-totals' whole view, and account-a1's events.
+    browser
+        .find(Locator::Css("#view-projector"))
+        .await?
+        .select_by_value("order-totals")
+        .await?;
+    browser
+        .find(Locator::Css("#view-form button[type=submit]"))
+        .await?
+        .click()
+        .await?;
+    wait_text(browser, "#view-rows tr[data-key='stats'] pre", |t| {
+        t.contains("\"ignored\": 3")
     })
     .await?;
     browser
@@ -380,6 +474,8 @@ async fn check_token_flow(browser: &Browser, client: &common::Client) -> Result<
     {
         bail!("the token panel is not shown after a 401");
     }
+    let path = artifact("dashboard-token.png");
+    std::fs::write(&path, browser.screenshot().await?)?;
     let input = browser.find(Locator::Css("#token-input")).await?;
     input.clear().await?;
     input.send_keys("let-me-read").await?;

@@ -173,6 +173,11 @@ function setConnection(kind, text) {
 
 function renderProjectors({ head, projectors: list }) {
   $("head").textContent = number(head);
+  // New events may be in new streams: refresh the list (unless the user paged it further).
+  if (head !== stream.head && !stream.listExpanded && Date.now() - stream.listAt >= 2000) {
+    stream.head = head;
+    loadStreamList(false);
+  }
   $("projector-count").textContent = list.length === 1 ? "1 projector" : `${list.length} projectors`;
   $("no-projectors").hidden = list.length > 0;
   const now = Date.now();
@@ -507,12 +512,11 @@ function setupView() {
 // ---------------------------------------------------------------------------------------------
 // Stream browser
 
-const stream = { name: "", from: 1, history: [], highlight: null, listAfter: null };
+const stream = { name: "", from: 1, highlight: null, listAfter: null, listExpanded: false, listAt: 0, head: null };
 
 function openStream(name, from, highlight) {
   $("stream-name").value = name;
   $("stream-from").value = from;
-  stream.history = [];
   stream.highlight = highlight ?? null;
   readStream(name, from);
   $("stream-browser").scrollIntoView({ behavior: "smooth", block: "start" });
@@ -592,6 +596,8 @@ async function loadStreamList(more) {
       ),
     ),
   );
+  stream.listExpanded = more;
+  stream.listAt = Date.now();
   if (more) $("stream-list").append(...items);
   else $("stream-list").replaceChildren(...items);
   stream.listAfter = body.next;
@@ -634,7 +640,3 @@ setupView();
 setupStreams();
 loadStreamList(false);
 poll();
-// New streams appear in the list without a reload.
-setInterval(() => {
-  if (!stream.listAfter) loadStreamList(false);
-}, 10_000);
