@@ -43,6 +43,7 @@ pub struct Server {
     addr: SocketAddr,
     registry: Registry,
     shutdown: oneshot::Sender<()>,
+    closing: tokio::sync::watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
 }
 
@@ -66,12 +67,14 @@ impl Server {
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let closing = tokio::sync::watch::Sender::new(false);
         let app = router(AppState {
             log,
             registry: registry.clone(),
             limits: config.limits,
             tokens: config.tokens.clone(),
             metrics: crate::http::Metrics::default(),
+            closing: closing.subscribe(),
         });
         if !addr.ip().is_loopback() && config.tokens.admin.is_none() {
             tracing::warn!(%addr, "listening beyond loopback without an admin token: anyone who can reach this address can deploy and delete projectors (set --admin-token)");
@@ -89,6 +92,7 @@ impl Server {
             addr,
             registry,
             shutdown,
+            closing,
             http,
         })
     }
@@ -106,6 +110,7 @@ impl Server {
     /// Stops serving, then stops every projector (each makes its view durable).
     pub async fn stop(self) {
         let _ = self.shutdown.send(());
+        self.closing.send_replace(true);
         let _ = self.http.await;
         let registry = self.registry;
         let _ = tokio::task::spawn_blocking(move || registry.shutdown()).await;

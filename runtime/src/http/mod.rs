@@ -11,6 +11,8 @@
 //! | `GET /projectors` | list projectors with status |
 //! | `GET /projectors/{name}` | one projector's status (with rebuild progress) |
 //! | `GET /projectors/{name}/dead-letters` | events skipped under `on_error=skip` |
+//! | `GET /projectors/{name}/logs?after=&limit=` | the last lines the projector logged |
+//! | `GET /projectors/{name}/changes?prefix=` | view changes as Server-Sent Events (`Last-Event-ID` resumes) |
 //! | `DELETE /projectors/{name}/dead-letters/{position}` | discard a dead letter |
 //! | `POST /projectors/{name}/dead-letters/{position}/retry` | apply it again with the current code |
 //! | `POST /projectors/{name}/verify` | replay from scratch and compare with the live view |
@@ -27,6 +29,7 @@
 //! conflict), 413 (body or batch too large), 415 (not Wasm) or 422 (not a valid projector).
 
 mod auth;
+mod changes;
 mod dashboard;
 mod error;
 mod metrics;
@@ -63,6 +66,8 @@ pub struct AppState {
     pub limits: Limits,
     pub tokens: Tokens,
     pub metrics: Metrics,
+    /// Becomes `true` when Prism starts shutting down: long-lived answers (change streams) end.
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Request limits.
@@ -121,6 +126,8 @@ pub fn router(state: AppState) -> Router {
         .route("/projectors/{name}/reset", post(p::reset))
         .route("/projectors/{name}/verify", post(p::verify))
         .route("/projectors/{name}/dead-letters", get(p::dead_letters))
+        .route("/projectors/{name}/logs", get(p::logs))
+        .route("/projectors/{name}/changes", get(changes::changes))
         .route(
             "/projectors/{name}/dead-letters/{position}",
             axum::routing::delete(p::discard_dead_letter),

@@ -141,19 +141,22 @@ pub async fn scan(
     let items: Vec<Value> = entries
         .iter()
         .take(limit)
-        .map(
-            |(key, value)| match serde_json::from_slice::<Value>(value) {
-                Ok(value) => json!({ "key": key, "value": value }),
-                Err(_) => json!({
-                    "key": key,
-                    "value_base64": base64::engine::general_purpose::STANDARD.encode(value),
-                }),
-            },
-        )
+        .map(|(key, value)| entry_json(key, value))
         .collect();
     let next = more.then(|| entries[limit - 1].0.clone());
     let body = Json(json!({ "items": items, "next": next }));
     Ok((provenance(&generation, &snapshot), body).into_response())
+}
+
+/// `{"key", "value"}` for a JSON value, `{"key", "value_base64"}` for any other bytes.
+pub(super) fn entry_json(key: &str, value: &[u8]) -> Value {
+    match serde_json::from_slice::<Value>(value) {
+        Ok(value) => json!({ "key": key, "value": value }),
+        Err(_) => json!({
+            "key": key,
+            "value_base64": base64::engine::general_purpose::STANDARD.encode(value),
+        }),
+    }
 }
 
 /// Runs a read on a fresh snapshot of a generation's view, off the async executor.

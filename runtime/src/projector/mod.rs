@@ -6,11 +6,13 @@
 //! - [`catalog`]: what is deployed, persisted in `catalog.redb`, and the module files.
 
 pub mod catalog;
+mod changes;
 mod metrics;
 mod registry;
 mod runner;
 mod verify;
 
+pub use changes::{ChangeBatch, ChangeFeed, Since};
 pub use metrics::{ProjectorLabels, ProjectorMetrics, RunnerMetrics};
 pub use registry::{
     DeployError, DeployMode, DeployOptions, Deployed, Generation, LifecycleError, ModuleSource,
@@ -241,6 +243,7 @@ pub fn replay_to(
         retries: Arc::new(Mutex::new(Some(Vec::new()))),
         hook: None,
         metrics: RunnerMetrics::default(),
+        changes: None,
     };
     let code = runner::Code {
         module: module.clone(),

@@ -158,6 +158,8 @@ pub struct Generation {
     swap: SwapSlot,
     retries: RetryQueue,
     checkpoints: watch::Sender<u64>,
+    /// Its recent view changes, for live subscribers.
+    pub changes: Arc<super::ChangeFeed>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -200,6 +202,7 @@ impl Generation {
         if let Some(thread) = self.thread.lock().expect("thread lock").take() {
             let _ = thread.join();
         }
+        self.changes.close();
     }
 }
 
@@ -550,6 +553,7 @@ impl Registry {
         if !serving.running() {
             let restarted = self.restart(name, &serving, false)?;
             projector.slots.write().expect("slots lock").serving = restarted;
+            serving.changes.close();
         }
         if let Some(pending) = projector.pending().filter(|p| !p.running()) {
             let restarted = self.restart(name, &pending, true)?;
@@ -926,6 +930,7 @@ impl Registry {
                     swap: Arc::default(),
                     retries: Arc::default(),
                     checkpoints: watch::channel(checkpoint).0,
+                    changes: Arc::new(super::ChangeFeed::new(checkpoint)),
                     thread: Mutex::new(None),
                 })
             }
@@ -951,6 +956,7 @@ impl Registry {
         let swap = SwapSlot::default();
         let retries: RetryQueue = Arc::new(Mutex::new(Some(Vec::new())));
         let (checkpoints, _) = watch::channel(checkpoint);
+        let changes = Arc::new(super::ChangeFeed::new(checkpoint));
         let descriptor = Mutex::new(Some(instance.descriptor().clone()));
         let code = Code {
             module: module.clone(),
@@ -970,6 +976,7 @@ impl Registry {
             retries: retries.clone(),
             hook: Some(self.hook(name, record.id, pending)),
             metrics: self.inner.metrics.runner(name),
+            changes: Some(changes.clone()),
         };
         let thread = std::thread::Builder::new()
             .name(format!("prism-{name}-{}", record.id))
@@ -986,6 +993,7 @@ impl Registry {
             swap,
             retries,
             checkpoints,
+            changes,
             thread: Mutex::new(Some(thread)),
         })
     }

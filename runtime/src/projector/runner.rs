@@ -106,6 +106,8 @@ pub struct Runner {
     pub retries: RetryQueue,
     pub hook: Option<Hook>,
     pub metrics: super::RunnerMetrics,
+    /// Where each commit's changes go (`None`: nobody can subscribe, as in verification).
+    pub changes: Option<Arc<super::ChangeFeed>>,
 }
 
 impl Runner {
@@ -290,9 +292,13 @@ impl Runner {
             };
             let durable = last_durable.elapsed() >= DURABLE_INTERVAL;
             let started = Instant::now();
+            let overlay = view.into_overlay();
             self.store
-                .commit(&view.into_overlay(), last, durable, None)
+                .commit(&overlay, last, durable, None)
                 .map_err(|e| fault(e.to_string()))?;
+            if let Some(feed) = &self.changes {
+                feed.publish(last, overlay);
+            }
             self.metrics
                 .commit_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -351,9 +357,13 @@ impl Runner {
                 (position, Some(letter))
             }
         };
+        let overlay = view.into_overlay();
         self.store
-            .commit(&view.into_overlay(), checkpoint, true, letter.as_ref())
+            .commit(&overlay, checkpoint, true, letter.as_ref())
             .map_err(|e| fault(e.to_string()))?;
+        if let Some(feed) = &self.changes {
+            feed.publish(checkpoint, overlay);
+        }
         self.set(|s| {
             s.checkpoint = checkpoint;
             s.events_applied += index as u64;
