@@ -27,6 +27,7 @@
 pub mod config;
 pub mod engine;
 pub mod http;
+pub mod kit;
 pub mod log;
 pub mod projector;
 pub mod server;

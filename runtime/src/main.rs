@@ -26,6 +26,44 @@ enum Command {
     /// Settings come from defaults, then a TOML file (`--config`, else `./prism.toml` when it
     /// exists), then `PRISM_...` environment variables, then flags.
     Serve(Box<ServeArgs>),
+    /// Create a projector crate NAME: Cargo.toml against the guest SDK, a commented example,
+    /// sample events (fixtures/events.jsonl) and the view they give (fixtures/expected.json).
+    New {
+        /// The crate's name (lowercase letters, digits, '-', '_').
+        name: String,
+        /// Where to create it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The guest SDK's directory [default: the one this `prism` was built from].
+        #[arg(long, env = "PRISM_GUEST_SDK")]
+        sdk: Option<PathBuf>,
+    },
+    /// Build the projector crate in DIR to a deployable component (target/prism/NAME.wasm),
+    /// finding a Wasm toolchain (rustup's target, else Debian's rustc-web, installed when it can).
+    Build {
+        /// The crate's directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Run a projector over FIXTURE (one JSON event per line: {"stream", "type", "data",
+    /// "metadata"?}) with Prism's real runtime, no server, and print the resulting view; with
+    /// --expect, compare it with a JSON file and exit 1 on any difference.
+    Test {
+        /// The events, one JSON object per line.
+        fixture: PathBuf,
+        /// The view the events must give (a JSON object of key → value).
+        #[arg(long)]
+        expect: Option<PathBuf>,
+        /// A built `.wasm` to run [default: build the crate in --dir first].
+        #[arg(long)]
+        wasm: Option<PathBuf>,
+        /// The crate to build when no --wasm is given.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The configuration string passed to the projector's `init`.
+        #[arg(long, default_value = "")]
+        config: String,
+    },
     /// Check a data dir (with Prism stopped): damaged view files are moved aside and rebuilt
     /// from the log at the next start; a damaged log or catalog is reported (restore a backup).
     Repair {
@@ -336,6 +374,33 @@ fn init_tracing(format: LogFormat) {
 async fn run(command: Command) -> Result<()> {
     match command {
         Command::Serve(_) => unreachable!("handled in main"),
+        Command::New { name, dir, sdk } => {
+            let sdk = sdk.unwrap_or_else(|| PathBuf::from(prism::kit::BUILT_SDK_DIR));
+            let root = prism::kit::new_project(&name, &dir, &sdk)?;
+            println!("created {}", root.display());
+            println!(
+                "next: cd {} && prism build && prism test fixtures/events.jsonl --expect fixtures/expected.json",
+                root.display()
+            );
+            Ok(())
+        }
+        Command::Build { dir } => {
+            let built = tokio::task::spawn_blocking(move || prism::kit::build(&dir)).await??;
+            println!(
+                "built {} ({} bytes, module {})",
+                built.wasm.display(),
+                built.bytes,
+                built.hash
+            );
+            Ok(())
+        }
+        Command::Test {
+            fixture,
+            expect,
+            wasm,
+            dir,
+            config,
+        } => test_projector(&fixture, expect.as_deref(), wasm, dir, &config).await,
         Command::Repair { data_dir } => {
             let repairs = prism::server::repair(&data_dir)?;
             if repairs.is_empty() {
@@ -529,6 +594,71 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Ls { server } => ls(&server).await,
     }
+}
+
+/// `prism test`: runs the projector over the fixture and prints the view (and any difference
+/// from the expected view, which fails the command).
+async fn test_projector(
+    fixture: &std::path::Path,
+    expect: Option<&std::path::Path>,
+    wasm: Option<PathBuf>,
+    dir: PathBuf,
+    config: &str,
+) -> Result<()> {
+    let events = prism::kit::read_fixture(fixture)?;
+    let expected = expect
+        .map(|path| -> Result<serde_json::Map<String, Value>> {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("{} must be a JSON object of key → value", path.display()))
+        })
+        .transpose()?;
+    let wasm = match wasm {
+        Some(path) => path,
+        None => {
+            let built = tokio::task::spawn_blocking(move || prism::kit::build(&dir)).await??;
+            eprintln!("built {}", built.wasm.display());
+            built.wasm
+        }
+    };
+    let bytes = std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
+    let count = events.len();
+    let name = wasm.file_stem().and_then(|s| s.to_str()).unwrap_or("test");
+    let view = match prism::kit::run_fixture(name, &bytes, events, config).await? {
+        prism::kit::Outcome::View(view) => view,
+        prism::kit::Outcome::Faulted {
+            message,
+            position,
+            view,
+        } => {
+            println!("{}", serde_json::to_string_pretty(&view)?);
+            let at = position.map_or_else(String::new, |p| format!(" at event {p} (line order)"));
+            bail!("the projector failed{at}: {message}");
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&view)?);
+    let Some((path, expected)) = expect.zip(expected) else {
+        eprintln!("{count} events applied; {} keys in the view", view.len());
+        return Ok(());
+    };
+    let differences = prism::kit::diff(&expected, &view);
+    if differences.is_empty() {
+        eprintln!(
+            "ok: {count} events applied; the view matches {} ({} keys)",
+            path.display(),
+            view.len()
+        );
+        return Ok(());
+    }
+    for line in &differences {
+        eprintln!("{line}");
+    }
+    bail!(
+        "the view differs from {} in {} keys",
+        path.display(),
+        differences.len()
+    )
 }
 
 async fn serve_until_signal(config: ServerConfig) -> Result<()> {

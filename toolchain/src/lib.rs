@@ -169,6 +169,42 @@ pub fn build_workspace(
     Ok(artifacts)
 }
 
+/// Builds the one projector crate at `dir` (a package named `name`, its own workspace; a
+/// missing `Cargo.lock` is created) into `target_dir`, and returns its core module.
+pub fn build_package(
+    toolchain: &Toolchain,
+    dir: &Path,
+    target_dir: &Path,
+    name: &str,
+) -> Result<Artifact> {
+    let status = toolchain
+        .cargo_build()
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", target_dir)
+        .status()
+        .with_context(|| format!("running cargo for {}", dir.display()))?;
+    if !status.success() {
+        bail!(
+            "building {} failed ({status}) with {toolchain:?}",
+            dir.display()
+        );
+    }
+    let core_module = target_dir
+        .join(TARGET)
+        .join("release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    if !core_module.is_file() {
+        bail!(
+            "cargo built no {} (is the crate a `cdylib`?)",
+            core_module.display()
+        );
+    }
+    Ok(Artifact {
+        name: name.to_string(),
+        core_module,
+    })
+}
+
 /// Turns a core module with wit-bindgen's embedded component type into a component.
 pub fn componentize(core_module: &[u8]) -> Result<Vec<u8>> {
     wit_component::ComponentEncoder::default()
