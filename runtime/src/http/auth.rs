@@ -4,12 +4,13 @@
 //! |---|---|---|
 //! | admin | every `PUT`, `POST` and `DELETE` under `/projectors` (deploy, pause, resume, reset, delete, dead-letter actions) | admin |
 //! | write | `POST /streams/{stream}/events` | write, admin |
-//! | read | every `GET` but `/health`, `/ready` and the dashboard page | read, write, admin |
+//! | read | every `GET` but `/health`, `/ready`, `/openapi.json` and the dashboard page | read, write, admin |
 //!
 //! A role whose token is not configured is open (for write: when neither the write nor the
 //! admin token is set; for read: when no read token is set). `/health` and `/ready` are
-//! always open (for orchestrators' probes), and so are `GET /` and `/dashboard/*`: the
-//! dashboard page holds no data, and asks for a token when the API needs one.
+//! always open (for orchestrators' probes), and so are `GET /openapi.json` (the API's
+//! description), `GET /` and `/dashboard/*`: the dashboard page holds no data, and asks for a
+//! token when the API needs one. `/openapi.json` states each route's role from [`role`].
 
 use super::{ApiError, AppState};
 use axum::extract::{Request, State};
@@ -29,18 +30,21 @@ pub struct Tokens {
     pub read: Option<String>,
 }
 
+/// Which token a route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
+pub(super) enum Role {
     Open,
     Read,
     Write,
     Admin,
 }
 
-fn role(method: &Method, path: &str) -> Role {
+/// The role a request needs (`path` may be a route template such as `/streams/{stream}`).
+pub(super) fn role(method: &Method, path: &str) -> Role {
     let read = method == Method::GET || method == Method::HEAD;
     let dashboard = read && (path == "/" || path.starts_with(super::dashboard::ASSETS));
-    if path == "/health" || path == "/ready" || dashboard {
+    let open = path == "/health" || path == "/ready" || (read && path == "/openapi.json");
+    if open || dashboard {
         Role::Open
     } else if read {
         Role::Read
@@ -145,6 +149,8 @@ mod tests {
         assert_eq!(role(&Method::GET, "/health"), Role::Open);
         assert_eq!(role(&Method::GET, "/"), Role::Open);
         assert_eq!(role(&Method::GET, "/dashboard/app.js"), Role::Open);
+        assert_eq!(role(&Method::GET, "/openapi.json"), Role::Open);
+        assert_eq!(role(&Method::POST, "/openapi.json"), Role::Admin);
         assert_eq!(role(&Method::POST, "/"), Role::Admin);
         assert_eq!(role(&Method::GET, "/streams"), Role::Read);
         assert_eq!(role(&Method::GET, "/projectors/p/view/k"), Role::Read);

@@ -29,16 +29,47 @@ use serde_json::json;
 use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::sync::mpsc;
+use utoipa::IntoParams;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeParams {
+    /// Only changes of keys starting with this (default: every key).
     #[serde(default)]
     prefix: String,
+    /// Resume after this event id, `<generation>-<position>` (for clients that cannot send the
+    /// `Last-Event-ID` header; the header wins).
     last_event_id: Option<String>,
 }
 
 /// `GET /projectors/{name}/changes?prefix=&last_event_id=`.
+#[utoipa::path(
+    get,
+    path = "/projectors/{name}/changes",
+    tag = "views",
+    params(
+        ("name" = String, Path, description = "The projector's name."),
+        ChangeParams,
+        ("Last-Event-ID" = Option<String>, Header,
+            description = "Resume after this event id, `<generation>-<position>`."),
+    ),
+    responses(
+        (status = 200, description = "Server-Sent Events, until the client leaves, the projector \
+            is deleted or Prism shuts down. `event: change`, `data: {\"position\", \"key\", \
+            \"value\" | \"value_base64\" | \"deleted\": true}`: a key's new value as of the commit \
+            at `position` (a commit's last change carries the id `<generation>-<position>`); \
+            `event: subscribed`, `data: {\"generation\", \"checkpoint\"}`: the first event without \
+            `Last-Event-ID`; `event: reset`, `data: {\"reason\", \"generation\", \"checkpoint\"}`: \
+            re-read the view, the stream goes on from `checkpoint`; `event: deleted`: the \
+            projector was deleted, the stream ends. A commit with no change under `prefix` sends \
+            only its id.",
+            content_type = "text/event-stream", body = String),
+        (status = 400, description = "A bad `Last-Event-ID` or an unknown query parameter.",
+            body = super::ErrorBody),
+        (status = 404, description = "No such projector.", body = super::ErrorBody),
+    ),
+)]
 pub async fn changes(
     State(state): State<AppState>,
     Path(name): Path<String>,

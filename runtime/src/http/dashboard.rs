@@ -21,11 +21,31 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
                    connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// `GET /`: the dashboard page.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "dashboard",
+    responses((status = 200, description = "The dashboard page.",
+        content_type = "text/html; charset=utf-8", body = String)),
+)]
 pub async fn index() -> Response {
     serve("text/html; charset=utf-8", INDEX)
 }
 
 /// `GET /dashboard/{file}`: the page's script and stylesheet.
+#[utoipa::path(
+    get,
+    path = "/dashboard/{file}",
+    tag = "dashboard",
+    params(("file" = String, Path, description = "`app.js` or `style.css`.")),
+    responses(
+        (status = 200, description = "The asset.", content(
+            (String = "text/javascript; charset=utf-8"),
+            (String = "text/css; charset=utf-8"),
+        )),
+        (status = 404, description = "No such asset.", body = super::ErrorBody),
+    ),
+)]
 pub async fn asset(Path(file): Path<String>) -> Response {
     match file.as_str() {
         "app.js" => serve("text/javascript; charset=utf-8", APP_JS),

@@ -42,6 +42,24 @@ impl ApiError {
         )
     }
 
+    /// An error whose JSON body is `body` (which has an `error` message and details).
+    pub fn detailed(status: StatusCode, body: &impl serde::Serialize) -> Self {
+        let mut details = match serde_json::to_value(body) {
+            Ok(Value::Object(details)) => details,
+            Ok(other) => return Self::internal(format!("an error body is not an object: {other}")),
+            Err(e) => return Self::internal(e),
+        };
+        let message = match details.remove("error") {
+            Some(Value::String(message)) => message,
+            _ => String::new(),
+        };
+        ApiError {
+            status,
+            message,
+            details,
+        }
+    }
+
     /// Adds a field to the JSON body.
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.details.insert(key.to_string(), value.into());

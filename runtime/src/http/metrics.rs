@@ -79,6 +79,18 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
 }
 
 /// `GET /metrics`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus metrics in the OpenMetrics text format: HTTP \
+            requests, appends, the log head, and per projector its checkpoint, lag, state, \
+            generation, events applied, dead letters, apply and commit times.",
+            content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String),
+        (status = 500, description = "The metrics could not be encoded.", body = super::ErrorBody),
+    ),
+)]
 pub async fn scrape(State(state): State<AppState>) -> Response {
     let mut registry = Registry::with_prefix("prism");
     let metrics = &state.metrics;

@@ -22,17 +22,28 @@
 //! | `GET /health` | liveness |
 //! | `GET /ready` | readiness: 503 while a projector is faulted or stalled |
 //! | `GET /metrics` | Prometheus text format |
+//! | `GET /openapi.json` | this API's OpenAPI 3.1 description (no token needed) |
 //! | `GET /` | the dashboard page (assets under `/dashboard/`) |
 //!
 //! Errors are JSON `{ "error": "..." }` with 400 (bad request), 401 (missing or wrong bearer
 //! token, see [`auth`]), 404 (unknown stream, projector or key), 408 (timeout), 409 (version
 //! conflict), 413 (body or batch too large), 415 (not Wasm) or 422 (not a valid projector).
+//!
+//! `GET /openapi.json` describes every route above, generated from the code ([`openapi()`],
+//! utoipa): each handler carries a `#[utoipa::path]` with its parameters, request body and
+//! responses, and [`api`] registers every route with utoipa-axum's `routes!`, which takes the
+//! path and methods from that attribute, so a route cannot be served without being described.
+//! Response schemas are the `ToSchema` structs the handlers serialize. Each operation's bearer
+//! requirement (and 401) comes from [`auth`]'s roles, and every operation can answer 408.
+//! `tests/openapi.rs` checks that the description lists exactly the served routes and that
+//! real answers validate against it.
 
 mod auth;
 mod changes;
 mod dashboard;
 mod error;
 mod metrics;
+mod openapi;
 mod projectors;
 mod streams;
 mod views;
@@ -40,14 +51,16 @@ mod views;
 pub use auth::Tokens;
 pub use error::ApiError;
 pub use metrics::Metrics;
+pub use openapi::{ErrorBody, openapi};
 
 use crate::log::EventLog;
 use crate::projector::{ProjectorHandle, Registry};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
 use projectors as p;
 use std::sync::Arc;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 /// Largest append request body.
 pub const MAX_APPEND_BODY: usize = 16 << 20;
@@ -102,49 +115,56 @@ impl AppState {
     }
 }
 
+/// Every route, each registered with its description (`routes!` reads the path and methods
+/// from the handler's `#[utoipa::path]`): a route cannot be served without being in
+/// `/openapi.json`. Register routes nowhere else.
+pub(crate) fn api(limits: Limits) -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(dashboard::index))
+        .routes(routes!(dashboard::asset))
+        .routes(routes!(streams::list))
+        .routes(routes!(streams::append).layer(DefaultBodyLimit::max(MAX_APPEND_BODY)))
+        .routes(routes!(streams::read))
+        .routes(routes!(p::list))
+        .routes(
+            routes!(p::show, p::deploy, p::delete)
+                .layer(DefaultBodyLimit::max(limits.max_module_bytes)),
+        )
+        .routes(routes!(p::pause))
+        .routes(routes!(p::resume))
+        .routes(routes!(p::reset))
+        .routes(routes!(p::verify))
+        .routes(routes!(p::dead_letters))
+        .routes(routes!(p::logs))
+        .routes(routes!(changes::changes))
+        .routes(routes!(p::discard_dead_letter))
+        .routes(routes!(p::retry_dead_letter))
+        .routes(routes!(p::modules))
+        .routes(routes!(views::scan))
+        .routes(routes!(views::get))
+        .routes(routes!(p::ready))
+        .routes(routes!(metrics::scrape))
+        .routes(routes!(health))
+        .routes(routes!(openapi::spec))
+}
+
+/// `GET /health`: liveness.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    responses((status = 200, description = "Prism is up.", body = openapi::Health)),
+)]
+async fn health() -> axum::Json<openapi::Health> {
+    axum::Json(openapi::Health {
+        status: "ok".into(),
+    })
+}
+
 /// The API's routes over `state`.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(dashboard::index))
-        .route("/dashboard/{file}", get(dashboard::asset))
-        .route("/streams", get(streams::list))
-        .route(
-            "/streams/{stream}/events",
-            post(streams::append).layer(DefaultBodyLimit::max(MAX_APPEND_BODY)),
-        )
-        .route("/streams/{stream}", get(streams::read))
-        .route("/projectors", get(p::list))
-        .route(
-            "/projectors/{name}",
-            get(p::show)
-                .put(p::deploy)
-                .delete(p::delete)
-                .layer(DefaultBodyLimit::max(state.limits.max_module_bytes)),
-        )
-        .route("/projectors/{name}/pause", post(p::pause))
-        .route("/projectors/{name}/resume", post(p::resume))
-        .route("/projectors/{name}/reset", post(p::reset))
-        .route("/projectors/{name}/verify", post(p::verify))
-        .route("/projectors/{name}/dead-letters", get(p::dead_letters))
-        .route("/projectors/{name}/logs", get(p::logs))
-        .route("/projectors/{name}/changes", get(changes::changes))
-        .route(
-            "/projectors/{name}/dead-letters/{position}",
-            axum::routing::delete(p::discard_dead_letter),
-        )
-        .route(
-            "/projectors/{name}/dead-letters/{position}/retry",
-            post(p::retry_dead_letter),
-        )
-        .route("/modules", get(p::modules))
-        .route("/projectors/{name}/view", get(views::scan))
-        .route("/projectors/{name}/view/{*key}", get(views::get))
-        .route("/ready", get(p::ready))
-        .route("/metrics", get(metrics::scrape))
-        .route(
-            "/health",
-            get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
-        )
+    let (routes, _) = api(state.limits).split_for_parts();
+    routes
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

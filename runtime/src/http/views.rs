@@ -13,9 +13,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::sync::Arc;
+use utoipa::{IntoParams, ToSchema};
 
 /// Most entries one scan returns.
 pub const MAX_SCAN: usize = 1000;
@@ -25,6 +26,30 @@ const GENERATION: HeaderName = HeaderName::from_static("prism-generation");
 const CHECKPOINT: HeaderName = HeaderName::from_static("prism-checkpoint");
 
 /// `GET /projectors/{name}/view/{key}`: the value under `key` (keys may contain `/`).
+#[utoipa::path(
+    get,
+    path = "/projectors/{name}/view/{*key}",
+    tag = "views",
+    params(
+        ("name" = String, Path, description = "The projector's name."),
+        ("key" = String, Path, description = "The view key; it may contain `/` (at most 1024 bytes)."),
+        Consistency,
+    ),
+    responses(
+        (status = 200, description = "The value: JSON as the projector wrote it, or other bytes.",
+            headers(
+                ("Prism-Module" = String, description = "The sha256 of the module that wrote the view."),
+                ("Prism-Generation" = u64, description = "The view's generation."),
+                ("Prism-Checkpoint" = u64, description = "The log position the answer reflects."),
+            ),
+            content((Value = "application/json"), (Vec<u8> = "application/octet-stream"))),
+        (status = 400, description = "The key is too long, or a bad `timeout_ms`.", body = super::ErrorBody),
+        (status = 404, description = "No such projector, or no such key in its view.", body = super::ErrorBody),
+        (status = 500, description = "The view store failed.", body = super::ErrorBody),
+        (status = 504, description = "The view did not reach `min_position` within `timeout_ms`.",
+            body = super::openapi::NotReached),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     Path((name, key)): Path<(String, String)>,
@@ -54,23 +79,60 @@ pub async fn get(
     Ok((headers, value).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ScanParams {
+    /// Only keys starting with this (default: every key).
     #[serde(default)]
     prefix: String,
+    /// Only keys after this one (the `next` of the previous page).
     after: Option<String>,
+    /// Most entries to return: 1 to 1000 (default 100).
     limit: Option<usize>,
     // Not `#[serde(flatten)]`ed from `Consistency`: flattening loses the query string's numbers.
+    /// Wait until the view reflects this log position (read your writes: the
+    /// `last_position` an append returned).
     min_position: Option<u64>,
+    /// How long to wait for `min_position`, in milliseconds: at most 30000 (default 5000).
     timeout_ms: Option<u64>,
 }
 
 /// Read-your-writes: `?min_position=P` (the position an append returned) makes a query wait
 /// until the view reflects P, for at most `timeout_ms` (default 5000, at most 30000).
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Consistency {
+    /// Wait until the view reflects this log position (read your writes: the
+    /// `last_position` an append returned).
     min_position: Option<u64>,
+    /// How long to wait for `min_position`, in milliseconds: at most 30000 (default 5000).
     timeout_ms: Option<u64>,
+}
+
+/// A page of a view scan.
+#[derive(Serialize, ToSchema)]
+pub struct ScanPage {
+    /// Entries in key order.
+    pub items: Vec<Entry>,
+    /// The `after` of the next page, or null at the end.
+    #[schema(required = true)]
+    pub next: Option<String>,
+}
+
+/// A view entry: `value` when it is JSON, `value_base64` for any other bytes.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Entry {
+    Json {
+        key: String,
+        /// The value, as the projector wrote it.
+        value: Value,
+    },
+    Bytes {
+        key: String,
+        /// The value's bytes, base64 (standard alphabet, padded).
+        value_base64: String,
+    },
 }
 
 /// Longest a query may wait for `min_position`.
@@ -100,20 +162,41 @@ impl Consistency {
             Ok(())
         } else {
             let checkpoint = *checkpoints.borrow();
-            Err(ApiError::new(
-                    axum::http::StatusCode::GATEWAY_TIMEOUT,
-                    format!(
+            Err(ApiError::detailed(
+                axum::http::StatusCode::GATEWAY_TIMEOUT,
+                &super::openapi::NotReached {
+                    error: format!(
                         "the view has not reached position {position} within {timeout_ms} ms (it is at {checkpoint})"
                     ),
-                )
-                .with("checkpoint", checkpoint)
-                .with("min_position", position))
+                    checkpoint,
+                    min_position: position,
+                },
+            ))
         }
     }
 }
 
 /// `GET /projectors/{name}/view?prefix=&after=&limit=`: entries in key order; `next` is the
 /// `after` of the following page, or null at the end.
+#[utoipa::path(
+    get,
+    path = "/projectors/{name}/view",
+    tag = "views",
+    params(("name" = String, Path, description = "The projector's name."), ScanParams),
+    responses(
+        (status = 200, description = "Entries in key order, from one snapshot.", body = ScanPage,
+            headers(
+                ("Prism-Module" = String, description = "The sha256 of the module that wrote the view."),
+                ("Prism-Generation" = u64, description = "The view's generation."),
+                ("Prism-Checkpoint" = u64, description = "The log position the answer reflects."),
+            )),
+        (status = 400, description = "A bad `limit` or `timeout_ms`.", body = super::ErrorBody),
+        (status = 404, description = "No such projector.", body = super::ErrorBody),
+        (status = 500, description = "The view store failed.", body = super::ErrorBody),
+        (status = 504, description = "The view did not reach `min_position` within `timeout_ms`.",
+            body = super::openapi::NotReached),
+    ),
+)]
 pub async fn scan(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -138,25 +221,33 @@ pub async fn scan(
     })
     .await?;
     let more = entries.len() > limit;
-    let items: Vec<Value> = entries
+    let items = entries
         .iter()
         .take(limit)
-        .map(|(key, value)| entry_json(key, value))
+        .map(|(key, value)| Entry::new(key, value))
         .collect();
     let next = more.then(|| entries[limit - 1].0.clone());
-    let body = Json(json!({ "items": items, "next": next }));
+    let body = Json(ScanPage { items, next });
     Ok((provenance(&generation, &snapshot), body).into_response())
+}
+
+impl Entry {
+    /// `{"key", "value"}` for a JSON value, `{"key", "value_base64"}` for any other bytes.
+    pub(super) fn new(key: &str, value: &[u8]) -> Entry {
+        let key = key.to_string();
+        match serde_json::from_slice::<Value>(value) {
+            Ok(value) => Entry::Json { key, value },
+            Err(_) => Entry::Bytes {
+                key,
+                value_base64: base64::engine::general_purpose::STANDARD.encode(value),
+            },
+        }
+    }
 }
 
 /// `{"key", "value"}` for a JSON value, `{"key", "value_base64"}` for any other bytes.
 pub(super) fn entry_json(key: &str, value: &[u8]) -> Value {
-    match serde_json::from_slice::<Value>(value) {
-        Ok(value) => json!({ "key": key, "value": value }),
-        Err(_) => json!({
-            "key": key,
-            "value_base64": base64::engine::general_purpose::STANDARD.encode(value),
-        }),
-    }
+    serde_json::to_value(Entry::new(key, value)).unwrap_or(Value::Null)
 }
 
 /// Runs a read on a fresh snapshot of a generation's view, off the async executor.

@@ -27,7 +27,7 @@ use serde::Serialize;
 use std::sync::{Arc, Mutex};
 
 /// Which events a projector receives. Prism filters before calling into Wasm.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Subscription {
     /// Event types wanted; empty means all.
     pub event_types: Vec<String>,
@@ -48,7 +48,7 @@ impl Subscription {
 }
 
 /// Where a projector (or one of its generations) is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum State {
     /// Instantiating its module.
@@ -68,7 +68,7 @@ pub enum State {
 }
 
 /// What went wrong with a faulted projector.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Fault {
     /// The error or trap message.
     pub message: String,
@@ -118,7 +118,7 @@ impl Status {
 }
 
 /// Why a projector makes Prism not ready.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Unready {
     /// It stopped on an error.
@@ -145,7 +145,9 @@ pub fn readiness(
 
 /// What a projector does with an event its module fails on (a guest error, a trap, a sandbox
 /// limit hit).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum ErrorPolicy {
     /// Fault the projector, its checkpoint just before the event (the default).
