@@ -191,6 +191,21 @@ fn registered_handlers() -> Vec<String> {
     handlers
 }
 
+/// Every `$ref` in a document.
+fn references(value: &Value) -> Vec<String> {
+    match value {
+        Value::Object(map) => map
+            .iter()
+            .flat_map(|(k, v)| match (k.as_str(), v) {
+                ("$ref", Value::String(r)) => vec![r.clone()],
+                _ => references(v),
+            })
+            .collect(),
+        Value::Array(items) => items.iter().flat_map(references).collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// A path for a template, with parameters that name nothing that exists.
 fn probe_path(template: &str) -> String {
     template
@@ -224,6 +239,18 @@ async fn the_description_lists_every_route_and_real_answers_match_it() {
     );
     // It describes itself.
     spec.check("GET", "/openapi.json", &served).unwrap();
+    // Every `$ref` names a component that exists.
+    let refs = references(&spec.0);
+    assert!(!refs.is_empty());
+    for reference in &refs {
+        let pointer = reference
+            .strip_prefix('#')
+            .unwrap_or_else(|| panic!("{reference} is not local"));
+        assert!(
+            spec.0.pointer(pointer).is_some(),
+            "{reference} names nothing"
+        );
+    }
     // Every schema of every response compiles, with its `$ref`s resolved.
     let operations = spec.operations();
     for (method, path) in &operations {

@@ -61,7 +61,8 @@ pub struct Health {
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     modifiers(&Shared),
-    components(schemas(ErrorBody)),
+    // Schemas only parameters name (utoipa adds those of bodies by itself).
+    components(schemas(ErrorBody, super::projectors::ModeChoice)),
     tags(
         (name = "streams", description = "The event log: append, read, list streams."),
         (name = "projectors", description = "Deploy projectors and run their lifecycle."),

@@ -41,7 +41,7 @@ pub struct DeployParams {
 #[derive(ToSchema)]
 #[serde(rename_all = "kebab-case")]
 #[allow(dead_code)] // Documents the `mode` parameter, parsed as a `DeployMode`.
-enum ModeChoice {
+pub(super) enum ModeChoice {
     Continue,
     Rebuild,
 }

@@ -42,7 +42,7 @@ const CHECKPOINT: HeaderName = HeaderName::from_static("prism-checkpoint");
                 ("Prism-Generation" = u64, description = "The view's generation."),
                 ("Prism-Checkpoint" = u64, description = "The log position the answer reflects."),
             ),
-            content((Value = "application/json"), (Vec<u8> = "application/octet-stream"))),
+            content((Value = "application/json"), (ViewBytes = "application/octet-stream"))),
         (status = 400, description = "The key is too long, or a bad `timeout_ms`.", body = super::ErrorBody),
         (status = 404, description = "No such projector, or no such key in its view.", body = super::ErrorBody),
         (status = 500, description = "The view store failed.", body = super::ErrorBody),
@@ -108,6 +108,12 @@ pub struct Consistency {
     /// How long to wait for `min_position`, in milliseconds: at most 30000 (default 5000).
     timeout_ms: Option<u64>,
 }
+
+/// A view value that is not JSON: its bytes as the projector wrote them.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)] // Documents the bytes `get` answers.
+struct ViewBytes(Vec<u8>);
 
 /// A page of a view scan.
 #[derive(Serialize, ToSchema)]
