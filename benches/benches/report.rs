@@ -99,10 +99,17 @@ fn rss() -> u64 {
 
 fn replay_figures(report: &mut Report, n: u64, dir: &std::path::Path) {
     println!("replay ({n} events, 100-byte payloads, 10k streams)");
-    let log = EventLog::open(&dir.join("replay-log.redb")).unwrap();
+    let log_path = dir.join("replay-log.redb");
     let filled = Instant::now();
-    prism_benches::fill(&log, n);
-    println!("  (log filled in {:.1} s)", filled.elapsed().as_secs_f64());
+    prism_benches::fill(&EventLog::open(&log_path).unwrap(), n);
+    println!(
+        "  (log filled in {:.1} s, {} MiB)",
+        filled.elapsed().as_secs_f64(),
+        std::fs::metadata(&log_path).map_or(0, |m| m.len() >> 20)
+    );
+    // Every replay opens the log afresh: each starts with redb's cache cold (and the OS's page
+    // cache warm), so no run profits from the one before it.
+    let open_log = || EventLog::open(&log_path).unwrap();
     let engine = Engine::new(None, Limits::default()).unwrap();
     let projectors: [(&str, &str, &dyn Native, &'static str, f64); 3] = [
         (
@@ -132,6 +139,7 @@ fn replay_figures(report: &mut Report, n: u64, dir: &std::path::Path) {
         let wasm_view = dir.join(format!("{name}-wasm.redb"));
         let store = Arc::new(ViewStore::open(&wasm_view).unwrap());
         let instance = engine.instantiate(&module, name, "").unwrap();
+        let log = open_log();
         let start = Instant::now();
         let status = catch_up(&engine, &module, instance, &log, store);
         let wasm = rate(n, start.elapsed());
@@ -143,6 +151,8 @@ fn replay_figures(report: &mut Report, n: u64, dir: &std::path::Path) {
 
         let native_view = dir.join(format!("{name}-native.redb"));
         let store = ViewStore::open(&native_view).unwrap();
+        drop(log);
+        let log = open_log();
         let start = Instant::now();
         assert_eq!(native::replay(native, &log, &store).unwrap(), n);
         let native_rate = rate(n, start.elapsed());
@@ -507,6 +517,11 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let mut report = Report { rows: Vec::new() };
     replay_figures(&mut report, n, dir.path());
+    // `PRISM_BENCH_ONLY=replay` stops here (for profiling the replays).
+    if std::env::var("PRISM_BENCH_ONLY").as_deref() == Ok("replay") {
+        report.print();
+        return;
+    }
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         append_figures(&mut report, dir.path()).await;
