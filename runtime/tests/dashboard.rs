@@ -548,34 +548,9 @@ fn ensure_chromium() {
     if present() {
         return;
     }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| out.stdout.trim_ascii() == b"0");
+    let root = prism_toolchain::is_root();
     let apt = Path::new("/usr/bin/apt-get").is_file();
-    if root && apt {
-        eprintln!(
-            "dashboard test: installing Debian's {} with apt-get",
-            PACKAGES.join(" ")
-        );
-        let install = || {
-            Command::new("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends"])
-                .args(PACKAGES)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !install() {
-            // The package lists may be missing or stale on a fresh machine.
-            let _ = Command::new("apt-get")
-                .args(["update", "-q"])
-                .stdout(Stdio::null())
-                .status();
-            install();
-        }
-    }
+    prism_toolchain::apt_install(&PACKAGES);
     assert!(
         present(),
         "the dashboard test needs Debian's Chromium and chromedriver ({CHROMIUM}, {CHROMEDRIVER}) \

@@ -14,7 +14,7 @@
 //! `PRISM_WASI_SYSROOT` (a directory with `include/wasm32-wasi` and `lib/wasm32-wasi/libc.a`,
 //! e.g. a wasi-sdk sysroot) override the defaults.
 
-use crate::{is_root, which};
+use crate::which;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -61,8 +61,11 @@ impl CToolchain {
     /// Finds clang, wasm-ld and wasi-libc, installing Debian's packages when they are missing
     /// and we run as root with apt. Progress goes to stderr.
     pub fn find() -> Result<CToolchain> {
-        let found =
-            Self::installed().or_else(|| install_debian_packages().then(Self::installed).flatten());
+        let found = Self::installed().or_else(|| {
+            crate::apt_install(&C_DEBIAN_PACKAGES)
+                .then(Self::installed)
+                .flatten()
+        });
         if let Some(found) = found {
             return Ok(found);
         }
@@ -304,35 +307,6 @@ fn tool(var: &str, program: &str) -> Option<PathBuf> {
 
 fn null_device() -> &'static str {
     if cfg!(windows) { "NUL" } else { "/dev/null" }
-}
-
-/// Installs [`C_DEBIAN_PACKAGES`] with apt-get when we are root; true if apt-get succeeded.
-fn install_debian_packages() -> bool {
-    if !is_root() || which("apt-get").is_none() {
-        return false;
-    }
-    eprintln!(
-        "prism-toolchain: installing Debian's {} with apt-get",
-        C_DEBIAN_PACKAGES.join(" ")
-    );
-    let install = || {
-        Command::new("apt-get")
-            .args(["install", "-y", "-q"])
-            .args(C_DEBIAN_PACKAGES)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if install() {
-        return true;
-    }
-    // The package lists may be missing or stale on a fresh machine.
-    let _ = Command::new("apt-get")
-        .args(["update", "-q"])
-        .stdout(Stdio::null())
-        .status();
-    install()
 }
 
 #[cfg(test)]

@@ -242,31 +242,38 @@ fn debian_route() -> Option<Toolchain> {
 
 /// Installs Debian's route with apt-get when we are root, and returns it if that worked.
 fn install_debian_route() -> Option<Toolchain> {
+    apt_install(&DEBIAN_PACKAGES).then(debian_route).flatten()
+}
+
+/// Installs Debian `packages` with `apt-get install -y` (refreshing the package lists and
+/// trying again when that fails, as on a fresh machine). Returns false without trying when we
+/// are not root or there is no apt-get; true when the install succeeded. Progress goes to
+/// stderr.
+pub fn apt_install(packages: &[&str]) -> bool {
     if !is_root() || which("apt-get").is_none() {
-        return None;
+        return false;
     }
     eprintln!(
         "prism-toolchain: installing Debian's {} with apt-get",
-        DEBIAN_PACKAGES.join(" ")
+        packages.join(" ")
     );
     let install = || {
         Command::new("apt-get")
             .args(["install", "-y", "-q"])
-            .args(DEBIAN_PACKAGES)
+            .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .stdout(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
     };
-    if !install() {
-        // The package lists may be missing or stale on a fresh machine.
-        let _ = Command::new("apt-get")
-            .args(["update", "-q"])
-            .stdout(Stdio::null())
-            .status();
-        install();
+    if install() {
+        return true;
     }
-    debian_route()
+    let _ = Command::new("apt-get")
+        .args(["update", "-q"])
+        .stdout(Stdio::null())
+        .status();
+    install()
 }
 
 /// Removes what an enclosing cargo (running a build script) put in the environment, which
@@ -310,7 +317,8 @@ fn which(program: &str) -> Option<PathBuf> {
     })
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
