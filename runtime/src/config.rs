@@ -98,6 +98,18 @@ pub struct TokensConfig {
     pub read: Option<String>,
 }
 
+impl TokensConfig {
+    /// Each role's name and token.
+    fn roles(&self) -> impl Iterator<Item = (&'static str, Option<&str>)> {
+        [
+            ("admin", self.admin.as_deref()),
+            ("write", self.write.as_deref()),
+            ("read", self.read.as_deref()),
+        ]
+        .into_iter()
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -145,22 +157,50 @@ impl Config {
         };
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the config file {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("in the config file {}", path.display()))
+        // The error's message and line, not its quote of the line: that may hold a token.
+        toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map_or(0, |span| text[..span.start].matches('\n').count() + 1);
+            anyhow::anyhow!(
+                "in the config file {}, line {line}: {}",
+                path.display(),
+                e.message()
+            )
+        })
     }
 
-    /// The effective config as TOML, tokens masked.
-    pub fn to_toml_masked(&self) -> String {
-        let mut shown = self.clone();
-        for token in [
-            &mut shown.tokens.admin,
-            &mut shown.tokens.write,
-            &mut shown.tokens.read,
-        ] {
-            if token.is_some() {
-                *token = Some("<set>".into());
+    /// Refuses settings that cannot be meant: an empty token (it would let every request in).
+    pub fn check(&self) -> anyhow::Result<()> {
+        for (role, token) in self.tokens.roles() {
+            if token.is_some_and(str::is_empty) {
+                anyhow::bail!(
+                    "the {role} token is empty, which would let every request in; leave it out to keep the role open"
+                );
             }
         }
-        toml::to_string(&shown).expect("the config serializes")
+        Ok(())
+    }
+
+    /// The effective config as TOML. Tokens are not printed, only which are set (as a comment,
+    /// so the output can serve as a config file).
+    pub fn to_toml_masked(&self) -> String {
+        let mut shown = self.clone();
+        shown.tokens = TokensConfig::default();
+        let mut text = toml::to_string(&shown).expect("the config serializes");
+        let set: Vec<&str> = self
+            .tokens
+            .roles()
+            .filter(|(_, token)| token.is_some())
+            .map(|(role, _)| role)
+            .collect();
+        if !set.is_empty() {
+            text.push_str(&format!(
+                "\n# [tokens]: {} set (not shown)\n",
+                set.join(", ")
+            ));
+        }
+        text
     }
 
     /// The server's config.
@@ -215,10 +255,40 @@ mod tests {
     fn the_printed_config_reads_back_and_hides_tokens() {
         let mut config = Config::default();
         config.tokens.read = Some("secret".into());
+        config.tokens.admin = Some("other".into());
         let printed = config.to_toml_masked();
-        assert!(!printed.contains("secret"), "{printed}");
+        assert!(
+            !printed.contains("secret") && !printed.contains("other"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("# [tokens]: admin, read set (not shown)"),
+            "{printed}"
+        );
         let back: Config = toml::from_str(&printed).unwrap();
-        assert_eq!(back.tokens.read.as_deref(), Some("<set>"));
+        assert_eq!(back.tokens, TokensConfig::default());
         assert_eq!(back.limits, config.limits);
+    }
+
+    #[test]
+    fn empty_tokens_are_refused_and_errors_do_not_quote_the_file() {
+        let mut config = Config::default();
+        config.tokens.write = Some(String::new());
+        let error = config.check().unwrap_err();
+        assert!(
+            error.to_string().contains("write token is empty"),
+            "{error}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("prism.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:1\"\n[tokens]\nadmin = \"supersecret\n",
+        )
+        .unwrap();
+        let error = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(error.contains("line 3"), "{error}");
+        assert!(!error.contains("supersecret"), "{error}");
     }
 }

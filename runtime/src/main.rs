@@ -347,6 +347,7 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     if let Command::Serve(args) = &cli.command {
         let config = args.config()?;
+        config.check()?;
         if args.print_config {
             print!("{}", config.to_toml_masked());
             return Ok(());

@@ -105,6 +105,16 @@ impl Subscriber {
     }
 }
 
+/// The deployment's incarnation, from an event's id `<incarnation>-<generation>-<position>`.
+fn incarnation_of(event: &SseEvent) -> u64 {
+    let id = event.id.as_deref().expect("an id");
+    id.split('-')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("a numeric incarnation")
+}
+
 fn event(event_type: &str) -> Value {
     json!({"type": event_type, "data": {}})
 }
@@ -122,7 +132,9 @@ async fn changes_stream_live_and_resume_after_a_disconnect() {
     let subscribed = subscriber.next_named().await;
     assert_eq!(subscribed.event, "subscribed");
     assert_eq!(subscribed.data, json!({"generation": 1, "checkpoint": 2}));
-    assert_eq!(subscribed.id.as_deref(), Some("1-2"));
+    let incarnation = incarnation_of(&subscribed);
+    let id = |generation: u64, position: u64| format!("{incarnation}-{generation}-{position}");
+    assert_eq!(subscribed.id, Some(id(1, 2)));
 
     client.append("s", json!([event("A")])).await;
     let change = subscriber.next_named().await;
@@ -131,7 +143,7 @@ async fn changes_stream_live_and_resume_after_a_disconnect() {
         change.data,
         json!({"key": "count/A", "value": 2, "position": 3})
     );
-    assert_eq!(change.id.as_deref(), Some("1-3"));
+    assert_eq!(change.id, Some(id(1, 3)));
     drop(subscriber);
 
     // Missed while disconnected: exactly the changes after the last id seen.
@@ -139,18 +151,19 @@ async fn changes_stream_live_and_resume_after_a_disconnect() {
         .append("s", json!([event("B"), event("C"), event("C")]))
         .await;
     client.wait_caught_up("tally").await;
-    let mut subscriber = Subscriber::open(&client, path, Some("1-3")).await;
+    let mut subscriber = Subscriber::open(&client, path, Some(&id(1, 3))).await;
     assert_eq!(
-        subscriber.changes_until("1-6").await,
+        subscriber.changes_until(&id(1, 6)).await,
         BTreeMap::from([
             ("count/B".to_string(), json!(2)),
             ("count/C".to_string(), json!(2)),
         ])
     );
     // The query parameter works as the header does (EventSource cannot set headers).
-    let mut by_query = Subscriber::open(&client, &format!("{path}&last_event_id=1-3"), None).await;
+    let mut by_query =
+        Subscriber::open(&client, &format!("{path}&last_event_id={}", id(1, 3)), None).await;
     assert_eq!(
-        by_query.changes_until("1-6").await,
+        by_query.changes_until(&id(1, 6)).await,
         BTreeMap::from([
             ("count/B".to_string(), json!(2)),
             ("count/C".to_string(), json!(2)),
@@ -161,7 +174,7 @@ async fn changes_stream_live_and_resume_after_a_disconnect() {
     assert_eq!(everything.next_named().await.event, "subscribed");
     client.append("s", json!([event("D")])).await;
     assert_eq!(
-        everything.changes_until("1-7").await,
+        everything.changes_until(&id(1, 7)).await,
         BTreeMap::from([
             ("applied".to_string(), json!(7)),
             ("count/D".to_string(), json!(1)),
@@ -179,21 +192,27 @@ async fn a_rebuild_or_an_unknown_position_tells_the_client_to_reread() {
     client.append("s", json!([event("A")])).await;
     client.wait_caught_up("tally").await;
 
-    for stale in ["1-999", "7-1"] {
-        let mut subscriber =
-            Subscriber::open(&client, "/projectors/tally/changes", Some(stale)).await;
-        let reset = subscriber.next_named().await;
+    // A rebuild swaps the view: subscribers are told to re-read, then follow the new one.
+    let mut subscriber = Subscriber::open(&client, "/projectors/tally/changes", None).await;
+    let subscribed = subscriber.next_named().await;
+    assert_eq!(subscribed.event, "subscribed");
+    let incarnation = incarnation_of(&subscribed);
+    let id = |generation: u64, position: u64| format!("{incarnation}-{generation}-{position}");
+
+    // Positions this deployment cannot vouch for: ahead of it, another generation, another
+    // deployment of the same name.
+    for stale in [id(1, 999), id(7, 1), format!("{}-1-1", incarnation + 1)] {
+        let mut stale_subscriber =
+            Subscriber::open(&client, "/projectors/tally/changes", Some(&stale)).await;
+        let reset = stale_subscriber.next_named().await;
         assert_eq!(reset.event, "reset", "{stale}");
         assert_eq!(
             (&reset.data["generation"], &reset.data["checkpoint"]),
             (&json!(1), &json!(1))
         );
-        assert_eq!(reset.id.as_deref(), Some("1-1"));
+        assert_eq!(reset.id, Some(id(1, 1)));
     }
 
-    // A rebuild swaps the view: subscribers are told to re-read, then follow the new one.
-    let mut subscriber = Subscriber::open(&client, "/projectors/tally/changes", None).await;
-    assert_eq!(subscriber.next_named().await.event, "subscribed");
     client.deploy("tally", artifacts::TALLY_V3).await;
     let reset = subscriber.next_named().await;
     assert_eq!(reset.event, "reset");
@@ -201,7 +220,7 @@ async fn a_rebuild_or_an_unknown_position_tells_the_client_to_reread() {
     client.wait_caught_up("tally").await;
     client.append("s", json!([event("B")])).await;
     assert_eq!(
-        subscriber.changes_until("2-2").await,
+        subscriber.changes_until(&id(2, 2)).await,
         BTreeMap::from([
             ("v3/applied".to_string(), json!(2)),
             ("v3/count/B".to_string(), json!(1)),
@@ -236,5 +255,77 @@ async fn a_rebuild_or_an_unknown_position_tells_the_client_to_reread() {
         .unwrap();
     assert_eq!(deleted.status(), 200);
     assert_eq!(subscriber.next_named().await.event, "deleted");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fixes_retries_and_redeploys_keep_subscribers_right() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = common::start(dir.path()).await;
+    let poisoned =
+        json!([{"type": "N", "data": {"n": 1}}, {"type": "N", "data": {"n": 2, "poison": true}}]);
+
+    // A faulted projector fixed by a deploy: its subscribers follow the new code's changes.
+    client.deploy("stops", artifacts::POISON).await;
+    let mut subscriber = Subscriber::open(&client, "/projectors/stops/changes", None).await;
+    assert_eq!(subscriber.next_named().await.event, "subscribed");
+    client.append("p-1", poisoned.clone()).await;
+    client
+        .wait_until("stops", "a fault", |s| s["state"] == "faulted")
+        .await;
+    client.deploy("stops", artifacts::POISON_FIXED).await;
+    client.wait_caught_up("stops").await;
+    let mut seen = BTreeMap::new();
+    while seen.get("count") != Some(&json!(2)) || seen.get("sum") != Some(&json!(3)) {
+        let change = subscriber.next_named().await;
+        assert_eq!(change.event, "change", "{change:?}");
+        seen.insert(
+            change.data["key"].as_str().unwrap().to_string(),
+            change.data["value"].clone(),
+        );
+    }
+
+    // A dead-letter retry changes the view at an earlier position: subscribers re-read.
+    client
+        .deploy_with("skips", artifacts::POISON, "on_error=skip")
+        .await;
+    client.wait_caught_up("skips").await;
+    let mut subscriber = Subscriber::open(&client, "/projectors/skips/changes", None).await;
+    assert_eq!(subscriber.next_named().await.event, "subscribed");
+    client.deploy("skips", artifacts::POISON_FIXED).await;
+    let retried = client
+        .post_raw("/projectors/skips/dead-letters/2/retry", "")
+        .await;
+    assert_eq!(retried.status, 200, "{}", retried.body);
+    let reset = subscriber.next_named().await;
+    assert_eq!(reset.event, "reset", "{reset:?}");
+    assert!(
+        reset.data["reason"]
+            .as_str()
+            .unwrap()
+            .contains("dead letter"),
+        "{reset:?}"
+    );
+
+    // Deleted and deployed anew under the same name: an old id does not carry over.
+    client.deploy("tally", artifacts::TALLY_V1).await;
+    client.wait_caught_up("tally").await;
+    let mut subscriber = Subscriber::open(&client, "/projectors/tally/changes", None).await;
+    let old_id = subscriber.next_named().await.id.unwrap();
+    let deleted = client
+        .http
+        .delete(client.url("/projectors/tally"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    assert_eq!(subscriber.next_named().await.event, "deleted");
+    client.deploy("tally", artifacts::TALLY_V3).await;
+    client.wait_caught_up("tally").await;
+    let mut subscriber =
+        Subscriber::open(&client, "/projectors/tally/changes", Some(&old_id)).await;
+    let reset = subscriber.next_named().await;
+    assert_eq!(reset.event, "reset", "{reset:?}");
+    assert_ne!(reset.id.unwrap(), old_id);
     server.stop().await;
 }

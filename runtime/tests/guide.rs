@@ -84,6 +84,15 @@ async fn the_guide_goes_from_prism_new_to_a_queried_view() {
         .expect("the last command prints JSON");
     assert_eq!(printed, expected, "the guide's last output");
 
+    // `prism build` takes the crate's directory relative to where it runs.
+    let crate_name = cwd.file_name().unwrap().to_str().unwrap().to_string();
+    let from_parent = prism(cwd.parent().unwrap(), &url, &["build".into(), crate_name]);
+    assert!(
+        from_parent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_parent.stderr)
+    );
+
     // `prism test` fails on a difference and names it.
     let expected_path = cwd.join("fixtures/expected.json");
     let text = std::fs::read_to_string(&expected_path).unwrap();

@@ -177,6 +177,8 @@ pub fn build_package(
     target_dir: &Path,
     name: &str,
 ) -> Result<Artifact> {
+    // Cargo runs in `dir`: a relative target dir would be taken from there.
+    let target_dir = &std::path::absolute(target_dir)?;
     let status = toolchain
         .cargo_build()
         .current_dir(dir)

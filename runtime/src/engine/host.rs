@@ -114,9 +114,9 @@ impl host::Host for HostState {
     fn log(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
         let projector = self.projector.as_str();
         let level = convert::level(level);
-        if !self.log.write(level, &self.module, &message) {
+        let Some(message) = self.log.write(level, &self.module, &message) else {
             return Ok(());
-        }
+        };
         match level {
             tracing::Level::ERROR => tracing::error!(projector, "{message}"),
             tracing::Level::WARN => tracing::warn!(projector, "{message}"),

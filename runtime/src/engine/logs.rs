@@ -67,10 +67,16 @@ struct State {
 }
 
 impl ModuleLog {
-    /// Records a line unless the projector is over its rate; says whether it was kept (and so
-    /// should be passed on to `tracing`).
-    pub fn write(&self, level: tracing::Level, module: &str, message: &str) -> bool {
+    /// Records a line unless the projector is over its rate; returns the line as kept (cut to
+    /// [`MAX_MESSAGE_BYTES`]) to pass on to `tracing`, or `None` when it was dropped.
+    pub fn write<'m>(
+        &self,
+        level: tracing::Level,
+        module: &str,
+        message: &'m str,
+    ) -> Option<&'m str> {
         self.write_at(Instant::now(), level, module, message)
+            .then(|| truncate(message))
     }
 
     fn write_at(&self, now: Instant, level: tracing::Level, module: &str, message: &str) -> bool {
@@ -97,18 +103,23 @@ impl ModuleLog {
         true
     }
 
-    /// The lines after `after` (a `seq`), oldest first, at most `limit` of the newest.
+    /// Oldest first: without `after`, the newest `limit` lines; with `after` (a `seq`), the
+    /// first `limit` lines after it, so a reader paging forward misses none that are kept.
     pub fn lines(&self, after: Option<u64>, limit: usize) -> Vec<LogLine> {
         let state = self.state.lock().expect("module log lock");
-        let newer: Vec<&LogLine> = state
-            .lines
-            .iter()
-            .filter(|line| after.is_none_or(|after| line.seq > after))
-            .collect();
-        newer[newer.len().saturating_sub(limit)..]
-            .iter()
-            .map(|line| (*line).clone())
-            .collect()
+        match after {
+            None => {
+                let skip = state.lines.len().saturating_sub(limit);
+                state.lines.iter().skip(skip).cloned().collect()
+            }
+            Some(after) => state
+                .lines
+                .iter()
+                .filter(|line| line.seq > after)
+                .take(limit)
+                .cloned()
+                .collect(),
+        }
     }
 }
 

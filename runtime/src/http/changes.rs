@@ -2,14 +2,15 @@
 //!
 //! - `event: change`, `data: {"position", "key", "value" | "value_base64" | "deleted": true}`:
 //!   a key's new value (or its deletion) as of the commit at `position`. A commit's changes come
-//!   together, in key order; the last one carries the SSE `id` `<generation>-<position>`.
+//!   together, in key order; the last one carries the SSE `id`
+//!   `<incarnation>-<generation>-<position>` (the incarnation tells this deployment from an
+//!   earlier one of the same name).
 //! - `event: subscribed`: the first event of a stream started without `Last-Event-ID`, with the
-//!   `generation` and `checkpoint` the stream starts after (read the view, then subscribe with
-//!   `Last-Event-ID: <generation>-<checkpoint>` from its `Prism-Generation`/`Prism-Checkpoint`
-//!   headers, and nothing is missed in between).
+//!   `generation` and `checkpoint` the stream starts after, and its id.
 //! - `event: reset`: the stream cannot continue from where the client was (the projector was
-//!   rebuilt, or the position is older than the changes Prism keeps): re-read the view; the
-//!   stream goes on from the `checkpoint` given.
+//!   rebuilt or deployed anew, the position is older than the changes Prism keeps, or a
+//!   dead-letter retry changed the view at an earlier position): re-read the view; the stream
+//!   goes on from the `checkpoint` given.
 //! - `event: deleted`: the projector was deleted; the stream ends.
 //!
 //! A client reconnecting with `Last-Event-ID` (the header browsers send, or `?last_event_id=`)
@@ -18,7 +19,7 @@
 //! its `id`, so a client's position keeps up.
 
 use super::{ApiError, AppState};
-use crate::projector::{ChangeBatch, Generation, Registry, Since};
+use crate::projector::{ChangeBatch, Generation, ProjectorHandle, Registry, Since};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -38,7 +39,7 @@ pub struct ChangeParams {
     /// Only changes of keys starting with this (default: every key).
     #[serde(default)]
     prefix: String,
-    /// Resume after this event id, `<generation>-<position>` (for clients that cannot send the
+    /// Resume after this event id, `<incarnation>-<generation>-<position>` (for clients that cannot send the
     /// `Last-Event-ID` header; the header wins).
     last_event_id: Option<String>,
 }
@@ -52,13 +53,13 @@ pub struct ChangeParams {
         ("name" = String, Path, description = "The projector's name."),
         ChangeParams,
         ("Last-Event-ID" = Option<String>, Header,
-            description = "Resume after this event id, `<generation>-<position>`."),
+            description = "Resume after this event id, `<incarnation>-<generation>-<position>`."),
     ),
     responses(
         (status = 200, description = "Server-Sent Events, until the client leaves, the projector \
             is deleted or Prism shuts down. `event: change`, `data: {\"position\", \"key\", \
             \"value\" | \"value_base64\" | \"deleted\": true}`: a key's new value as of the commit \
-            at `position` (a commit's last change carries the id `<generation>-<position>`); \
+            at `position` (a commit's last change carries the id `<incarnation>-<generation>-<position>`); \
             `event: subscribed`, `data: {\"generation\", \"checkpoint\"}`: the first event without \
             `Last-Event-ID`; `event: reset`, `data: {\"reason\", \"generation\", \"checkpoint\"}`: \
             re-read the view, the stream goes on from `checkpoint`; `event: deleted`: the \
@@ -87,7 +88,7 @@ pub async fn changes(
         None => params.last_event_id,
     };
     let resume = resume.as_deref().map(parse_id).transpose()?;
-    let generation = state.projector(&name)?.serving();
+    let projector = state.projector(&name)?;
     let (events, receiver) = mpsc::channel(256);
     let follower = Follower {
         registry: state.registry.clone(),
@@ -96,7 +97,7 @@ pub async fn changes(
         prefix: params.prefix,
         events,
     };
-    tokio::spawn(follower.run(generation, resume));
+    tokio::spawn(follower.run(projector, resume));
     let stream = futures::stream::unfold(receiver, |mut receiver| async move {
         let event = receiver.recv().await?;
         Some((Ok(event), receiver))
@@ -104,20 +105,22 @@ pub async fn changes(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-/// `<generation>-<position>`.
-fn parse_id(id: &str) -> Result<(u64, u64), ApiError> {
-    id.split_once('-')
-        .and_then(|(g, p)| Some((g.parse().ok()?, p.parse().ok()?)))
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "Last-Event-ID {id:?} is not <generation>-<position>, as this stream's ids are"
-            ))
-        })
+/// `<incarnation>-<generation>-<position>`.
+fn parse_id(id: &str) -> Result<(u64, u64, u64), ApiError> {
+    let mut parts = id.splitn(3, '-').map(str::parse::<u64>);
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(Ok(incarnation)), Some(Ok(generation)), Some(Ok(position))) => {
+            Ok((incarnation, generation, position))
+        }
+        _ => Err(ApiError::bad_request(format!(
+            "Last-Event-ID {id:?} is not <incarnation>-<generation>-<position>, as this stream's ids are"
+        ))),
+    }
 }
 
-fn event_id(generation: &Generation, position: u64) -> String {
-    format!("{}-{position}", generation.id())
-}
+/// How long a client may leave an event unread before it is dropped (it would otherwise hold
+/// an old generation, and its kept changes, for as long as it stays connected).
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Sends one subscriber its changes until it goes away or the projector does.
 struct Follower {
@@ -128,63 +131,111 @@ struct Follower {
     events: mpsc::Sender<Event>,
 }
 
-/// The subscriber went away.
+/// Where a follower is: which deployment and generation, and the last position sent.
+struct Cursor {
+    projector: Arc<ProjectorHandle>,
+    generation: Arc<Generation>,
+    after: u64,
+    /// The feed's invalidation count last seen.
+    invalidations: u64,
+}
+
+impl Cursor {
+    fn id(&self, position: u64) -> String {
+        format!(
+            "{}-{}-{position}",
+            self.projector.incarnation,
+            self.generation.id()
+        )
+    }
+}
+
+/// The subscriber went away (or stopped reading).
 struct Gone;
 
 impl Follower {
-    async fn run(self, mut generation: Arc<Generation>, resume: Option<(u64, u64)>) {
+    async fn run(self, projector: Arc<ProjectorHandle>, resume: Option<(u64, u64, u64)>) {
         let mut closing = self.closing.clone();
         // Ends the stream when Prism shuts down (graceful shutdown waits for open answers).
         tokio::select! {
-            _ = self.follow(&mut generation, resume) => {}
+            _ = self.follow(projector, resume) => {}
             _ = closing.wait_for(|closing| *closing) => {}
         }
     }
 
     async fn follow(
         &self,
-        generation: &mut Arc<Generation>,
-        resume: Option<(u64, u64)>,
+        projector: Arc<ProjectorHandle>,
+        resume: Option<(u64, u64, u64)>,
     ) -> Result<(), Gone> {
-        let mut after = match resume {
-            Some((id, position)) if id == generation.id() => position,
+        let generation = projector.serving();
+        let mut at = Cursor {
+            invalidations: generation.changes.invalidations(),
+            after: 0,
+            projector,
+            generation,
+        };
+        match resume {
+            Some((incarnation, generation, position))
+                if incarnation == at.projector.incarnation && generation == at.generation.id() =>
+            {
+                at.after = position;
+            }
             Some(_) => {
                 self.reset(
-                    generation,
-                    "the projector was rebuilt since (a new generation)",
+                    &mut at,
+                    "the projector was rebuilt or deployed anew since (another generation)",
                 )
-                .await?
+                .await?;
             }
             None => {
-                let checkpoint = generation.changes.checkpoint();
-                let data = json!({ "generation": generation.id(), "checkpoint": checkpoint });
+                at.after = at.generation.changes.checkpoint();
+                let data = json!({ "generation": at.generation.id(), "checkpoint": at.after });
                 self.send(
                     Event::default()
                         .event("subscribed")
-                        .id(event_id(generation, checkpoint))
+                        .id(at.id(at.after))
                         .data(data.to_string()),
                 )
                 .await?;
-                checkpoint
             }
-        };
+        }
         loop {
-            let mut wake = generation.changes.subscribe();
-            match generation.changes.since(after) {
+            let feed = at.generation.changes.clone();
+            let mut wake = feed.subscribe();
+            if feed.invalidations() != at.invalidations {
+                at.invalidations = feed.invalidations();
+                self.reset(
+                    &mut at,
+                    "a dead letter was retried: the view changed at an earlier position",
+                )
+                .await?;
+                continue;
+            }
+            match feed.since(at.after) {
                 Since::Changes(batches) => {
                     for batch in batches {
-                        self.send_batch(generation, &batch).await?;
-                        after = batch.position;
+                        self.send_batch(&at, &batch).await?;
+                        at.after = batch.position;
                     }
                 }
                 Since::Gone { .. } => {
-                    after = self
-                        .reset(
-                            generation,
-                            "the position is older than the changes Prism keeps",
-                        )
-                        .await?;
+                    self.reset(
+                        &mut at,
+                        "the position is older than the changes Prism keeps",
+                    )
+                    .await?;
                     continue;
+                }
+                Since::Ahead { .. } => {
+                    // Committed but not yet published (the client read the view a moment
+                    // before the runner handed the commit to the feed): wait for it.
+                    let committed = at.generation.store.checkpoint().unwrap_or_default();
+                    if at.after > committed {
+                        self.reset(&mut at, "the position is ahead of this projector's view")
+                            .await?;
+                        continue;
+                    }
                 }
                 Since::Closed => {
                     let Some(projector) = self.registry.get(&self.name) else {
@@ -193,16 +244,22 @@ impl Follower {
                         return Ok(());
                     };
                     let next = projector.serving();
-                    if Arc::ptr_eq(&next, generation) {
+                    if Arc::ptr_eq(&projector, &at.projector) && Arc::ptr_eq(&next, &at.generation)
+                    {
                         // Stopped and not replaced: Prism is shutting down.
                         return Ok(());
                     }
-                    let rebuilt = next.id() != generation.id();
-                    *generation = next;
-                    if rebuilt {
-                        after = self
-                            .reset(generation, "the projector was rebuilt (a new generation)")
-                            .await?;
+                    let same_view =
+                        Arc::ptr_eq(&projector, &at.projector) && next.id() == at.generation.id();
+                    at.projector = projector;
+                    at.invalidations = next.changes.invalidations();
+                    at.generation = next;
+                    if !same_view {
+                        self.reset(
+                            &mut at,
+                            "the projector was rebuilt or deployed anew (another generation)",
+                        )
+                        .await?;
                     }
                     continue;
                 }
@@ -215,29 +272,31 @@ impl Follower {
     }
 
     async fn send(&self, event: Event) -> Result<(), Gone> {
-        self.events.send(event).await.map_err(|_| Gone)
+        match tokio::time::timeout(SEND_TIMEOUT, self.events.send(event)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Gone),
+        }
     }
 
-    /// Tells the client to re-read; returns the position the stream goes on from.
-    async fn reset(&self, generation: &Generation, reason: &str) -> Result<u64, Gone> {
-        let checkpoint = generation.changes.checkpoint();
+    /// Tells the client to re-read; the stream goes on from the feed's checkpoint.
+    async fn reset(&self, at: &mut Cursor, reason: &str) -> Result<(), Gone> {
+        at.after = at.generation.changes.checkpoint();
         let data = json!({
             "reason": reason,
-            "generation": generation.id(),
-            "checkpoint": checkpoint,
+            "generation": at.generation.id(),
+            "checkpoint": at.after,
         });
         self.send(
             Event::default()
                 .event("reset")
-                .id(event_id(generation, checkpoint))
+                .id(at.id(at.after))
                 .data(data.to_string()),
         )
-        .await?;
-        Ok(checkpoint)
+        .await
     }
 
-    async fn send_batch(&self, generation: &Generation, batch: &ChangeBatch) -> Result<(), Gone> {
-        for event in self.batch_events(generation, batch) {
+    async fn send_batch(&self, at: &Cursor, batch: &ChangeBatch) -> Result<(), Gone> {
+        for event in self.batch_events(at, batch) {
             self.send(event).await?;
         }
         Ok(())
@@ -245,7 +304,7 @@ impl Follower {
 
     /// A commit's changes under the prefix, the last one with the commit's id; only the id when
     /// none matches (so the client's position keeps up).
-    fn batch_events(&self, generation: &Generation, batch: &ChangeBatch) -> Vec<Event> {
+    fn batch_events(&self, at: &Cursor, batch: &ChangeBatch) -> Vec<Event> {
         let mut events: Vec<Event> = batch
             .changes
             .range(self.prefix.clone()..)
@@ -259,7 +318,7 @@ impl Follower {
                 Event::default().event("change").data(data.to_string())
             })
             .collect();
-        let id = event_id(generation, batch.position);
+        let id = at.id(batch.position);
         match events.pop() {
             Some(last) => events.push(last.id(id)),
             None => events.push(Event::default().id(id)),

@@ -17,6 +17,10 @@ pub struct Deployment {
     pub pending: Option<GenerationRecord>,
     /// Whether the projector is paused.
     pub paused: bool,
+    /// Tells this deployment from an earlier one of the same name (deleted since): set when
+    /// the name is deployed anew, kept for its life. 0 in catalogs written before it existed.
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// One generation of a projector: a module and config with their own view file

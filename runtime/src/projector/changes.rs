@@ -31,6 +31,9 @@ pub enum Since {
     /// The position is older than what is kept (or not one this feed can vouch for); the
     /// subscriber must re-read the view. `checkpoint` is where the feed is now.
     Gone { checkpoint: u64 },
+    /// The position is past the feed's checkpoint: from another generation or incarnation,
+    /// or committed but not yet published (a reader of the view can be a moment ahead).
+    Ahead { checkpoint: u64 },
     /// The generation stopped or was replaced.
     Closed,
 }
@@ -49,6 +52,8 @@ struct FeedState {
     complete_after: u64,
     /// The last checkpoint published.
     checkpoint: u64,
+    /// How many times the view changed outside the feed's order (see [`ChangeFeed::invalidate`]).
+    invalidations: u64,
     closed: bool,
 }
 
@@ -69,6 +74,7 @@ impl ChangeFeed {
                 bytes: 0,
                 complete_after: checkpoint,
                 checkpoint,
+                invalidations: 0,
                 closed: false,
             }),
             wake: watch::Sender::new(()),
@@ -99,6 +105,18 @@ impl ChangeFeed {
         self.wake.send_replace(());
     }
 
+    /// Records that the view changed at an earlier position than the feed's (a dead-letter
+    /// retry): every subscriber must re-read.
+    pub fn invalidate(&self) {
+        self.state.lock().expect("change feed lock").invalidations += 1;
+        self.wake.send_replace(());
+    }
+
+    /// How many times [`invalidate`](Self::invalidate) was called.
+    pub fn invalidations(&self) -> u64 {
+        self.state.lock().expect("change feed lock").invalidations
+    }
+
     /// Marks the feed closed (its generation stopped) and wakes every subscriber.
     pub fn close(&self) {
         self.state.lock().expect("change feed lock").closed = true;
@@ -119,13 +137,17 @@ impl ChangeFeed {
     /// What a subscriber that has seen everything up to `after` gets next.
     pub fn since(&self, after: u64) -> Since {
         let state = self.state.lock().expect("change feed lock");
-        if after < state.complete_after || after > state.checkpoint {
-            return if state.closed {
-                Since::Closed
-            } else {
-                Since::Gone {
-                    checkpoint: state.checkpoint,
-                }
+        if state.closed && (after < state.complete_after || after >= state.checkpoint) {
+            return Since::Closed;
+        }
+        if after < state.complete_after {
+            return Since::Gone {
+                checkpoint: state.checkpoint,
+            };
+        }
+        if after > state.checkpoint {
+            return Since::Ahead {
+                checkpoint: state.checkpoint,
             };
         }
         let start = state.batches.partition_point(|b| b.position <= after);
@@ -166,7 +188,7 @@ mod tests {
         assert_eq!(positions(feed.since(15)), [20]);
         assert_eq!(positions(feed.since(20)), Vec::<u64>::new());
         assert!(matches!(feed.since(9), Since::Gone { checkpoint: 20 }));
-        assert!(matches!(feed.since(21), Since::Gone { checkpoint: 20 }));
+        assert!(matches!(feed.since(21), Since::Ahead { checkpoint: 20 }));
     }
 
     #[test]

@@ -210,6 +210,8 @@ impl Generation {
 pub struct ProjectorHandle {
     /// The deployment name.
     pub name: String,
+    /// Tells this deployment from an earlier one of the same name (see the catalog).
+    pub incarnation: u64,
     slots: RwLock<Slots>,
 }
 
@@ -309,6 +311,7 @@ impl Registry {
                 .transpose()?;
             registry.insert(Arc::new(ProjectorHandle {
                 name: name.clone(),
+                incarnation: deployment.incarnation,
                 slots: RwLock::new(Slots {
                     serving,
                     pending,
@@ -417,10 +420,14 @@ impl Registry {
             let store = self
                 .open_store(name, record.id, true)
                 .map_err(|e| storage(&e))?;
+            let incarnation = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64);
             let deployment = Deployment {
                 serving: record.clone(),
                 pending: None,
                 paused: false,
+                incarnation,
             };
             self.inner
                 .catalog
@@ -429,6 +436,7 @@ impl Registry {
             let serving = self.start(name, record, &module, instance, store, Command::Run, false);
             self.insert(Arc::new(ProjectorHandle {
                 name: name.to_string(),
+                incarnation,
                 slots: RwLock::new(Slots {
                     serving,
                     pending: None,
@@ -496,6 +504,8 @@ impl Registry {
                         false,
                     );
                     projector.slots.write().expect("slots lock").serving = started;
+                    // Its change subscribers follow the new runner.
+                    serving.changes.close();
                 }
                 record.id
             }
@@ -661,6 +671,7 @@ impl Registry {
             serving: slots.serving.record(),
             pending: slots.pending.as_ref().map(|p| p.record()),
             paused: slots.paused,
+            incarnation: projector.incarnation,
         }
     }
 
@@ -707,6 +718,7 @@ impl Registry {
             serving: pending.record(),
             pending: None,
             paused: projector.paused(),
+            incarnation: projector.incarnation,
         };
         if let Err(e) = self.inner.catalog.put(name, &deployment) {
             tracing::error!(projector = name, error = %e, "recording a promotion failed; the rebuild stays pending");

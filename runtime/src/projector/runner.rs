@@ -291,18 +291,18 @@ impl Runner {
                 }
             };
             let durable = last_durable.elapsed() >= DURABLE_INTERVAL;
-            let started = Instant::now();
             let overlay = view.into_overlay();
+            let started = Instant::now();
             self.store
                 .commit(&overlay, last, durable, None)
                 .map_err(|e| fault(e.to_string()))?;
-            if let Some(feed) = &self.changes {
-                feed.publish(last, overlay);
-            }
             self.metrics
                 .commit_seconds
                 .observe(started.elapsed().as_secs_f64());
             self.metrics.batches.inc();
+            if let Some(feed) = &self.changes {
+                feed.publish(last, overlay);
+            }
             if durable {
                 last_durable = Instant::now();
             }
@@ -401,6 +401,10 @@ impl Runner {
                 self.store
                     .commit_retry(&view.into_overlay(), position)
                     .map_err(|e| e.to_string())?;
+                // Its writes belong to an earlier position than the feed's: subscribers re-read.
+                if let Some(feed) = &self.changes {
+                    feed.invalidate();
+                }
                 tracing::info!(position, "dead letter retried and applied");
                 Ok(())
             }
