@@ -46,6 +46,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub limits: LimitsConfig,
     pub sandbox: SandboxConfig,
+    #[serde(skip_serializing_if = "TokensConfig::is_empty")]
     pub tokens: TokensConfig,
 }
 
@@ -99,6 +100,10 @@ pub struct TokensConfig {
 }
 
 impl TokensConfig {
+    fn is_empty(&self) -> bool {
+        self.roles().all(|(_, token)| token.is_none())
+    }
+
     /// Each role's name and token.
     fn roles(&self) -> impl Iterator<Item = (&'static str, Option<&str>)> {
         [
