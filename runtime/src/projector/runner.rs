@@ -184,28 +184,10 @@ impl Runner {
         });
         loop {
             let command = *self.commands.borrow_and_update();
-            let retries = self
-                .retries
-                .lock()
-                .expect("retry lock")
-                .as_mut()
-                .map(std::mem::take)
-                .unwrap_or_default();
-            for retry in retries {
-                let outcome = self.retry(&mut instance, &code, retry.position);
-                let _ = retry.reply.send(outcome);
+            if command == Command::Stop {
+                return Ok(());
             }
-            match command {
-                Command::Stop => return Ok(()),
-                Command::Pause => {
-                    self.set(|s| s.state = State::Paused);
-                    if !self.wait_for_command() {
-                        return Ok(());
-                    }
-                    continue;
-                }
-                Command::Run => {}
-            }
+            // New code first: a dead-letter retry asked for after a deploy runs the deployed code.
             if let Some((next_code, next)) = self.swap.lock().expect("swap lock").take() {
                 tracing::info!(
                     from = instance.module(),
@@ -217,6 +199,24 @@ impl Runner {
                 let old_code = std::mem::replace(&mut code, next_code);
                 previous = Some((old_code, std::mem::replace(&mut instance, next)));
                 self.set(|s| s.module = module);
+            }
+            let retries = self
+                .retries
+                .lock()
+                .expect("retry lock")
+                .as_mut()
+                .map(std::mem::take)
+                .unwrap_or_default();
+            for retry in retries {
+                let outcome = self.retry(&mut instance, &code, retry.position);
+                let _ = retry.reply.send(outcome);
+            }
+            if command == Command::Pause {
+                self.set(|s| s.state = State::Paused);
+                if !self.wait_for_command() {
+                    return Ok(());
+                }
+                continue;
             }
 
             let end = match self.stop_at {
