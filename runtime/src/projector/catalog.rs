@@ -51,7 +51,7 @@ impl Catalog {
     pub fn open(data_dir: &Path) -> Result<Catalog, redb::Error> {
         let modules = data_dir.join("modules");
         std::fs::create_dir_all(&modules).map_err(redb::Error::Io)?;
-        let db = Database::create(data_dir.join("catalog.redb"))?;
+        let db = crate::store::open_database(&data_dir.join("catalog.redb"))?;
         let txn = db.begin_write()?;
         txn.open_table(DEPLOYMENTS)?;
         txn.commit()?;

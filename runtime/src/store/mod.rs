@@ -239,8 +239,25 @@ fn write_dead_letter(txn: &redb::WriteTransaction, letter: &DeadLetter) -> Resul
     Ok(())
 }
 
-/// Opens (or creates) a redb file; a damaged file is an error, never a panic.
+/// How long opening waits for a file another `Database` in this process is still closing
+/// (a Prism stopping while another starts on the same data dir, as in a restart in tests).
+const ALREADY_OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens (or creates) a redb file; a damaged file is an error, never a panic. A file that is
+/// open elsewhere is waited for a moment, then reported.
 pub fn open_database(path: &Path) -> Result<Database, redb::Error> {
+    let deadline = std::time::Instant::now() + ALREADY_OPEN_WAIT;
+    loop {
+        match open_once(path) {
+            Err(redb::Error::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            opened => return opened,
+        }
+    }
+}
+
+fn open_once(path: &Path) -> Result<Database, redb::Error> {
     match std::panic::catch_unwind(|| Database::create(path)) {
         Ok(opened) => opened.map_err(redb::Error::from),
         Err(panic) => {
