@@ -247,13 +247,8 @@ async fn a_rebuild_or_an_unknown_position_tells_the_client_to_reread() {
     assert_eq!(client.get("/projectors/nope/changes").await.status, 404);
 
     // Deleting the projector ends the stream with a last event.
-    let deleted = client
-        .http
-        .delete(client.url("/projectors/tally"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), 200);
+    let deleted = client.delete("/projectors/tally").await;
+    assert_eq!(deleted.status, 200);
     assert_eq!(subscriber.next_named().await.event, "deleted");
     server.stop().await;
 }
@@ -312,13 +307,8 @@ async fn fixes_retries_and_redeploys_keep_subscribers_right() {
     client.wait_caught_up("tally").await;
     let mut subscriber = Subscriber::open(&client, "/projectors/tally/changes", None).await;
     let old_id = subscriber.next_named().await.id.unwrap();
-    let deleted = client
-        .http
-        .delete(client.url("/projectors/tally"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), 200);
+    let deleted = client.delete("/projectors/tally").await;
+    assert_eq!(deleted.status, 200);
     assert_eq!(subscriber.next_named().await.event, "deleted");
     client.deploy("tally", artifacts::TALLY_V3).await;
     client.wait_caught_up("tally").await;

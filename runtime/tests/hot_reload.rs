@@ -365,13 +365,8 @@ async fn lifecycle_pause_resume_reset_rollback_delete() {
     assert_eq!(cached["compile"], "disk-cache");
 
     // Delete: gone, files and all; other projectors untouched.
-    let deleted = client
-        .http
-        .delete(client.url("/projectors/tally"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), 200);
+    let deleted = client.delete("/projectors/tally").await;
+    assert_eq!(deleted.status, 200);
     assert_eq!(client.get("/projectors/tally").await.status, 404);
     assert!(!dir.path().join("projectors/tally").exists());
     assert_eq!(client.get("/projectors/tally/pause").await.status, 405);

@@ -214,20 +214,10 @@ async fn the_skip_policy_dead_letters_failing_events_and_goes_on() {
         .await
         .body;
     assert_eq!(after["dead_letters"].as_array().unwrap().len(), 1);
-    let discard = client
-        .http
-        .delete(client.url("/projectors/poison/dead-letters/3"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(discard.status(), 200);
-    let again = client
-        .http
-        .delete(client.url("/projectors/poison/dead-letters/3"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), 404);
+    let discard = client.delete("/projectors/poison/dead-letters/3").await;
+    assert_eq!(discard.status, 200);
+    let again = client.delete("/projectors/poison/dead-letters/3").await;
+    assert_eq!(again.status, 404);
     let left = client.get("/projectors/poison/dead-letters").await.body["dead_letters"].clone();
     assert_eq!(left.as_array().unwrap().len(), 1);
 

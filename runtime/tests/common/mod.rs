@@ -70,6 +70,10 @@ impl Client {
         Self::reply(self.http.get(self.url(path)).send().await.unwrap()).await
     }
 
+    pub async fn delete(&self, path: &str) -> Reply {
+        Self::reply(self.http.delete(self.url(path)).send().await.unwrap()).await
+    }
+
     pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Reply {
         Self::reply(
             self.http
