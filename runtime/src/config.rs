@@ -24,6 +24,7 @@
 //! read = "..."
 //! ```
 
+use crate::http::Tokens;
 use crate::server::ServerConfig;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -46,8 +47,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub limits: LimitsConfig,
     pub sandbox: SandboxConfig,
-    #[serde(skip_serializing_if = "TokensConfig::is_empty")]
-    pub tokens: TokensConfig,
+    #[serde(skip_serializing_if = "Tokens::is_empty")]
+    pub tokens: Tokens,
 }
 
 /// How logs are written to stderr.
@@ -90,31 +91,6 @@ pub struct SandboxConfig {
     pub max_wasm_stack: usize,
 }
 
-/// Bearer tokens (absent: that role is open).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TokensConfig {
-    pub admin: Option<String>,
-    pub write: Option<String>,
-    pub read: Option<String>,
-}
-
-impl TokensConfig {
-    fn is_empty(&self) -> bool {
-        self.roles().all(|(_, token)| token.is_none())
-    }
-
-    /// Each role's name and token.
-    fn roles(&self) -> impl Iterator<Item = (&'static str, Option<&str>)> {
-        [
-            ("admin", self.admin.as_deref()),
-            ("write", self.write.as_deref()),
-            ("read", self.read.as_deref()),
-        ]
-        .into_iter()
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -123,7 +99,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             limits: LimitsConfig::default(),
             sandbox: SandboxConfig::default(),
-            tokens: TokensConfig::default(),
+            tokens: Tokens::default(),
         }
     }
 }
@@ -177,21 +153,14 @@ impl Config {
 
     /// Refuses settings that cannot be meant: an empty token (it would let every request in).
     pub fn check(&self) -> anyhow::Result<()> {
-        for (role, token) in self.tokens.roles() {
-            if token.is_some_and(str::is_empty) {
-                anyhow::bail!(
-                    "the {role} token is empty, which would let every request in; leave it out to keep the role open"
-                );
-            }
-        }
-        Ok(())
+        self.tokens.check().map_err(anyhow::Error::msg)
     }
 
     /// The effective config as TOML. Tokens are not printed, only which are set (as a comment,
     /// so the output can serve as a config file).
     pub fn to_toml_masked(&self) -> String {
         let mut shown = self.clone();
-        shown.tokens = TokensConfig::default();
+        shown.tokens = Tokens::default();
         let mut text = toml::to_string(&shown).expect("the config serializes");
         let set: Vec<&str> = self
             .tokens
@@ -218,11 +187,7 @@ impl Config {
         config.sandbox.fuel_per_event = self.sandbox.fuel_per_event;
         config.sandbox.max_memory_bytes = self.sandbox.max_memory_bytes;
         config.sandbox.max_wasm_stack = self.sandbox.max_wasm_stack;
-        config.tokens = crate::http::Tokens {
-            admin: self.tokens.admin.clone(),
-            write: self.tokens.write.clone(),
-            read: self.tokens.read.clone(),
-        };
+        config.tokens = self.tokens.clone();
         config
     }
 }
@@ -271,7 +236,7 @@ mod tests {
             "{printed}"
         );
         let back: Config = toml::from_str(&printed).unwrap();
-        assert_eq!(back.tokens, TokensConfig::default());
+        assert_eq!(back.tokens, Tokens::default());
         assert_eq!(back.limits, config.limits);
     }
 

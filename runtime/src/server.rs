@@ -51,13 +51,7 @@ impl Server {
     /// Opens the data dir, starts every deployed projector from its checkpoint, and serves the
     /// API.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
-        let tokens = &config.tokens;
-        if [&tokens.admin, &tokens.write, &tokens.read]
-            .into_iter()
-            .any(|token| token.as_deref() == Some(""))
-        {
-            anyhow::bail!("an empty token would let every request in; leave it out instead");
-        }
+        config.tokens.check().map_err(anyhow::Error::msg)?;
         let data_dir = config.data_dir.clone();
         let sandbox = config.sandbox;
         let (log, registry) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {

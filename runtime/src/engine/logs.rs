@@ -75,8 +75,9 @@ impl ModuleLog {
         module: &str,
         message: &'m str,
     ) -> Option<&'m str> {
+        let message = truncate(message);
         self.write_at(Instant::now(), level, module, message)
-            .then(|| truncate(message))
+            .then_some(message)
     }
 
     fn write_at(&self, now: Instant, level: tracing::Level, module: &str, message: &str) -> bool {
@@ -99,7 +100,7 @@ impl ModuleLog {
             tracing::warn!(module, "{note}");
             state.push(tracing::Level::WARN, module, note);
         }
-        state.push(level, module, truncate(message).to_string());
+        state.push(level, module, message.to_string());
         true
     }
 

@@ -19,8 +19,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
-/// Bearer tokens; `None` leaves that role open.
-#[derive(Debug, Clone, Default)]
+/// Bearer tokens; `None` leaves that role open. (Also the `[tokens]` table of the config file.)
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Tokens {
     /// For deploys and the projector lifecycle.
     pub admin: Option<String>,
@@ -56,6 +57,34 @@ pub(super) fn role(method: &Method, path: &str) -> Role {
 }
 
 impl Tokens {
+    /// Each role's name and token.
+    pub fn roles(&self) -> impl Iterator<Item = (&'static str, Option<&str>)> {
+        [
+            ("admin", self.admin.as_deref()),
+            ("write", self.write.as_deref()),
+            ("read", self.read.as_deref()),
+        ]
+        .into_iter()
+    }
+
+    /// Whether no token is set (every role open).
+    pub fn is_empty(&self) -> bool {
+        self.roles().all(|(_, token)| token.is_none())
+    }
+
+    /// Refuses an empty token: every request would present it.
+    pub fn check(&self) -> Result<(), String> {
+        match self
+            .roles()
+            .find(|(_, token)| token.is_some_and(str::is_empty))
+        {
+            Some((role, _)) => Err(format!(
+                "the {role} token is empty, which would let every request in; leave it out to keep the role open"
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// The tokens that grant `role`; empty when the role is open.
     fn granting(&self, role: Role) -> Vec<&str> {
         let (admin, write, read) = (

@@ -21,6 +21,8 @@ pub const RETAINED_BYTES: usize = 32 << 20;
 pub struct ChangeBatch {
     pub position: u64,
     pub changes: Overlay,
+    /// Key and value bytes, counted once for the retention limit.
+    bytes: usize,
 }
 
 /// What a subscriber at a position gets.
@@ -87,17 +89,20 @@ impl ChangeFeed {
             let mut state = self.state.lock().expect("change feed lock");
             state.checkpoint = position;
             if !changes.is_empty() {
+                let bytes = batch_bytes(&changes);
                 state.changes += changes.len();
-                state.bytes += batch_bytes(&changes);
-                state
-                    .batches
-                    .push_back(Arc::new(ChangeBatch { position, changes }));
+                state.bytes += bytes;
+                state.batches.push_back(Arc::new(ChangeBatch {
+                    position,
+                    changes,
+                    bytes,
+                }));
                 while state.changes > RETAINED_CHANGES || state.bytes > RETAINED_BYTES {
                     let Some(oldest) = state.batches.pop_front() else {
                         break;
                     };
                     state.changes -= oldest.changes.len();
-                    state.bytes -= batch_bytes(&oldest.changes);
+                    state.bytes -= oldest.bytes;
                     state.complete_after = oldest.position;
                 }
             }
