@@ -309,7 +309,7 @@ async fn freshness_and_query_figures(report: &mut Report, dir: &std::path::Path)
         for i in 0..count {
             tokio::time::sleep_until(start_at + interval * i as u32).await;
             let prism = prism.clone();
-            let mut checkpoints = generation.checkpoints();
+            let mut status = generation.watch();
             tasks.push(tokio::spawn(async move {
                 let reply = prism
                     .http
@@ -322,7 +322,7 @@ async fn freshness_and_query_figures(report: &mut Report, dir: &std::path::Path)
                 let acked = Instant::now();
                 let body: Value = reply.json().await.unwrap();
                 let position = body["last_position"].as_u64().unwrap();
-                checkpoints.wait_for(|c| *c >= position).await.unwrap();
+                status.wait_for(|s| s.checkpoint >= position).await.unwrap();
                 acked.elapsed()
             }));
         }

@@ -8,6 +8,7 @@
 //!                   -> view + checkpoint (projectors/<name>/gen-<n>.redb, one transaction) -> HTTP
 //! ```
 //!
+//! - [`data_dir`]: where every file lives, and atomic whole-file writes.
 //! - [`log`]: the event log, with group-committed durable appends and a head watch.
 //! - [`engine`]: wasmtime, the WIT bindings, module validation and instances.
 //! - [`projector`]: runners and the registry of deployed projectors.
@@ -25,6 +26,7 @@
 //! ```
 
 pub mod config;
+pub mod data_dir;
 pub mod engine;
 pub mod http;
 pub mod kit;

@@ -1,9 +1,10 @@
 //! Prism assembled: the log, the engine, the registry and the HTTP API on one data dir.
 
+use crate::data_dir::DataDir;
 use crate::engine::Engine;
 use crate::http::{AppState, Limits, router};
 use crate::log::EventLog;
-use crate::projector::Registry;
+use crate::projector::{Registry, Spawner};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +24,9 @@ pub struct ServerConfig {
     pub sandbox: crate::engine::Limits,
     /// Bearer tokens (none: open, fit for loopback only).
     pub tokens: crate::http::Tokens,
+    /// How projector threads are started (the default starts OS threads; tests inject
+    /// failures).
+    pub spawner: Spawner,
 }
 
 impl ServerConfig {
@@ -34,6 +38,7 @@ impl ServerConfig {
             limits: Limits::default(),
             sandbox: crate::engine::Limits::default(),
             tokens: crate::http::Tokens::default(),
+            spawner: Spawner::default(),
         }
     }
 }
@@ -52,15 +57,16 @@ impl Server {
     /// API.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
         config.tokens.check().map_err(anyhow::Error::msg)?;
-        let data_dir = config.data_dir.clone();
+        let root = config.data_dir.clone();
         let sandbox = config.sandbox;
+        let spawner = config.spawner.clone();
         let (log, registry) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            std::fs::create_dir_all(&data_dir)
-                .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
-            let log = EventLog::open(&data_dir.join("log.redb"))?;
-            let engine = Engine::new(Some(data_dir.join("cache")), sandbox)
+            let dir = DataDir::create(&root)
+                .with_context(|| format!("creating the data dir {}", root.display()))?;
+            let log = EventLog::open(&dir.log())?;
+            let engine = Engine::new(Some(dir.cache()), sandbox)
                 .map_err(|e| anyhow::anyhow!("starting the WebAssembly engine: {e:#}"))?;
-            let registry = Registry::open(&data_dir, engine, log.clone())?;
+            let registry = Registry::open(&dir, engine, log.clone(), spawner)?;
             Ok((log, registry))
         })
         .await??;
@@ -134,15 +140,16 @@ pub enum Repair {
 /// moved aside so their projectors rebuild them from the log at the next start; a damaged log
 /// or catalog is an error (restore it from a backup). Returns what was repaired.
 pub fn repair(data_dir: &std::path::Path) -> anyhow::Result<Vec<Repair>> {
-    EventLog::open(&data_dir.join("log.redb"))?;
-    crate::projector::catalog::Catalog::open(data_dir).map_err(|e| {
+    let dir = DataDir::new(data_dir);
+    EventLog::open(&dir.log())?;
+    crate::projector::catalog::Catalog::open(&dir).map_err(|e| {
         anyhow::anyhow!(
             "cannot open the catalog {}: {e}; restore it from a backup",
-            data_dir.join("catalog.redb").display()
+            dir.catalog().display()
         )
     })?;
     let mut repairs = Vec::new();
-    let projectors = data_dir.join("projectors");
+    let projectors = dir.projectors();
     let Ok(dirs) = std::fs::read_dir(&projectors) else {
         return Ok(repairs);
     };

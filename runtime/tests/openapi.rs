@@ -501,6 +501,50 @@ async fn the_description_lists_every_route_and_real_answers_match_it() {
             vec![],
             400,
         ),
+        // Every extractor rejection answers the JSON error shape the description states.
+        (
+            "POST",
+            "/projectors/event-counter/dead-letters/-1/retry",
+            "/projectors/{name}/dead-letters/{position}/retry",
+            vec![],
+            400,
+        ),
+        (
+            "GET",
+            "/projectors/event-counter/dead-letters?after=soon",
+            "/projectors/{name}/dead-letters",
+            vec![],
+            400,
+        ),
+        (
+            "GET",
+            "/projectors/event-counter/view/total?min_position=soon",
+            "/projectors/{name}/view/{key}",
+            vec![],
+            400,
+        ),
+        (
+            "GET",
+            "/projectors/event-counter/view?limit=-3",
+            "/projectors/{name}/view",
+            vec![],
+            400,
+        ),
+        (
+            "PUT",
+            "/projectors/event-counter?mode=sideways",
+            "/projectors/{name}",
+            vec![],
+            400,
+        ),
+        (
+            "GET",
+            "/streams/order-9?from=first",
+            "/streams/{stream}",
+            vec![],
+            400,
+        ),
+        ("GET", "/projectors/%FF", "/projectors/{name}", vec![], 400),
         (
             "DELETE",
             "/projectors/event-counter",
@@ -514,6 +558,20 @@ async fn the_description_lists_every_route_and_real_answers_match_it() {
         assert_eq!(reply.status, status, "{method} {path}: {}", reply.json());
         spec.check(method, template, &reply).unwrap();
     }
+
+    // An internal failure (the modules directory is now a file) is documented too.
+    let modules = data.path().join("modules");
+    std::fs::remove_dir_all(&modules).unwrap();
+    std::fs::write(&modules, b"not a directory").unwrap();
+    let failed = send(
+        &client,
+        "PUT",
+        "/projectors/fresh",
+        common::artifacts::read(common::artifacts::TALLY_V3),
+    )
+    .await;
+    assert_eq!(failed.status, 500, "{}", failed.json());
+    spec.check("PUT", "/projectors/{name}", &failed).unwrap();
 
     // A check that cannot fail proves nothing: wrong answers are refused.
     let good = send(&client, "GET", "/projectors", Vec::new()).await;
@@ -570,6 +628,16 @@ async fn the_description_lists_every_route_and_real_answers_match_it() {
             "{what} passed validation"
         );
     }
+    let plain = wrong(json!("Invalid URL"), 400, "text/plain; charset=utf-8");
+    assert!(
+        spec.check(
+            "DELETE",
+            "/projectors/{name}/dead-letters/{position}",
+            &plain
+        )
+        .is_err(),
+        "a plain-text rejection passed validation"
+    );
     let conflict = wrong(json!({"error": "conflict"}), 409, "application/json");
     assert!(
         spec.check("POST", "/streams/{stream}/events", &conflict)

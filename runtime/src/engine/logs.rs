@@ -2,9 +2,10 @@
 //! passed to `tracing`, rate-limited per projector, and kept (the last [`KEPT_LINES`]) for
 //! `GET /projectors/{name}/logs`.
 
+use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Lines kept per projector.
@@ -39,7 +40,6 @@ impl ModuleLogs {
     pub fn of(&self, name: &str) -> Arc<ModuleLog> {
         self.by_name
             .lock()
-            .expect("module logs lock")
             .entry(name.to_string())
             .or_default()
             .clone()
@@ -47,7 +47,7 @@ impl ModuleLogs {
 
     /// Forgets a deleted projector's lines.
     pub fn remove(&self, name: &str) {
-        self.by_name.lock().expect("module logs lock").remove(name);
+        self.by_name.lock().remove(name);
     }
 }
 
@@ -81,7 +81,7 @@ impl ModuleLog {
     }
 
     fn write_at(&self, now: Instant, level: tracing::Level, module: &str, message: &str) -> bool {
-        let mut state = self.state.lock().expect("module log lock");
+        let mut state = self.state.lock();
         let window_over = state
             .window_start
             .is_none_or(|start| now.duration_since(start) >= Duration::from_secs(1));
@@ -107,7 +107,7 @@ impl ModuleLog {
     /// Oldest first: without `after`, the newest `limit` lines; with `after` (a `seq`), the
     /// first `limit` lines after it, so a reader paging forward misses none that are kept.
     pub fn lines(&self, after: Option<u64>, limit: usize) -> Vec<LogLine> {
-        let state = self.state.lock().expect("module log lock");
+        let state = self.state.lock();
         match after {
             None => {
                 let skip = state.lines.len().saturating_sub(limit);

@@ -13,16 +13,17 @@ mod convert;
 mod host;
 mod logs;
 
-pub use convert::{Descriptor, EventBatch};
+pub use convert::{Descriptor, EventBatch, Subscription};
 use host::HostState;
 pub use logs::{LogLine, ModuleLogs};
 
 use crate::store::BatchView;
 use bindings::ProjectorWorldPre;
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use wasmtime::Store;
 use wasmtime::component::{Component, HasSelf, Linker};
 
@@ -259,7 +260,7 @@ impl Engine {
         hash: &str,
         read: impl FnOnce() -> std::io::Result<Vec<u8>>,
     ) -> Result<(Module, CompileSource), ModuleError> {
-        if let Some(module) = self.loaded.lock().expect("module cache lock").get(hash) {
+        if let Some(module) = self.loaded.lock().get(hash) {
             return Ok((module.clone(), CompileSource::Memory));
         }
         let cached = self.cache_path(hash).and_then(|path| {
@@ -296,10 +297,7 @@ impl Engine {
             hash: hash.to_string(),
             pre,
         };
-        self.loaded
-            .lock()
-            .expect("module cache lock")
-            .insert(hash.to_string(), module.clone());
+        self.loaded.lock().insert(hash.to_string(), module.clone());
         Ok((module, source))
     }
 
@@ -311,13 +309,13 @@ impl Engine {
     /// Writes a compiled artifact to the cache (best effort: a failure only costs a compile).
     fn store_artifact(&self, hash: &str, component: &Component) {
         let Some(dir) = &self.cache_dir else { return };
+        // A unique temporary file per writer: two deploys of one module may compile it at
+        // the same moment, and this file is later loaded with an `unsafe` deserialize.
         let write = || -> anyhow::Result<()> {
             let bytes = component
                 .serialize()
                 .map_err(|e| anyhow::anyhow!("{e:#}"))?;
-            let tmp = dir.join(format!(".{hash}.tmp"));
-            std::fs::write(&tmp, bytes)?;
-            std::fs::rename(tmp, dir.join(format!("{hash}.cwasm")))?;
+            crate::data_dir::write_atomic(&dir.join(format!("{hash}.cwasm")), &bytes)?;
             Ok(())
         };
         if let Err(e) = write() {
@@ -378,6 +376,7 @@ impl Engine {
         Ok(Instance {
             limits,
             module: module.hash.clone(),
+            config: config.to_string(),
             store,
             bindings,
             descriptor,
@@ -443,6 +442,7 @@ fn check_imports(engine: &wasmtime::Engine, component: &Component) -> Result<(),
 pub struct Instance {
     limits: Limits,
     module: String,
+    config: String,
     store: Store<HostState>,
     bindings: bindings::ProjectorWorld,
     descriptor: Descriptor,
@@ -454,6 +454,11 @@ impl Instance {
         &self.module
     }
 
+    /// The configuration string it was started with.
+    pub fn config(&self) -> &str {
+        &self.config
+    }
+
     /// What the module said about itself.
     pub fn descriptor(&self) -> &Descriptor {
         &self.descriptor
@@ -462,6 +467,7 @@ impl Instance {
     /// Applies `batch` on top of `view`. Returns the view with the batch's writes (to commit)
     /// or the failure (the writes are then to be dropped). After a trap, the instance must not
     /// be used again.
+    #[tracing::instrument(level = "debug", skip_all, fields(module = %self.module, events = batch.len()))]
     pub fn apply(
         &mut self,
         batch: &EventBatch,

@@ -18,10 +18,10 @@
 //! whole, so applying one twice is harmless. A commit with no change under `prefix` sends only
 //! its `id`, so a client's position keeps up.
 
+use super::extract::{Path, Query};
 use super::{ApiError, AppState};
 use crate::projector::{ChangeBatch, Generation, ProjectorHandle, Registry, Since};
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
@@ -75,9 +75,8 @@ pub async fn changes(
     State(state): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    params: Result<Query<ChangeParams>, QueryRejection>,
+    Query(params): Query<ChangeParams>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let Query(params) = params?;
     let resume = match headers.get("last-event-id") {
         Some(header) => Some(
             header
@@ -144,8 +143,7 @@ impl Cursor {
     fn id(&self, position: u64) -> String {
         format!(
             "{}-{}-{position}",
-            self.projector.incarnation,
-            self.generation.id()
+            self.projector.incarnation, self.generation.id
         )
     }
 }
@@ -177,7 +175,7 @@ impl Follower {
         };
         match resume {
             Some((incarnation, generation, position))
-                if incarnation == at.projector.incarnation && generation == at.generation.id() =>
+                if incarnation == at.projector.incarnation && generation == at.generation.id =>
             {
                 at.after = position;
             }
@@ -190,7 +188,7 @@ impl Follower {
             }
             None => {
                 at.after = at.generation.changes.checkpoint();
-                let data = json!({ "generation": at.generation.id(), "checkpoint": at.after });
+                let data = json!({ "generation": at.generation.id, "checkpoint": at.after });
                 self.send(
                     Event::default()
                         .event("subscribed")
@@ -250,7 +248,7 @@ impl Follower {
                         return Ok(());
                     }
                     let same_view =
-                        Arc::ptr_eq(&projector, &at.projector) && next.id() == at.generation.id();
+                        Arc::ptr_eq(&projector, &at.projector) && next.id == at.generation.id;
                     at.projector = projector;
                     at.invalidations = next.changes.invalidations();
                     at.generation = next;
@@ -283,7 +281,7 @@ impl Follower {
         at.after = at.generation.changes.checkpoint();
         let data = json!({
             "reason": reason,
-            "generation": at.generation.id(),
+            "generation": at.generation.id,
             "checkpoint": at.after,
         });
         self.send(

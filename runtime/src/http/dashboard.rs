@@ -5,7 +5,7 @@
 //! the page asks for one when the API answers 401, keeps it in `localStorage` and sends it as
 //! `Authorization: Bearer` on every API call.
 
-use axum::extract::Path;
+use super::extract::Path;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 

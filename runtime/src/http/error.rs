@@ -1,16 +1,26 @@
-//! The API's error type: a status and a JSON body `{ "error": "...", ...details }`.
+//! The API's error type: a status and a JSON body `{ "error": "...", ...details }`, and how each
+//! domain error and each extractor rejection becomes one.
+//!
+//! Internal causes (storage failures, bugs) are logged with the request's id and never sent:
+//! the client gets a 500 that names the `x-request-id` of its answer, which finds the cause in
+//! Prism's log.
 
+use crate::projector::error::chain;
+use crate::projector::{DeployError, LifecycleError, RetryError, StorageError};
 use axum::Json;
-use axum::http::StatusCode;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-/// An error answered to a client. Server-side causes are logged, not shown.
+/// An error answered to a client.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     message: String,
     details: Map<String, Value>,
+    /// Seconds, for a `Retry-After` header.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -20,6 +30,7 @@ impl ApiError {
             status,
             message: message.into(),
             details: Map::new(),
+            retry_after: None,
         }
     }
 
@@ -33,12 +44,21 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, message)
     }
 
-    /// 500: logs `cause` and tells the client only that the server failed.
-    pub fn internal(cause: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "request failed");
+    /// 503 with `Retry-After`: Prism cannot do it now, and may later.
+    pub fn unavailable(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        ApiError {
+            retry_after: Some(retry_after_secs),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+        }
+    }
+
+    /// 500: logs `cause` with its sources (in the request's span, which carries its id) and
+    /// tells the client only where to look.
+    pub fn internal(cause: &(dyn std::error::Error + 'static)) -> Self {
+        tracing::error!(error = %chain(cause), "request failed");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("internal error: {cause}"),
+            "internal error: Prism's log has the cause under this answer's x-request-id",
         )
     }
 
@@ -46,17 +66,16 @@ impl ApiError {
     pub fn detailed(status: StatusCode, body: &impl serde::Serialize) -> Self {
         let mut details = match serde_json::to_value(body) {
             Ok(Value::Object(details)) => details,
-            Ok(other) => return Self::internal(format!("an error body is not an object: {other}")),
-            Err(e) => return Self::internal(e),
+            Ok(_) => return Self::new(status, "error"),
+            Err(e) => return Self::internal(&e),
         };
         let message = match details.remove("error") {
             Some(Value::String(message)) => message,
             _ => String::new(),
         };
         ApiError {
-            status,
-            message,
             details,
+            ..Self::new(status, message)
         }
     }
 
@@ -71,18 +90,105 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = self.details;
         body.insert("error".into(), json!(self.message));
-        (self.status, Json(Value::Object(body))).into_response()
+        let mut response = (self.status, Json(Value::Object(body))).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
-impl From<axum::extract::rejection::BytesRejection> for ApiError {
-    fn from(rejection: axum::extract::rejection::BytesRejection) -> Self {
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> Self {
+        use crate::engine::ModuleError;
+        let status = match &e {
+            DeployError::InvalidName(_) => StatusCode::BAD_REQUEST,
+            DeployError::UnknownModule(_) => StatusCode::NOT_FOUND,
+            DeployError::Module(ModuleError::NotWasm) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            DeployError::Module(ModuleError::Unavailable { .. }) | DeployError::Storage(_) => {
+                return ApiError::internal(&e);
+            }
+            DeployError::Module(_) | DeployError::Instance(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            DeployError::Spawn(cause) => {
+                tracing::error!(error = %cause, "starting a projector thread failed");
+                return ApiError::unavailable(format!("{e}; try again"), 1);
+            }
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<LifecycleError> for ApiError {
+    fn from(e: LifecycleError) -> Self {
+        match e {
+            LifecycleError::NotFound(_) => ApiError::not_found(e.to_string()),
+            LifecycleError::Deploy(e) => e.into(),
+            LifecycleError::Storage(_) => ApiError::internal(&e),
+            LifecycleError::Replay(ref fault) => {
+                let fault = serde_json::to_value(fault).unwrap_or(Value::Null);
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).with("fault", fault)
+            }
+        }
+    }
+}
+
+impl From<RetryError> for ApiError {
+    fn from(e: RetryError) -> Self {
+        let status = match e {
+            RetryError::NoProjector(_) | RetryError::NoDeadLetter(_) => StatusCode::NOT_FOUND,
+            RetryError::NotRunning => StatusCode::CONFLICT,
+            RetryError::Failed(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            RetryError::Storage(_) => return ApiError::internal(&e),
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        ApiError::internal(&e)
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError::internal(&e)
+    }
+}
+
+impl From<crate::log::ReadError> for ApiError {
+    fn from(e: crate::log::ReadError) -> Self {
+        ApiError::internal(&e)
+    }
+}
+
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        ApiError::internal(&e)
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
         ApiError::new(rejection.status(), rejection.body_text())
     }
 }
 
-impl From<axum::extract::rejection::QueryRejection> for ApiError {
-    fn from(rejection: axum::extract::rejection::QueryRejection) -> Self {
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
         ApiError::bad_request(rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        // A path that matched a route but whose parameters do not parse (`/dead-letters/abc`).
+        let status = match rejection.status() {
+            StatusCode::INTERNAL_SERVER_ERROR => return ApiError::internal(&rejection),
+            status => status,
+        };
+        ApiError::new(status, rejection.body_text())
     }
 }

@@ -135,7 +135,7 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
             .set(head.saturating_sub(status.checkpoint));
         applied.get_or_create(&labels).set(status.events_applied);
         dead_letters.get_or_create(&labels).set(status.dead_letters);
-        generation.get_or_create(&labels).set(serving.id());
+        generation.get_or_create(&labels).set(serving.id);
         let state_name = serde_json::to_value(projector.state())
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
@@ -206,7 +206,7 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
 
     let mut body = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &registry) {
-        return super::ApiError::internal(e).into_response();
+        return super::ApiError::internal(&e).into_response();
     }
     let mut response = body.into_response();
     response.headers_mut().insert(

@@ -25,9 +25,15 @@
 //! | `GET /openapi.json` | this API's OpenAPI 3.1 description (no token needed) |
 //! | `GET /` | the dashboard page (assets under `/dashboard/`) |
 //!
-//! Errors are JSON `{ "error": "..." }` with 400 (bad request), 401 (missing or wrong bearer
-//! token, see [`auth`]), 404 (unknown stream, projector or key), 408 (timeout), 409 (version
-//! conflict), 413 (body or batch too large), 415 (not Wasm) or 422 (not a valid projector).
+//! Errors are JSON `{ "error": "..." }` with 400 (bad request, including path and query
+//! parameters that do not parse), 401 (missing or wrong bearer token, see [`auth`]), 404
+//! (unknown stream, projector, key or route), 405 (method), 408 (timeout), 409 (version
+//! conflict), 413 (body or batch too large), 415 (not Wasm), 422 (not a valid projector), 500
+//! (an internal failure: its cause is logged, never sent; the answer's `x-request-id` finds it
+//! in the log) or 503 with `Retry-After`. Every answer carries an `x-request-id` (the client's,
+//! or a new UUID), and every log line written while handling it carries it too. Handlers use
+//! [`extract`]'s `Path` and `Query`, whose rejections are JSON errors like the rest, and turn
+//! domain errors into [`ApiError`]s with `?` (one `From` per error type in [`error`]).
 //!
 //! `GET /openapi.json` describes every route above, generated from the code ([`openapi()`],
 //! utoipa): each handler carries a `#[utoipa::path]` with its parameters, request body and
@@ -41,7 +47,10 @@
 mod auth;
 mod changes;
 mod dashboard;
+mod dead_letters;
 mod error;
+pub mod extract;
+mod inspect;
 mod metrics;
 mod openapi;
 mod projectors;
@@ -115,6 +124,15 @@ impl AppState {
     }
 }
 
+/// Runs blocking `work` off the async executor, in the request's span (so its log lines carry
+/// the request id).
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let span = tracing::Span::current();
+    Ok(tokio::task::spawn_blocking(move || span.in_scope(work)).await?)
+}
+
 /// Every route, each registered with its description (`routes!` reads the path and methods
 /// from the handler's `#[utoipa::path]`): a route cannot be served without being in
 /// `/openapi.json`. Register routes nowhere else.
@@ -133,16 +151,16 @@ pub(crate) fn api(limits: Limits) -> OpenApiRouter<AppState> {
         .routes(routes!(p::pause))
         .routes(routes!(p::resume))
         .routes(routes!(p::reset))
-        .routes(routes!(p::verify))
-        .routes(routes!(p::dead_letters))
-        .routes(routes!(p::logs))
+        .routes(routes!(inspect::verify))
+        .routes(routes!(dead_letters::dead_letters))
+        .routes(routes!(dead_letters::logs))
         .routes(routes!(changes::changes))
-        .routes(routes!(p::discard_dead_letter))
-        .routes(routes!(p::retry_dead_letter))
+        .routes(routes!(dead_letters::discard_dead_letter))
+        .routes(routes!(dead_letters::retry_dead_letter))
         .routes(routes!(p::modules))
         .routes(routes!(views::scan))
         .routes(routes!(views::get))
-        .routes(routes!(p::ready))
+        .routes(routes!(inspect::ready))
         .routes(routes!(metrics::scrape))
         .routes(routes!(health))
         .routes(routes!(openapi::spec))
@@ -163,9 +181,18 @@ async fn health() -> axum::Json<openapi::Health> {
 
 /// The API's routes over `state`.
 pub fn router(state: AppState) -> Router {
+    use tower_http::catch_panic::CatchPanicLayer;
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    use tower_http::trace::TraceLayer;
     let (routes, _) = api(state.limits).split_for_parts();
     routes
         .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "this route does not take that method",
+            )
+        })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -178,5 +205,38 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             metrics::track,
         ))
+        // Outermost last: a request gets its id, then its span, and its answer the id back,
+        // a panic included.
+        .layer(CatchPanicLayer::custom(panicked))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// The span of one request: its method, path and id.
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|id| id.to_str().ok())
+        .unwrap_or_default();
+    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+}
+
+/// The answer to a handler that panicked: a JSON 500 (the panic is logged in the request's
+/// span; the other requests go on).
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic");
+    tracing::error!(panic = what, "a request handler panicked");
+    ApiError::new(
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        "internal error: Prism's log has the cause under this answer's x-request-id",
+    )
+    .into_response()
 }

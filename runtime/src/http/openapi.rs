@@ -107,8 +107,9 @@ impl Modify for Shared {
 const BEARER: &str = "bearer";
 
 /// Completes the document the routes made: the wildcard of `/projectors/{name}/view/{*key}` as
-/// a plain `{key}` parameter, each operation's security and 401 from its [`auth`] role, and the
-/// 408 every request can get from the timeout.
+/// a plain `{key}` parameter, each operation's security and 401 from its [`auth`] role, the 408
+/// every request can get from the timeout, the 400 of parameters that do not parse, and the 500
+/// of an internal failure.
 pub(super) fn finish(mut doc: OpenApi) -> OpenApi {
     let paths = std::mem::take(&mut doc.paths.paths);
     for (path, mut item) in paths {
@@ -129,6 +130,17 @@ pub(super) fn finish(mut doc: OpenApi) -> OpenApi {
                     operation,
                     408,
                     "The request took longer than the server's request timeout.",
+                );
+                // `extract::Path` and `extract::Query` reject what does not parse with 400.
+                if operation.parameters.as_ref().is_some_and(|p| !p.is_empty()) {
+                    respond(operation, 400, "A path or query parameter does not parse.");
+                }
+                // Any handler may fail inside (its cause is logged, never sent).
+                respond(
+                    operation,
+                    500,
+                    "An internal failure; Prism's log has its cause under the answer's \
+                     `x-request-id`.",
                 );
             }
         }

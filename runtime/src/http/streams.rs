@@ -1,11 +1,12 @@
 //! `/streams`: append events, read a stream back.
 
+use super::extract::{Path, Query};
 use super::{ApiError, AppState};
 use crate::log::{AppendError, ExpectedVersion, NewEvent, ReadError, RecordedEvent};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -74,10 +75,9 @@ pub struct AppendReply {
 pub async fn append(
     State(state): State<AppState>,
     Path(stream): Path<String>,
-    params: Result<Query<AppendParams>, QueryRejection>,
+    Query(params): Query<AppendParams>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<AppendReply>), ApiError> {
-    let Query(params) = params?;
     let body = body?;
     let events: Vec<EventIn> = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
@@ -144,7 +144,7 @@ pub async fn append(
             },
         )),
         Err(AppendError::Invalid(message)) => Err(ApiError::bad_request(message)),
-        Err(e) => Err(ApiError::internal(e)),
+        Err(e) => Err(ApiError::internal(&e)),
     }
 }
 
@@ -204,9 +204,8 @@ pub struct EventOut {
 pub async fn read(
     State(state): State<AppState>,
     Path(stream): Path<String>,
-    params: Result<Query<ReadParams>, QueryRejection>,
+    Query(params): Query<ReadParams>,
 ) -> Result<Json<StreamPage>, ApiError> {
-    let Query(params) = params?;
     let limit = params.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_READ {
         return Err(ApiError::bad_request(format!(
@@ -215,15 +214,13 @@ pub async fn read(
     }
     let from = params.from.unwrap_or(1).max(1);
     let log = state.log.clone();
-    let (version, events) = tokio::task::spawn_blocking(move || {
+    let (version, events) = super::blocking(move || {
         Ok::<_, ReadError>((
             log.stream_version(&stream)?,
             log.read_stream(&stream, from, limit)?,
         ))
     })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
+    .await??;
     if version == 0 {
         return Err(ApiError::not_found("no such stream"));
     }
@@ -296,9 +293,8 @@ pub struct StreamVersion {
 )]
 pub async fn list(
     State(state): State<AppState>,
-    params: Result<Query<ListParams>, QueryRejection>,
+    Query(params): Query<ListParams>,
 ) -> Result<Json<StreamList>, ApiError> {
-    let Query(params) = params?;
     let limit = params.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_READ {
         return Err(ApiError::bad_request(format!(
@@ -308,10 +304,7 @@ pub async fn list(
     let log = state.log.clone();
     // One extra stream tells whether another page follows.
     let mut streams =
-        tokio::task::spawn_blocking(move || log.streams(params.after.as_deref(), limit + 1))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
+        super::blocking(move || log.streams(params.after.as_deref(), limit + 1)).await??;
     let next = (streams.len() > limit).then(|| {
         streams.truncate(limit);
         streams[limit - 1].0.clone()

@@ -4,12 +4,12 @@
 //! `Prism-Checkpoint` (the position the answer reflects) headers. An answer is read from one
 //! snapshot of one generation's view, so it never mixes generations.
 
+use super::extract::{Path, Query};
 use super::{ApiError, AppState};
 use crate::projector::Generation;
 use crate::store::ViewSnapshot;
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -53,9 +53,8 @@ const CHECKPOINT: HeaderName = HeaderName::from_static("prism-checkpoint");
 pub async fn get(
     State(state): State<AppState>,
     Path((name, key)): Path<(String, String)>,
-    consistency: Result<Query<Consistency>, QueryRejection>,
+    Query(consistency): Query<Consistency>,
 ) -> Result<Response, ApiError> {
-    let Query(consistency) = consistency?;
     if key.len() > super::MAX_KEY_LEN {
         return Err(ApiError::bad_request(format!(
             "a view key is at most {} bytes",
@@ -157,17 +156,17 @@ impl Consistency {
                 "timeout_ms is at most {MAX_WAIT_MS}"
             )));
         }
-        let mut checkpoints = generation.checkpoints();
+        let mut status = generation.watch();
         let reached = tokio::time::timeout(
             std::time::Duration::from_millis(timeout_ms),
-            checkpoints.wait_for(|c| *c >= position),
+            status.wait_for(|s| s.checkpoint >= position),
         )
         .await
         .is_ok_and(|waited| waited.is_ok());
         if reached {
             Ok(())
         } else {
-            let checkpoint = *checkpoints.borrow();
+            let checkpoint = status.borrow().checkpoint;
             Err(ApiError::detailed(
                 axum::http::StatusCode::GATEWAY_TIMEOUT,
                 &super::openapi::NotReached {
@@ -206,9 +205,8 @@ impl Consistency {
 pub async fn scan(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    params: Result<Query<ScanParams>, QueryRejection>,
+    Query(params): Query<ScanParams>,
 ) -> Result<Response, ApiError> {
-    let Query(params) = params?;
     let limit = params.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_SCAN {
         return Err(ApiError::bad_request(format!(
@@ -261,22 +259,21 @@ async fn blocking<T: Send + 'static>(
     generation: Arc<Generation>,
     read: impl FnOnce(&ViewSnapshot) -> Result<T, crate::store::StoreError> + Send + 'static,
 ) -> Result<(ViewSnapshot, T), ApiError> {
-    tokio::task::spawn_blocking(move || {
+    super::blocking(move || {
         let snapshot = generation.store.snapshot()?;
         let value = read(&snapshot)?;
-        Ok((snapshot, value))
+        Ok::<_, crate::store::StoreError>((snapshot, value))
     })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(|e: crate::store::StoreError| ApiError::internal(e))
+    .await?
+    .map_err(ApiError::from)
 }
 
 fn provenance(generation: &Generation, snapshot: &ViewSnapshot) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    if let Ok(module) = HeaderValue::from_str(&generation.status().module) {
+    if let Ok(module) = HeaderValue::from_str(generation.status().module()) {
         headers.insert(MODULE, module);
     }
-    headers.insert(GENERATION, HeaderValue::from(generation.id()));
+    headers.insert(GENERATION, HeaderValue::from(generation.id));
     headers.insert(CHECKPOINT, HeaderValue::from(snapshot.checkpoint()));
     headers
 }

@@ -139,6 +139,9 @@ pub enum OpenError {
         #[source]
         source: redb::Error,
     },
+    /// The log's writer thread could not be started.
+    #[error("cannot start the event log's writer thread: {0}")]
+    Spawn(#[source] std::io::Error),
 }
 
 struct AppendRequest {
@@ -188,7 +191,7 @@ impl EventLog {
         let thread = std::thread::Builder::new()
             .name("prism-log-writer".into())
             .spawn(move || write_loop(&writer_db, requests, head_tx, head))
-            .expect("spawning the log writer thread");
+            .map_err(OpenError::Spawn)?;
         Ok(EventLog {
             db,
             writer: Arc::new(Writer {

@@ -1,17 +1,22 @@
 //! The catalog (`catalog.redb`): which projectors are deployed, with which module and config.
-//! Modules themselves live content-addressed in `modules/<sha256>.wasm`.
+//! Modules themselves live content-addressed in `modules/<sha256>.wasm` (see [`DataDir`]).
 
+use crate::data_dir::{DataDir, valid_hash, write_atomic};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
 
 const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
 
 /// One deployed projector, as recorded in the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deployment {
-    /// The generation whose view answers queries.
+    /// The generation whose view answers queries, with the code proven on it.
     pub serving: GenerationRecord,
+    /// A continue-mode reload on trial on the serving generation's view: it becomes `serving`
+    /// once it has applied a batch, and is dropped if its first batch fails. Kept here so a
+    /// restart before the trial ends resumes the trial instead of trusting the new code.
+    #[serde(default)]
+    pub trial: Option<GenerationRecord>,
     /// A generation rebuilding its view in the background, to replace `serving` once it has
     /// caught up with the log.
     pub pending: Option<GenerationRecord>,
@@ -21,6 +26,13 @@ pub struct Deployment {
     /// the name is deployed anew, kept for its life. 0 in catalogs written before it existed.
     #[serde(default)]
     pub incarnation: u64,
+}
+
+impl Deployment {
+    /// The code deployed last on the serving generation: the one on trial, if any.
+    pub fn latest(&self) -> &GenerationRecord {
+        self.trial.as_ref().unwrap_or(&self.serving)
+    }
 }
 
 /// One generation of a projector: a module and config with their own view file
@@ -43,19 +55,21 @@ pub struct GenerationRecord {
 /// The catalog of deployments, and the module files.
 pub struct Catalog {
     db: Database,
-    modules: PathBuf,
+    dir: DataDir,
 }
 
 impl Catalog {
-    /// Opens the catalog in `data_dir`.
-    pub fn open(data_dir: &Path) -> Result<Catalog, redb::Error> {
-        let modules = data_dir.join("modules");
-        std::fs::create_dir_all(&modules).map_err(redb::Error::Io)?;
-        let db = crate::store::open_database(&data_dir.join("catalog.redb"))?;
+    /// Opens the catalog of the data dir `dir`.
+    pub fn open(dir: &DataDir) -> Result<Catalog, redb::Error> {
+        std::fs::create_dir_all(dir.modules()).map_err(redb::Error::Io)?;
+        let db = crate::store::open_database(&dir.catalog())?;
         let txn = db.begin_write()?;
         txn.open_table(DEPLOYMENTS)?;
         txn.commit()?;
-        Ok(Catalog { db, modules })
+        Ok(Catalog {
+            db,
+            dir: dir.clone(),
+        })
     }
 
     /// Every deployment, by name.
@@ -98,7 +112,7 @@ impl Catalog {
     /// The hashes of every stored module.
     pub fn modules(&self) -> std::io::Result<Vec<String>> {
         let mut hashes = Vec::new();
-        for entry in std::fs::read_dir(&self.modules)? {
+        for entry in std::fs::read_dir(self.dir.modules())? {
             let name = entry?.file_name();
             if let Some(hash) = name.to_str().and_then(|n| n.strip_suffix(".wasm")) {
                 hashes.push(hash.to_string());
@@ -110,39 +124,27 @@ impl Catalog {
 
     /// Whether a module is stored.
     pub fn has_module(&self, hash: &str) -> bool {
-        valid_hash(hash) && self.module_path(hash).exists()
+        valid_hash(hash) && self.dir.module(hash).exists()
     }
 
-    /// The path of a stored module.
-    pub fn module_path(&self, hash: &str) -> PathBuf {
-        self.modules.join(format!("{hash}.wasm"))
-    }
-
-    /// Stores a module's component under its hash (durably, via a temporary file and a
-    /// rename), unless it is there already.
+    /// Stores a module's component under its hash (atomically and durably), unless it is
+    /// there already. Two deploys of one module may store it at the same moment.
     pub fn store_module(&self, hash: &str, component: &[u8]) -> std::io::Result<()> {
-        let path = self.module_path(hash);
+        let path = self.dir.module(hash);
         if path.exists() {
             return Ok(());
         }
-        let tmp = self.modules.join(format!(".{hash}.tmp"));
-        {
-            use std::io::Write;
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(component)?;
-            file.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&self.modules)?.sync_all()
+        write_atomic(&path, component)
     }
 
     /// Reads a stored module.
     pub fn read_module(&self, hash: &str) -> std::io::Result<Vec<u8>> {
-        std::fs::read(self.module_path(hash))
+        if !valid_hash(hash) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a module hash",
+            ));
+        }
+        std::fs::read(self.dir.module(hash))
     }
-}
-
-/// Whether `hash` looks like a sha256 in hex (so it is safe in a path).
-pub fn valid_hash(hash: &str) -> bool {
-    hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())
 }

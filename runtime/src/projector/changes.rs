@@ -7,8 +7,9 @@
 //! continues exactly where it left off; one that asks for an older position is told to re-read.
 
 use crate::store::Overlay;
+use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::watch;
 
 /// Most changes kept for reconnecting subscribers.
@@ -86,7 +87,7 @@ impl ChangeFeed {
     /// Records the changes committed at `position`.
     pub fn publish(&self, position: u64, changes: Overlay) {
         {
-            let mut state = self.state.lock().expect("change feed lock");
+            let mut state = self.state.lock();
             state.checkpoint = position;
             if !changes.is_empty() {
                 let bytes = batch_bytes(&changes);
@@ -113,18 +114,18 @@ impl ChangeFeed {
     /// Records that the view changed at an earlier position than the feed's (a dead-letter
     /// retry): every subscriber must re-read.
     pub fn invalidate(&self) {
-        self.state.lock().expect("change feed lock").invalidations += 1;
+        self.state.lock().invalidations += 1;
         self.wake.send_replace(());
     }
 
     /// How many times [`invalidate`](Self::invalidate) was called.
     pub fn invalidations(&self) -> u64 {
-        self.state.lock().expect("change feed lock").invalidations
+        self.state.lock().invalidations
     }
 
     /// Marks the feed closed (its generation stopped) and wakes every subscriber.
     pub fn close(&self) {
-        self.state.lock().expect("change feed lock").closed = true;
+        self.state.lock().closed = true;
         self.wake.send_replace(());
     }
 
@@ -136,12 +137,12 @@ impl ChangeFeed {
 
     /// The last checkpoint published.
     pub fn checkpoint(&self) -> u64 {
-        self.state.lock().expect("change feed lock").checkpoint
+        self.state.lock().checkpoint
     }
 
     /// What a subscriber that has seen everything up to `after` gets next.
     pub fn since(&self, after: u64) -> Since {
-        let state = self.state.lock().expect("change feed lock");
+        let state = self.state.lock();
         if state.closed && (after < state.complete_after || after >= state.checkpoint) {
             return Since::Closed;
         }

@@ -1,51 +1,42 @@
 //! Running projectors: each follows the log from its checkpoint, calls into its Wasm module a
 //! batch at a time, and commits the view writes with the new checkpoint.
 //!
-//! - [`runner`]: one projector's loop, on its own thread (off the async executor).
-//! - [`Registry`]: the deployed projectors; deploys, redeploys and restarts them.
+//! - [`runner`]: one generation's loop, on its own thread (off the async executor). It owns its
+//!   instance, view and checkpoint; the registry talks to it through [`control`] only (one
+//!   mailbox of [`Control`] messages in; one status watch and [`RunnerEvent`]s out).
+//! - [`Registry`]: the deployed projectors: lifecycle, generations, dead letters, verification
+//!   and status, one module each under `registry/`.
 //! - [`catalog`]: what is deployed, persisted in `catalog.redb`, and the module files.
+//! - [`error`]: why an operation failed, one enum per operation.
 
 pub mod catalog;
 mod changes;
+pub mod control;
+pub mod error;
 mod metrics;
 mod registry;
 mod runner;
 mod verify;
 
+pub use catalog::{Deployment, GenerationRecord};
 pub use changes::{ChangeBatch, ChangeFeed, Since};
+pub use control::{Control, RunnerEvent, Spawner};
+pub use error::{DeployError, LifecycleError, RegistryError, RetryError, StorageError};
 pub use metrics::{ProjectorLabels, ProjectorMetrics, RunnerMetrics};
 pub use registry::{
-    DeployError, DeployMode, DeployOptions, Deployed, Generation, LifecycleError, ModuleSource,
-    ProjectorHandle, Registry, RegistryError, RetryError,
+    DeployMode, DeployOptions, Deployed, Generation, ModuleSource, ProjectorHandle, ProjectorInfo,
+    Readiness, RebuildProgress, Registry, Role, UnreadyProjector,
 };
 pub use verify::{Difference, Verification, ViewDigest};
 
-use crate::engine::{Engine, Instance, Module};
+use crate::engine::{Descriptor, Engine, Instance, Module};
 use crate::log::EventLog;
 use crate::store::ViewStore;
 use serde::Serialize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-/// Which events a projector receives. Prism filters before calling into Wasm.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct Subscription {
-    /// Event types wanted; empty means all.
-    pub event_types: Vec<String>,
-    /// Stream name prefixes wanted; empty means all.
-    pub stream_prefixes: Vec<String>,
-}
-
-impl Subscription {
-    /// Whether an event of `event_type` in `stream` is delivered.
-    pub fn matches(&self, stream: &str, event_type: &str) -> bool {
-        (self.event_types.is_empty() || self.event_types.iter().any(|t| t == event_type))
-            && (self.stream_prefixes.is_empty()
-                || self
-                    .stream_prefixes
-                    .iter()
-                    .any(|p| stream.starts_with(p.as_str())))
-    }
-}
+/// Longest projector name accepted.
+pub const MAX_NAME_LEN: usize = 64;
 
 /// Where a projector (or one of its generations) is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -81,12 +72,15 @@ pub struct Fault {
     pub event_type: Option<String>,
 }
 
-/// A generation's live status, kept by its runner.
+/// A generation's live status, published by its runner.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Status {
     pub state: State,
-    /// The module running now.
-    pub module: String,
+    /// The code running now: module, config, schema version and error policy (a continue-mode
+    /// reload on trial shows here; a failed one goes back).
+    pub record: GenerationRecord,
+    /// What the running module said about itself (`None` when it failed to start).
+    pub descriptor: Option<Descriptor>,
     /// Position of the last event the view reflects.
     pub checkpoint: u64,
     /// Events delivered to the module since this run started.
@@ -102,11 +96,12 @@ pub struct Status {
 }
 
 impl Status {
-    /// A status for a generation about to start.
-    pub fn starting(module: &str, checkpoint: u64) -> Status {
+    /// A status for a generation about to start `record` at `checkpoint`.
+    pub fn starting(record: GenerationRecord, checkpoint: u64) -> Status {
         Status {
             state: State::Starting,
-            module: module.to_string(),
+            record,
+            descriptor: None,
             checkpoint,
             events_applied: 0,
             dead_letters: 0,
@@ -114,6 +109,11 @@ impl Status {
             rate: RateMeter::default(),
             error: None,
         }
+    }
+
+    /// The hash of the module running now.
+    pub fn module(&self) -> &str {
+        &self.record.module
     }
 }
 
@@ -217,39 +217,53 @@ pub fn catch_up(
     log: &EventLog,
     store: Arc<ViewStore>,
 ) -> Status {
-    replay_to(engine, module, instance, log, store, None)
+    replay(
+        engine,
+        module,
+        instance,
+        log,
+        store,
+        None,
+        ErrorPolicy::Stop,
+    )
 }
 
-/// Like [`catch_up`], but stops at position `end` when given.
-pub fn replay_to(
+/// Like [`catch_up`], with `policy`, stopping at position `end` when given.
+pub(crate) fn replay(
     engine: &Engine,
     module: &Module,
     instance: Instance,
     log: &EventLog,
     store: Arc<ViewStore>,
     end: Option<u64>,
+    policy: ErrorPolicy,
 ) -> Status {
     let checkpoint = store.checkpoint().unwrap_or_default();
-    let name = instance.descriptor().name.clone();
+    let record = GenerationRecord {
+        id: 0,
+        module: module.hash.clone(),
+        config: instance.config().to_string(),
+        schema_version: instance.descriptor().schema_version,
+        on_error: policy,
+    };
+    let (status, _) = tokio::sync::watch::channel(Status::starting(record.clone(), checkpoint));
+    // Nobody else holds the mailbox: the runner stops where `stop_at` says.
+    let (_control, mailbox) = tokio::sync::mpsc::unbounded_channel();
     let runner = runner::Runner {
-        name,
+        name: instance.descriptor().name.clone(),
         engine: engine.clone(),
-        policy: ErrorPolicy::Stop,
         stop_at: end.map_or(runner::StopAt::Head, runner::StopAt::Position),
         log: log.clone(),
-        status: Arc::new(Mutex::new(Status::starting(instance.module(), checkpoint))),
-        checkpoints: tokio::sync::watch::channel(checkpoint).0,
         store,
-        commands: tokio::sync::watch::channel(runner::Command::Run).1,
-        swap: Arc::default(),
-        retries: Arc::new(Mutex::new(Some(Vec::new()))),
-        hook: None,
+        status,
+        mailbox,
+        reports: None,
         metrics: RunnerMetrics::default(),
         changes: None,
     };
-    let code = runner::Code {
+    let code = control::Code {
         module: module.clone(),
-        config: String::new(),
+        record,
     };
     runner.run(code, instance)
 }

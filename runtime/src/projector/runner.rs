@@ -1,11 +1,16 @@
 //! One projector generation's loop: read a batch after the checkpoint, filter it, apply it in
 //! Wasm, commit the view writes and the new checkpoint in one transaction, repeat; when caught
-//! up, sleep until the log's head moves or a command arrives (no polling).
+//! up, sleep until the log's head moves or a message arrives (no polling).
+//!
+//! The runner owns its instance, view and checkpoint. It reads its mailbox ([`Control`]) between
+//! two batches, in order, and publishes its [`Status`] on a watch.
 //!
 //! Code swaps (continue-mode reloads) happen here, between two batches: the new instance takes
-//! over at the current checkpoint, on trial until it has applied one batch. If that first
-//! batch fails, the runner goes back to the previous instance, reports the failure, and applies
-//! the batch again with the old code — so a bad reload never faults a healthy projector.
+//! over at the current checkpoint with its whole deployment record (config, schema version,
+//! error policy), on trial until it has applied one batch. If that first batch fails, the
+//! runner goes back to the code it proved last (record included), reports the failure, and
+//! applies the batch again with the old code — so a bad reload never faults a healthy
+//! projector. A swap during a trial replaces the code on trial, never the proven code.
 //!
 //! Poison events: when a batch fails (a guest error, a trap, a sandbox limit), its writes are
 //! dropped with the instance, a fresh instance re-applies the events before the failing one and
@@ -13,13 +18,15 @@
 //! checkpoint just before the failing event; `skip` records the event as a dead letter in the
 //! same transaction as the checkpoint that passes it, and goes on.
 
-use super::{ErrorPolicy, Fault, State, Status, Subscription};
-use crate::engine::{ApplyError, Engine, EventBatch, Instance, InstanceError, Module};
+use super::control::{Code, Control, Report, Reports, RunnerEvent, Swap};
+use super::error::RetryError;
+use super::{ErrorPolicy, Fault, State, Status};
+use crate::engine::{ApplyError, Engine, EventBatch, Instance, InstanceError, Subscription};
 use crate::log::EventLog;
 use crate::store::{BatchView, DURABLE_INTERVAL, DeadLetter, ViewStore};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// Most events read from the log per batch.
 pub const MAX_BATCH_EVENTS: usize = 1024;
@@ -37,90 +44,59 @@ pub enum StopAt {
     Position(u64),
 }
 
-/// What a runner is told to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
-    /// Apply events.
-    Run,
-    /// Stay between batches, applying nothing, until told otherwise.
-    Pause,
-    /// Make the view durable and return.
-    Stop,
-}
-
-/// What a runner reports to its owner, from its own thread. Handlers must not block on the
-/// owner's locks (they hand work to another thread).
-#[derive(Debug, Clone)]
-pub enum RunnerEvent {
-    /// The runner reached the log's head (reported once per run).
-    CaughtUp,
-    /// A swapped-in module applied its first batch: the reload is complete.
-    ReloadSucceeded { module: String },
-    /// A swapped-in module failed its first batch; the runner is back on `previous`.
-    ReloadFailed {
-        module: String,
-        previous: String,
-        error: String,
-    },
-}
-
-/// Receives [`RunnerEvent`]s.
-pub type Hook = Arc<dyn Fn(RunnerEvent) + Send + Sync>;
-
-/// A module with the configuration it runs with.
-#[derive(Clone)]
-pub struct Code {
-    pub module: Module,
-    pub config: String,
-}
-
-/// A slot where the owner leaves new code, already instantiated, for the runner to swap in
-/// between batches.
-pub type SwapSlot = Arc<Mutex<Option<(Code, Instance)>>>;
-
-/// A request to apply a dead-lettered event again, with the current code.
-pub struct Retry {
-    pub position: u64,
-    pub reply: tokio::sync::oneshot::Sender<Result<(), String>>,
-}
-
-/// Where the owner queues [`Retry`] requests for the runner (handled between batches); `None`
-/// once the runner has stopped taking them.
-pub type RetryQueue = Arc<Mutex<Option<Vec<Retry>>>>;
-
-/// Everything a runner needs besides its first instance; it borrows nothing.
+/// Everything a runner needs besides its first code; it borrows nothing.
 pub struct Runner {
     pub name: String,
     pub engine: Engine,
-    /// What to do with an event the module fails on.
-    pub policy: ErrorPolicy,
     /// Where to stop.
     pub stop_at: StopAt,
     pub log: EventLog,
     pub store: Arc<ViewStore>,
-    pub status: Arc<Mutex<Status>>,
-    /// Publishes the checkpoint after every commit (for read-your-writes waits and metrics).
-    pub checkpoints: watch::Sender<u64>,
-    pub commands: watch::Receiver<Command>,
-    pub swap: SwapSlot,
-    pub retries: RetryQueue,
-    pub hook: Option<Hook>,
+    /// Where the runner publishes its status (after every commit and state change).
+    pub status: watch::Sender<Status>,
+    /// Where the runner's messages arrive; when every sender is gone it stops.
+    pub mailbox: mpsc::UnboundedReceiver<Control>,
+    /// Where it reports trials and catching up, with its run id (`None`: nobody listens).
+    pub reports: Option<(Reports, u64)>,
     pub metrics: super::RunnerMetrics,
     /// Where each commit's changes go (`None`: nobody can subscribe, as in verification).
     pub changes: Option<Arc<super::ChangeFeed>>,
 }
 
+/// The code a runner applies with, and what it falls back on.
+struct Running {
+    code: Code,
+    instance: Instance,
+    subscription: Subscription,
+    /// During a trial: the code proven last, to go back to if the trial's first batch fails.
+    proven: Option<(Code, Instance)>,
+    paused: bool,
+}
+
+/// Whether to go on after a message.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Go,
+    Stop,
+}
+
 impl Runner {
-    /// Runs `instance` of `code` until stopped or faulted (or until `stop_at`),
-    /// then makes the view durable. Returns the final status.
+    /// Runs `instance` of `code` until stopped or faulted (or until `stop_at`), then makes the
+    /// view durable. Returns the final status. Messages left in the mailbox are dropped with
+    /// it, so a waiting retry learns the runner stopped.
     pub fn run(mut self, code: Code, instance: Instance) -> Status {
         let span = tracing::info_span!("projector", projector = %self.name);
         let _entered = span.enter();
-        self.set(|s| {
-            s.module = instance.module().to_string();
-            s.error = None;
-        });
-        if let Err(fault) = self.follow(code, instance) {
+        let mut running = Running {
+            subscription: instance.descriptor().subscription.clone(),
+            code,
+            instance,
+            proven: None,
+            paused: false,
+        };
+        self.publish_code(&running);
+        self.set(|s| s.error = None);
+        if let Err(fault) = self.follow(&mut running) {
             tracing::error!(error = %fault.message, position = fault.position, "projector faulted");
             self.metrics.faults.inc();
             self.set(|s| {
@@ -131,47 +107,99 @@ impl Runner {
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "flushing the view failed");
         }
-        // Close the retry queue, answering what is left rather than leaving callers waiting.
-        let left = self.retries.lock().expect("retry lock").take();
-        for retry in left.into_iter().flatten() {
-            let _ = retry
-                .reply
-                .send(Err("the projector stopped; resume it first".into()));
-        }
+        self.mailbox.close();
         self.set(|s| {
             if s.state != State::Faulted && self.stop_at == StopAt::Never {
                 s.state = State::Stopped;
             }
         });
-        self.status.lock().expect("status lock").clone()
+        self.status.borrow().clone()
     }
 
     fn set(&self, f: impl FnOnce(&mut Status)) {
-        let mut status = self.status.lock().expect("status lock");
-        f(&mut status);
-        let checkpoint = status.checkpoint;
-        drop(status);
-        self.checkpoints.send_if_modified(|c| {
-            let moved = *c != checkpoint;
-            *c = checkpoint;
-            moved
+        self.status.send_modify(f);
+    }
+
+    /// Publishes the code running now.
+    fn publish_code(&self, running: &Running) {
+        let record = running.code.record.clone();
+        let descriptor = running.instance.descriptor().clone();
+        self.set(|s| {
+            s.record = record;
+            s.descriptor = Some(descriptor);
         });
     }
 
     fn report(&self, event: RunnerEvent) {
-        if let Some(hook) = &self.hook {
-            hook(event);
+        if let Some((reports, run)) = &self.reports {
+            let _ = reports.send(Report {
+                projector: self.name.clone(),
+                run: *run,
+                event,
+            });
         }
     }
 
     fn instantiate(&self, code: &Code) -> Result<Instance, InstanceError> {
         self.engine
-            .instantiate(&code.module, &self.name, &code.config)
+            .instantiate(&code.module, &self.name, &code.record.config)
     }
 
-    fn follow(&mut self, mut code: Code, mut instance: Instance) -> Result<(), Fault> {
-        let mut subscription: Subscription = instance.descriptor().subscription.clone();
-        let mut previous: Option<(Code, Instance)> = None;
+    /// Handles one message.
+    fn handle(&mut self, running: &mut Running, control: Control) -> Flow {
+        match control {
+            Control::Run => running.paused = false,
+            Control::Pause => running.paused = true,
+            Control::Stop => return Flow::Stop,
+            Control::Swap(swap) => self.swap(running, *swap),
+            Control::Retry { position, reply } => {
+                let outcome = self.retry(running, position);
+                let _ = reply.send(outcome);
+            }
+        }
+        Flow::Go
+    }
+
+    /// Takes new code on trial; the proven code stays the fallback however many swaps come.
+    fn swap(&mut self, running: &mut Running, Swap { code, instance }: Swap) {
+        tracing::info!(
+            from = running.instance.module(),
+            to = instance.module(),
+            "swapping code"
+        );
+        running.subscription = instance.descriptor().subscription.clone();
+        let old_code = std::mem::replace(&mut running.code, code);
+        let old_instance = std::mem::replace(&mut running.instance, instance);
+        if running.proven.is_none() {
+            running.proven = Some((old_code, old_instance));
+        }
+        self.publish_code(running);
+    }
+
+    /// Reads every message waiting in the mailbox; `Flow::Stop` when told to stop or when the
+    /// registry is gone.
+    fn drain(&mut self, running: &mut Running) -> Flow {
+        loop {
+            match self.mailbox.try_recv() {
+                Ok(control) => {
+                    if self.handle(running, control) == Flow::Stop {
+                        return Flow::Stop;
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty) => return Flow::Go,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    // A runner nobody holds (a replay) goes on until `stop_at`.
+                    return if self.stop_at == StopAt::Never {
+                        Flow::Stop
+                    } else {
+                        Flow::Go
+                    };
+                }
+            }
+        }
+    }
+
+    fn follow(&mut self, running: &mut Running) -> Result<(), Fault> {
         let mut checkpoint = self.store.checkpoint().map_err(|e| fault(e.to_string()))?;
         let mut head = self.log.subscribe();
         let mut batch = EventBatch::default();
@@ -183,40 +211,20 @@ impl Runner {
             s.state = State::CatchingUp;
         });
         loop {
-            let command = *self.commands.borrow_and_update();
-            if command == Command::Stop {
+            if self.drain(running) == Flow::Stop {
                 return Ok(());
             }
-            // New code first: a dead-letter retry asked for after a deploy runs the deployed code.
-            if let Some((next_code, next)) = self.swap.lock().expect("swap lock").take() {
-                tracing::info!(
-                    from = instance.module(),
-                    to = next.module(),
-                    "swapping code"
-                );
-                subscription = next.descriptor().subscription.clone();
-                let module = next.module().to_string();
-                let old_code = std::mem::replace(&mut code, next_code);
-                previous = Some((old_code, std::mem::replace(&mut instance, next)));
-                self.set(|s| s.module = module);
-            }
-            let retries = self
-                .retries
-                .lock()
-                .expect("retry lock")
-                .as_mut()
-                .map(std::mem::take)
-                .unwrap_or_default();
-            for retry in retries {
-                let outcome = self.retry(&mut instance, &code, retry.position);
-                let _ = retry.reply.send(outcome);
-            }
-            if command == Command::Pause {
+            if running.paused {
                 self.set(|s| s.state = State::Paused);
-                if !self.wait_for_command() {
-                    return Ok(());
+                match self.next_message() {
+                    Some(control) => {
+                        if self.handle(running, control) == Flow::Stop {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    None => return Ok(()),
                 }
-                continue;
             }
 
             let end = match self.stop_at {
@@ -225,6 +233,7 @@ impl Runner {
                 _ => u64::MAX,
             };
             batch.clear();
+            let subscription = &running.subscription;
             let last = self
                 .log
                 .visit_from(checkpoint + 1, MAX_BATCH_EVENTS, |position, event| {
@@ -240,8 +249,17 @@ impl Runner {
                     reported_caught_up = true;
                     self.report(RunnerEvent::CaughtUp);
                 }
-                if self.stop_at != StopAt::Never || !self.wait_for_events(&mut head, checkpoint) {
+                if self.stop_at != StopAt::Never {
                     return Ok(());
+                }
+                match self.wait_for_events(&mut head, checkpoint) {
+                    Wake::Events => {}
+                    Wake::Message(control) => {
+                        if self.handle(running, control) == Flow::Stop {
+                            return Ok(());
+                        }
+                    }
+                    Wake::Gone => return Ok(()),
                 }
                 continue;
             };
@@ -251,41 +269,46 @@ impl Runner {
             } else {
                 let _span = tracing::debug_span!("apply", events = batch.len(), last).entered();
                 let started = Instant::now();
-                let applied = instance.apply(&batch, view);
+                let applied = running.instance.apply(&batch, view);
                 self.metrics
                     .apply_seconds
                     .observe(started.elapsed().as_secs_f64());
                 match applied {
                     (view, Ok(())) => {
-                        if let Some(old) = previous.take() {
-                            self.report(RunnerEvent::ReloadSucceeded {
-                                module: instance.module().to_string(),
+                        if running.proven.take().is_some() {
+                            tracing::info!(
+                                module = running.instance.module(),
+                                "reload complete: the new module applied its first batch"
+                            );
+                            self.report(RunnerEvent::TrialPassed {
+                                record: running.code.record.clone(),
                             });
-                            drop(old);
                         }
                         view
                     }
                     (_, Err(e)) => {
-                        if let Some((old_code, old)) = previous.take() {
-                            // The new code failed its trial: back to the old code, and retry
-                            // the batch with it.
-                            let failed = std::mem::replace(&mut instance, old);
-                            code = old_code;
-                            subscription = instance.descriptor().subscription.clone();
+                        if let Some((proven_code, proven)) = running.proven.take() {
+                            // The code on trial failed its first batch: back to the proven code
+                            // (its whole record), and apply the batch again with it.
+                            let failed = std::mem::replace(&mut running.code, proven_code);
+                            running.instance = proven;
+                            running.subscription =
+                                running.instance.descriptor().subscription.clone();
                             let error = self.describe_failure(e).to_string();
-                            tracing::warn!(module = failed.module(), %error, "reload failed its first batch; keeping the previous module");
-                            self.set(|s| s.module = instance.module().to_string());
-                            self.report(RunnerEvent::ReloadFailed {
-                                module: failed.module().to_string(),
-                                previous: instance.module().to_string(),
+                            tracing::warn!(module = %failed.record.module, %error, "reload failed its first batch; keeping the previous module");
+                            self.publish_code(running);
+                            self.report(RunnerEvent::TrialFailed {
+                                record: failed.record,
                                 error,
                             });
                             continue;
                         }
                         // A poison event. The instance may be broken (a trap) and the batch's
                         // writes are tainted: drop both, and start again from the checkpoint.
-                        instance = self.instantiate(&code).map_err(|e| fault(e.to_string()))?;
-                        checkpoint = self.handle_poison(&mut instance, &mut batch, e, &code)?;
+                        running.instance = self
+                            .instantiate(&running.code)
+                            .map_err(|e| fault(e.to_string()))?;
+                        checkpoint = self.handle_poison(running, &mut batch, e)?;
                         continue;
                     }
                 }
@@ -328,23 +351,22 @@ impl Runner {
     /// checkpoint, or the fault that stops the runner.
     fn handle_poison(
         &mut self,
-        instance: &mut Instance,
+        running: &mut Running,
         batch: &mut EventBatch,
         error: ApplyError,
-        code: &Code,
     ) -> Result<u64, Fault> {
         let (index, position) = (error.index(), error.position());
         let mut view = BatchView::new(self.store.snapshot().map_err(|e| fault(e.to_string()))?);
         if index > 0 {
             batch.truncate(index);
-            match instance.apply(batch, view) {
+            match running.instance.apply(batch, view) {
                 (applied, Ok(())) => view = applied,
                 // Deterministic code fails the same way twice; anything else is a fault.
                 (_, Err(again)) => return Err(self.describe_failure(again)),
             }
         }
         let failure = self.describe_failure(error);
-        let (checkpoint, letter) = match self.policy {
+        let (checkpoint, letter) = match running.code.record.on_error {
             ErrorPolicy::Stop => (position - 1, None),
             ErrorPolicy::Skip => {
                 let letter = DeadLetter {
@@ -352,7 +374,7 @@ impl Runner {
                     stream: failure.stream.clone().unwrap_or_default(),
                     event_type: failure.event_type.clone().unwrap_or_default(),
                     error: failure.message.clone(),
-                    module: code.module.hash.clone(),
+                    module: running.code.module.hash.clone(),
                 };
                 (position, Some(letter))
             }
@@ -382,25 +404,22 @@ impl Runner {
     /// Applies the dead-lettered event at `position` again with the current code, on the current
     /// view. On success its writes commit and the dead letter goes, in one transaction; on
     /// failure the dead letter records the new error and the instance is replaced.
-    fn retry(&mut self, instance: &mut Instance, code: &Code, position: u64) -> Result<(), String> {
+    fn retry(&mut self, running: &mut Running, position: u64) -> Result<(), RetryError> {
         let letter = self
             .store
-            .dead_letter(position)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("no dead letter at position {position}"))?;
+            .dead_letter(position)?
+            .ok_or(RetryError::NoDeadLetter(position))?;
         let mut batch = EventBatch::default();
         self.log
             .visit_from(position, 1, |p, event| {
                 batch.push(p, event);
                 false
             })
-            .map_err(|e| e.to_string())?;
-        let view = BatchView::new(self.store.snapshot().map_err(|e| e.to_string())?);
-        match instance.apply(&batch, view) {
+            .map_err(|e| RetryError::Failed(e.to_string()))?;
+        let view = BatchView::new(self.store.snapshot()?);
+        match running.instance.apply(&batch, view) {
             (view, Ok(())) => {
-                self.store
-                    .commit_retry(&view.into_overlay(), position)
-                    .map_err(|e| e.to_string())?;
+                self.store.commit_retry(&view.into_overlay(), position)?;
                 // Its writes belong to an earlier position than the feed's: subscribers re-read.
                 if let Some(feed) = &self.changes {
                     feed.invalidate();
@@ -409,36 +428,38 @@ impl Runner {
                 Ok(())
             }
             (_, Err(error)) => {
-                *instance = self.instantiate(code).map_err(|e| e.to_string())?;
+                running.instance = self
+                    .instantiate(&running.code)
+                    .map_err(|e| RetryError::Failed(e.to_string()))?;
                 let failure = self.describe_failure(error).to_string();
                 let letter = DeadLetter {
                     error: failure.clone(),
-                    module: code.module.hash.clone(),
+                    module: running.code.module.hash.clone(),
                     ..letter
                 };
-                self.store
-                    .put_dead_letter(&letter)
-                    .map_err(|e| e.to_string())?;
-                Err(failure)
+                self.store.put_dead_letter(&letter)?;
+                Err(RetryError::Failed(failure))
             }
         }
     }
 
-    /// Sleeps until the head passes `checkpoint` (true) or a command arrives (true, to be
-    /// handled by the loop); false when the owner is gone.
-    fn wait_for_events(&mut self, head: &mut watch::Receiver<u64>, checkpoint: u64) -> bool {
-        let commands = &mut self.commands;
+    /// Sleeps until the head passes `checkpoint` or a message arrives.
+    fn wait_for_events(&mut self, head: &mut watch::Receiver<u64>, checkpoint: u64) -> Wake {
+        let mailbox = &mut self.mailbox;
         futures::executor::block_on(async {
             tokio::select! {
-                moved = head.wait_for(|h| *h > checkpoint) => moved.is_ok(),
-                changed = commands.changed() => changed.is_ok(),
+                moved = head.wait_for(|h| *h > checkpoint) => match moved {
+                    Ok(_) => Wake::Events,
+                    Err(_) => Wake::Gone,
+                },
+                control = mailbox.recv() => control.map_or(Wake::Gone, Wake::Message),
             }
         })
     }
 
-    /// Sleeps until a new command arrives; false when the owner is gone.
-    fn wait_for_command(&mut self) -> bool {
-        futures::executor::block_on(self.commands.changed()).is_ok()
+    /// Sleeps until a message arrives; `None` when every sender is gone.
+    fn next_message(&mut self) -> Option<Control> {
+        futures::executor::block_on(self.mailbox.recv())
     }
 
     /// A fault naming the failing event.
@@ -456,6 +477,16 @@ impl Runner {
             event_type: event.map(|e| e.event_type),
         }
     }
+}
+
+/// Why a sleeping runner woke up.
+enum Wake {
+    /// The log's head moved.
+    Events,
+    /// A message arrived.
+    Message(Control),
+    /// The log or the registry is gone.
+    Gone,
 }
 
 /// A fault with only a message.

@@ -70,6 +70,23 @@ pub enum StoreError {
     Storage(#[from] redb::Error),
 }
 
+/// redb's per-operation errors convert through `redb::Error`, so `?` works on each of them.
+macro_rules! from_redb {
+    ($($error:ty),*) => {$(
+        impl From<$error> for StoreError {
+            fn from(e: $error) -> Self {
+                StoreError::Storage(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
 /// Uncommitted writes of one batch: key → new value, or `None` for a deletion.
 pub type Overlay = BTreeMap<String, Option<Vec<u8>>>;
 
@@ -99,28 +116,23 @@ impl ViewStore {
 
     /// The position of the last event the view reflects (0: none yet).
     pub fn checkpoint(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(redb::Error::from)?;
-        let meta = txn.open_table(META).map_err(redb::Error::from)?;
-        Ok(meta
-            .get(CHECKPOINT)
-            .map_err(redb::Error::from)?
-            .map_or(0, |v| v.value()))
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get(CHECKPOINT)?.map_or(0, |v| v.value()))
     }
 
     /// A consistent snapshot of the committed view and its checkpoint.
     pub fn snapshot(&self) -> Result<ViewSnapshot, StoreError> {
-        let txn = self.db.begin_read().map_err(redb::Error::from)?;
-        let view = txn.open_table(VIEW).map_err(redb::Error::from)?;
-        let meta = txn.open_table(META).map_err(redb::Error::from)?;
-        let checkpoint = meta
-            .get(CHECKPOINT)
-            .map_err(redb::Error::from)?
-            .map_or(0, |v| v.value());
+        let txn = self.db.begin_read()?;
+        let view = txn.open_table(VIEW)?;
+        let meta = txn.open_table(META)?;
+        let checkpoint = meta.get(CHECKPOINT)?.map_or(0, |v| v.value());
         Ok(ViewSnapshot { view, checkpoint })
     }
 
     /// Writes a batch's overlay and its new checkpoint in one transaction; `durable` asks for
     /// an `fsync`ed commit (see the module docs).
+    #[tracing::instrument(level = "debug", skip_all, fields(checkpoint, durable, keys = overlay.len()))]
     pub fn commit(
         &self,
         overlay: &Overlay,
@@ -128,66 +140,63 @@ impl ViewStore {
         durable: bool,
         dead_letter: Option<&DeadLetter>,
     ) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(redb::Error::from)?;
+        let mut txn = self.db.begin_write()?;
         if !durable {
             txn.set_durability(Durability::None)
                 .expect("no persistent savepoints are used");
         }
         {
             write_overlay(&txn, overlay)?;
-            let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
-            meta.insert(CHECKPOINT, checkpoint)
-                .map_err(redb::Error::from)?;
+            let mut meta = txn.open_table(META)?;
+            meta.insert(CHECKPOINT, checkpoint)?;
             if let Some(letter) = dead_letter {
                 write_dead_letter(&txn, letter)?;
             }
         }
-        txn.commit().map_err(redb::Error::from)?;
+        txn.commit()?;
         Ok(())
     }
 
     /// Writes the overlay of a successful dead-letter retry and removes that dead letter, in one
     /// durable transaction; the checkpoint does not move.
     pub fn commit_retry(&self, overlay: &Overlay, position: u64) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        let txn = self.db.begin_write()?;
         {
             write_overlay(&txn, overlay)?;
-            let mut letters = txn.open_table(DEAD_LETTERS).map_err(redb::Error::from)?;
-            letters.remove(position).map_err(redb::Error::from)?;
+            let mut letters = txn.open_table(DEAD_LETTERS)?;
+            letters.remove(position)?;
         }
-        txn.commit().map_err(redb::Error::from)?;
+        txn.commit()?;
         Ok(())
     }
 
     /// Records (or replaces) one dead letter, durably.
     pub fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        let txn = self.db.begin_write()?;
         write_dead_letter(&txn, letter)?;
-        txn.commit().map_err(redb::Error::from)?;
+        txn.commit()?;
         Ok(())
     }
 
     /// The dead letter at `position`.
     pub fn dead_letter(&self, position: u64) -> Result<Option<DeadLetter>, StoreError> {
-        let txn = self.db.begin_read().map_err(redb::Error::from)?;
-        let letters = txn.open_table(DEAD_LETTERS).map_err(redb::Error::from)?;
+        let txn = self.db.begin_read()?;
+        let letters = txn.open_table(DEAD_LETTERS)?;
         Ok(letters
-            .get(position)
-            .map_err(redb::Error::from)?
+            .get(position)?
             .and_then(|bytes| serde_json::from_slice(bytes.value()).ok()))
     }
 
     /// Up to `limit` dead letters after position `after`, in log order.
     pub fn dead_letters(&self, after: u64, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
-        let txn = self.db.begin_read().map_err(redb::Error::from)?;
-        let letters = txn.open_table(DEAD_LETTERS).map_err(redb::Error::from)?;
+        let txn = self.db.begin_read()?;
+        let letters = txn.open_table(DEAD_LETTERS)?;
         let mut out = Vec::new();
         for row in letters
-            .range((Bound::Excluded(after), Bound::Unbounded))
-            .map_err(redb::Error::from)?
+            .range((Bound::Excluded(after), Bound::Unbounded))?
             .take(limit)
         {
-            let (_, bytes) = row.map_err(redb::Error::from)?;
+            let (_, bytes) = row?;
             if let Ok(letter) = serde_json::from_slice(bytes.value()) {
                 out.push(letter);
             }
@@ -197,45 +206,37 @@ impl ViewStore {
 
     /// Removes the dead letter at `position`; false when there was none.
     pub fn discard_dead_letter(&self, position: u64) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write().map_err(redb::Error::from)?;
-        let removed = txn
-            .open_table(DEAD_LETTERS)
-            .map_err(redb::Error::from)?
-            .remove(position)
-            .map_err(redb::Error::from)?
-            .is_some();
-        txn.commit().map_err(redb::Error::from)?;
+        let txn = self.db.begin_write()?;
+        let removed = txn.open_table(DEAD_LETTERS)?.remove(position)?.is_some();
+        txn.commit()?;
         Ok(removed)
     }
 
     /// Makes every earlier commit durable.
     pub fn flush(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(redb::Error::from)?;
-        txn.commit().map_err(redb::Error::from)?;
+        let txn = self.db.begin_write()?;
+        txn.commit()?;
         Ok(())
     }
 }
 
 /// Writes a batch's overlay into the view table of `txn`.
 fn write_overlay(txn: &redb::WriteTransaction, overlay: &Overlay) -> Result<(), StoreError> {
-    let mut view = txn.open_table(VIEW).map_err(redb::Error::from)?;
+    let mut view = txn.open_table(VIEW)?;
     for (key, value) in overlay {
         match value {
             Some(value) => view.insert(key.as_str(), value.as_slice()),
             None => view.remove(key.as_str()).map(|_| None),
-        }
-        .map_err(redb::Error::from)?;
+        }?;
     }
     Ok(())
 }
 
 /// Records a dead letter in `txn`.
 fn write_dead_letter(txn: &redb::WriteTransaction, letter: &DeadLetter) -> Result<(), StoreError> {
-    let mut letters = txn.open_table(DEAD_LETTERS).map_err(redb::Error::from)?;
+    let mut letters = txn.open_table(DEAD_LETTERS)?;
     let bytes = serde_json::to_vec(letter).expect("a dead letter serializes");
-    letters
-        .insert(letter.position, bytes.as_slice())
-        .map_err(redb::Error::from)?;
+    letters.insert(letter.position, bytes.as_slice())?;
     Ok(())
 }
 
@@ -285,8 +286,8 @@ pub type Entry = (String, Vec<u8>);
 impl ViewSnapshot {
     /// Walks every entry in key order.
     pub fn for_each(&self, mut f: impl FnMut(&str, &[u8])) -> Result<(), StoreError> {
-        for row in self.view.iter().map_err(redb::Error::from)? {
-            let (key, value) = row.map_err(redb::Error::from)?;
+        for row in self.view.iter()? {
+            let (key, value) = row?;
             f(key.value(), value.value());
         }
         Ok(())
@@ -299,11 +300,7 @@ impl ViewSnapshot {
 
     /// The value under `key`.
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .view
-            .get(key)
-            .map_err(redb::Error::from)?
-            .map(|v| v.value().to_vec()))
+        Ok(self.view.get(key)?.map(|v| v.value().to_vec()))
     }
 
     /// Up to `limit` entries whose key starts with `prefix`, in key order, after `after`.
@@ -315,15 +312,11 @@ impl ViewSnapshot {
     ) -> Result<Vec<Entry>, StoreError> {
         let start = scan_start(prefix, after);
         let mut out = Vec::new();
-        for row in self
-            .view
-            .range::<&str>((bound(&start), Bound::Unbounded))
-            .map_err(redb::Error::from)?
-        {
+        for row in self.view.range::<&str>((bound(&start), Bound::Unbounded))? {
             if out.len() >= limit {
                 break;
             }
-            let (key, value) = row.map_err(redb::Error::from)?;
+            let (key, value) = row?;
             if !key.value().starts_with(prefix) {
                 break;
             }

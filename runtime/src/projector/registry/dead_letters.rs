@@ -1,0 +1,54 @@
+//! Dead letters: events skipped under the `skip` policy, listed, retried with the current code
+//! (by the runner, between two batches) or discarded.
+
+use super::Registry;
+use crate::projector::control::Control;
+use crate::projector::error::{LifecycleError, RetryError};
+use crate::store::DeadLetter;
+
+impl Registry {
+    /// Lists the dead letters of a projector's serving generation after position `after`.
+    pub fn dead_letters(
+        &self,
+        name: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, LifecycleError> {
+        Ok(self
+            .handle(name)?
+            .serving()
+            .store
+            .dead_letters(after, limit)?)
+    }
+
+    /// Applies the dead-lettered event at `position` again with the projector's current code
+    /// (e.g. after deploying a fix). Blocking: the runner handles it between two batches. On
+    /// success the event's writes commit and the dead letter is removed; on failure the error is
+    /// returned and recorded on the dead letter.
+    pub fn retry_dead_letter(&self, name: &str, position: u64) -> Result<(), RetryError> {
+        let generation = self
+            .get(name)
+            .ok_or_else(|| RetryError::NoProjector(name.to_string()))?
+            .serving();
+        if generation.store.dead_letter(position)?.is_none() {
+            return Err(RetryError::NoDeadLetter(position));
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        generation
+            .runner()
+            .send(Control::Retry { position, reply })
+            .map_err(|_| RetryError::NotRunning)?;
+        // The runner answers between two batches; if it stops first, the request is dropped
+        // with its mailbox and the answer never comes.
+        futures::executor::block_on(answer).unwrap_or(Err(RetryError::NotRunning))
+    }
+
+    /// Discards the dead letter at `position`; false when there was none.
+    pub fn discard_dead_letter(&self, name: &str, position: u64) -> Result<bool, LifecycleError> {
+        Ok(self
+            .handle(name)?
+            .serving()
+            .store
+            .discard_dead_letter(position)?)
+    }
+}
