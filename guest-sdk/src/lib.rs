@@ -487,7 +487,7 @@ pub mod log {
 
 /// Exports a [`Projector`] type as the component's entry points.
 ///
-/// ```ignore
+/// ```text
 /// prism_guest::export_projector!(MyProjector);
 /// ```
 #[macro_export]

@@ -125,7 +125,7 @@ impl From<LifecycleError> for ApiError {
         match e {
             LifecycleError::NotFound(_) => ApiError::not_found(e.to_string()),
             LifecycleError::Deploy(e) => e.into(),
-            LifecycleError::Storage(_) => ApiError::internal(&e),
+            LifecycleError::Storage(_) | LifecycleError::ReplayFailed(_) => ApiError::internal(&e),
             LifecycleError::Replay(ref fault) => {
                 let fault = serde_json::to_value(fault).unwrap_or(Value::Null);
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).with("fault", fault)
@@ -140,7 +140,7 @@ impl From<RetryError> for ApiError {
             RetryError::NoProjector(_) | RetryError::NoDeadLetter(_) => StatusCode::NOT_FOUND,
             RetryError::NotRunning => StatusCode::CONFLICT,
             RetryError::Failed(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            RetryError::Storage(_) => return ApiError::internal(&e),
+            RetryError::Storage(_) | RetryError::Internal(_) => return ApiError::internal(&e),
         };
         ApiError::new(status, e.to_string())
     }

@@ -52,6 +52,18 @@ pub struct GenerationRecord {
     pub on_error: super::ErrorPolicy,
 }
 
+impl GenerationRecord {
+    /// The record as JSON (how a view records the code proven on it).
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a generation record serializes")
+    }
+
+    /// A record from [`to_json`](Self::to_json)'s bytes.
+    pub fn from_json(bytes: &[u8]) -> Option<GenerationRecord> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
 /// The catalog of deployments, and the module files.
 pub struct Catalog {
     db: Database,

@@ -24,6 +24,11 @@ pub struct Code {
 pub struct Swap {
     pub code: Code,
     pub instance: Instance,
+    /// Whether the code is on trial (new module or config). Without a trial (only the error
+    /// policy changed) it is proven at once and there is nothing to go back to.
+    pub trial: bool,
+    /// Answered when the runner has taken the code; dropped unanswered if it stopped first.
+    pub taken: Option<oneshot::Sender<()>>,
 }
 
 /// What a runner is told to do. It reads its mailbox between two batches, in order.
@@ -34,8 +39,9 @@ pub enum Control {
     Pause,
     /// Make the view durable and return.
     Stop,
-    /// Continue with new code from the current checkpoint, on trial until it has applied one
-    /// batch: if that batch fails, the runner goes back to the code it proved last.
+    /// Continue with new code from the current checkpoint, on trial (see [`Swap::trial`]) until
+    /// it has applied one batch: if that batch fails, the runner goes back to the code it
+    /// proved last.
     Swap(Box<Swap>),
     /// Apply the dead-lettered event at `position` again with the current code.
     Retry {
@@ -47,10 +53,11 @@ pub enum Control {
 /// What a runner tells the registry, from its own thread (never waiting for an answer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunnerEvent {
-    /// The runner reached the log's head (once per run).
+    /// The runner reached the log's head (again, after applying events).
     CaughtUp,
-    /// Code on trial applied its first batch: it is proven.
-    TrialPassed { record: GenerationRecord },
+    /// The runner now runs `record` as proven: code on trial applied its first batch (committed
+    /// with the view's record of it), or code came without a trial.
+    Proven { record: GenerationRecord },
     /// Code on trial failed its first batch; the runner is back on the code it proved last.
     TrialFailed {
         record: GenerationRecord,
@@ -58,14 +65,19 @@ pub enum RunnerEvent {
     },
 }
 
-/// A [`RunnerEvent`] with where it comes from.
+/// What arrives on the registry's report channel.
 #[derive(Debug, Clone)]
-pub struct Report {
-    pub projector: String,
-    /// Which runner: unique in the process, so a report from a runner since replaced (on the
-    /// same generation, say, after a restart) is told apart.
-    pub run: u64,
-    pub event: RunnerEvent,
+pub enum Report {
+    /// A [`RunnerEvent`] with where it comes from.
+    Runner {
+        projector: String,
+        /// Which runner: unique in the process, so a report from a runner since replaced (on
+        /// the same generation, say, after a restart) is told apart.
+        run: u64,
+        event: RunnerEvent,
+    },
+    /// The registry is shutting down: the reports before this one are the last.
+    Shutdown,
 }
 
 /// Where runners send their [`Report`]s.

@@ -77,6 +77,10 @@ pub enum LifecycleError {
     /// not: a limit lowered since, or code that is not deterministic).
     #[error("the replay faulted: {0}")]
     Replay(Fault),
+    /// A verification's replay stopped on a failure of Prism's (reading the log or writing the
+    /// scratch view), not of the module.
+    #[error("the replay failed inside Prism: {0}")]
+    ReplayFailed(String),
 }
 
 impl From<StoreError> for LifecycleError {
@@ -115,6 +119,9 @@ pub enum RetryError {
     /// Storage failed.
     #[error("storage failed")]
     Storage(#[from] StorageError),
+    /// The log could not be read or the module not restarted.
+    #[error("the retry failed inside Prism: {0}")]
+    Internal(String),
 }
 
 impl From<StoreError> for RetryError {

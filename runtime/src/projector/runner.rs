@@ -70,6 +70,10 @@ struct Running {
     subscription: Subscription,
     /// During a trial: the code proven last, to go back to if the trial's first batch fails.
     proven: Option<(Code, Instance)>,
+    /// Whether the view does not yet record that `code` writes it (see
+    /// [`ViewStore::commit_proving`]): true at the start and after every change of code, until
+    /// the next commit.
+    unrecorded: bool,
     paused: bool,
 }
 
@@ -92,6 +96,7 @@ impl Runner {
             code,
             instance,
             proven: None,
+            unrecorded: true,
             paused: false,
         };
         self.publish_code(&running);
@@ -132,7 +137,7 @@ impl Runner {
 
     fn report(&self, event: RunnerEvent) {
         if let Some((reports, run)) = &self.reports {
-            let _ = reports.send(Report {
+            let _ = reports.send(Report::Runner {
                 projector: self.name.clone(),
                 run: *run,
                 event,
@@ -160,20 +165,39 @@ impl Runner {
         Flow::Go
     }
 
-    /// Takes new code on trial; the proven code stays the fallback however many swaps come.
-    fn swap(&mut self, running: &mut Running, Swap { code, instance }: Swap) {
+    /// Takes new code: on trial, the proven code stays the fallback however many swaps come;
+    /// without a trial, it is proven at once.
+    fn swap(&mut self, running: &mut Running, swap: Swap) {
+        let Swap {
+            code,
+            instance,
+            trial,
+            taken,
+        } = swap;
         tracing::info!(
             from = running.instance.module(),
             to = instance.module(),
+            trial,
             "swapping code"
         );
         running.subscription = instance.descriptor().subscription.clone();
         let old_code = std::mem::replace(&mut running.code, code);
         let old_instance = std::mem::replace(&mut running.instance, instance);
-        if running.proven.is_none() {
+        if !trial {
+            running.proven = None;
+        } else if running.proven.is_none() {
             running.proven = Some((old_code, old_instance));
         }
+        running.unrecorded = true;
         self.publish_code(running);
+        if let Some(taken) = taken {
+            let _ = taken.send(());
+        }
+        if !trial {
+            self.report(RunnerEvent::Proven {
+                record: running.code.record.clone(),
+            });
+        }
     }
 
     /// Reads every message waiting in the mailbox; `Flow::Stop` when told to stop or when the
@@ -245,6 +269,8 @@ impl Runner {
                 .map_err(|e| fault(e.to_string()))?;
             let Some(last) = last else {
                 self.set(|s| s.state = State::Live);
+                // Once per catching up: a report handled late or refused (a promotion whose
+                // commit failed) comes again after the next events.
                 if !reported_caught_up {
                     reported_caught_up = true;
                     self.report(RunnerEvent::CaughtUp);
@@ -264,6 +290,7 @@ impl Runner {
                 continue;
             };
             let view = BatchView::new(self.store.snapshot().map_err(|e| fault(e.to_string()))?);
+            let mut passed = false;
             let view = if batch.is_empty() {
                 view
             } else {
@@ -275,15 +302,7 @@ impl Runner {
                     .observe(started.elapsed().as_secs_f64());
                 match applied {
                     (view, Ok(())) => {
-                        if running.proven.take().is_some() {
-                            tracing::info!(
-                                module = running.instance.module(),
-                                "reload complete: the new module applied its first batch"
-                            );
-                            self.report(RunnerEvent::TrialPassed {
-                                record: running.code.record.clone(),
-                            });
-                        }
+                        passed = running.proven.take().is_some();
                         view
                     }
                     (_, Err(e)) => {
@@ -296,6 +315,7 @@ impl Runner {
                                 running.instance.descriptor().subscription.clone();
                             let error = self.describe_failure(e).to_string();
                             tracing::warn!(module = %failed.record.module, %error, "reload failed its first batch; keeping the previous module");
+                            running.unrecorded = true;
                             self.publish_code(running);
                             self.report(RunnerEvent::TrialFailed {
                                 record: failed.record,
@@ -316,9 +336,23 @@ impl Runner {
             let durable = last_durable.elapsed() >= DURABLE_INTERVAL;
             let overlay = view.into_overlay();
             let started = Instant::now();
-            self.store
-                .commit(&overlay, last, durable, None)
-                .map_err(|e| fault(e.to_string()))?;
+            // The first batch of new code (a trial's included): the view records in the same
+            // transaction which code wrote it, so a restart finds a trial that passed even if
+            // the catalog has not heard of it yet.
+            if running.unrecorded {
+                let record = running.code.record.to_json();
+                self.store.commit_proving(&overlay, last, durable, &record)
+            } else {
+                self.store.commit(&overlay, last, durable, None)
+            }
+            .map_err(|e| fault(e.to_string()))?;
+            running.unrecorded = false;
+            if passed {
+                tracing::info!(module = %running.code.record.module, "reload complete: the new module applied its first batch");
+                self.report(RunnerEvent::Proven {
+                    record: running.code.record.clone(),
+                });
+            }
             self.metrics
                 .commit_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -330,6 +364,7 @@ impl Runner {
                 last_durable = Instant::now();
             }
             checkpoint = last;
+            reported_caught_up = false;
             let behind = self.log.head() > checkpoint;
             let applied = batch.len() as u64;
             self.set(|s| {
@@ -415,7 +450,7 @@ impl Runner {
                 batch.push(p, event);
                 false
             })
-            .map_err(|e| RetryError::Failed(e.to_string()))?;
+            .map_err(|e| RetryError::Internal(e.to_string()))?;
         let view = BatchView::new(self.store.snapshot()?);
         match running.instance.apply(&batch, view) {
             (view, Ok(())) => {
@@ -430,7 +465,7 @@ impl Runner {
             (_, Err(error)) => {
                 running.instance = self
                     .instantiate(&running.code)
-                    .map_err(|e| RetryError::Failed(e.to_string()))?;
+                    .map_err(|e| RetryError::Internal(e.to_string()))?;
                 let failure = self.describe_failure(error).to_string();
                 let letter = DeadLetter {
                     error: failure.clone(),

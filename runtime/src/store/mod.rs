@@ -29,6 +29,12 @@ const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_let
 
 const CHECKPOINT: &str = "checkpoint";
 
+/// The code that wrote the view: `proven` → what the registry recorded when that code proved
+/// itself on this view (an opaque value, committed with the batch that proved it).
+const CODE: TableDefinition<&str, &[u8]> = TableDefinition::new("code");
+
+const PROVEN: &str = "proven";
+
 /// An event the projector failed on and skipped (error policy `skip`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeadLetter {
@@ -132,13 +138,48 @@ impl ViewStore {
 
     /// Writes a batch's overlay and its new checkpoint in one transaction; `durable` asks for
     /// an `fsync`ed commit (see the module docs).
-    #[tracing::instrument(level = "debug", skip_all, fields(checkpoint, durable, keys = overlay.len()))]
     pub fn commit(
         &self,
         overlay: &Overlay,
         checkpoint: u64,
         durable: bool,
         dead_letter: Option<&DeadLetter>,
+    ) -> Result<(), StoreError> {
+        self.write(overlay, checkpoint, durable, dead_letter, None)
+    }
+
+    /// Like [`commit`](Self::commit) for the first batch new code applied: `code` (what the
+    /// caller knows that code by) is recorded as proven on this view in the same transaction,
+    /// so the view and the record of which code wrote it never disagree after a crash.
+    pub fn commit_proving(
+        &self,
+        overlay: &Overlay,
+        checkpoint: u64,
+        durable: bool,
+        code: &[u8],
+    ) -> Result<(), StoreError> {
+        self.write(overlay, checkpoint, durable, None, Some(code))
+    }
+
+    /// What [`commit_proving`](Self::commit_proving) recorded last.
+    pub fn proven_code(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let code = match txn.open_table(CODE) {
+            Ok(code) => code,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(code.get(PROVEN)?.map(|v| v.value().to_vec()))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(checkpoint, durable, keys = overlay.len()))]
+    fn write(
+        &self,
+        overlay: &Overlay,
+        checkpoint: u64,
+        durable: bool,
+        dead_letter: Option<&DeadLetter>,
+        proven: Option<&[u8]>,
     ) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write()?;
         if !durable {
@@ -151,6 +192,9 @@ impl ViewStore {
             meta.insert(CHECKPOINT, checkpoint)?;
             if let Some(letter) = dead_letter {
                 write_dead_letter(&txn, letter)?;
+            }
+            if let Some(code) = proven {
+                txn.open_table(CODE)?.insert(PROVEN, code)?;
             }
         }
         txn.commit()?;

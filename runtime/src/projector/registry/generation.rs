@@ -11,6 +11,15 @@ use crate::store::{StoreError, ViewStore};
 use std::sync::Arc;
 use tokio::sync::watch;
 
+/// What a new runner finds in its mailbox first: a pause, when the projector is paused.
+pub(super) fn first_controls(paused: bool) -> Vec<Control> {
+    if paused {
+        vec![Control::Pause]
+    } else {
+        Vec::new()
+    }
+}
+
 /// Which slot of a projector a generation fills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -93,21 +102,22 @@ impl Registry {
         Ok(Arc::new(ViewStore::open(&self.inner.dir.view(name, id))?))
     }
 
-    /// Starts a runner thread for `code` (already instantiated) on `store`.
+    /// Starts a runner thread for `code` (already instantiated) on `store`, with `first` in its
+    /// mailbox before it applies anything.
     pub(super) fn spawn(
         &self,
         name: &str,
         code: Code,
         instance: crate::engine::Instance,
         store: Arc<ViewStore>,
-        paused: bool,
+        first: Vec<Control>,
     ) -> Result<Arc<Generation>, std::io::Error> {
         let id = code.record.id;
         let checkpoint = store.checkpoint().unwrap_or_default();
         let (status, status_rx) = watch::channel(Status::starting(code.record.clone(), checkpoint));
         let (mailbox, inbox) = tokio::sync::mpsc::unbounded_channel();
-        if paused {
-            let _ = mailbox.send(Control::Pause);
+        for control in first {
+            let _ = mailbox.send(control);
         }
         let changes = Arc::new(ChangeFeed::new(checkpoint));
         let run = self
@@ -150,7 +160,7 @@ impl Registry {
         paused: bool,
     ) -> Result<Arc<Generation>, LaunchError> {
         let (code, instance) = self.instantiate(name, record).map_err(LaunchError::Code)?;
-        self.spawn(name, code, instance, store, paused)
+        self.spawn(name, code, instance, store, first_controls(paused))
             .map_err(LaunchError::Spawn)
     }
 
@@ -172,28 +182,35 @@ impl Registry {
         Ok((code, instance))
     }
 
-    /// Starts the serving generation of `deployment` on `store`, and puts the code on trial
-    /// back on trial. Returns the generation and, when the trial could not be resumed, why.
+    /// Starts the serving generation of `deployment` on `store`, with the code on trial (if
+    /// any) back on trial before the first batch. Returns the generation and, when the trial
+    /// could not be resumed, why.
     pub(super) fn launch_serving(
         &self,
         name: &str,
         deployment: &Deployment,
         store: Arc<ViewStore>,
     ) -> Result<(Arc<Generation>, Option<String>), LaunchError> {
-        let generation = self.launch(name, &deployment.serving, store, deployment.paused)?;
-        let Some(trial) = &deployment.trial else {
-            return Ok((generation, None));
-        };
-        let offered = self
-            .instantiate(name, trial)
-            .map_err(|e| crate::projector::error::chain(&e))
-            .and_then(|(code, instance)| {
-                generation
-                    .runner()
-                    .send(Control::Swap(Box::new(Swap { code, instance })))
-                    .map_err(|_| "the runner stopped".to_string())
-            });
-        Ok((generation, offered.err()))
+        let (code, instance) = self
+            .instantiate(name, &deployment.serving)
+            .map_err(LaunchError::Code)?;
+        let mut first = first_controls(deployment.paused);
+        let mut trial_error = None;
+        if let Some(trial) = &deployment.trial {
+            match self.instantiate(name, trial) {
+                Ok((code, instance)) => first.push(Control::Swap(Box::new(Swap {
+                    code,
+                    instance,
+                    trial: true,
+                    taken: None,
+                }))),
+                Err(e) => trial_error = Some(crate::projector::error::chain(&e)),
+            }
+        }
+        let generation = self
+            .spawn(name, code, instance, store, first)
+            .map_err(LaunchError::Spawn)?;
+        Ok((generation, trial_error))
     }
 
     /// A generation that could not start: its view serves, its status says why.

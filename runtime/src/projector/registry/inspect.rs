@@ -33,8 +33,11 @@ impl Registry {
             Some(checkpoint),
             record.on_error,
         );
-        if let Some(fault) = status.error {
-            return Err(LifecycleError::Replay(fault));
+        match status.error {
+            // The module failed on an event: its verdict, not the server's.
+            Some(fault) if fault.position.is_some() => return Err(LifecycleError::Replay(fault)),
+            Some(fault) => return Err(LifecycleError::ReplayFailed(fault.message)),
+            None => {}
         }
         let replay = replayed.snapshot()?;
         let (live_view, replay_view, differences) = compare(&live, &replay)?;

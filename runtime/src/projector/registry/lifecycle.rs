@@ -1,7 +1,7 @@
 //! Deploys and the lifecycle: deploy (validate, compile, store, start), hot reload (continue on
 //! trial, or blue/green rebuild), pause, resume, reset, delete.
 
-use super::generation::{LaunchError, Role};
+use super::generation::{LaunchError, Role, first_controls};
 use super::{ProjectorHandle, Registry, valid_name};
 use crate::engine::{CompileSource, Instance, Module};
 use crate::projector::ErrorPolicy;
@@ -157,7 +157,7 @@ impl Registry {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64),
         };
-        let serving = match self.spawn(name, code, instance, store, false) {
+        let serving = match self.spawn(name, code, instance, store, Vec::new()) {
             Ok(serving) => serving,
             Err(e) => {
                 self.remove_projector_dir(name);
@@ -176,36 +176,52 @@ impl Registry {
     }
 
     /// Continue mode: the new code takes over the serving generation between two batches, on
-    /// trial (recorded as such in the catalog) until it has applied one. A faulted or stopped
-    /// generation has nothing healthy to fall back on: the new code starts on its view directly.
+    /// trial (recorded as such in the catalog) until it has applied one — unless only the error
+    /// policy changed, which needs no trial. A faulted or stopped generation has nothing healthy
+    /// to fall back on: the new code starts on its view directly.
     fn continue_with(
         &self,
         projector: &ProjectorHandle,
         candidate: Candidate,
     ) -> Result<u64, DeployError> {
-        // A newer deploy supersedes a rebuild in progress.
-        self.cancel_pending(projector);
         let serving = projector.serving();
         let Candidate { mut code, instance } = candidate;
         code.record.id = serving.id;
         let record = code.record.clone();
-        if serving.runner().running() {
-            let previous = projector.deployment();
-            self.save(projector, |d| d.trial = Some(record.clone()))?;
-            match serving
-                .runner()
-                .send(Control::Swap(Box::new(Swap { code, instance })))
-            {
-                Ok(()) => return Ok(record.id),
-                // It stopped in the meantime: start the new code directly, as below.
-                Err(Control::Swap(swap)) => {
-                    self.save(projector, |d| *d = previous)?;
-                    return self.start_over(projector, swap.code, swap.instance);
-                }
-                Err(_) => unreachable!("the mailbox gives back what was sent"),
-            }
+        if !serving.runner().running() {
+            self.start_over(projector, code, instance)?;
+            self.cancel_pending(projector);
+            return Ok(record.id);
         }
-        self.start_over(projector, code, instance)
+        let before = projector.deployment();
+        let proven = &before.serving;
+        let trial = proven.module != record.module || proven.config != record.config;
+        self.save(projector, |d| {
+            if trial {
+                d.trial = Some(record.clone());
+            } else {
+                d.serving = record.clone();
+                d.trial = None;
+            }
+        })?;
+        let (taken, took) = tokio::sync::oneshot::channel();
+        let swap = Swap {
+            code,
+            instance,
+            trial,
+            taken: Some(taken),
+        };
+        let sent = serving.runner().send(Control::Swap(Box::new(swap)));
+        // The runner takes it between two batches; if it stops first (a fault in the meantime),
+        // the new code starts on its view directly.
+        if sent.is_err() || futures::executor::block_on(took).is_err() {
+            self.save(projector, |d| *d = before)?;
+            let (code, instance) = self.instantiate(&projector.name, &record)?;
+            self.start_over(projector, code, instance)?;
+        }
+        // A newer deploy supersedes a rebuild in progress.
+        self.cancel_pending(projector);
+        Ok(record.id)
     }
 
     /// Replaces a stopped or faulted serving generation's runner with `code`, on the same view.
@@ -214,13 +230,13 @@ impl Registry {
         projector: &ProjectorHandle,
         code: Code,
         instance: Instance,
-    ) -> Result<u64, DeployError> {
+    ) -> Result<(), DeployError> {
         let old = projector.serving();
         old.stop_runner();
         let record = code.record.clone();
-        let paused = projector.paused();
+        let first = first_controls(projector.paused());
         let started = self
-            .spawn(&projector.name, code, instance, old.store.clone(), paused)
+            .spawn(&projector.name, code, instance, old.store.clone(), first)
             .map_err(DeployError::Spawn)?;
         if let Err(e) = self.save(projector, |d| {
             d.serving = record.clone();
@@ -232,23 +248,25 @@ impl Registry {
         // Its change subscribers follow the new runner once the old feed closes.
         projector.replace(Role::Serving, started);
         old.changes.close();
-        Ok(record.id)
+        Ok(())
     }
 
-    /// Rebuild mode: a new generation rebuilds a fresh view in the background.
+    /// Rebuild mode: a new generation rebuilds a fresh view in the background; it supersedes a
+    /// rebuild in progress once it has started.
     fn rebuild(
         &self,
         projector: &ProjectorHandle,
         candidate: Candidate,
     ) -> Result<u64, DeployError> {
-        self.cancel_pending(projector);
         let Candidate { mut code, instance } = candidate;
-        let id = projector.serving().id + 1;
+        let latest = projector.pending().map_or(0, |p| p.id);
+        let id = projector.serving().id.max(latest) + 1;
         code.record.id = id;
         let record = code.record.clone();
         let name = &projector.name;
         let store = self.open_view(name, id, true)?;
-        let pending = match self.spawn(name, code, instance, store, projector.paused()) {
+        let first = first_controls(projector.paused());
+        let pending = match self.spawn(name, code, instance, store, first) {
             Ok(pending) => pending,
             Err(e) => {
                 self.remove_view(name, id);
@@ -260,7 +278,11 @@ impl Registry {
             self.remove_view(name, id);
             return Err(e.into());
         }
-        projector.replace(Role::Pending, pending);
+        if let Some(old) = projector.replace(Role::Pending, pending) {
+            old.stop();
+            self.remove_view(name, old.id);
+            tracing::info!(projector = %projector.name, generation = old.id, "rebuild superseded");
+        }
         Ok(id)
     }
 
@@ -272,12 +294,13 @@ impl Registry {
     /// Resumes a paused projector, and restarts any faulted generation from its checkpoint
     /// with a fresh instance (e.g. after the cause was fixed).
     pub fn resume(&self, name: &str) -> Result<(), LifecycleError> {
-        self.set_paused(name, false)?;
-        let _changing = self.inner.changing.lock();
-        let projector = self.handle(name)?;
-        self.restart(&projector, Role::Serving)?;
-        self.restart(&projector, Role::Pending)?;
-        Ok(())
+        {
+            let _changing = self.inner.changing.lock();
+            let projector = self.handle(name)?;
+            self.restart(&projector, Role::Serving)?;
+            self.restart(&projector, Role::Pending)?;
+        }
+        self.set_paused(name, false)
     }
 
     /// Rebuilds a projector's view from scratch with its latest code, blue/green.
@@ -355,9 +378,26 @@ impl Registry {
     pub(super) fn resume_deployment(
         &self,
         name: &str,
-        deployment: Deployment,
+        mut deployment: Deployment,
     ) -> Result<ProjectorHandle, RegistryError> {
         let store = self.open_view(name, deployment.serving.id, false)?;
+        // A trial that passed before Prism stopped (its first batch is committed with the
+        // view's record of it) but whose news did not reach the catalog.
+        let proven = store.proven_code()?;
+        if let Some(trial) = &deployment.trial
+            && proven.as_deref() == Some(trial.to_json().as_slice())
+        {
+            deployment.serving = trial.clone();
+            deployment.trial = None;
+            self.inner
+                .catalog
+                .put(name, &deployment)
+                .map_err(|source| RegistryError::Catalog {
+                    path: self.inner.dir.catalog().display().to_string(),
+                    source,
+                })?;
+            tracing::info!(projector = name, module = %deployment.serving.module, "the reload on trial had passed before the stop");
+        }
         let (serving, trial_error) = match self.launch_serving(name, &deployment, store.clone()) {
             Ok(launched) => launched,
             Err(LaunchError::Spawn(e)) => return Err(RegistryError::Spawn(e)),

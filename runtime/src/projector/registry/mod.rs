@@ -59,6 +59,8 @@ struct Inner {
     metrics: super::ProjectorMetrics,
     spawner: Spawner,
     reports: Reports,
+    /// The registry's thread, handling reports; joined at shutdown.
+    supervisor: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The next runner's id (see [`Report::run`]).
     runs: std::sync::atomic::AtomicU64,
 }
@@ -92,18 +94,22 @@ impl Registry {
                 metrics: super::ProjectorMetrics::default(),
                 spawner,
                 reports,
+                supervisor: Mutex::new(None),
                 runs: std::sync::atomic::AtomicU64::new(1),
             }),
         };
-        let weak = Arc::downgrade(&registry.inner);
-        std::thread::Builder::new()
-            .name("prism-registry".into())
-            .spawn(move || supervise(weak, inbox))
-            .map_err(RegistryError::Spawn)?;
         for (name, deployment) in deployments {
             let handle = registry.resume_deployment(&name, deployment)?;
             registry.insert(Arc::new(handle));
         }
+        // Reports sent while the projectors were starting wait in the channel until every
+        // projector is known.
+        let weak = Arc::downgrade(&registry.inner);
+        let supervisor = std::thread::Builder::new()
+            .name("prism-registry".into())
+            .spawn(move || supervise(weak, inbox))
+            .map_err(RegistryError::Spawn)?;
+        *registry.inner.supervisor.lock() = Some(supervisor);
         Ok(registry)
     }
 
@@ -132,11 +138,19 @@ impl Registry {
         Ok(self.inner.catalog.modules()?)
     }
 
-    /// Stops every projector, each making its view durable.
+    /// Stops every projector, each making its view durable, then handles what their runners
+    /// reported before they stopped (a passed trial, a finished rebuild) and stops the
+    /// registry's thread.
     pub fn shutdown(&self) {
-        let _changing = self.inner.changing.lock();
-        for projector in self.list() {
-            projector.stop();
+        {
+            let _changing = self.inner.changing.lock();
+            for projector in self.list() {
+                projector.stop();
+            }
+        }
+        let _ = self.inner.reports.send(Report::Shutdown);
+        if let Some(supervisor) = self.inner.supervisor.lock().take() {
+            let _ = supervisor.join();
         }
     }
 
@@ -175,20 +189,28 @@ impl Registry {
     /// Handles one runner report (on the registry's thread, under the deploy lock). A report
     /// from a runner no longer in its slot is stale and ignored.
     fn on_report(&self, report: Report) {
-        let _changing = self.inner.changing.lock();
-        let Some(projector) = self.get(&report.projector) else {
+        let Report::Runner {
+            projector,
+            run,
+            event,
+        } = report
+        else {
             return;
         };
-        let from_serving = projector.serving().run == report.run;
-        match report.event {
+        let _changing = self.inner.changing.lock();
+        let Some(projector) = self.get(&projector) else {
+            return;
+        };
+        let from_serving = projector.serving().run == run;
+        match event {
             RunnerEvent::CaughtUp => {
-                if projector.pending().is_some_and(|p| p.run == report.run) {
+                if projector.pending().is_some_and(|p| p.run == run) {
                     self.promote(&projector);
                 }
             }
-            // The runner proved `record`: the catalog follows it (a newer trial may be under way
-            // on top of it).
-            RunnerEvent::TrialPassed { record } if from_serving => {
+            // The runner now runs `record` as proven: the catalog follows it (a newer trial may
+            // be under way on top of it).
+            RunnerEvent::Proven { record } if from_serving => {
                 let saved = self.save(&projector, |d| {
                     if d.trial.as_ref() == Some(&record) {
                         d.trial = None;
@@ -196,7 +218,7 @@ impl Registry {
                     d.serving = record;
                 });
                 if let Err(e) = saved {
-                    tracing::error!(projector = %projector.name, error = %e, "recording a passed trial failed");
+                    tracing::error!(projector = %projector.name, error = %e, "recording proven code failed");
                 }
             }
             RunnerEvent::TrialFailed { record, error } if from_serving => {
@@ -211,7 +233,7 @@ impl Registry {
                     record.module
                 )));
             }
-            RunnerEvent::TrialPassed { .. } | RunnerEvent::TrialFailed { .. } => {}
+            RunnerEvent::Proven { .. } | RunnerEvent::TrialFailed { .. } => {}
         }
     }
 
@@ -259,13 +281,22 @@ impl Registry {
     }
 }
 
-/// The registry's thread: handles runner reports in order until the registry is gone.
+/// The registry's thread: handles runner reports in order until the registry shuts down or
+/// is gone. A report whose handling panics is logged and the thread goes on.
 fn supervise(registry: Weak<Inner>, mut inbox: tokio::sync::mpsc::UnboundedReceiver<Report>) {
     while let Some(report) = inbox.blocking_recv() {
+        if matches!(report, Report::Shutdown) {
+            return;
+        }
         let Some(inner) = registry.upgrade() else {
             return;
         };
-        Registry { inner }.on_report(report);
+        let registry = Registry { inner };
+        let handled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| registry.on_report(report)));
+        if handled.is_err() {
+            tracing::error!("handling a runner report panicked; the registry goes on");
+        }
     }
 }
 
