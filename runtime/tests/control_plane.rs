@@ -5,15 +5,11 @@
 
 mod common;
 
-use common::artifacts;
+use common::{artifacts, module_of};
 use prism::projector::Spawner;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-
-fn module_of(deployed: &Value) -> String {
-    deployed["module"].as_str().unwrap().to_string()
-}
 
 /// Bug 1: the runner kept the error policy it was started with.
 #[tokio::test(flavor = "multi_thread")]

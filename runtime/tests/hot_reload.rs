@@ -4,14 +4,10 @@
 
 mod common;
 
-use common::artifacts;
+use common::{artifacts, module_of};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-
-fn module_of(deployed: &Value) -> String {
-    deployed["module"].as_str().unwrap().to_string()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn continue_mode_reload_while_appends_flow_applies_every_event_once() {

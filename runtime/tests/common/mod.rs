@@ -252,6 +252,11 @@ pub async fn append_many(
     last
 }
 
+/// The module hash a deploy answered.
+pub fn module_of(deployed: &Value) -> String {
+    deployed["module"].as_str().unwrap().to_string()
+}
+
 /// The example projectors, by deployment name and artifact.
 pub fn examples() -> [(&'static str, &'static str); 3] {
     [
