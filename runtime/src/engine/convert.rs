@@ -2,28 +2,7 @@
 
 use super::bindings::types as wit;
 use crate::log::StoredEvent;
-use serde::Serialize;
-
-/// Which events a projector receives. Prism filters before calling into Wasm.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct Subscription {
-    /// Event types wanted; empty means all.
-    pub event_types: Vec<String>,
-    /// Stream name prefixes wanted; empty means all.
-    pub stream_prefixes: Vec<String>,
-}
-
-impl Subscription {
-    /// Whether an event of `event_type` in `stream` is delivered.
-    pub fn matches(&self, stream: &str, event_type: &str) -> bool {
-        (self.event_types.is_empty() || self.event_types.iter().any(|t| t == event_type))
-            && (self.stream_prefixes.is_empty()
-                || self
-                    .stream_prefixes
-                    .iter()
-                    .any(|p| stream.starts_with(p.as_str())))
-    }
-}
+pub use prism_client::wire::Subscription;
 
 /// What a projector module says about itself.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

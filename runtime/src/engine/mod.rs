@@ -178,17 +178,8 @@ pub struct Upload {
     pub source: CompileSource,
 }
 
-/// Where a module's compiled code came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CompileSource {
-    /// Compiled now.
-    Compiled,
-    /// Already loaded in this process.
-    Memory,
-    /// Loaded from the on-disk cache of artifacts Prism compiled before.
-    DiskCache,
-}
+/// Where a module's compiled code came from (the type the API shows).
+pub use prism_client::wire::CompileSource;
 
 impl Engine {
     /// A new engine with Prism's imports in its linker; compiled artifacts are cached in

@@ -25,24 +25,11 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
-use serde::Deserialize;
+use prism_client::wire::ChangeParams;
 use serde_json::json;
 use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::sync::mpsc;
-use utoipa::IntoParams;
-
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct ChangeParams {
-    /// Only changes of keys starting with this (default: every key).
-    #[serde(default)]
-    prefix: String,
-    /// Resume after this event id, `<incarnation>-<generation>-<position>` (for clients that cannot send the
-    /// `Last-Event-ID` header; the header wins).
-    last_event_id: Option<String>,
-}
 
 /// `GET /projectors/{name}/changes?prefix=&last_event_id=`.
 #[utoipa::path(

@@ -1,66 +1,14 @@
 //! `/projectors/{name}/dead-letters` and `/projectors/{name}/logs`: the events a projector
 //! skipped, retried or discarded, and the lines its modules logged.
 
-use super::ErrorBody;
 use super::extract::{Path, Query};
 use super::{ApiError, AppState};
-use crate::engine::LogLine;
-use crate::store::DeadLetter;
 use axum::Json;
 use axum::extract::State;
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
-
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct DeadLetterParams {
-    /// Only dead letters after this log position (the last one of the previous page).
-    #[serde(default)]
-    #[param(required = false)]
-    after: u64,
-    /// Most dead letters to return: 1 to 1000 (default 100).
-    limit: Option<usize>,
-}
-
-/// An event the projector failed on and skipped (error policy `skip`).
-#[derive(Serialize, ToSchema)]
-#[schema(as = DeadLetter)]
-pub struct DeadLetterReply {
-    /// The event's position in the log.
-    pub position: u64,
-    pub stream: String,
-    pub event_type: String,
-    /// The error or trap message.
-    pub error: String,
-    /// The module that failed on it.
-    pub module: String,
-}
-
-impl From<DeadLetter> for DeadLetterReply {
-    fn from(letter: DeadLetter) -> Self {
-        let DeadLetter {
-            position,
-            stream,
-            event_type,
-            error,
-            module,
-        } = letter;
-        DeadLetterReply {
-            position,
-            stream,
-            event_type,
-            error,
-            module,
-        }
-    }
-}
-
-/// A page of dead letters.
-#[derive(Serialize, ToSchema)]
-pub struct DeadLetters {
-    /// In log order.
-    pub dead_letters: Vec<DeadLetterReply>,
-}
+use prism_client::wire::{
+    DeadLetter, DeadLetterParams, DeadLetters, Discarded, ErrorBody, LogLine, LogLines, LogParams,
+    Retried,
+};
 
 /// `GET /projectors/{name}/dead-letters?after=&limit=`: skipped events, in log order.
 #[utoipa::path(
@@ -89,59 +37,8 @@ pub async fn dead_letters(
     let letters =
         super::blocking(move || registry.dead_letters(&name, params.after, limit)).await??;
     Ok(Json(DeadLetters {
-        dead_letters: letters.into_iter().map(Into::into).collect(),
+        dead_letters: letters.into_iter().map(wire_letter).collect(),
     }))
-}
-
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct LogParams {
-    /// Only lines after this `seq` (the last one of the previous page).
-    after: Option<u64>,
-    /// Most lines to return: 1 to 1000 (default 100); the newest ones.
-    limit: Option<usize>,
-}
-
-/// One line a projector wrote with `host.log`.
-#[derive(Serialize, ToSchema)]
-#[schema(as = LogLine)]
-pub struct LogLineReply {
-    /// Increases by one per line kept, per projector (for `?after=`).
-    pub seq: u64,
-    /// Milliseconds since the Unix epoch.
-    pub at_ms: u64,
-    /// `error`, `warn`, `info`, `debug` or `trace`.
-    pub level: String,
-    /// The module (sha256) that wrote it.
-    pub module: String,
-    pub message: String,
-}
-
-impl From<LogLine> for LogLineReply {
-    fn from(line: LogLine) -> Self {
-        let LogLine {
-            seq,
-            at_ms,
-            level,
-            module,
-            message,
-        } = line;
-        LogLineReply {
-            seq,
-            at_ms,
-            level: level.to_string(),
-            module,
-            message,
-        }
-    }
-}
-
-/// A projector's log lines.
-#[derive(Serialize, ToSchema)]
-pub struct LogLines {
-    /// Oldest first.
-    pub lines: Vec<LogLineReply>,
 }
 
 /// `GET /projectors/{name}/logs?after=&limit=`: the newest lines the projector wrote with
@@ -169,15 +66,8 @@ pub async fn logs(
     }
     let lines = state.registry.module_log(&name, params.after, limit)?;
     Ok(Json(LogLines {
-        lines: lines.into_iter().map(Into::into).collect(),
+        lines: lines.into_iter().map(wire_line).collect(),
     }))
-}
-
-/// A discarded dead letter.
-#[derive(Serialize, ToSchema)]
-pub struct Discarded {
-    /// Its position.
-    pub discarded: u64,
 }
 
 /// `DELETE /projectors/{name}/dead-letters/{position}`: discards a dead letter.
@@ -213,15 +103,6 @@ pub async fn discard_dead_letter(
     }))
 }
 
-/// A dead letter applied again.
-#[derive(Serialize, ToSchema)]
-pub struct Retried {
-    /// Its position.
-    pub retried: u64,
-    /// Always true: it applied, and is no longer a dead letter.
-    pub applied: bool,
-}
-
 /// `POST /projectors/{name}/dead-letters/{position}/retry`: applies a dead-lettered event
 /// again with the current code.
 #[utoipa::path(
@@ -251,4 +132,40 @@ pub async fn retry_dead_letter(
         retried: position,
         applied: true,
     }))
+}
+
+/// A stored dead letter as the API shows it.
+fn wire_letter(letter: crate::store::DeadLetter) -> DeadLetter {
+    let crate::store::DeadLetter {
+        position,
+        stream,
+        event_type,
+        error,
+        module,
+    } = letter;
+    DeadLetter {
+        position,
+        stream,
+        event_type,
+        error,
+        module,
+    }
+}
+
+/// A kept guest output line as the API shows it.
+fn wire_line(line: crate::engine::LogLine) -> LogLine {
+    let crate::engine::LogLine {
+        seq,
+        at_ms,
+        level,
+        module,
+        message,
+    } = line;
+    LogLine {
+        seq,
+        at_ms,
+        level: level.to_string(),
+        module,
+        message,
+    }
 }

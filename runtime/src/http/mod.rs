@@ -60,7 +60,8 @@ mod views;
 pub use auth::Tokens;
 pub use error::ApiError;
 pub use metrics::Metrics;
-pub use openapi::{ErrorBody, openapi};
+pub use openapi::openapi;
+pub use prism_client::wire::ErrorBody;
 
 use crate::log::EventLog;
 use crate::projector::{ProjectorHandle, Registry};
@@ -171,10 +172,10 @@ pub(crate) fn api(limits: Limits) -> OpenApiRouter<AppState> {
     get,
     path = "/health",
     tag = "operations",
-    responses((status = 200, description = "Prism is up.", body = openapi::Health)),
+    responses((status = 200, description = "Prism is up.", body = prism_client::wire::Health)),
 )]
-async fn health() -> axum::Json<openapi::Health> {
-    axum::Json(openapi::Health {
+async fn health() -> axum::Json<prism_client::wire::Health> {
+    axum::Json(prism_client::wire::Health {
         status: "ok".into(),
     })
 }

@@ -9,47 +9,12 @@
 
 use super::auth::{self, Role};
 use axum::http::Method;
-use serde::Serialize;
+use prism_client::wire::{ErrorBody, ModeChoice};
 use std::sync::LazyLock;
+use utoipa::Modify;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{OpenApi, RefOr, Response, ResponseBuilder};
-use utoipa::{Modify, ToSchema};
-
-/// The body of every error answer: `{"error": "..."}`, sometimes with details (see
-/// [`VersionConflict`] and [`NotReached`]).
-#[derive(Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// What went wrong, for a person.
-    pub error: String,
-}
-
-/// 409 of an append whose `expected_version` did not hold; nothing was appended.
-#[derive(Serialize, ToSchema)]
-pub struct VersionConflict {
-    pub error: String,
-    /// The version the request expected.
-    pub expected_version: u64,
-    /// The stream's actual version.
-    pub actual_version: u64,
-}
-
-/// 504 of a query whose `min_position` the view did not reach within `timeout_ms`.
-#[derive(Serialize, ToSchema)]
-pub struct NotReached {
-    pub error: String,
-    /// The position the view is at.
-    pub checkpoint: u64,
-    /// The position the query waited for.
-    pub min_position: u64,
-}
-
-/// `GET /health`'s answer.
-#[derive(Serialize, ToSchema)]
-pub struct Health {
-    /// Always `ok`.
-    pub status: String,
-}
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -62,7 +27,7 @@ pub struct Health {
     ),
     modifiers(&Shared),
     // Schemas only parameters name (utoipa adds those of bodies by itself).
-    components(schemas(ErrorBody, super::projectors::ModeChoice)),
+    components(schemas(ErrorBody, ModeChoice)),
     tags(
         (name = "streams", description = "The event log: append, read, list streams."),
         (name = "projectors", description = "Deploy projectors and run their lifecycle."),

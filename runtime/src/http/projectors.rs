@@ -1,141 +1,25 @@
 //! `/projectors`: deploy and redeploy modules, the lifecycle (pause, resume, reset, delete),
 //! status, and the stored modules.
 
-use super::ErrorBody;
 use super::extract::{Path, Query};
 use super::{ApiError, AppState};
-use crate::engine::CompileSource;
-use crate::projector::{
-    DeployMode, DeployOptions, Deployed, ErrorPolicy, LifecycleError, ModuleSource, ProjectorInfo,
-};
+use crate::projector::{DeployMode, DeployOptions, LifecycleError, ModuleSource};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
-
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct DeployParams {
-    /// Deploy the stored module with this sha256 instead of the body (a rollback; see
-    /// `GET /modules`). The body must then be empty.
-    module: Option<String>,
-    /// A new configuration string passed to the module's `init` (default: keep the current
-    /// one; empty for a new projector).
-    config: Option<String>,
-    /// `continue` (the new code goes on from the checkpoint on the same view) or `rebuild` (a
-    /// fresh view is rebuilt in the background). Default: `continue` when the view schema
-    /// version is unchanged, `rebuild` when it changed.
-    #[param(value_type = Option<ModeChoice>)]
-    mode: Option<DeployMode>,
-    /// What to do with an event the module fails on: `stop` (fault) or `skip` (dead-letter it
-    /// and go on). Default: keep the current policy (`stop` for a new projector).
-    on_error: Option<ErrorPolicy>,
-}
-
-/// The deploy modes a request may ask for.
-#[derive(ToSchema)]
-#[serde(rename_all = "kebab-case")]
-#[allow(dead_code)] // Documents the `mode` parameter, parsed as a `DeployMode`.
-pub(super) enum ModeChoice {
-    Continue,
-    Rebuild,
-}
+use prism_client::wire::{
+    DeletedReply, DeployParams, Deployed, ErrorBody, LifecycleReply, Modules, Projector,
+    ProjectorList,
+};
+use utoipa::ToSchema;
 
 /// A deploy module upload: a WebAssembly component, or a core module with its component type.
 #[derive(ToSchema)]
 #[schema(value_type = String, format = Binary)]
 #[allow(dead_code)] // Documents the body, read as bytes.
 struct WasmModule(Vec<u8>);
-
-/// How a deploy applied.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "kebab-case")]
-#[schema(as = DeployMode)]
-pub enum DeployModeReply {
-    /// A new projector, starting from the beginning of the log.
-    Created,
-    /// The new code took over from the current checkpoint on the same view.
-    Continue,
-    /// A new generation rebuilds a fresh view in the background; queries switch to it when it
-    /// has caught up.
-    Rebuild,
-}
-
-impl From<DeployMode> for DeployModeReply {
-    fn from(mode: DeployMode) -> Self {
-        match mode {
-            DeployMode::Created => DeployModeReply::Created,
-            DeployMode::Continue => DeployModeReply::Continue,
-            DeployMode::Rebuild => DeployModeReply::Rebuild,
-        }
-    }
-}
-
-/// Where a module's compiled code came from.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "kebab-case")]
-#[schema(as = CompileSource)]
-pub enum CompileSourceReply {
-    /// Compiled now.
-    Compiled,
-    /// Already loaded in this process.
-    Memory,
-    /// Loaded from the on-disk cache of compiled artifacts.
-    DiskCache,
-}
-
-impl From<CompileSource> for CompileSourceReply {
-    fn from(source: CompileSource) -> Self {
-        match source {
-            CompileSource::Compiled => CompileSourceReply::Compiled,
-            CompileSource::Memory => CompileSourceReply::Memory,
-            CompileSource::DiskCache => CompileSourceReply::DiskCache,
-        }
-    }
-}
-
-/// The result of a deploy.
-#[derive(Serialize, ToSchema)]
-#[schema(as = Deployed)]
-pub struct DeployReply {
-    pub name: String,
-    /// The module's sha256.
-    pub module: String,
-    /// The view schema version the module declares.
-    pub schema_version: u32,
-    pub mode: DeployModeReply,
-    /// The generation the deploy runs in (a new one for a rebuild).
-    pub generation: u64,
-    pub compile: CompileSourceReply,
-    /// How long validation and compilation took, in milliseconds.
-    pub compile_ms: f64,
-}
-
-impl From<Deployed> for DeployReply {
-    fn from(deployed: Deployed) -> Self {
-        let Deployed {
-            name,
-            module,
-            schema_version,
-            mode,
-            generation,
-            compile,
-            compile_ms,
-        } = deployed;
-        DeployReply {
-            name,
-            module,
-            schema_version,
-            mode: mode.into(),
-            generation,
-            compile: compile.into(),
-            compile_ms,
-        }
-    }
-}
 
 /// `PUT /projectors/{name}?config=&mode=&module=`: deploys the `.wasm` in the body, or the
 /// stored module `module`.
@@ -149,8 +33,8 @@ impl From<Deployed> for DeployReply {
             type); empty with `?module=`."),
     responses(
         (status = 201, description = "A new projector, catching up from the start of the log.",
-            body = DeployReply),
-        (status = 200, description = "Redeployed (`continue` or `rebuild`).", body = DeployReply),
+            body = Deployed),
+        (status = 200, description = "Redeployed (`continue` or `rebuild`).", body = Deployed),
         (status = 400, description = "A bad name or query, no module, or both a body and \
             `?module=`.", body = ErrorBody),
         (status = 404, description = "No stored module with that hash.", body = ErrorBody),
@@ -168,16 +52,13 @@ pub async fn deploy(
     Path(name): Path<String>,
     Query(params): Query<DeployParams>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<DeployReply>), ApiError> {
+) -> Result<(StatusCode, Json<Deployed>), ApiError> {
     let body = body?;
     let options = DeployOptions {
         config: params.config,
-        mode: params.mode,
+        mode: params.mode.map(DeployMode::from),
         on_error: params.on_error,
     };
-    if options.mode == Some(DeployMode::Created) {
-        return Err(ApiError::bad_request("mode must be continue or rebuild"));
-    }
     let source = match (params.module, body.is_empty()) {
         (Some(hash), true) => ModuleSource::Stored(hash),
         (Some(_), false) => {
@@ -198,23 +79,7 @@ pub async fn deploy(
         DeployMode::Created => StatusCode::CREATED,
         _ => StatusCode::OK,
     };
-    Ok((status, Json(deployed.into())))
-}
-
-/// The answer to a lifecycle action: the projector's status, or that it is gone.
-#[derive(Serialize, ToSchema)]
-#[serde(untagged)]
-pub enum LifecycleReply {
-    Projector(Box<ProjectorInfo>),
-    Deleted(DeletedReply),
-}
-
-/// A deleted projector.
-#[derive(Serialize, ToSchema)]
-pub struct DeletedReply {
-    pub name: String,
-    /// Always true.
-    pub deleted: bool,
+    Ok((status, Json(deployed)))
 }
 
 /// Runs a lifecycle action off the executor and answers with the projector's status.
@@ -324,15 +189,6 @@ pub async fn delete(
     lifecycle(state, name, |r, n| r.delete(n)).await
 }
 
-/// Every projector.
-#[derive(Serialize, ToSchema)]
-pub struct ProjectorList {
-    /// The log's head: the position of its last event.
-    pub head: u64,
-    /// In name order.
-    pub projectors: Vec<ProjectorInfo>,
-}
-
 /// `GET /projectors`: every projector with its status.
 #[utoipa::path(
     get,
@@ -357,23 +213,16 @@ pub async fn list(State(state): State<AppState>) -> Json<ProjectorList> {
     params(("name" = String, Path, description = "The projector's name.")),
     responses(
         (status = 200, description = "The projector's status, with its rebuild's progress.",
-            body = ProjectorInfo),
+            body = Projector),
         (status = 404, description = "No such projector.", body = ErrorBody),
     ),
 )]
 pub async fn show(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<ProjectorInfo>, ApiError> {
+) -> Result<Json<Projector>, ApiError> {
     let projector = state.projector(&name)?;
     Ok(Json(projector.info(state.log.head())))
-}
-
-/// The stored modules.
-#[derive(Serialize, ToSchema)]
-pub struct Modules {
-    /// Their sha256 hashes.
-    pub modules: Vec<String>,
 }
 
 /// `GET /modules`: the hashes of every stored module (deployable with `?module=`).

@@ -8,50 +8,14 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
+use prism_client::wire::{
+    AppendParams, Appended, ErrorBody, Event, ListParams, NewEvent as EventIn, ReadParams,
+    StreamList, StreamPage, StreamVersion, VersionConflict,
+};
 use serde_json::Value;
-use serde_json::value::RawValue;
-use utoipa::{IntoParams, ToSchema};
 
 /// Most events one read returns.
 pub const MAX_READ: usize = 1000;
-
-/// An event to append.
-#[derive(Deserialize, ToSchema)]
-#[schema(as = NewEvent)]
-pub struct EventIn {
-    /// The event's type, e.g. `OrderPlaced`.
-    #[serde(rename = "type")]
-    event_type: String,
-    /// The event's data: any JSON.
-    #[schema(value_type = Value)]
-    data: Box<RawValue>,
-    /// The event's metadata: a JSON object (`{}` when left out).
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    metadata: Option<Box<RawValue>>,
-}
-
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct AppendParams {
-    /// Append only if the stream holds exactly this many events (0: only if it does not exist
-    /// yet); otherwise 409 and nothing is appended.
-    expected_version: Option<u64>,
-}
-
-/// The answer to an append: its events hold the consecutive positions
-/// `first_position..=last_position`.
-#[derive(Serialize, ToSchema)]
-pub struct AppendReply {
-    pub stream: String,
-    /// Global position of the request's first event.
-    pub first_position: u64,
-    /// Global position of its last event (pass it as `min_position` to read your write).
-    pub last_position: u64,
-    /// The stream's version after the append (its number of events).
-    pub stream_version: u64,
-}
 
 /// `POST /streams/{stream}/events`: appends a JSON array of events atomically.
 #[utoipa::path(
@@ -62,14 +26,14 @@ pub struct AppendReply {
     request_body(content = Vec<EventIn>, content_type = "application/json",
         description = "The events, appended atomically in this order (at most 10000, 16 MiB)."),
     responses(
-        (status = 201, description = "Appended, durably.", body = AppendReply),
+        (status = 201, description = "Appended, durably.", body = Appended),
         (status = 400, description = "The body is not a JSON array of events, a metadata is not \
-            an object, or a name is empty or too long.", body = super::ErrorBody),
+            an object, or a name is empty or too long.", body = ErrorBody),
         (status = 409, description = "The stream is not at `expected_version`; nothing was appended.",
-            body = super::openapi::VersionConflict),
+            body = VersionConflict),
         (status = 413, description = "The body or the number of events is over the limit.",
-            body = super::ErrorBody),
-        (status = 500, description = "The log failed.", body = super::ErrorBody),
+            body = ErrorBody),
+        (status = 500, description = "The log failed.", body = ErrorBody),
     ),
 )]
 pub async fn append(
@@ -77,7 +41,7 @@ pub async fn append(
     Path(stream): Path<String>,
     Query(params): Query<AppendParams>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<AppendReply>), ApiError> {
+) -> Result<(StatusCode, Json<Appended>), ApiError> {
     let body = body?;
     let events: Vec<EventIn> = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
@@ -121,7 +85,7 @@ pub async fn append(
                 .appended(count, started.elapsed().as_secs_f64());
             Ok((
                 StatusCode::CREATED,
-                Json(AppendReply {
+                Json(Appended {
                     stream,
                     first_position: appended.first_position,
                     last_position: appended.last_position,
@@ -135,7 +99,7 @@ pub async fn append(
             actual,
         }) => Err(ApiError::detailed(
             StatusCode::CONFLICT,
-            &super::openapi::VersionConflict {
+            &VersionConflict {
                 error: format!(
                     "stream {stream:?} is at version {actual}, not the expected {expected}; nothing was appended"
                 ),
@@ -148,46 +112,6 @@ pub async fn append(
     }
 }
 
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ReadParams {
-    /// The stream version to start at (default 1, the first event).
-    from: Option<u64>,
-    /// Most events to return: 1 to 1000 (default 100).
-    limit: Option<usize>,
-}
-
-/// A page of a stream.
-#[derive(Serialize, ToSchema)]
-pub struct StreamPage {
-    /// The stream's version (its number of events).
-    pub version: u64,
-    pub events: Vec<EventOut>,
-    /// The `from` of the next page, or null at the end.
-    #[schema(required = true)]
-    pub next: Option<u64>,
-}
-
-/// An event as the API shows it.
-#[derive(Serialize, ToSchema)]
-#[schema(as = Event)]
-pub struct EventOut {
-    /// Global position in the log.
-    pub position: u64,
-    pub stream: String,
-    /// Its version within the stream.
-    pub stream_version: u64,
-    #[serde(rename = "type")]
-    pub event_type: String,
-    /// When the log stored it (RFC 3339, milliseconds).
-    #[schema(format = DateTime)]
-    pub timestamp: String,
-    /// The data as appended.
-    pub data: Value,
-    /// The metadata as appended (`{}` when none was given).
-    pub metadata: Value,
-}
-
 /// `GET /streams/{stream}?from=&limit=`: the stream's events from version `from` (default 1).
 #[utoipa::path(
     get,
@@ -196,9 +120,9 @@ pub struct EventOut {
     params(("stream" = String, Path, description = "The stream's name."), ReadParams),
     responses(
         (status = 200, description = "Events in stream order.", body = StreamPage),
-        (status = 400, description = "A bad `from` or `limit`.", body = super::ErrorBody),
-        (status = 404, description = "No such stream.", body = super::ErrorBody),
-        (status = 500, description = "The log failed.", body = super::ErrorBody),
+        (status = 400, description = "A bad `from` or `limit`.", body = ErrorBody),
+        (status = 404, description = "No such stream.", body = ErrorBody),
+        (status = 500, description = "The log failed.", body = ErrorBody),
     ),
 )]
 pub async fn read(
@@ -230,15 +154,15 @@ pub async fn read(
         .map(|e| e.stream_version + 1);
     Ok(Json(StreamPage {
         version,
-        events: events.iter().map(EventOut::from).collect(),
+        events: events.iter().map(Event::from).collect(),
         next,
     }))
 }
 
-impl From<&RecordedEvent> for EventOut {
+impl From<&RecordedEvent> for Event {
     fn from(e: &RecordedEvent) -> Self {
         let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.timestamp_ms);
-        EventOut {
+        Event {
             position: e.position,
             stream: e.stream.clone(),
             stream_version: e.stream_version,
@@ -248,33 +172,6 @@ impl From<&RecordedEvent> for EventOut {
             metadata: serde_json::from_slice::<Value>(&e.metadata).unwrap_or(Value::Null),
         }
     }
-}
-
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListParams {
-    /// List the streams named after this one (the `next` of the previous page).
-    after: Option<String>,
-    /// Most streams to return: 1 to 1000 (default 100).
-    limit: Option<usize>,
-}
-
-/// A page of stream names.
-#[derive(Serialize, ToSchema)]
-pub struct StreamList {
-    /// In name order.
-    pub streams: Vec<StreamVersion>,
-    /// The `after` of the next page, or null at the end.
-    #[schema(required = true)]
-    pub next: Option<String>,
-}
-
-/// A stream and its version.
-#[derive(Serialize, ToSchema)]
-pub struct StreamVersion {
-    pub stream: String,
-    /// Its number of events.
-    pub version: u64,
 }
 
 /// `GET /streams?after=&limit=`: stream names in order with their versions; `next` is the
@@ -287,8 +184,8 @@ pub struct StreamVersion {
     params(ListParams),
     responses(
         (status = 200, description = "Stream names in order with their versions.", body = StreamList),
-        (status = 400, description = "A bad `limit`.", body = super::ErrorBody),
-        (status = 500, description = "The log failed.", body = super::ErrorBody),
+        (status = 400, description = "A bad `limit`.", body = ErrorBody),
+        (status = 500, description = "The log failed.", body = ErrorBody),
     ),
 )]
 pub async fn list(

@@ -13,10 +13,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
+use prism_client::wire::{Consistency, Entry, MAX_WAIT_MS, ScanPage, ScanParams};
 use serde_json::Value;
 use std::sync::Arc;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
 /// Most entries one scan returns.
 pub const MAX_SCAN: usize = 1000;
@@ -47,7 +47,7 @@ const CHECKPOINT: HeaderName = HeaderName::from_static("prism-checkpoint");
         (status = 404, description = "No such projector, or no such key in its view.", body = super::ErrorBody),
         (status = 500, description = "The view store failed.", body = super::ErrorBody),
         (status = 504, description = "The view did not reach `min_position` within `timeout_ms`.",
-            body = super::openapi::NotReached),
+            body = prism_client::wire::NotReached),
     ),
 )]
 pub async fn get(
@@ -62,7 +62,7 @@ pub async fn get(
         )));
     }
     let generation = state.projector(&name)?.serving();
-    consistency.wait(&generation).await?;
+    wait(&consistency, &generation).await?;
     let (snapshot, value) =
         blocking(generation.clone(), move |snapshot| snapshot.get(&key)).await?;
     let Some(value) = value else {
@@ -78,79 +78,20 @@ pub async fn get(
     Ok((headers, value).into_response())
 }
 
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ScanParams {
-    /// Only keys starting with this (default: every key).
-    #[serde(default)]
-    prefix: String,
-    /// Only keys after this one (the `next` of the previous page).
-    after: Option<String>,
-    /// Most entries to return: 1 to 1000 (default 100).
-    limit: Option<usize>,
-    // Not `#[serde(flatten)]`ed from `Consistency`: flattening loses the query string's numbers.
-    /// Wait until the view reflects this log position (read your writes: the
-    /// `last_position` an append returned).
-    min_position: Option<u64>,
-    /// How long to wait for `min_position`, in milliseconds: at most 30000 (default 5000).
-    timeout_ms: Option<u64>,
-}
-
-/// Read-your-writes: `?min_position=P` (the position an append returned) makes a query wait
-/// until the view reflects P, for at most `timeout_ms` (default 5000, at most 30000).
-#[derive(Deserialize, Default, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct Consistency {
-    /// Wait until the view reflects this log position (read your writes: the
-    /// `last_position` an append returned).
-    min_position: Option<u64>,
-    /// How long to wait for `min_position`, in milliseconds: at most 30000 (default 5000).
-    timeout_ms: Option<u64>,
-}
-
 /// A view value that is not JSON: its bytes as the projector wrote them.
 #[derive(ToSchema)]
 #[schema(value_type = String, format = Binary)]
 #[allow(dead_code)] // Documents the bytes `get` answers.
 struct ViewBytes(Vec<u8>);
 
-/// A page of a view scan.
-#[derive(Serialize, ToSchema)]
-pub struct ScanPage {
-    /// Entries in key order.
-    pub items: Vec<Entry>,
-    /// The `after` of the next page, or null at the end.
-    #[schema(required = true)]
-    pub next: Option<String>,
-}
-
-/// A view entry: `value` when it is JSON, `value_base64` for any other bytes.
-#[derive(Serialize, ToSchema)]
-#[serde(untagged)]
-pub enum Entry {
-    Json {
-        key: String,
-        /// The value, as the projector wrote it.
-        value: Value,
-    },
-    Bytes {
-        key: String,
-        /// The value's bytes, base64 (standard alphabet, padded).
-        value_base64: String,
-    },
-}
-
-/// Longest a query may wait for `min_position`.
-pub const MAX_WAIT_MS: u64 = 30_000;
-
-impl Consistency {
-    /// Waits until `generation` has passed `min_position`; 504 with the current checkpoint when
-    /// it does not within the timeout.
-    async fn wait(&self, generation: &Generation) -> Result<(), ApiError> {
-        let Some(position) = self.min_position else {
+/// Waits until `generation` has passed `consistency.min_position`; 504 with the current
+/// checkpoint when it does not within the timeout.
+async fn wait(consistency: &Consistency, generation: &Generation) -> Result<(), ApiError> {
+    {
+        let Some(position) = consistency.min_position else {
             return Ok(());
         };
-        let timeout_ms = self.timeout_ms.unwrap_or(5_000);
+        let timeout_ms = consistency.timeout_ms.unwrap_or(5_000);
         if timeout_ms > MAX_WAIT_MS {
             return Err(ApiError::bad_request(format!(
                 "timeout_ms is at most {MAX_WAIT_MS}"
@@ -169,7 +110,7 @@ impl Consistency {
             let checkpoint = status.borrow().checkpoint;
             Err(ApiError::detailed(
                 axum::http::StatusCode::GATEWAY_TIMEOUT,
-                &super::openapi::NotReached {
+                &prism_client::wire::NotReached {
                     error: format!(
                         "the view has not reached position {position} within {timeout_ms} ms (it is at {checkpoint})"
                     ),
@@ -199,7 +140,7 @@ impl Consistency {
         (status = 404, description = "No such projector.", body = super::ErrorBody),
         (status = 500, description = "The view store failed.", body = super::ErrorBody),
         (status = 504, description = "The view did not reach `min_position` within `timeout_ms`.",
-            body = super::openapi::NotReached),
+            body = prism_client::wire::NotReached),
     ),
 )]
 pub async fn scan(
@@ -218,7 +159,7 @@ pub async fn scan(
         min_position: params.min_position,
         timeout_ms: params.timeout_ms,
     };
-    consistency.wait(&generation).await?;
+    wait(&consistency, &generation).await?;
     let (snapshot, entries) = blocking(generation.clone(), move |snapshot| {
         // One extra entry tells whether another page follows.
         snapshot.scan(&params.prefix, params.after.as_deref(), limit + 1)
@@ -228,30 +169,28 @@ pub async fn scan(
     let items = entries
         .iter()
         .take(limit)
-        .map(|(key, value)| Entry::new(key, value))
+        .map(|(key, value)| entry(key, value))
         .collect();
     let next = more.then(|| entries[limit - 1].0.clone());
     let body = Json(ScanPage { items, next });
     Ok((provenance(&generation, &snapshot), body).into_response())
 }
 
-impl Entry {
-    /// `{"key", "value"}` for a JSON value, `{"key", "value_base64"}` for any other bytes.
-    pub(super) fn new(key: &str, value: &[u8]) -> Entry {
-        let key = key.to_string();
-        match serde_json::from_slice::<Value>(value) {
-            Ok(value) => Entry::Json { key, value },
-            Err(_) => Entry::Bytes {
-                key,
-                value_base64: base64::engine::general_purpose::STANDARD.encode(value),
-            },
-        }
+/// `{"key", "value"}` for a JSON value, `{"key", "value_base64"}` for any other bytes.
+pub(super) fn entry(key: &str, value: &[u8]) -> Entry {
+    let key = key.to_string();
+    match serde_json::from_slice::<Value>(value) {
+        Ok(value) => Entry::Json { key, value },
+        Err(_) => Entry::Bytes {
+            key,
+            value_base64: base64::engine::general_purpose::STANDARD.encode(value),
+        },
     }
 }
 
-/// `{"key", "value"}` for a JSON value, `{"key", "value_base64"}` for any other bytes.
+/// [`entry`] as JSON.
 pub(super) fn entry_json(key: &str, value: &[u8]) -> Value {
-    serde_json::to_value(Entry::new(key, value)).unwrap_or(Value::Null)
+    serde_json::to_value(entry(key, value)).unwrap_or(Value::Null)
 }
 
 /// Runs a read on a fresh snapshot of a generation's view, off the async executor.

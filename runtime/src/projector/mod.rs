@@ -23,54 +23,20 @@ pub use changes::{ChangeBatch, ChangeFeed, Since};
 pub use control::{Control, RunnerEvent, Spawner};
 pub use error::{DeployError, LifecycleError, RegistryError, RetryError, StorageError};
 pub use metrics::{ProjectorLabels, ProjectorMetrics, RunnerMetrics};
-pub use registry::{
-    DeployMode, DeployOptions, Deployed, Generation, ModuleSource, ProjectorHandle, ProjectorInfo,
-    Readiness, RebuildProgress, Registry, Role, UnreadyProjector,
+/// What the API says of projectors: the same types the wire carries.
+pub use prism_client::wire::{
+    DeployMode, Deployed, Difference, ErrorPolicy, Fault, Projector, Readiness, RebuildProgress,
+    State, Unready, UnreadyProjector, Verification, ViewDigest,
 };
-pub use verify::{Difference, Verification, ViewDigest};
+pub use registry::{DeployOptions, Generation, ModuleSource, ProjectorHandle, Registry, Role};
 
 use crate::engine::{Descriptor, Engine, Instance, Module};
 use crate::log::EventLog;
 use crate::store::ViewStore;
-use serde::Serialize;
 use std::sync::Arc;
 
 /// Longest projector name accepted.
 pub const MAX_NAME_LEN: usize = 64;
-
-/// Where a projector (or one of its generations) is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum State {
-    /// Instantiating its module.
-    Starting,
-    /// Applying events, behind the log's head.
-    CatchingUp,
-    /// Caught up with the log's head, waiting for appends.
-    Live,
-    /// Paused by an operator; applies nothing until resumed.
-    Paused,
-    /// A new generation is rebuilding the view in the background; the current one serves.
-    Rebuilding,
-    /// Stopped by an error; see [`Status::error`]. Its view keeps serving.
-    Faulted,
-    /// Stopped (Prism is shutting down, or the generation was replaced).
-    Stopped,
-}
-
-/// What went wrong with a faulted projector.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct Fault {
-    /// The error or trap message.
-    pub message: String,
-    /// The event that failed, when one did.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub position: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stream: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub event_type: Option<String>,
-}
 
 /// A generation's live status, published by its runner.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,16 +83,6 @@ impl Status {
     }
 }
 
-/// Why a projector makes Prism not ready.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum Unready {
-    /// It stopped on an error.
-    Faulted,
-    /// It is behind the log and has not moved for longer than the stall limit.
-    Stalled,
-}
-
 /// Whether a projector in `state`, `lag` events behind, whose checkpoint last moved `idle` ago,
 /// makes Prism not ready. A paused projector does not: an operator paused it.
 pub fn readiness(
@@ -141,20 +97,6 @@ pub fn readiness(
         _ if lag > 0 && idle > stall_after => Some(Unready::Stalled),
         _ => None,
     }
-}
-
-/// What a projector does with an event its module fails on (a guest error, a trap, a sandbox
-/// limit hit).
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum ErrorPolicy {
-    /// Fault the projector, its checkpoint just before the event (the default).
-    #[default]
-    Stop,
-    /// Record the event as a dead letter and go on.
-    Skip,
 }
 
 /// Log positions passed per second over the last few seconds.

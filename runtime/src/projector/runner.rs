@@ -526,22 +526,5 @@ enum Wake {
 
 /// A fault with only a message.
 pub fn fault(message: String) -> Fault {
-    Fault {
-        message,
-        position: None,
-        stream: None,
-        event_type: None,
-    }
-}
-
-impl std::fmt::Display for Fault {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)?;
-        if let (Some(position), Some(stream), Some(event_type)) =
-            (self.position, &self.stream, &self.event_type)
-        {
-            write!(f, " (event {position}, {event_type} in {stream})")?;
-        }
-        Ok(())
-    }
+    Fault::message(message)
 }

@@ -2,40 +2,8 @@
 //! keys that differ.
 
 use crate::store::{StoreError, ViewSnapshot};
+use prism_client::wire::{Difference, ViewDigest};
 use std::collections::BTreeMap;
-
-/// The outcome of [`Registry::verify`](super::Registry::verify).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Verification {
-    pub projector: String,
-    pub module: String,
-    pub generation: u64,
-    /// The position both views reflect.
-    pub checkpoint: u64,
-    /// Whether the live view equals the replay.
-    pub identical: bool,
-    pub live: ViewDigest,
-    pub replay: ViewDigest,
-    /// The first few keys whose values differ (`null` where a side lacks the key).
-    pub differences: Vec<Difference>,
-    /// How long the replay took.
-    pub replay_ms: f64,
-}
-
-/// A view's size and content digest (sha256 over its entries in key order).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ViewDigest {
-    pub entries: u64,
-    pub sha256: String,
-}
-
-/// One key on which two views disagree.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Difference {
-    pub key: String,
-    pub live: Option<String>,
-    pub replay: Option<String>,
-}
 
 /// How many differences a verification lists at most.
 const MAX_DIFFERENCES: usize = 10;

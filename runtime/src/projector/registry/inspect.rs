@@ -3,8 +3,9 @@
 
 use super::Registry;
 use crate::engine::LogLine;
+use crate::projector::Verification;
 use crate::projector::error::LifecycleError;
-use crate::projector::verify::{Verification, compare};
+use crate::projector::verify::compare;
 use crate::store::ViewStore;
 use std::sync::Arc;
 use std::time::Instant;

@@ -4,27 +4,12 @@
 use super::generation::{LaunchError, Role, first_controls};
 use super::{ProjectorHandle, Registry, valid_name};
 use crate::engine::{CompileSource, Instance, Module};
-use crate::projector::ErrorPolicy;
 use crate::projector::catalog::{Deployment, GenerationRecord};
 use crate::projector::control::{Code, Control, Swap};
 use crate::projector::error::{DeployError, LifecycleError, RegistryError};
+use crate::projector::{DeployMode, Deployed, ErrorPolicy};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// How a deploy applies to an existing projector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DeployMode {
-    /// A new projector, starting from the beginning of the log.
-    Created,
-    /// The new code takes over between two batches and continues from the current checkpoint
-    /// on the existing view, on trial until it has applied one batch. The default when the
-    /// view schema version is unchanged.
-    Continue,
-    /// A new generation rebuilds a fresh view from the start of the log in the background;
-    /// queries switch to it when it has caught up. The default when the schema changed.
-    Rebuild,
-}
 
 /// Where a deploy's module comes from.
 pub enum ModuleSource {
@@ -44,21 +29,6 @@ pub struct DeployOptions {
     pub mode: Option<DeployMode>,
     /// What to do with an event the module fails on.
     pub on_error: Option<ErrorPolicy>,
-}
-
-/// The result of a deploy.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Deployed {
-    pub name: String,
-    pub module: String,
-    pub schema_version: u32,
-    pub mode: DeployMode,
-    /// The generation the deploy runs in (a new one for a rebuild).
-    pub generation: u64,
-    /// Where the compiled code came from.
-    pub compile: CompileSource,
-    /// How long validation and compilation took, in milliseconds.
-    pub compile_ms: f64,
 }
 
 /// A module, started, with everything its deployment record says.

@@ -29,8 +29,7 @@ mod status;
 
 pub use generation::{Generation, Role};
 pub use handle::ProjectorHandle;
-pub use lifecycle::{DeployMode, DeployOptions, Deployed, ModuleSource};
-pub use status::{ProjectorInfo, Readiness, RebuildProgress, UnreadyProjector};
+pub use lifecycle::{DeployOptions, ModuleSource};
 
 use super::catalog::{Catalog, Deployment};
 use super::control::{Report, Reports, RunnerEvent, Spawner};

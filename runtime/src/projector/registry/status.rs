@@ -2,106 +2,15 @@
 //! let Prism be ready (`GET /ready`).
 
 use super::{Generation, ProjectorHandle, Registry};
-use crate::engine::Subscription;
-use crate::projector::{ErrorPolicy, Fault, State, Unready, readiness};
-use serde::Serialize;
-use utoipa::ToSchema;
-
-/// A projector's status.
-#[derive(Debug, Serialize, ToSchema)]
-#[schema(as = Projector)]
-pub struct ProjectorInfo {
-    pub name: String,
-    pub state: State,
-    /// The sha256 of the module running now.
-    pub module: String,
-    /// The view schema version of the code running now.
-    pub schema_version: u32,
-    /// The serving generation.
-    pub generation: u64,
-    /// The configuration string passed to `init`.
-    pub config: String,
-    /// The name the module gives itself (null until it has described itself).
-    #[schema(required = true)]
-    pub code_name: Option<String>,
-    /// The events it receives (null until it has described itself).
-    #[schema(required = true)]
-    pub subscription: Option<Subscription>,
-    /// Position of the last event its view reflects.
-    pub checkpoint: u64,
-    /// The log's head.
-    pub head: u64,
-    /// Events between the checkpoint and the head.
-    pub lag: u64,
-    /// Recent speed through the log.
-    pub events_per_sec: f64,
-    /// Events delivered to the module since this run started.
-    pub events_applied: u64,
-    pub on_error: ErrorPolicy,
-    /// Events skipped as dead letters since this run started.
-    pub dead_letters_this_run: u64,
-    /// Why it is faulted.
-    #[schema(required = true)]
-    pub error: Option<Fault>,
-    /// Why the last hot reload failed, if it did.
-    #[schema(required = true)]
-    pub reload_error: Option<String>,
-    /// A rebuild in progress (a new generation catching up in the background).
-    #[schema(required = true)]
-    pub rebuild: Option<RebuildProgress>,
-}
-
-/// A rebuild's progress: percent of the log, speed, and time left.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RebuildProgress {
-    pub generation: u64,
-    pub module: String,
-    pub schema_version: u32,
-    pub state: State,
-    pub checkpoint: u64,
-    /// Percent of the log applied (one decimal).
-    pub percent: f64,
-    pub events_per_sec: f64,
-    /// Seconds left at the current speed (null when not moving).
-    #[schema(required = true)]
-    pub eta_secs: Option<f64>,
-    #[schema(required = true)]
-    pub error: Option<Fault>,
-}
-
-/// Whether Prism is ready.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Readiness {
-    /// True when no projector is faulted or stalled.
-    pub ready: bool,
-    /// The log's head.
-    pub head: u64,
-    /// The projectors that make Prism not ready.
-    pub unready: Vec<UnreadyProjector>,
-}
-
-/// A projector that makes Prism not ready.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct UnreadyProjector {
-    pub name: String,
-    pub reason: Unready,
-    pub checkpoint: u64,
-    /// Events between its checkpoint and the log's head.
-    pub lag: u64,
-    /// Since its checkpoint last moved.
-    pub seconds_without_progress: u64,
-    /// Why it is faulted.
-    #[schema(required = true)]
-    pub error: Option<Fault>,
-}
+use crate::projector::{Projector, Readiness, RebuildProgress, UnreadyProjector, readiness};
 
 impl ProjectorHandle {
     /// The projector's status, with the log's head at `head`.
-    pub fn info(&self, head: u64) -> ProjectorInfo {
+    pub fn info(&self, head: u64) -> Projector {
         let serving = self.serving();
         let status = serving.status();
         let record = status.record;
-        ProjectorInfo {
+        Projector {
             name: self.name.clone(),
             state: self.state(),
             module: record.module,
@@ -148,7 +57,7 @@ fn rebuild(pending: &Generation, head: u64) -> RebuildProgress {
 
 impl Registry {
     /// Every projector's status, in name order.
-    pub fn infos(&self) -> Vec<ProjectorInfo> {
+    pub fn infos(&self) -> Vec<Projector> {
         let head = self.inner.log.head();
         self.list().iter().map(|p| p.info(head)).collect()
     }
