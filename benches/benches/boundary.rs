@@ -5,12 +5,12 @@
 //! `cargo bench -p prism-benches --bench boundary`
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use prism::engine::{Engine, EventBatch, Limits};
+use prism::engine::{Engine, EventBatch, Sandbox};
 use prism::log::StoredEvent;
 use prism::store::{BatchView, ViewStore};
 
 fn boundary(c: &mut Criterion) {
-    let engine = Engine::new(None, Limits::default()).unwrap();
+    let engine = Engine::new(None, Sandbox::default()).unwrap();
     let module = engine
         .compile(&prism_test_artifacts::read(prism_test_artifacts::NOOP))
         .unwrap()

@@ -8,20 +8,19 @@
 //!
 //! `cargo bench -p prism-benches --bench reload`
 
-use prism_benches::server::Prism;
+use prism_benches::server::{DEFAULTS, Prism};
+use prism_client::wire::{CompileSource, DeployMode, Deployed, ScanParams};
 use prism_test_artifacts as artifacts;
-use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Deploys `wasm` over a running projector and waits until its runner runs the new module.
-async fn upload_to_serving(prism: &Prism, wasm: &[u8]) -> (Duration, Value) {
+async fn upload_to_serving(prism: &Prism, wasm: &[u8]) -> (Duration, Deployed) {
     let start = Instant::now();
-    let deployed = prism.deploy("tally", wasm, "").await;
-    assert_eq!(deployed["mode"], "continue");
-    let module = deployed["module"].clone();
-    prism.wait("tally", |s| s["module"] == module).await;
+    let deployed = prism.deploy("tally", wasm, &DEFAULTS).await;
+    assert_eq!(deployed.mode, DeployMode::Continue);
+    prism.wait("tally", |s| s.module == deployed.module).await;
     (start.elapsed(), deployed)
 }
 
@@ -50,15 +49,13 @@ async fn main() {
     for _ in 0..5 {
         let dir = tempfile::tempdir().unwrap();
         let prism = Prism::start(dir.path()).await;
-        prism.deploy("tally", &v1, "").await;
+        prism.deploy("tally", &v1, &DEFAULTS).await;
         prism.append(1000).await;
-        prism.wait("tally", |s| s["lag"] == 0).await;
+        prism.wait("tally", |s| s.lag == 0).await;
         let (took, deployed) = upload_to_serving(&prism, &v2).await;
-        assert_eq!(deployed["compile"], "compiled");
+        assert_eq!(deployed.compile, CompileSource::Compiled);
         cold.push(took);
-        cold_compile.push(Duration::from_secs_f64(
-            deployed["compile_ms"].as_f64().unwrap() / 1000.0,
-        ));
+        cold_compile.push(Duration::from_secs_f64(deployed.compile_ms / 1000.0));
         prism.server.stop().await;
     }
     println!(
@@ -70,19 +67,17 @@ async fn main() {
     // Cache hits: alternate two known modules on one server.
     let dir = tempfile::tempdir().unwrap();
     let prism = Prism::start(dir.path()).await;
-    prism.deploy("tally", &v1, "").await;
-    prism.deploy("tally", &v2, "").await;
+    prism.deploy("tally", &v1, &DEFAULTS).await;
+    prism.deploy("tally", &v2, &DEFAULTS).await;
     prism.append(1000).await;
     let mut hits = Vec::new();
     let mut hit_compile = Vec::new();
     for i in 0..50 {
         let wasm = if i % 2 == 0 { &v1 } else { &v2 };
         let (took, deployed) = upload_to_serving(&prism, wasm).await;
-        assert_eq!(deployed["compile"], "memory");
+        assert_eq!(deployed.compile, CompileSource::Memory);
         hits.push(took);
-        hit_compile.push(Duration::from_secs_f64(
-            deployed["compile_ms"].as_f64().unwrap() / 1000.0,
-        ));
+        hit_compile.push(Duration::from_secs_f64(deployed.compile_ms / 1000.0));
     }
     println!(
         "continue-mode reload, compile-cache hit: upload-to-serving {}",
@@ -97,34 +92,24 @@ async fn main() {
     // Disk cache: after a restart, a module compiled before is loaded, not compiled.
     let prism = Prism::start(dir.path()).await;
     let v3 = artifacts::read(artifacts::TALLY_V3);
-    prism.deploy("warm", &v3, "").await; // compiled now, cached on disk
-    let url = format!("{}/projectors/warm", prism.base);
-    assert!(
-        prism
-            .http
-            .delete(url)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .is_success()
-    );
+    prism.deploy("warm", &v3, &DEFAULTS).await; // compiled now, cached on disk
+    prism.api.delete("warm").await.unwrap();
     prism.server.stop().await;
     let prism = Prism::start(dir.path()).await;
-    let deployed = prism.deploy("warm-2", &v3, "").await;
-    assert_eq!(deployed["compile"], "disk-cache");
+    let deployed = prism.deploy("warm-2", &v3, &DEFAULTS).await;
+    assert_eq!(deployed.compile, CompileSource::DiskCache);
     println!(
         "compile-cache hit from disk (after restart): {:.2} ms (cold compile of the same module above)",
-        deployed["compile_ms"].as_f64().unwrap()
+        deployed.compile_ms
     );
     prism.server.stop().await;
 
     // Query service through a blue/green swap.
     let dir = tempfile::tempdir().unwrap();
     let prism = Arc::new(Prism::start(dir.path()).await);
-    prism.deploy("tally", &v1, "").await;
+    prism.deploy("tally", &v1, &DEFAULTS).await;
     prism.append(50_000).await;
-    prism.wait("tally", |s| s["lag"] == 0).await;
+    prism.wait("tally", |s| s.lag == 0).await;
     let stop = Arc::new(AtomicBool::new(false));
     let epoch = Instant::now();
     let mut clients = Vec::new();
@@ -132,12 +117,13 @@ async fn main() {
         let (prism, stop) = (prism.clone(), stop.clone());
         clients.push(tokio::spawn(async move {
             let mut done = Vec::new();
-            let url = format!("{}/projectors/tally/view?limit=5", prism.base);
+            let page = ScanParams {
+                limit: Some(5),
+                ..ScanParams::default()
+            };
             while !stop.load(Ordering::Relaxed) {
                 let start = Instant::now();
-                let reply = prism.http.get(&url).send().await.unwrap();
-                assert!(reply.status().is_success());
-                let _ = reply.bytes().await.unwrap();
+                prism.api.scan("tally", &page).await.unwrap();
                 done.push((start - epoch, start.elapsed()));
             }
             done
@@ -146,10 +132,10 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let deploy_at = epoch.elapsed();
     prism
-        .deploy("tally", &artifacts::read(artifacts::TALLY_V3), "")
+        .deploy("tally", &artifacts::read(artifacts::TALLY_V3), &DEFAULTS)
         .await;
     prism
-        .wait("tally", |s| s["generation"] == 2 && s["rebuild"].is_null())
+        .wait("tally", |s| s.generation == 2 && s.rebuild.is_none())
         .await;
     let swapped_at = epoch.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -8,7 +8,7 @@
 //! `cargo bench -p prism-benches --bench replay` (set `PRISM_BENCH_EVENTS=1000000` for 1M).
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use prism::engine::{Engine, Limits};
+use prism::engine::{Engine, Sandbox};
 use prism::log::EventLog;
 use prism::projector::{State, catch_up};
 use prism::store::ViewStore;
@@ -28,7 +28,7 @@ fn replay(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let log = EventLog::open(&dir.path().join("log.redb")).unwrap();
     fill(&log, n);
-    let engine = Engine::new(None, Limits::default()).unwrap();
+    let engine = Engine::new(None, Sandbox::default()).unwrap();
 
     let mut group = c.benchmark_group("replay");
     group.throughput(Throughput::Elements(n));

@@ -6,13 +6,14 @@
 //! servers on loopback where a figure is about HTTP. Clients share the machine with the server,
 //! so HTTP figures are conservative.
 
-use prism::engine::{Engine, Limits};
+use prism::engine::{Engine, Sandbox};
 use prism::log::EventLog;
 use prism::projector::{State, catch_up};
 use prism::store::ViewStore;
 use prism_benches::native::{self, Native};
-use prism_benches::server::Prism;
+use prism_benches::server::{DEFAULTS, Prism};
 use prism_test_artifacts as artifacts;
+use reqwest::Method;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -110,7 +111,7 @@ fn replay_figures(report: &mut Report, n: u64, dir: &std::path::Path) {
     // Every replay opens the log afresh: each starts with redb's cache cold (and the OS's page
     // cache warm), so no run profits from the one before it.
     let open_log = || EventLog::open(&log_path).unwrap();
-    let engine = Engine::new(None, Limits::default()).unwrap();
+    let engine = Engine::new(None, Sandbox::default()).unwrap();
     let projectors: [(&str, &str, &dyn Native, &'static str, f64); 3] = [
         (
             "event-counter",
@@ -210,16 +211,13 @@ async fn append_figures(report: &mut Report, dir: &std::path::Path) {
     let start_at = Instant::now();
     let mut clients = Vec::new();
     for c in 0..4 {
-        let (http, base, body, total) = (
-            prism.http.clone(),
-            prism.base.clone(),
-            body.clone(),
-            total.clone(),
-        );
+        let (api, body, total) = (prism.api.clone(), body.clone(), total.clone());
         clients.push(tokio::spawn(async move {
+            let path = format!("/streams/batch-{c}/events");
             while Instant::now() < deadline {
-                let reply = http
-                    .post(format!("{base}/streams/batch-{c}/events"))
+                // A body serialized once: the figure is the server's, not the client's.
+                let reply = api
+                    .request(Method::POST, &path)
                     .header("content-type", "application/json")
                     .body(body.clone())
                     .send()
@@ -249,13 +247,13 @@ async fn append_figures(report: &mut Report, dir: &std::path::Path) {
         let start_at = Instant::now();
         let mut clients = Vec::new();
         for c in 0..64 {
-            let (http, base, total) = (prism.http.clone(), prism.base.clone(), total.clone());
+            let (api, total) = (prism.api.clone(), total.clone());
             clients.push(tokio::spawn(async move {
-                let stream = format!("single-{expected}-{c}");
+                let path = format!("/streams/single-{expected}-{c}/events");
                 let mut version = 0;
                 while Instant::now() < deadline {
-                    let mut request = http
-                        .post(format!("{base}/streams/{stream}/events"))
+                    let mut request = api
+                        .request(Method::POST, &path)
                         .header("content-type", "application/json")
                         .body(r#"[{"type":"T","data":{"n":1}}]"#);
                     if expected {
@@ -295,7 +293,11 @@ async fn freshness_and_query_figures(report: &mut Report, dir: &std::path::Path)
     println!("freshness and queries");
     let prism = Arc::new(Prism::start(&dir.join("fresh")).await);
     prism
-        .deploy("counter", &artifacts::read(artifacts::EVENT_COUNTER), "")
+        .deploy(
+            "counter",
+            &artifacts::read(artifacts::EVENT_COUNTER),
+            &DEFAULTS,
+        )
         .await;
     // Open loop: one append every 1/rate s for 3 s over HTTP; the latency of each is from its
     // acknowledgement to the projector's commit that makes it visible to view queries (observed
@@ -312,8 +314,8 @@ async fn freshness_and_query_figures(report: &mut Report, dir: &std::path::Path)
             let mut status = generation.watch();
             tasks.push(tokio::spawn(async move {
                 let reply = prism
-                    .http
-                    .post(format!("{}/streams/fresh/events", prism.base))
+                    .api
+                    .request(Method::POST, "/streams/fresh/events")
                     .header("content-type", "application/json")
                     .body(r#"[{"type":"T","data":{}}]"#)
                     .send()
@@ -350,7 +352,7 @@ async fn freshness_and_query_figures(report: &mut Report, dir: &std::path::Path)
 
     // Queries: with wrk (a separate, light client process) when installed, else 32 in-process
     // clients for 5 s.
-    let url = format!("{}/projectors/counter/view/type/T", prism.base);
+    let url = prism.api.url("/projectors/counter/view/type/T");
     if let Some((per_second, p99)) = wrk(&url) {
         report.add(
             "view GET by key, loopback, wrk 2 threads × 32 connections (req/s, p99)",
@@ -369,8 +371,8 @@ async fn freshness_and_query_figures(report: &mut Report, dir: &std::path::Path)
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
                 let reply = prism
-                    .http
-                    .get(format!("{}/projectors/counter/view/type/T", prism.base))
+                    .api
+                    .request(Method::GET, "/projectors/counter/view/type/T")
                     .send()
                     .await
                     .unwrap();
@@ -436,34 +438,14 @@ async fn reload_and_restart_figures(report: &mut Report, dir: &std::path::Path) 
     let prism = Prism::start(&data).await;
     let v1 = artifacts::read(artifacts::TALLY_V1);
     let v2 = artifacts::read(artifacts::TALLY_V2);
-    prism.deploy("tally", &v1, "").await;
-    prism.deploy("tally", &v2, "").await;
+    prism.deploy("tally", &v1, &DEFAULTS).await;
+    prism.deploy("tally", &v2, &DEFAULTS).await;
     let mut hits = Vec::new();
     for i in 0..20 {
         let wasm = if i % 2 == 0 { &v1 } else { &v2 };
         let start_at = Instant::now();
-        let reply = prism
-            .http
-            .put(format!("{}/projectors/tally", prism.base))
-            .body(wasm.clone())
-            .send()
-            .await
-            .unwrap();
-        let deployed: Value = reply.json().await.unwrap();
-        loop {
-            let status: Value = prism
-                .http
-                .get(format!("{}/projectors/tally", prism.base))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if status["module"] == deployed["module"] {
-                break;
-            }
-        }
+        let deployed = prism.deploy("tally", wasm, &DEFAULTS).await;
+        while prism.status("tally").await.module != deployed.module {}
         hits.push(start_at.elapsed());
     }
     let p50 = percentile(&mut hits, 0.5);
@@ -478,7 +460,9 @@ async fn reload_and_restart_figures(report: &mut Report, dir: &std::path::Path) 
     let counter = artifacts::read(artifacts::EVENT_COUNTER);
     let before = rss();
     for i in 0..50 {
-        prism.deploy(&format!("idle-{i}"), &counter, "").await;
+        prism
+            .deploy(&format!("idle-{i}"), &counter, &DEFAULTS)
+            .await;
     }
     while !prism.all_live(51).await {
         tokio::time::sleep(Duration::from_millis(5)).await;

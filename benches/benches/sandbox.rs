@@ -5,7 +5,7 @@
 //!
 //! `cargo bench -p prism-benches --bench sandbox`
 
-use prism::engine::{Engine, Limits};
+use prism::engine::{Engine, Sandbox};
 use prism::log::{EventLog, ExpectedVersion, NewEvent};
 use prism::projector::{State, catch_up};
 use prism::store::ViewStore;
@@ -55,12 +55,12 @@ fn main() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let metered = Engine::new(None, Limits::default()).unwrap();
+    let metered = Engine::new(None, Sandbox::default()).unwrap();
     let unmetered = Engine::new(
         None,
-        Limits {
+        Sandbox {
             meter_fuel: false,
-            ..Limits::default()
+            ..Sandbox::default()
         },
     )
     .unwrap();
@@ -86,7 +86,7 @@ fn main() {
         .collect();
     println!(
         "runaway loop stopped by its budget ({} instructions per event) after {:.1} ms (median of 5)",
-        Limits::default().fuel_per_event,
+        Sandbox::default().fuel_per_event,
         median(stopped)
     );
 

@@ -12,7 +12,7 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     /// Prism could not be reached, or the answer could not be read.
-    #[error("cannot reach Prism at {url} (is `prism serve` running?)")]
+    #[error("cannot reach the Prism server at {url} (is `prism serve` running?)")]
     Unreachable {
         url: String,
         #[source]

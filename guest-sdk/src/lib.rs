@@ -1,4 +1,4 @@
-//! Write [Prism](https://github.com/) projectors in Rust.
+//! Write Prism projectors in Rust.
 //!
 //! A projector turns events into a read model ("view"): an ordered key-value map that Prism
 //! stores, checkpoints and serves over HTTP. Prism runs projectors as sandboxed WebAssembly
@@ -172,10 +172,8 @@ impl<'a> Event<'a> {
     /// Decodes the event's JSON data into `T`.
     pub fn data<T: Deserialize<'a>>(&self) -> Result<T, Error> {
         serde_json::from_slice(self.data).map_err(|e| {
-            Error::msg(format!(
-                "event {} ({}): bad data: {e}",
-                self.position, self.event_type
-            ))
+            // The host names the event (position, type, stream) wherever it shows the error.
+            Error::msg(format!("bad data: {e}"))
         })
     }
 
@@ -630,7 +628,7 @@ mod tests {
         let h = header(4, [(0, 1), (1, 1), (2, 3), (0, 0)]);
         let event = __private::decode(&h, b"sTnot").unwrap();
         let err = event.data::<u32>().unwrap_err();
-        assert!(err.message().starts_with("event 4 (T): bad data"), "{err}");
+        assert!(err.message().starts_with("bad data: "), "{err}");
     }
 
     #[test]

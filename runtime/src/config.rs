@@ -24,18 +24,21 @@
 //! read = "..."
 //! ```
 
-use crate::http::Tokens;
+use crate::engine::Sandbox;
+use crate::http::{RequestLimits, Tokens};
 use crate::server::ServerConfig;
 use anyhow::Context;
+use figment::Figment;
+use figment::providers::Serialized;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// The file `prism serve` reads when no `--config` is given and the file exists.
 pub const DEFAULT_FILE: &str = "prism.toml";
 
-/// Everything `prism serve` can be told.
+/// Everything `prism serve` can be told: the same [`RequestLimits`] and [`Sandbox`] the HTTP
+/// layer and the engine run with, declared once, with their defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -45,50 +48,19 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `text` (readable, the default) or `json` (one object per line, for log shippers).
     pub log_format: LogFormat,
-    pub limits: LimitsConfig,
-    pub sandbox: SandboxConfig,
+    pub limits: RequestLimits,
+    pub sandbox: Sandbox,
     #[serde(skip_serializing_if = "Tokens::is_empty")]
     pub tokens: Tokens,
 }
 
 /// How logs are written to stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
     Text,
     Json,
-}
-
-impl std::str::FromStr for LogFormat {
-    type Err = anyhow::Error;
-
-    fn from_str(s: &str) -> anyhow::Result<Self> {
-        match s {
-            "text" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            other => anyhow::bail!("log format must be `text` or `json`, not {other:?}"),
-        }
-    }
-}
-
-/// Request limits.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LimitsConfig {
-    pub max_module_bytes: usize,
-    pub max_append_events: usize,
-    pub request_timeout_secs: u64,
-    pub stall_after_secs: u64,
-}
-
-/// The sandbox projectors run in.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SandboxConfig {
-    pub fuel_per_event: u64,
-    pub max_memory_bytes: usize,
-    pub max_wasm_stack: usize,
 }
 
 impl Default for Config {
@@ -97,58 +69,27 @@ impl Default for Config {
             data_dir: PathBuf::from("prism-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             log_format: LogFormat::Text,
-            limits: LimitsConfig::default(),
-            sandbox: SandboxConfig::default(),
+            limits: RequestLimits::default(),
+            sandbox: Sandbox::default(),
             tokens: Tokens::default(),
         }
     }
 }
 
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        let limits = crate::http::Limits::default();
-        LimitsConfig {
-            max_module_bytes: limits.max_module_bytes,
-            max_append_events: limits.max_append_events,
-            request_timeout_secs: limits.request_timeout.as_secs(),
-            stall_after_secs: limits.stall_after.as_secs(),
-        }
-    }
-}
-
-impl Default for SandboxConfig {
-    fn default() -> Self {
-        let limits = crate::engine::Limits::default();
-        SandboxConfig {
-            fuel_per_event: limits.fuel_per_event,
-            max_memory_bytes: limits.max_memory_bytes,
-            max_wasm_stack: limits.max_wasm_stack,
-        }
-    }
-}
-
 impl Config {
-    /// The defaults overridden by `file`, or by [`DEFAULT_FILE`] when `file` is `None` and it
-    /// exists. A named file that is missing, unreadable or has unknown keys is an error.
-    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
-        let path = match file {
-            Some(path) => path,
-            None if Path::new(DEFAULT_FILE).exists() => Path::new(DEFAULT_FILE),
-            None => return Ok(Config::default()),
-        };
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the config file {}", path.display()))?;
-        // The error's message and line, not its quote of the line: that may hold a token.
-        toml::from_str(&text).map_err(|e| {
-            let line = e
-                .span()
-                .map_or(0, |span| text[..span.start].matches('\n').count() + 1);
-            anyhow::anyhow!(
-                "in the config file {}, line {line}: {}",
-                path.display(),
-                e.message()
-            )
-        })
+    /// The defaults, overridden by `file` (or by [`DEFAULT_FILE`] when `file` is `None` and it
+    /// exists), overridden by `overrides` (the environment and flags: any value that
+    /// serializes as a table of the same keys, its missing keys left alone). A named file that
+    /// is missing or unreadable, and an unknown key, are errors.
+    pub fn load(file: Option<&Path>, overrides: &impl Serialize) -> anyhow::Result<Config> {
+        let mut layers = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(table) = read_file(file)? {
+            layers = layers.merge(Serialized::globals(table));
+        }
+        layers
+            .merge(Serialized::globals(overrides))
+            .extract()
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     /// Refuses settings that cannot be meant: an empty token (it would let every request in).
@@ -180,16 +121,37 @@ impl Config {
     /// The server's config.
     pub fn server_config(&self) -> ServerConfig {
         let mut config = ServerConfig::new(&self.data_dir, self.listen);
-        config.limits.max_module_bytes = self.limits.max_module_bytes;
-        config.limits.max_append_events = self.limits.max_append_events;
-        config.limits.request_timeout = Duration::from_secs(self.limits.request_timeout_secs);
-        config.limits.stall_after = Duration::from_secs(self.limits.stall_after_secs);
-        config.sandbox.fuel_per_event = self.sandbox.fuel_per_event;
-        config.sandbox.max_memory_bytes = self.sandbox.max_memory_bytes;
-        config.sandbox.max_wasm_stack = self.sandbox.max_wasm_stack;
+        config.limits = self.limits;
+        config.sandbox = self.sandbox;
         config.tokens = self.tokens.clone();
         config
     }
+}
+
+/// The config file as a TOML table (`None` when there is none). Its errors give the message
+/// and the line, not a quote of the line: that may hold a token.
+fn read_file(file: Option<&Path>) -> anyhow::Result<Option<toml::Table>> {
+    let path = match file {
+        Some(path) => path,
+        None if Path::new(DEFAULT_FILE).exists() => Path::new(DEFAULT_FILE),
+        None => return Ok(None),
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the config file {}", path.display()))?;
+    let table = text.parse::<toml::Table>().map_err(|e| {
+        let line = e
+            .span()
+            .map_or(0, |span| text[..span.start].matches('\n').count() + 1);
+        anyhow::anyhow!(
+            "in the config file {}, line {line}: {}",
+            path.display(),
+            e.message()
+        )
+    })?;
+    // Unknown keys and wrong types, named with the file.
+    Config::deserialize(toml::Value::Table(table.clone()))
+        .map_err(|e| anyhow::anyhow!("in the config file {}: {}", path.display(), e.message()))?;
+    Ok(Some(table))
 }
 
 #[cfg(test)]
@@ -203,15 +165,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
-        assert_eq!(config.limits.stall_after_secs, 5);
+        assert_eq!(config.limits.stall_after, std::time::Duration::from_secs(5));
         assert_eq!(
             config.limits.max_append_events,
-            LimitsConfig::default().max_append_events
+            RequestLimits::default().max_append_events
         );
         assert_eq!(config.data_dir, Config::default().data_dir);
         assert_eq!(config.tokens.admin.as_deref(), Some("a"));
         let server = config.server_config();
-        assert_eq!(server.limits.stall_after, Duration::from_secs(5));
+        assert_eq!(server.limits.stall_after, std::time::Duration::from_secs(5));
         assert_eq!(server.tokens.admin.as_deref(), Some("a"));
     }
 
@@ -257,7 +219,7 @@ mod tests {
             "listen = \"127.0.0.1:1\"\n[tokens]\nadmin = \"supersecret\n",
         )
         .unwrap();
-        let error = Config::load(Some(&path)).unwrap_err().to_string();
+        let error = Config::load(Some(&path), &()).unwrap_err().to_string();
         assert!(error.contains("line 3"), "{error}");
         assert!(!error.contains("supersecret"), "{error}");
     }

@@ -15,6 +15,7 @@
 //! - [`store`]: a projector's view and checkpoint, committed together.
 //! - [`http`]: the API.
 //! - [`server`]: all of it started on a data dir and a socket.
+//! - [`cli`]: the `prism` command (serve, the remote commands over `prism_client`, the kit).
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
@@ -25,6 +26,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cli;
 pub mod config;
 pub mod data_dir;
 pub mod engine;

@@ -2,7 +2,8 @@
 
 use crate::data_dir::DataDir;
 use crate::engine::Engine;
-use crate::http::{AppState, Limits, router};
+use crate::engine::Sandbox;
+use crate::http::{AppState, RequestLimits, router};
 use crate::log::EventLog;
 use crate::projector::{Registry, Spawner};
 use anyhow::Context;
@@ -18,10 +19,10 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// The address to listen on (port 0 picks a free port).
     pub listen: SocketAddr,
-    /// Request size limits.
-    pub limits: Limits,
+    /// Request limits.
+    pub limits: RequestLimits,
     /// The sandbox projectors run in.
-    pub sandbox: crate::engine::Limits,
+    pub sandbox: Sandbox,
     /// Bearer tokens (none: open, fit for loopback only).
     pub tokens: crate::http::Tokens,
     /// How projector threads are started (the default starts OS threads; tests inject
@@ -35,8 +36,8 @@ impl ServerConfig {
         ServerConfig {
             data_dir: data_dir.into(),
             listen,
-            limits: Limits::default(),
-            sandbox: crate::engine::Limits::default(),
+            limits: RequestLimits::default(),
+            sandbox: Sandbox::default(),
             tokens: crate::http::Tokens::default(),
             spawner: Spawner::default(),
         }

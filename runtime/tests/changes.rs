@@ -24,7 +24,7 @@ struct Subscriber {
 
 impl Subscriber {
     async fn open(client: &Client, path: &str, last_event_id: Option<&str>) -> Subscriber {
-        let mut request = client.http.get(client.url(path));
+        let mut request = client.request("GET", path);
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
         }
@@ -230,8 +230,7 @@ async fn a_rebuild_or_an_unknown_position_tells_the_client_to_reread() {
 
     // Bad requests are JSON errors.
     let bad = client
-        .http
-        .get(client.url("/projectors/tally/changes"))
+        .request("GET", "/projectors/tally/changes")
         .header("Last-Event-ID", "yesterday")
         .send()
         .await

@@ -167,3 +167,95 @@ fn serve_config_layers_file_env_and_flags() {
         "{stderr}"
     );
 }
+
+/// `prism test`, as a new user meets it: the count says what the subscription let through, a
+/// failure names its event once, errors are one line without a backtrace (even with
+/// `RUST_BACKTRACE=1`), and no colour codes reach a stderr that is not a terminal.
+#[test]
+fn prism_test_reports_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_prism"))
+            .arg("test")
+            .args(args)
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap()
+    };
+    let stderr = |output: &Output| String::from_utf8_lossy(&output.stderr).into_owned();
+
+    let events = write(
+        "events.jsonl",
+        concat!(
+            r#"{"stream": "order-1", "type": "OrderPlaced", "data": {"order_id": "o1", "customer": "c1", "total_cents": 5}}"#,
+            "\n",
+            r#"{"stream": "order-1", "type": "OrderShipped", "data": {}}"#,
+            "\n",
+            r#"{"stream": "order-2", "type": "OrderPlaced", "data": {"order_id": "o2", "customer": "c1", "total_cents": 7}}"#,
+            "\n",
+        ),
+    );
+    let counted = run(&[&events, "--wasm", artifacts::ORDER_TOTALS]);
+    assert!(counted.status.success(), "{}", stderr(&counted));
+    assert!(
+        stderr(&counted).contains("2 of 3 events applied (1 not in the projector's subscription)"),
+        "{}",
+        stderr(&counted)
+    );
+
+    // A normal verdict: one line, exit 1, no backtrace.
+    let expected = write("expected.json", r#"{"stats": {"ignored": 1}}"#);
+    let differs = run(&[
+        &events,
+        "--wasm",
+        artifacts::ORDER_TOTALS,
+        "--expect",
+        &expected,
+    ]);
+    assert_eq!(differs.status.code(), Some(1));
+    let text = stderr(&differs);
+    assert!(text.contains("error: the view differs from"), "{text}");
+    assert!(
+        !text.contains("backtrace") && !text.contains(" 0: "),
+        "{text}"
+    );
+
+    // A failing event is named once, with the guest's own message.
+    let bad = write(
+        "bad.jsonl",
+        r#"{"stream": "order-9", "type": "OrderPlaced", "data": {"order_id": 9}}"#,
+    );
+    let failed = run(&[&bad, "--wasm", artifacts::ORDER_TOTALS]);
+    assert_eq!(failed.status.code(), Some(1));
+    let text = stderr(&failed);
+    assert!(
+        text.contains("failed at event 1 (OrderPlaced in order-9; line order): bad data:"),
+        "{text}"
+    );
+    assert_eq!(text.matches("event 1").count(), 1, "{text}");
+
+    // A module's WARN line, through a pipe: no ANSI colour codes.
+    let poisoned = write(
+        "poisoned.jsonl",
+        r#"{"stream": "p", "type": "N", "data": {"n": 1, "poison": true}}"#,
+    );
+    let warned = run(&[&poisoned, "--wasm", artifacts::POISON]);
+    let text = stderr(&warned);
+    assert!(text.contains("refusing poisoned event 1"), "{text}");
+    assert!(!text.contains('\u{1b}'), "colour codes in a pipe: {text:?}");
+}
+
+#[test]
+fn prism_new_says_that_dir_is_the_parent() {
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_prism"))
+        .args(["new", "--help"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("the crate is created in DIR/NAME"), "{text}");
+}

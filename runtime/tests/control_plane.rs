@@ -229,8 +229,8 @@ async fn errors_are_json_and_internal_causes_stay_in_the_log() {
         ("PATCH", "/health"),
     ] {
         let reply = client
-            .http
-            .request(method.parse().unwrap(), client.url(path))
+            .api
+            .request(method.parse().unwrap(), path)
             .send()
             .await
             .unwrap();
@@ -248,8 +248,7 @@ async fn errors_are_json_and_internal_causes_stay_in_the_log() {
     std::fs::remove_dir_all(&modules).unwrap();
     std::fs::write(&modules, b"not a directory").unwrap();
     let reply = client
-        .http
-        .put(client.url("/projectors/other"))
+        .request("PUT", "/projectors/other")
         .header("x-request-id", "req-42")
         .body(artifacts::read(artifacts::TALLY_V3))
         .send()

@@ -40,10 +40,7 @@ fn start(data_dir: &std::path::Path) -> Prism {
         .to_string();
     Prism {
         child,
-        client: Client {
-            base: address,
-            http: reqwest::Client::new(),
-        },
+        client: Client::new(&address),
     }
 }
 
@@ -107,8 +104,8 @@ async fn sigkill_at_random_moments_loses_nothing_and_views_stay_exact() {
                         .iter()
                         .map(|i| json!({"type": format!("T{}", i % 3), "data": {"id": i}}))
                         .collect();
-                    let url = client.url(&format!("/streams/c-{client_no}/events"));
-                    let reply = client.http.post(url).json(&events).send().await;
+                    let path = format!("/streams/c-{client_no}/events");
+                    let reply = client.request("POST", &path).json(&events).send().await;
                     // A reply cut by the kill is not an acknowledgement.
                     let Ok(reply) = reply else { break };
                     if reply.status() != 201 {

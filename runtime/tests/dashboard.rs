@@ -97,12 +97,7 @@ async fn the_dashboard_shows_projectors_views_and_streams_live() {
         "the guarded Prism refuses reads without a token"
     );
     for open in ["/", "/dashboard/app.js", "/dashboard/style.css"] {
-        let reply = guarded_client
-            .http
-            .get(guarded_client.url(open))
-            .send()
-            .await
-            .unwrap();
+        let reply = guarded_client.request("GET", open).send().await.unwrap();
         assert_eq!(reply.status(), 200, "GET {open} needs no token");
     }
     assert_eq!(guarded_client.get("/dashboard/nope.js").await.status, 404);

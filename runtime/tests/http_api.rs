@@ -173,9 +173,9 @@ async fn bad_requests_get_json_errors_and_change_nothing() {
     ];
     for (what, method, path, body, status) in cases {
         let request = match method {
-            "POST" => client.http.post(client.url(path)),
-            "PUT" => client.http.put(client.url(path)),
-            _ => client.http.get(client.url(path)),
+            "POST" => client.request("POST", path),
+            "PUT" => client.request("PUT", path),
+            _ => client.request("GET", path),
         };
         let reply = request.body(body).send().await.unwrap();
         assert_eq!(reply.status().as_u16(), status, "{what}");
@@ -285,7 +285,7 @@ async fn bearer_tokens_guard_admin_write_and_read_routes() {
     let wasm = common::artifacts::read(common::artifacts::EVENT_COUNTER);
     let events = r#"[{"type":"T","data":1}]"#;
     let send = |method: reqwest::Method, path: &str, token: Option<&str>, body: Vec<u8>| {
-        let mut request = client.http.request(method, client.url(path)).body(body);
+        let mut request = client.api.request(method, path).body(body);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }

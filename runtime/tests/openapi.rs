@@ -23,8 +23,8 @@ impl Raw {
 async fn send(client: &common::Client, method: &str, path: &str, body: Vec<u8>) -> Raw {
     let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let response = client
-        .http
-        .request(method, client.url(path))
+        .api
+        .request(method, path)
         .body(body)
         .send()
         .await

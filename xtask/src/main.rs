@@ -7,6 +7,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use prism_client::wire::NewEvent;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -131,7 +132,8 @@ fn demo(root: &Path, data_dir: &Path, listen: &str) -> Result<()> {
             "prism",
         ],
     )?;
-    let mut prism = Command::new(root.join("target/release/prism"))
+    let binary = root.join("target/release/prism");
+    let mut prism = Command::new(&binary)
         .arg("serve")
         .arg("--data-dir")
         .arg(data_dir)
@@ -139,7 +141,7 @@ fn demo(root: &Path, data_dir: &Path, listen: &str) -> Result<()> {
         .arg(listen)
         .spawn()
         .context("starting prism")?;
-    let result = seed(&mut prism, &format!("http://{listen}"), &guests);
+    let result = seed(&mut prism, &binary, &format!("http://{listen}"), &guests);
     if let Err(e) = result {
         let _ = prism.kill();
         return Err(e);
@@ -151,11 +153,15 @@ fn demo(root: &Path, data_dir: &Path, listen: &str) -> Result<()> {
     Ok(())
 }
 
-/// Waits for Prism, deploys the examples, appends the sample history once, and says where to look.
-fn seed(prism: &mut Child, url: &str, guests: &[(String, PathBuf)]) -> Result<()> {
-    let http = reqwest::blocking::Client::new();
+/// Waits for Prism, deploys the examples, appends the sample history once, and says where to
+/// look. Talks to Prism through its typed client.
+fn seed(prism: &mut Child, binary: &Path, url: &str, guests: &[(String, PathBuf)]) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let api = prism_client::Client::new(url)?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while http.get(format!("{url}/health")).send().is_err() {
+    while runtime.block_on(api.health()).is_err() {
         if let Some(status) = prism.try_wait()? {
             bail!("prism exited with {status}");
         }
@@ -165,36 +171,21 @@ fn seed(prism: &mut Child, url: &str, guests: &[(String, PathBuf)]) -> Result<()
         std::thread::sleep(Duration::from_millis(100));
     }
     for (name, path) in guests {
-        let reply = http
-            .put(format!("{url}/projectors/{name}"))
-            .body(std::fs::read(path)?)
-            .send()?;
-        let status = reply.status();
-        let body: Value = reply.json()?;
-        if !status.is_success() {
-            bail!("deploying {name}: {status} {body}");
-        }
-        eprintln!(
-            "xtask: deployed {name} ({}, {})",
-            body["mode"], body["module"]
-        );
+        let wasm = std::fs::read(path)?;
+        let deployed = runtime
+            .block_on(api.deploy(name, wasm, &Default::default()))
+            .with_context(|| format!("deploying {name}"))?;
+        let mode = serde_json::to_value(deployed.mode)?;
+        eprintln!("xtask: deployed {name} ({mode}, {})", deployed.module);
     }
-    let head = http
-        .get(format!("{url}/projectors"))
-        .send()?
-        .json::<Value>()?["head"]
-        .as_u64();
-    if head == Some(0) {
+    if runtime.block_on(api.projectors())?.head == 0 {
         let mut appended = 0;
         for (stream, events) in sample_history() {
-            let reply = http
-                .post(format!("{url}/streams/{stream}/events"))
-                .json(&events)
-                .send()?;
-            if !reply.status().is_success() {
-                bail!("appending to {stream}: {}", reply.text()?);
-            }
-            appended += events.as_array().map_or(0, Vec::len);
+            let events: Vec<NewEvent> = serde_json::from_value(events)?;
+            runtime
+                .block_on(api.append(&stream, &events, None))
+                .with_context(|| format!("appending to {stream}"))?;
+            appended += events.len();
         }
         eprintln!("xtask: appended {appended} sample events");
     }
@@ -206,8 +197,10 @@ fn seed(prism: &mut Child, url: &str, guests: &[(String, PathBuf)]) -> Result<()
          \x20 curl {url}/projectors/order-totals/view/customer/c-3\n\
          \x20 curl {url}/projectors/account-balances/view/account/a-1\n\
          \x20 curl {url}/streams/order-7\n\
-         \x20 cargo run -p prism-runtime -- append order-999 --type OrderPlaced \\\n\
-         \x20     --data '{{\"order_id\":\"o-999\",\"customer\":\"c-3\",\"total_cents\":4200}}'\n"
+         \x20 {prism} append order-999 --url {url} --type OrderPlaced \\\n\
+         \x20     --data '{{\"order_id\":\"o-999\",\"customer\":\"c-3\",\"total_cents\":4200}}'\n\
+         \x20 {prism} get order-totals customer/c-3 --url {url}\n",
+        prism = binary.display()
     );
     Ok(())
 }

@@ -16,7 +16,7 @@ pub struct HostState {
     /// The module's hash, for diagnostics.
     pub(super) module: String,
     /// Where `host.log` lines are kept.
-    pub(super) log: std::sync::Arc<super::logs::ModuleLog>,
+    pub(super) log: std::sync::Arc<super::output::ProjectorOutput>,
     /// The batch being applied, while `apply` runs.
     pub(super) batch: Option<BatchView>,
     /// Memory and table caps.

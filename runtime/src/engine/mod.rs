@@ -11,11 +11,11 @@
 mod bindings;
 mod convert;
 mod host;
-mod logs;
+mod output;
 
 pub use convert::{Descriptor, EventBatch, Subscription};
 use host::HostState;
-pub use logs::{LogLine, ModuleLogs};
+pub use output::{GuestOutput, OutputLine};
 
 use crate::store::BatchView;
 use bindings::ProjectorWorldPre;
@@ -72,8 +72,9 @@ pub enum InstanceError {
 /// Why `apply` failed. The batch's writes are discarded.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApplyError {
-    /// The guest returned an error for the event at `index` of the batch.
-    #[error("event {position} failed: {message}")]
+    /// The guest returned an error for the event at `index` of the batch. The message is the
+    /// guest's own; the event is named where the failure is shown (see `Fault`).
+    #[error("{message}")]
     Guest {
         index: usize,
         position: u64,
@@ -81,7 +82,7 @@ pub enum ApplyError {
     },
     /// The guest trapped (a bug, or a sandbox limit hit) while applying the event at `index`;
     /// the instance is unusable.
-    #[error("the projector trapped on event {position}: {message}")]
+    #[error("trapped: {message}")]
     Trap {
         index: usize,
         position: u64,
@@ -108,29 +109,35 @@ impl ApplyError {
 /// The sandbox every projector instance runs in. All limits trap the call that exceeds them;
 /// the runner then drops the instance, discards the batch's writes, and applies its error policy
 /// to the event that was running.
+///
+/// In the config file's `[sandbox]` table (and `--print-config`): `fuel_per_event`,
+/// `max_memory_bytes` and `max_wasm_stack`; the other fields are for benchmarks and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct Limits {
+#[serde(default, deny_unknown_fields)]
+pub struct Sandbox {
     /// Whether instructions are metered at all. Without metering there is no instruction budget
     /// and a runaway loop never stops: for benchmarks that measure what metering costs, never
     /// for serving.
+    #[serde(skip)]
     pub meter_fuel: bool,
     /// Instructions (wasmtime fuel) one event may use. Fuel is deterministic: an event that is
     /// too expensive is so on every machine and every replay, however events were batched.
     pub fuel_per_event: u64,
     /// Instructions for starting an instance (instantiation, `describe`, `init`).
+    #[serde(skip)]
     pub fuel_to_start: u64,
     /// Largest linear memory of an instance, in bytes.
     pub max_memory_bytes: usize,
     /// Most elements in a table.
+    #[serde(skip)]
     pub max_table_elements: usize,
     /// Largest Wasm stack, in bytes (deep recursion traps instead of crashing Prism).
     pub max_wasm_stack: usize,
 }
 
-impl Default for Limits {
+impl Default for Sandbox {
     fn default() -> Self {
-        Limits {
+        Sandbox {
             meter_fuel: true,
             fuel_per_event: 100_000_000,
             fuel_to_start: 1_000_000_000,
@@ -150,8 +157,8 @@ pub struct Engine {
     cache_dir: Option<PathBuf>,
     /// Modules compiled (or loaded) in this process, by hash.
     loaded: Arc<Mutex<HashMap<String, Module>>>,
-    limits: Limits,
-    logs: ModuleLogs,
+    limits: Sandbox,
+    output: GuestOutput,
 }
 
 /// A validated, compiled and pre-instantiated projector module.
@@ -184,7 +191,7 @@ pub use prism_client::wire::CompileSource;
 impl Engine {
     /// A new engine with Prism's imports in its linker; compiled artifacts are cached in
     /// `cache_dir` when given; every instance runs under `limits`.
-    pub fn new(cache_dir: Option<PathBuf>, limits: Limits) -> wasmtime::Result<Engine> {
+    pub fn new(cache_dir: Option<PathBuf>, limits: Sandbox) -> wasmtime::Result<Engine> {
         let mut config = wasmtime::Config::new();
         config
             .wasm_component_model(true)
@@ -206,17 +213,17 @@ impl Engine {
             cache_dir,
             loaded: Arc::default(),
             limits,
-            logs: ModuleLogs::default(),
+            output: GuestOutput::default(),
         })
     }
 
     /// What each projector wrote with `host.log`.
-    pub fn module_logs(&self) -> &ModuleLogs {
-        &self.logs
+    pub fn guest_output(&self) -> &GuestOutput {
+        &self.output
     }
 
     /// The limits instances run under.
-    pub fn limits(&self) -> Limits {
+    pub fn limits(&self) -> Sandbox {
         self.limits
     }
 
@@ -329,7 +336,7 @@ impl Engine {
             HostState {
                 projector: name.to_string(),
                 module: module.hash.clone(),
-                log: self.logs.of(name),
+                log: self.output.of(name),
                 batch: None,
                 limits: wasmtime::StoreLimitsBuilder::new()
                     .memory_size(limits.max_memory_bytes)
@@ -378,7 +385,7 @@ impl Engine {
 /// A short trap message: which sandbox limit was hit when one was, the trap itself, and the
 /// innermost few Wasm frames (a deep recursion's backtrace would otherwise run to thousands of
 /// lines).
-fn describe_trap(error: &wasmtime::Error, limits: &Limits) -> String {
+fn describe_trap(error: &wasmtime::Error, limits: &Sandbox) -> String {
     let limit = match error.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::OutOfFuel) => Some(format!(
             "exceeded its instruction budget ({} per event)",
@@ -431,7 +438,7 @@ fn check_imports(engine: &wasmtime::Engine, component: &Component) -> Result<(),
 
 /// A running instance of a projector module, with its own `Store`.
 pub struct Instance {
-    limits: Limits,
+    limits: Sandbox,
     module: String,
     config: String,
     store: Store<HostState>,

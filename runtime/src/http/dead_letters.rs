@@ -64,7 +64,7 @@ pub async fn logs(
     if limit == 0 || limit > 1000 {
         return Err(ApiError::bad_request("limit must be 1 to 1000"));
     }
-    let lines = state.registry.module_log(&name, params.after, limit)?;
+    let lines = state.registry.guest_output(&name, params.after, limit)?;
     Ok(Json(LogLines {
         lines: lines.into_iter().map(wire_line).collect(),
     }))
@@ -153,8 +153,8 @@ fn wire_letter(letter: crate::store::DeadLetter) -> DeadLetter {
 }
 
 /// A kept guest output line as the API shows it.
-fn wire_line(line: crate::engine::LogLine) -> LogLine {
-    let crate::engine::LogLine {
+fn wire_line(line: crate::engine::OutputLine) -> LogLine {
+    let crate::engine::OutputLine {
         seq,
         at_ms,
         level,

@@ -86,29 +86,46 @@ pub const MAX_KEY_LEN: usize = crate::store::MAX_KEY_LEN;
 pub struct AppState {
     pub log: EventLog,
     pub registry: Registry,
-    pub limits: Limits,
+    pub limits: RequestLimits,
     pub tokens: Tokens,
     pub metrics: Metrics,
     /// Becomes `true` when Prism starts shutting down: long-lived answers (change streams) end.
     pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
-/// Request limits.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
+/// Request limits: the config file's `[limits]` table (durations in whole seconds there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RequestLimits {
     /// Largest module upload, in bytes.
     pub max_module_bytes: usize,
     /// Most events in one append.
     pub max_append_events: usize,
     /// How long a request may take before it is answered 408.
+    #[serde(rename = "request_timeout_secs", with = "secs")]
     pub request_timeout: std::time::Duration,
     /// How long a projector may be behind without progress before `/ready` reports it.
+    #[serde(rename = "stall_after_secs", with = "secs")]
     pub stall_after: std::time::Duration,
 }
 
-impl Default for Limits {
+/// A duration as whole seconds.
+mod secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(duration.as_secs())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_secs)
+    }
+}
+
+impl Default for RequestLimits {
     fn default() -> Self {
-        Limits {
+        RequestLimits {
             max_module_bytes: MAX_MODULE_BODY,
             max_append_events: MAX_APPEND_EVENTS,
             request_timeout: std::time::Duration::from_secs(60),
@@ -137,7 +154,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 /// Every route, each registered with its description (`routes!` reads the path and methods
 /// from the handler's `#[utoipa::path]`): a route cannot be served without being in
 /// `/openapi.json`. Register routes nowhere else.
-pub(crate) fn api(limits: Limits) -> OpenApiRouter<AppState> {
+pub(crate) fn api(limits: RequestLimits) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(dashboard::index))
         .routes(routes!(dashboard::asset))

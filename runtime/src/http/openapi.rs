@@ -162,7 +162,7 @@ fn respond(operation: &mut Operation, status: u16, description: &str) {
 
 /// The whole description, built once from the routes.
 pub fn openapi() -> OpenApi {
-    finish(super::api(super::Limits::default()).into_openapi())
+    finish(super::api(super::RequestLimits::default()).into_openapi())
 }
 
 static SPEC: LazyLock<String> = LazyLock::new(|| {

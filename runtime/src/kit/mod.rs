@@ -4,7 +4,7 @@
 
 mod templates;
 
-use crate::engine::{Engine, Limits};
+use crate::engine::{Engine, Sandbox};
 use crate::log::{EventLog, ExpectedVersion, NewEvent};
 use crate::projector::State;
 use crate::store::ViewStore;
@@ -143,12 +143,15 @@ pub fn read_fixture(path: &Path) -> Result<Vec<(String, NewEvent)>> {
 /// What a projector made of a fixture.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Every event applied: the whole view (values as JSON; other bytes as `{"base64": ...}`).
-    View(Map<String, Value>),
+    /// Every event applied: the whole view (values as JSON; other bytes as `{"base64": ...}`),
+    /// and how many events the projector's subscription let through to it.
+    View {
+        view: Map<String, Value>,
+        delivered: u64,
+    },
     /// The projector failed; `view` is what it had committed before.
     Faulted {
-        message: String,
-        position: Option<u64>,
+        fault: crate::projector::Fault,
         view: Map<String, Value>,
     },
 }
@@ -174,7 +177,7 @@ pub async fn run_fixture(
     let name = name.to_string();
     let path = scratch.path().join("view.redb");
     tokio::task::spawn_blocking(move || -> Result<Outcome> {
-        let engine = Engine::new(None, Limits::default())
+        let engine = Engine::new(None, Sandbox::default())
             .map_err(|e| anyhow::anyhow!("starting the WebAssembly engine: {e:#}"))?;
         let upload = engine.compile(&wasm)?;
         let instance = engine.instantiate(&upload.module, &name, &config)?;
@@ -183,12 +186,11 @@ pub async fn run_fixture(
             crate::projector::catch_up(&engine, &upload.module, instance, &log, store.clone());
         let view = whole_view(&store)?;
         Ok(match (status.state, status.error) {
-            (State::Faulted, Some(fault)) => Outcome::Faulted {
-                message: fault.message,
-                position: fault.position,
+            (State::Faulted, Some(fault)) => Outcome::Faulted { fault, view },
+            _ => Outcome::View {
                 view,
+                delivered: status.events_applied,
             },
-            _ => Outcome::View(view),
         })
     })
     .await?

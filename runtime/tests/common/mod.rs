@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use prism::server::{Server, ServerConfig};
+use prism_client::wire::{DeployParams, NewEvent, ScanParams};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -22,18 +23,17 @@ pub async fn start_with(
     let mut config = ServerConfig::new(data_dir, "127.0.0.1:0".parse().unwrap());
     configure(&mut config);
     let server = Server::start(config).await.expect("prism starts");
-    let client = Client {
-        base: format!("http://{}", server.addr()),
-        http: reqwest::Client::new(),
-    };
+    let client = Client::new(&format!("http://{}", server.addr()));
     (server, client)
 }
 
-/// A small client for Prism's HTTP API.
+/// The tests' helpers over Prism's typed client ([`prism_client::Client`], in `api`): typed
+/// calls for the usual steps, answers as JSON values for the assertions, and raw requests for
+/// probing statuses.
 #[derive(Clone)]
 pub struct Client {
     pub base: String,
-    pub http: reqwest::Client,
+    pub api: prism_client::Client,
 }
 
 /// A reply: status and JSON body (Null when the body is not JSON).
@@ -43,68 +43,65 @@ pub struct Reply {
     pub headers: reqwest::header::HeaderMap,
 }
 
+fn json(value: impl serde::Serialize) -> Value {
+    serde_json::to_value(value).unwrap()
+}
+
 impl Client {
+    pub fn new(base: &str) -> Client {
+        Client {
+            base: base.to_string(),
+            api: prism_client::Client::new(base).unwrap(),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        self.api.url(path)
+    }
+
+    /// A request to build and send by hand.
+    pub fn request(&self, method: &str, path: &str) -> reqwest::RequestBuilder {
+        self.api.request(method.parse().unwrap(), path)
     }
 
     /// `GET /metrics`, which must answer 200 with Prometheus text.
     pub async fn metrics(&self) -> String {
-        let reply = self.http.get(self.url("/metrics")).send().await.unwrap();
-        assert_eq!(reply.status(), 200);
-        reply.text().await.unwrap()
+        self.api.metrics().await.unwrap()
     }
 
-    async fn reply(response: reqwest::Response) -> Reply {
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let bytes = response.bytes().await.unwrap();
+    /// Sends `request`, whatever the answer's status.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let reply = self.api.send(request).await.unwrap();
         Reply {
-            status,
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            headers,
+            status: reply.status.as_u16(),
+            body: reply.json(),
+            headers: reply.headers,
         }
     }
 
     pub async fn get(&self, path: &str) -> Reply {
-        Self::reply(self.http.get(self.url(path)).send().await.unwrap()).await
+        self.send(self.request("GET", path)).await
     }
 
     pub async fn delete(&self, path: &str) -> Reply {
-        Self::reply(self.http.delete(self.url(path)).send().await.unwrap()).await
+        self.send(self.request("DELETE", path)).await
     }
 
     pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Reply {
-        Self::reply(
-            self.http
-                .post(self.url(path))
-                .body(body)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await
+        self.send(self.request("POST", path).body(body)).await
     }
 
     pub async fn put_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Reply {
-        Self::reply(
-            self.http
-                .put(self.url(path))
-                .body(body)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await
+        self.send(self.request("PUT", path).body(body)).await
     }
 
     /// Appends `events` (JSON array) to `stream`; panics unless it is acknowledged.
     pub async fn append(&self, stream: &str, events: Value) -> Value {
-        let reply = self
-            .post_raw(&format!("/streams/{stream}/events"), events.to_string())
-            .await;
-        assert_eq!(reply.status, 201, "append to {stream}: {}", reply.body);
-        reply.body
+        let events: Vec<NewEvent> = serde_json::from_value(events).unwrap();
+        match self.api.append(stream, &events, None).await {
+            Ok(appended) => json(appended),
+            Err(e) => panic!("append to {stream}: {e}"),
+        }
     }
 
     /// Deploys a `.wasm` file; panics unless it is accepted.
@@ -112,29 +109,34 @@ impl Client {
         self.deploy_with(name, wasm_path, "").await
     }
 
-    /// Deploys a `.wasm` file with a query string (e.g. `mode=rebuild`); panics unless it is
-    /// accepted.
+    /// Deploys a `.wasm` file with query parameters written as a query string (e.g.
+    /// `mode=rebuild&on_error=skip`); panics unless it is accepted.
     pub async fn deploy_with(&self, name: &str, wasm_path: &str, query: &str) -> Value {
-        let reply = self
-            .put_raw(
-                &format!("/projectors/{name}?{query}"),
-                artifacts::read(wasm_path),
-            )
-            .await;
-        assert!(
-            reply.status == 200 || reply.status == 201,
-            "deploy {name}: {} {}",
-            reply.status,
-            reply.body
-        );
-        reply.body
+        let params: serde_json::Map<String, Value> = query
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let (key, value) = pair.split_once('=').unwrap();
+                (key.to_string(), Value::String(value.to_string()))
+            })
+            .collect();
+        let params: DeployParams = serde_json::from_value(Value::Object(params)).unwrap();
+        match self
+            .api
+            .deploy(name, artifacts::read(wasm_path), &params)
+            .await
+        {
+            Ok(deployed) => json(deployed),
+            Err(e) => panic!("deploy {name}: {e}"),
+        }
     }
 
     /// A projector's status.
     pub async fn status(&self, name: &str) -> Value {
-        let reply = self.get(&format!("/projectors/{name}")).await;
-        assert_eq!(reply.status, 200, "status of {name}: {}", reply.body);
-        reply.body
+        match self.api.projector(name).await {
+            Ok(status) => json(status),
+            Err(e) => panic!("status of {name}: {e}"),
+        }
     }
 
     /// Waits until `check` accepts projector `name`'s status; returns that status.
@@ -162,9 +164,7 @@ impl Client {
     pub async fn wait_caught_up(&self, name: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let reply = self.get(&format!("/projectors/{name}")).await;
-            assert_eq!(reply.status, 200, "status of {name}: {}", reply.body);
-            let status = reply.body;
+            let status = self.status(name).await;
             assert_ne!(status["state"], "faulted", "{name} faulted: {status}");
             if status["lag"] == 0 && status["state"] == "live" {
                 return status;
@@ -179,11 +179,10 @@ impl Client {
 
     /// The value under `key` in `name`'s view (Null when missing).
     pub async fn view(&self, name: &str, key: &str) -> Value {
-        let reply = self.get(&format!("/projectors/{name}/view/{key}")).await;
-        match reply.status {
-            200 => reply.body,
-            404 => Value::Null,
-            s => panic!("view {name}/{key}: {s} {}", reply.body),
+        match self.api.view_value(name, key, &Default::default()).await {
+            Ok(value) => value.and_then(|v| v.json).unwrap_or(Value::Null),
+            Err(e) if e.status() == Some(reqwest::StatusCode::NOT_FOUND) => Value::Null,
+            Err(e) => panic!("view {name}/{key}: {e}"),
         }
     }
 
@@ -199,34 +198,26 @@ impl Client {
         page: usize,
     ) -> serde_json::Map<String, Value> {
         let mut out = serde_json::Map::new();
-        let mut after: Option<String> = None;
+        let mut params = ScanParams {
+            limit: Some(page),
+            ..ScanParams::default()
+        };
         loop {
-            let mut path = format!("/projectors/{name}/view?limit={page}");
-            if let Some(a) = &after {
-                path.push_str(&format!("&after={}", urlencode(a)));
-            }
-            let reply = self.get(&path).await;
-            assert_eq!(reply.status, 200, "scan {name}: {}", reply.body);
-            for item in reply.body["items"].as_array().unwrap() {
+            let scan = self
+                .api
+                .scan(name, &params)
+                .await
+                .unwrap_or_else(|e| panic!("scan {name}: {e}"));
+            for item in scan.items {
+                let item = json(item);
                 out.insert(item["key"].as_str().unwrap().into(), item["value"].clone());
             }
-            match reply.body["next"].as_str() {
-                Some(next) => after = Some(next.to_string()),
+            match scan.next {
+                Some(next) => params.after = Some(next),
                 None => return out,
             }
         }
     }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Appends `n` events of type `event_type` to `stream`, `per_append` at a time; returns the

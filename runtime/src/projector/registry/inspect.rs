@@ -2,7 +2,7 @@
 //! modules logged.
 
 use super::Registry;
-use crate::engine::LogLine;
+use crate::engine::OutputLine;
 use crate::projector::Verification;
 use crate::projector::error::LifecycleError;
 use crate::projector::verify::compare;
@@ -57,13 +57,18 @@ impl Registry {
 
     /// The lines the projector `name`'s modules wrote with `host.log`, after `after` (a `seq`),
     /// at most `limit` of the newest.
-    pub fn module_log(
+    pub fn guest_output(
         &self,
         name: &str,
         after: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<LogLine>, LifecycleError> {
+    ) -> Result<Vec<OutputLine>, LifecycleError> {
         self.handle(name)?;
-        Ok(self.inner.engine.module_logs().of(name).lines(after, limit))
+        Ok(self
+            .inner
+            .engine
+            .guest_output()
+            .of(name)
+            .lines(after, limit))
     }
 }

@@ -291,7 +291,7 @@ impl Registry {
         self.inner.projectors.write().remove(name);
         projector.stop();
         std::fs::remove_dir_all(self.inner.dir.projector(name))?;
-        self.inner.engine.module_logs().remove(name);
+        self.inner.engine.guest_output().remove(name);
         self.inner.metrics.remove(name);
         tracing::info!(projector = name, "deleted");
         Ok(())

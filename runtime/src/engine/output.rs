@@ -1,5 +1,6 @@
-//! What projectors write with the WIT `host.log` import: tagged with the projector's name and
-//! passed to `tracing`, rate-limited per projector, and kept (the last [`KEPT_LINES`]) for
+//! Guest output: what projectors write with the WIT `host.log` import (called "output" here,
+//! so that "log" keeps meaning the event log), tagged with the projector's name and passed to
+//! `tracing`, rate-limited per projector, and kept (the last [`KEPT_LINES`]) for
 //! `GET /projectors/{name}/logs`.
 
 use parking_lot::Mutex;
@@ -17,7 +18,7 @@ pub const MAX_MESSAGE_BYTES: usize = 4096;
 
 /// One line a projector wrote.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct LogLine {
+pub struct OutputLine {
     /// Increases by one per line kept, per projector, for paging (`?after=`).
     pub seq: u64,
     /// Milliseconds since the Unix epoch.
@@ -31,13 +32,13 @@ pub struct LogLine {
 
 /// Every projector's kept lines, by projector name.
 #[derive(Clone, Default)]
-pub struct ModuleLogs {
-    by_name: Arc<Mutex<HashMap<String, Arc<ModuleLog>>>>,
+pub struct GuestOutput {
+    by_name: Arc<Mutex<HashMap<String, Arc<ProjectorOutput>>>>,
 }
 
-impl ModuleLogs {
+impl GuestOutput {
     /// The log of the projector `name`, created on first use.
-    pub fn of(&self, name: &str) -> Arc<ModuleLog> {
+    pub fn of(&self, name: &str) -> Arc<ProjectorOutput> {
         self.by_name
             .lock()
             .entry(name.to_string())
@@ -53,20 +54,20 @@ impl ModuleLogs {
 
 /// One projector's kept lines and rate limit.
 #[derive(Default)]
-pub struct ModuleLog {
+pub struct ProjectorOutput {
     state: Mutex<State>,
 }
 
 #[derive(Default)]
 struct State {
-    lines: VecDeque<LogLine>,
+    lines: VecDeque<OutputLine>,
     next_seq: u64,
     window_start: Option<Instant>,
     in_window: u32,
     dropped: u64,
 }
 
-impl ModuleLog {
+impl ProjectorOutput {
     /// Records a line unless the projector is over its rate; returns the line as kept (cut to
     /// [`MAX_MESSAGE_BYTES`]) to pass on to `tracing`, or `None` when it was dropped.
     pub fn write<'m>(
@@ -106,7 +107,7 @@ impl ModuleLog {
 
     /// Oldest first: without `after`, the newest `limit` lines; with `after` (a `seq`), the
     /// first `limit` lines after it, so a reader paging forward misses none that are kept.
-    pub fn lines(&self, after: Option<u64>, limit: usize) -> Vec<LogLine> {
+    pub fn lines(&self, after: Option<u64>, limit: usize) -> Vec<OutputLine> {
         let state = self.state.lock();
         match after {
             None => {
@@ -130,7 +131,7 @@ impl State {
             self.lines.pop_front();
         }
         self.next_seq += 1;
-        self.lines.push_back(LogLine {
+        self.lines.push_back(OutputLine {
             seq: self.next_seq,
             at_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -170,7 +171,7 @@ mod tests {
 
     #[test]
     fn over_the_rate_lines_are_dropped_then_counted() {
-        let log = ModuleLog::default();
+        let log = ProjectorOutput::default();
         let start = Instant::now();
         let kept = (0..LINES_PER_SECOND + 50)
             .filter(|i| log.write_at(start, Level::INFO, "m", &format!("line {i}")))
@@ -188,7 +189,7 @@ mod tests {
 
     #[test]
     fn only_the_last_lines_are_kept_and_paged_by_seq() {
-        let log = ModuleLog::default();
+        let log = ProjectorOutput::default();
         let mut now = Instant::now();
         for i in 0..KEPT_LINES + 10 {
             if i % 50 == 0 {

@@ -1,0 +1,154 @@
+//! `prism serve`: settings from defaults, the config file, the environment and flags (each
+//! overriding the one before, merged once by [`Config::load`]), then the server until a signal.
+
+use crate::config::{Config, LogFormat};
+use crate::server::{Server, ServerConfig};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// `prism serve`'s flags; each overrides the environment variable named beside it, which
+/// overrides the config file. Serialized (unset ones left out), they are the last layer of
+/// the config.
+#[derive(clap::Args, Serialize)]
+pub struct ServeArgs {
+    /// A TOML config file (default: `./prism.toml` when it exists).
+    #[arg(long, env = "PRISM_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Print the effective config (tokens masked) as TOML and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    print_config: bool,
+    /// Where Prism keeps the log, modules and views [default: prism-data].
+    #[arg(long, env = "PRISM_DATA_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7070].
+    #[arg(long, env = "PRISM_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<SocketAddr>,
+    /// Log format: `text` (readable) or `json` (one object per line) [default: text].
+    #[arg(long, env = "PRISM_LOG_FORMAT", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_format: Option<LogFormat>,
+    #[command(flatten)]
+    limits: LimitArgs,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+    #[command(flatten)]
+    tokens: TokenArgs,
+}
+
+/// The `[limits]` flags.
+#[derive(clap::Args, Serialize)]
+struct LimitArgs {
+    /// Largest module upload, in bytes [default: 64 MiB].
+    #[arg(long, env = "PRISM_MAX_MODULE_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_module_bytes: Option<usize>,
+    /// Most events in one append request [default: 10000].
+    #[arg(long, env = "PRISM_MAX_APPEND_EVENTS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_append_events: Option<usize>,
+    /// Seconds a request may take before it is answered 408 [default: 60].
+    #[arg(long, env = "PRISM_REQUEST_TIMEOUT_SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_timeout_secs: Option<u64>,
+    /// Seconds a projector may be behind the log without progress before `/ready` fails
+    /// [default: 30].
+    #[arg(long, env = "PRISM_STALL_AFTER_SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stall_after_secs: Option<u64>,
+}
+
+/// The `[sandbox]` flags.
+#[derive(clap::Args, Serialize)]
+struct SandboxArgs {
+    /// Instructions (wasmtime fuel) one event may use before its projector traps.
+    #[arg(long, env = "PRISM_FUEL_PER_EVENT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fuel_per_event: Option<u64>,
+    /// Largest linear memory of a projector instance, in bytes [default: 64 MiB].
+    #[arg(long, env = "PRISM_MAX_MEMORY_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_memory_bytes: Option<usize>,
+    /// Largest Wasm stack of a projector instance, in bytes [default: 512 KiB].
+    #[arg(long, env = "PRISM_MAX_WASM_STACK")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_wasm_stack: Option<usize>,
+}
+
+/// The `[tokens]` flags.
+#[derive(clap::Args, Serialize)]
+struct TokenArgs {
+    /// Bearer token required for deploys and projector changes (default: none, open).
+    #[arg(long, env = "PRISM_ADMIN_TOKEN", hide_env_values = true)]
+    #[serde(rename = "admin", skip_serializing_if = "Option::is_none")]
+    admin_token: Option<String>,
+    /// Bearer token required for appends (the admin token works too).
+    #[arg(long, env = "PRISM_WRITE_TOKEN", hide_env_values = true)]
+    #[serde(rename = "write", skip_serializing_if = "Option::is_none")]
+    write_token: Option<String>,
+    /// Bearer token required for reads (the write and admin tokens work too).
+    #[arg(long, env = "PRISM_READ_TOKEN", hide_env_values = true)]
+    #[serde(rename = "read", skip_serializing_if = "Option::is_none")]
+    read_token: Option<String>,
+}
+
+/// Loads the config, then prints it or serves until Ctrl-C or SIGTERM.
+pub fn run(args: &ServeArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    let config = Config::load(args.config.as_deref(), args)?;
+    config.check()?;
+    if args.print_config {
+        print!("{}", config.to_toml_masked());
+        return Ok(());
+    }
+    init_tracing(config.log_format);
+    runtime.block_on(serve_until_signal(config.server_config()))
+}
+
+/// Readable logs by default, JSON lines for production; `RUST_LOG` filters either. Colours
+/// only when stderr is a terminal.
+pub fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn serve_until_signal(config: ServerConfig) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    let server = Server::start(config).await?;
+    println!(
+        "prism serving on http://{} with data in {}",
+        server.addr(),
+        data_dir.display()
+    );
+    shutdown_signal().await?;
+    tracing::info!("shutting down");
+    server.stop().await;
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await?;
+    Ok(())
+}
