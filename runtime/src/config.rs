@@ -138,7 +138,7 @@ fn read_file(file: Option<&Path>) -> anyhow::Result<Option<toml::Table>> {
     };
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the config file {}", path.display()))?;
-    let table = text.parse::<toml::Table>().map_err(|e| {
+    let named = |e: toml::de::Error| {
         let line = e
             .span()
             .map_or(0, |span| text[..span.start].matches('\n').count() + 1);
@@ -147,10 +147,10 @@ fn read_file(file: Option<&Path>) -> anyhow::Result<Option<toml::Table>> {
             path.display(),
             e.message()
         )
-    })?;
-    // Unknown keys and wrong types, named with the file.
-    Config::deserialize(toml::Value::Table(table.clone()))
-        .map_err(|e| anyhow::anyhow!("in the config file {}: {}", path.display(), e.message()))?;
+    };
+    // Unknown keys and wrong types, named by line; then the file's own keys, as a layer.
+    toml::from_str::<Config>(&text).map_err(named)?;
+    let table = text.parse::<toml::Table>().map_err(named)?;
     Ok(Some(table))
 }
 

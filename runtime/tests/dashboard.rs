@@ -199,23 +199,17 @@ async fn check_dashboard(
         t == "1 dead letter"
     })
     .await?;
-    browser
-        .find(Locator::Css(&format!("{card} .dead-letters summary")))
-        .await?
-        .click()
-        .await?;
+    click(browser, &format!("{card} .dead-letters summary")).await?;
     wait_text(browser, &format!("{card} .dead-letters td"), |t| {
         shown_number(t) == Some(poison_position)
     })
     .await?;
     // The failing event's stream opens in the stream browser, the event highlighted.
-    browser
-        .find(Locator::Css(
-            "article[data-projector='poison'] .fault-event button",
-        ))
-        .await?
-        .click()
-        .await?;
+    click(
+        browser,
+        "article[data-projector='poison'] .fault-event button",
+    )
+    .await?;
     wait_text(browser, "#stream-meta", |t| t == "p-1 · version 3").await?;
     wait_text(
         browser,
@@ -233,11 +227,7 @@ async fn check_dashboard(
     let prefix = browser.find(Locator::Css("#view-prefix")).await?;
     prefix.clear().await?;
     prefix.send_keys("type/").await?;
-    browser
-        .find(Locator::Css("#view-form button[type=submit]"))
-        .await?
-        .click()
-        .await?;
+    click(browser, "#view-form button[type=submit]").await?;
     let row = "#view-rows tr[data-key='type/OrderPlaced'] pre";
     wait_text(browser, row, |t| t == "4").await?;
     let keys = texts(browser, "#view-rows tr td.col-key").await?;
@@ -261,11 +251,7 @@ async fn check_dashboard(
     let prefix = browser.find(Locator::Css("#view-prefix")).await?;
     prefix.clear().await?;
     prefix.send_keys("customer/").await?;
-    browser
-        .find(Locator::Css("#view-form button[type=submit]"))
-        .await?
-        .click()
-        .await?;
+    click(browser, "#view-form button[type=submit]").await?;
     let c1 = wait_text(browser, "#view-rows tr[data-key='customer/c1'] pre", |t| {
         t.contains('\n')
     })
@@ -276,13 +262,7 @@ async fn check_dashboard(
     }
 
     // The stream browser: pick account-a1 in the list of streams.
-    browser
-        .find(Locator::Css(
-            "#stream-list li[data-stream='account-a1'] button",
-        ))
-        .await?
-        .click()
-        .await?;
+    click(browser, "#stream-list li[data-stream='account-a1'] button").await?;
     wait_text(browser, "#stream-meta", |t| t == "account-a1 · version 5").await?;
     let types = texts(browser, "#stream-events .event-type").await?;
     let expected = [
@@ -334,17 +314,9 @@ async fn check_dashboard(
     let from = browser.find(Locator::Css("#stream-from")).await?;
     from.clear().await?;
     from.send_keys("1").await?;
-    browser
-        .find(Locator::Css("#stream-form button[type=submit]"))
-        .await?
-        .click()
-        .await?;
+    click(browser, "#stream-form button[type=submit]").await?;
     wait_text(browser, "#stream-page", |t| t == "versions 1–20 of 30").await?;
-    browser
-        .find(Locator::Css("#stream-next"))
-        .await?
-        .click()
-        .await?;
+    click(browser, "#stream-next").await?;
     wait_text(browser, "#stream-page", |t| t == "versions 21–30 of 30").await?;
     let versions = texts(browser, "#stream-events .event-version").await?;
     let expected: Vec<String> = (21..=30).map(|v| format!("v{v}")).collect();
@@ -367,11 +339,7 @@ async fn check_dashboard(
         .await?
         .clear()
         .await?;
-    browser
-        .find(Locator::Css("#view-form button[type=submit]"))
-        .await?
-        .click()
-        .await?;
+    click(browser, "#view-form button[type=submit]").await?;
     wait_text(browser, "#view-rows tr[data-key='total'] pre", |t| {
         shown_number(t) == Some(new_head)
     })
@@ -399,11 +367,7 @@ async fn check_dashboard(
     if shown != api_keys(&first) {
         bail!("page 1 of event-counter shows {shown:?}, the API {first}");
     }
-    browser
-        .find(Locator::Css("#view-next"))
-        .await?
-        .click()
-        .await?;
+    click(browser, "#view-next").await?;
     wait_text(browser, "#view-page", |t| t == "page 2").await?;
     let shown = texts(browser, "#view-rows td.col-key").await?;
     if shown != api_keys(&second) || second["next"] != Value::Null {
@@ -417,11 +381,7 @@ async fn check_dashboard(
     {
         bail!("Next stays enabled on the view's last page");
     }
-    browser
-        .find(Locator::Css("#view-prev"))
-        .await?
-        .click()
-        .await?;
+    click(browser, "#view-prev").await?;
     wait_text(browser, "#view-page", |t| t == "page 1").await?;
     wait_text(
         browser,
@@ -436,22 +396,12 @@ async fn check_dashboard(
         .await?
         .select_by_value("order-totals")
         .await?;
-    browser
-        .find(Locator::Css("#view-form button[type=submit]"))
-        .await?
-        .click()
-        .await?;
+    click(browser, "#view-form button[type=submit]").await?;
     wait_text(browser, "#view-rows tr[data-key='stats'] pre", |t| {
         t.contains("\"ignored\": 3")
     })
     .await?;
-    browser
-        .find(Locator::Css(
-            "#stream-list li[data-stream='account-a1'] button",
-        ))
-        .await?
-        .click()
-        .await?;
+    click(browser, "#stream-list li[data-stream='account-a1'] button").await?;
     wait_text(browser, "#stream-meta", |t| t == "account-a1 · version 5").await?;
     Ok(())
 }
@@ -474,11 +424,7 @@ async fn check_token_flow(browser: &Browser, client: &common::Client) -> Result<
     let input = browser.find(Locator::Css("#token-input")).await?;
     input.clear().await?;
     input.send_keys("let-me-read").await?;
-    browser
-        .find(Locator::Css("#token-form button[type=submit]"))
-        .await?
-        .click()
-        .await?;
+    click(browser, "#token-form button[type=submit]").await?;
     wait_text(browser, "#conn", |t| t.starts_with("live")).await?;
     wait_text(browser, "#no-projectors", |t| t.starts_with("No projector")).await?;
     browser.refresh().await?;
@@ -515,13 +461,38 @@ async fn wait_text(browser: &Browser, css: &str, check: impl Fn(&str) -> bool) -
     }
 }
 
-/// The texts of every element matching `css`, in page order.
+/// The texts of every element matching `css`, in page order (read again when the page
+/// replaced an element while it was being read).
 async fn texts(browser: &Browser, css: &str) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for element in browser.find_all(Locator::Css(css)).await? {
-        out.push(element.text().await?.trim().to_string());
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let read = async {
+            let mut out = Vec::new();
+            for element in browser.find_all(Locator::Css(css)).await? {
+                out.push(element.text().await?.trim().to_string());
+            }
+            Ok::<_, fantoccini::error::CmdError>(out)
+        };
+        match read.await {
+            Ok(out) => return Ok(out),
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
     }
-    Ok(out)
+}
+
+/// Clicks the element matching `css`, finding it again when the page replaced it between the
+/// find and the click (the dashboard re-renders as the projectors change).
+async fn click(browser: &Browser, css: &str) -> Result<()> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let clicked = async { browser.find(Locator::Css(css)).await?.click().await };
+        match clicked.await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
 /// `target/test-artifacts/<file>`, under `CARGO_TARGET_DIR` when set; the directory is created.
