@@ -48,6 +48,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `text` (readable, the default) or `json` (one object per line, for log shippers).
     pub log_format: LogFormat,
+    /// `Host` and `Origin` names accepted beyond IP addresses and localhost (`*`: any).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
     pub limits: RequestLimits,
     pub sandbox: Sandbox,
     #[serde(skip_serializing_if = "Tokens::is_empty")]
@@ -69,6 +72,7 @@ impl Default for Config {
             data_dir: PathBuf::from("prism-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             log_format: LogFormat::Text,
+            allowed_hosts: Vec::new(),
             limits: RequestLimits::default(),
             sandbox: Sandbox::default(),
             tokens: Tokens::default(),
@@ -124,6 +128,7 @@ impl Config {
         config.limits = self.limits;
         config.sandbox = self.sandbox;
         config.tokens = self.tokens.clone();
+        config.allowed_hosts = self.allowed_hosts.clone();
         config
     }
 }

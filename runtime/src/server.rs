@@ -25,6 +25,9 @@ pub struct ServerConfig {
     pub sandbox: Sandbox,
     /// Bearer tokens (none: open, fit for loopback only).
     pub tokens: crate::http::Tokens,
+    /// `Host` and `Origin` names accepted beyond IP addresses and localhost (see
+    /// [`crate::http::AllowedHosts`]).
+    pub allowed_hosts: Vec<String>,
     /// How projector threads are started (the default starts OS threads; tests inject
     /// failures).
     pub spawner: Spawner,
@@ -39,6 +42,7 @@ impl ServerConfig {
             limits: RequestLimits::default(),
             sandbox: Sandbox::default(),
             tokens: crate::http::Tokens::default(),
+            allowed_hosts: Vec::new(),
             spawner: Spawner::default(),
         }
     }
@@ -81,6 +85,7 @@ impl Server {
             registry: registry.clone(),
             limits: config.limits,
             tokens: config.tokens.clone(),
+            allowed_hosts: crate::http::AllowedHosts::new(config.allowed_hosts.clone()),
             metrics: crate::http::Metrics::default(),
             closing: closing.subscribe(),
         });

@@ -250,6 +250,7 @@ async fn errors_are_json_and_internal_causes_stay_in_the_log() {
     let reply = client
         .request("PUT", "/projectors/other")
         .header("x-request-id", "req-42")
+        .header("content-type", "application/wasm")
         .body(artifacts::read(artifacts::TALLY_V3))
         .send()
         .await

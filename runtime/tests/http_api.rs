@@ -173,8 +173,12 @@ async fn bad_requests_get_json_errors_and_change_nothing() {
     ];
     for (what, method, path, body, status) in cases {
         let request = match method {
-            "POST" => client.request("POST", path),
-            "PUT" => client.request("PUT", path),
+            "POST" => client
+                .request("POST", path)
+                .header("content-type", "application/json"),
+            "PUT" => client
+                .request("PUT", path)
+                .header("content-type", "application/wasm"),
             _ => client.request("GET", path),
         };
         let reply = request.body(body).send().await.unwrap();
@@ -285,7 +289,16 @@ async fn bearer_tokens_guard_admin_write_and_read_routes() {
     let wasm = common::artifacts::read(common::artifacts::EVENT_COUNTER);
     let events = r#"[{"type":"T","data":1}]"#;
     let send = |method: reqwest::Method, path: &str, token: Option<&str>, body: Vec<u8>| {
-        let mut request = client.api.request(method, path).body(body);
+        let content_type = if method == reqwest::Method::PUT {
+            "application/wasm"
+        } else {
+            "application/json"
+        };
+        let mut request = client
+            .api
+            .request(method, path)
+            .header("content-type", content_type)
+            .body(body);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }

@@ -21,10 +21,16 @@ impl Raw {
 }
 
 async fn send(client: &common::Client, method: &str, path: &str, body: Vec<u8>) -> Raw {
+    let content_type = if method == "PUT" {
+        "application/wasm"
+    } else {
+        "application/json"
+    };
     let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let response = client
         .api
         .request(method, path)
+        .header("content-type", content_type)
         .body(body)
         .send()
         .await

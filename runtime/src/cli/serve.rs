@@ -32,6 +32,15 @@ pub struct ServeArgs {
     #[arg(long, env = "PRISM_LOG_FORMAT", value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     log_format: Option<LogFormat>,
+    /// A host name (or `name:port`) this Prism may be reached by, besides its IP addresses and
+    /// localhost; repeat it, or `*` for any (PRISM_ALLOWED_HOSTS: comma-separated).
+    #[arg(
+        long = "allowed-host",
+        env = "PRISM_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    allowed_hosts: Vec<String>,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]

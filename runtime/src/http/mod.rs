@@ -45,6 +45,7 @@
 //! real answers validate against it.
 
 mod auth;
+mod boundary;
 mod changes;
 mod dashboard;
 mod dead_letters;
@@ -58,6 +59,7 @@ mod streams;
 mod views;
 
 pub use auth::Tokens;
+pub use boundary::AllowedHosts;
 pub use error::ApiError;
 pub use metrics::Metrics;
 pub use openapi::openapi;
@@ -89,6 +91,8 @@ pub struct AppState {
     pub limits: RequestLimits,
     pub tokens: Tokens,
     pub metrics: Metrics,
+    /// `Host` and `Origin` names accepted beyond IP addresses and localhost.
+    pub allowed_hosts: AllowedHosts,
     /// Becomes `true` when Prism starts shutting down: long-lived answers (change streams) end.
     pub closing: tokio::sync::watch::Receiver<bool>,
 }
@@ -218,6 +222,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            boundary::guard,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

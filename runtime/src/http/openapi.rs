@@ -100,6 +100,12 @@ pub(super) fn finish(mut doc: OpenApi) -> OpenApi {
                 if operation.parameters.as_ref().is_some_and(|p| !p.is_empty()) {
                     respond(operation, 400, "A path or query parameter does not parse.");
                 }
+                respond(
+                    operation,
+                    403,
+                    "The `Host` does not name this Prism, or a web page of another origin tried \
+                     to change it (see the browser boundary).",
+                );
                 // Any handler may fail inside (its cause is logged, never sent).
                 respond(
                     operation,

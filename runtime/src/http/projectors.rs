@@ -39,7 +39,8 @@ struct WasmModule(Vec<u8>);
             `?module=`.", body = ErrorBody),
         (status = 404, description = "No stored module with that hash.", body = ErrorBody),
         (status = 413, description = "The module is larger than the upload limit.", body = ErrorBody),
-        (status = 415, description = "The body is not WebAssembly.", body = ErrorBody),
+        (status = 415, description = "The body is not WebAssembly, or not sent as \
+            `application/wasm` or `application/octet-stream`.", body = ErrorBody),
         (status = 422, description = "Not a valid projector: it does not validate, compile, \
             link or instantiate.", body = ErrorBody),
         (status = 500, description = "Storage failed.", body = ErrorBody),
@@ -51,9 +52,18 @@ pub async fn deploy(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Query(params): Query<DeployParams>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Deployed>), ApiError> {
     let body = body?;
+    let wasm_types = ["application/wasm", "application/octet-stream"];
+    if !body.is_empty() && !super::boundary::content_type_is(&headers, &wasm_types) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a module upload must be sent as Content-Type: application/wasm (or \
+             application/octet-stream)",
+        ));
+    }
     let options = DeployOptions {
         config: params.config,
         mode: params.mode.map(DeployMode::from),

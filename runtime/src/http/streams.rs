@@ -33,6 +33,8 @@ pub const MAX_READ: usize = 1000;
             body = VersionConflict),
         (status = 413, description = "The body or the number of events is over the limit.",
             body = ErrorBody),
+        (status = 415, description = "The body is not sent as `application/json`.",
+            body = ErrorBody),
         (status = 500, description = "The log failed.", body = ErrorBody),
     ),
 )]
@@ -40,9 +42,16 @@ pub async fn append(
     State(state): State<AppState>,
     Path(stream): Path<String>,
     Query(params): Query<AppendParams>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Appended>), ApiError> {
     let body = body?;
+    if !super::boundary::content_type_is(&headers, &["application/json"]) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "an append's body must be sent as Content-Type: application/json",
+        ));
+    }
     let events: Vec<EventIn> = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
             "the body must be a JSON array of {{\"type\", \"data\", \"metadata\"?}} events: {e}"

@@ -87,12 +87,20 @@ impl Client {
         self.send(self.request("DELETE", path)).await
     }
 
+    /// A `POST` of `body` as `application/json`, whatever the answer.
     pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Reply {
-        self.send(self.request("POST", path).body(body)).await
+        let request = self
+            .request("POST", path)
+            .header("content-type", "application/json");
+        self.send(request.body(body)).await
     }
 
+    /// A `PUT` of `body` as `application/wasm`, whatever the answer.
     pub async fn put_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Reply {
-        self.send(self.request("PUT", path).body(body)).await
+        let request = self
+            .request("PUT", path)
+            .header("content-type", "application/wasm");
+        self.send(request.body(body)).await
     }
 
     /// Appends `events` (JSON array) to `stream`; panics unless it is acknowledged.
