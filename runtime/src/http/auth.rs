@@ -104,6 +104,38 @@ impl Tokens {
     }
 }
 
+/// The bearer token of an `Authorization` header (the scheme in any case).
+fn bearer(headers: &axum::http::HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token.trim())
+}
+
+/// Whether `presented` is `token`, comparing their sha256 digests in constant time: the
+/// comparison takes the same time whatever the tokens' lengths and contents.
+fn same_token(presented: &str, token: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(presented.as_bytes())
+        .ct_eq(&Sha256::digest(token.as_bytes()))
+        .into()
+}
+
+impl Tokens {
+    /// Whether `headers` present a token that grants `role` (always, when the role is open).
+    pub(super) fn grants(&self, role: Role, headers: &axum::http::HeaderMap) -> bool {
+        let granting = self.granting(role);
+        let presented = bearer(headers);
+        // Compare against every candidate, without stopping early.
+        granting.is_empty()
+            || granting.iter().fold(false, |granted, token| {
+                granted | same_token(presented, token)
+            })
+    }
+}
+
 /// Refuses a request without a token that grants its route's role.
 pub async fn require_token(
     State(state): State<AppState>,
@@ -111,27 +143,14 @@ pub async fn require_token(
     next: Next,
 ) -> Response {
     let role = role(request.method(), request.uri().path());
-    let granting = state.tokens.granting(role);
-    if granting.is_empty() {
+    if state.tokens.grants(role, request.headers()) {
         return next.run(request).await;
     }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    // Compare against every candidate, in constant time, without stopping early.
-    let granted = granting.iter().fold(false, |granted, token| {
-        granted | bool::from(presented.as_bytes().ct_eq(token.as_bytes()))
-    });
-    if granted {
-        return next.run(request).await;
-    }
-    // Read the body before answering, so a client still sending it gets the answer rather
-    // than a broken pipe (bounded by the largest body any route accepts).
+    // Let a client still sending a body get the answer rather than a broken pipe: the body
+    // is read and dropped as it arrives, never held (bounded by the largest body any route
+    // accepts, and by a few seconds).
     let limit = state.limits.max_module_bytes;
-    let _ = axum::body::to_bytes(request.into_body(), limit).await;
+    discard(request.into_body(), limit).await;
     let what = match role {
         Role::Admin => "deploys and projector changes need the admin token",
         Role::Write => "appends need the write (or admin) token",
@@ -146,6 +165,22 @@ pub async fn require_token(
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
+}
+
+/// Reads and drops up to `limit` bytes of `body`, for at most 5 s.
+async fn discard(body: axum::body::Body, limit: usize) {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut read = 0;
+    let drain = async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len();
+            if read > limit {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
 }
 
 /// Answers 408 when a request takes longer than the configured timeout.
@@ -171,6 +206,22 @@ mod tests {
             write: write.map(Into::into),
             read: read.map(Into::into),
         }
+    }
+
+    #[test]
+    fn tokens_compare_by_digest_and_the_scheme_in_any_case() {
+        assert!(same_token("secret", "secret"));
+        assert!(!same_token("secre", "secret"));
+        assert!(!same_token("secret-and-more", "secret"));
+        assert!(!same_token("", "secret"));
+        let all = tokens(Some("a"), None, Some("r"));
+        let mut headers = axum::http::HeaderMap::new();
+        for value in ["Bearer r", "bearer r", "BEARER  r "] {
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+            assert!(all.grants(Role::Read, &headers), "{value}");
+        }
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic r"));
+        assert!(!all.grants(Role::Read, &headers));
     }
 
     #[test]

@@ -34,7 +34,8 @@ pub async fn verify(
 }
 
 /// `GET /ready`: 200 when every projector is healthy; 503 listing those faulted, or behind the
-/// log with no progress for longer than the stall limit (paused ones do not count).
+/// log with no progress for longer than the stall limit (paused ones do not count). Without
+/// the read token (when one is set) only the status code is answered, with no body.
 #[utoipa::path(
     get,
     path = "/ready",
@@ -45,12 +46,20 @@ pub async fn verify(
             progress for longer than the stall limit (paused ones do not count).", body = Readiness),
     ),
 )]
-pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+pub async fn ready(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let readiness = state.registry.readiness(state.limits.stall_after);
     let code = if readiness.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, Json(readiness))
+    // Open to probes, but what it names (projectors, their errors) is for readers only.
+    if !state.tokens.grants(super::auth::Role::Read, &headers) {
+        return code.into_response();
+    }
+    (code, Json(readiness)).into_response()
 }

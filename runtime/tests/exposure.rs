@@ -1,0 +1,112 @@
+//! What a client without a token can learn or cost: the open `/ready` tells only its status,
+//! tokens are checked strictly (any-case `Bearer`), odd HTTP methods do not grow the metrics,
+//! and a refused upload is never held in memory.
+
+mod common;
+
+use common::artifacts;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_probe_tells_nothing_and_tokens_are_read_strictly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = common::start_with(dir.path(), |config| {
+        config.tokens.read = Some("reader".into());
+    })
+    .await;
+    client.deploy("poison", artifacts::POISON).await;
+    client
+        .append(
+            "secret-stream",
+            json!([{"type": "N", "data": {"trap": true}}]),
+        )
+        .await;
+    let read = |path: &str, auth: Option<&str>| {
+        let mut request = client.request("GET", path);
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        client.send(request)
+    };
+    // Wait for the fault, as a reader.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while read("/ready", Some("Bearer reader")).await.status != 503 {
+        assert!(std::time::Instant::now() < deadline, "no fault");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let anonymous = read("/ready", None).await;
+    assert_eq!(anonymous.status, 503);
+    assert_eq!(
+        anonymous.body,
+        serde_json::Value::Null,
+        "the open probe told {}",
+        anonymous.body
+    );
+    let reader = read("/ready", Some("bearer reader")).await;
+    assert_eq!(reader.body["unready"][0]["name"], "poison");
+    for auth in ["bearer reader", "BEARER reader"] {
+        assert_eq!(read("/projectors", Some(auth)).await.status, 200, "{auth}");
+    }
+    for auth in ["Bearer reade", "Bearer reader2", "Basic reader", "reader"] {
+        assert_eq!(read("/projectors", Some(auth)).await.status, 401, "{auth}");
+    }
+
+    // Odd methods: one label, however many there are.
+    for method in ["FROB1", "FROB2", "FROB3"] {
+        let request = client.request(method, "/health");
+        client.send(request).await;
+    }
+    let raw = client
+        .api
+        .request(reqwest::Method::GET, "/metrics")
+        .bearer_auth("reader")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!raw.contains("FROB"), "a series per method");
+    assert!(raw.contains("method=\"other\""), "{raw}");
+    server.stop().await;
+}
+
+/// The high-water mark of this process's resident memory, in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_upload_is_never_held_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = common::start_with(dir.path(), |config| {
+        config.tokens.admin = Some("admin".into());
+    })
+    .await;
+    // One 40 MiB body, shared by every request (the client holds it once).
+    let body = axum::body::Bytes::from(vec![0u8; 40 << 20]);
+    let before = peak_rss();
+    let uploads: Vec<_> = (0..8)
+        .map(|i| {
+            let request = client
+                .request("PUT", &format!("/projectors/p{i}"))
+                .header("content-type", "application/wasm")
+                .body(body.clone());
+            let client = client.clone();
+            tokio::spawn(async move { client.send(request).await.status })
+        })
+        .collect();
+    for upload in uploads {
+        assert_eq!(upload.await.unwrap(), 401);
+    }
+    let grown = peak_rss().saturating_sub(before);
+    assert!(
+        grown < 100 << 20,
+        "eight refused 40 MiB uploads raised the peak RSS by {} MiB",
+        grown >> 20
+    );
+    server.stop().await;
+}
