@@ -51,6 +51,9 @@ pub struct Config {
     /// `Host` and `Origin` names accepted beyond IP addresses and localhost (`*`: any).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allowed_hosts: Vec<String>,
+    /// How often, in milliseconds, a projector makes its view durable: a crash replays at
+    /// most about this much of the log per projector.
+    pub view_sync_interval_ms: u64,
     pub limits: RequestLimits,
     pub sandbox: Sandbox,
     #[serde(skip_serializing_if = "Tokens::is_empty")]
@@ -73,6 +76,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             log_format: LogFormat::Text,
             allowed_hosts: Vec::new(),
+            view_sync_interval_ms: crate::store::DURABLE_INTERVAL.as_millis() as u64,
             limits: RequestLimits::default(),
             sandbox: Sandbox::default(),
             tokens: Tokens::default(),
@@ -129,6 +133,7 @@ impl Config {
         config.sandbox = self.sandbox;
         config.tokens = self.tokens.clone();
         config.allowed_hosts = self.allowed_hosts.clone();
+        config.view_sync_interval = std::time::Duration::from_millis(self.view_sync_interval_ms);
         config
     }
 }

@@ -5,7 +5,7 @@ use crate::engine::Engine;
 use crate::engine::Sandbox;
 use crate::http::{AppState, RequestLimits, router};
 use crate::log::EventLog;
-use crate::projector::{Registry, Spawner};
+use crate::projector::{Registry, RegistryOptions, Spawner};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +31,9 @@ pub struct ServerConfig {
     /// How projector threads are started (the default starts OS threads; tests inject
     /// failures).
     pub spawner: Spawner,
+    /// How often a projector makes its view durable (see
+    /// [`RegistryOptions::view_sync_interval`](crate::projector::RegistryOptions)).
+    pub view_sync_interval: std::time::Duration,
 }
 
 impl ServerConfig {
@@ -44,6 +47,7 @@ impl ServerConfig {
             tokens: crate::http::Tokens::default(),
             allowed_hosts: Vec::new(),
             spawner: Spawner::default(),
+            view_sync_interval: crate::store::DURABLE_INTERVAL,
         }
     }
 }
@@ -64,14 +68,17 @@ impl Server {
         config.tokens.check().map_err(anyhow::Error::msg)?;
         let root = config.data_dir.clone();
         let sandbox = config.sandbox;
-        let spawner = config.spawner.clone();
+        let options = RegistryOptions {
+            spawner: config.spawner.clone(),
+            view_sync_interval: config.view_sync_interval,
+        };
         let (log, registry) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let dir = DataDir::create(&root)
                 .with_context(|| format!("creating the data dir {}", root.display()))?;
             let log = EventLog::open(&dir.log())?;
             let engine = Engine::new(Some(dir.cache()), sandbox)
                 .map_err(|e| anyhow::anyhow!("starting the WebAssembly engine: {e:#}"))?;
-            let registry = Registry::open(&dir, engine, log.clone(), spawner)?;
+            let registry = Registry::open(&dir, engine, log.clone(), options)?;
             Ok((log, registry))
         })
         .await??;

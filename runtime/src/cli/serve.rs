@@ -41,6 +41,10 @@ pub struct ServeArgs {
     )]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     allowed_hosts: Vec<String>,
+    /// Milliseconds between two durable commits of a projector's view [default: 30000].
+    #[arg(long, env = "PRISM_VIEW_SYNC_INTERVAL_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    view_sync_interval_ms: Option<u64>,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]

@@ -28,7 +28,9 @@ pub use prism_client::wire::{
     DeployMode, Deployed, Difference, ErrorPolicy, Fault, Projector, Readiness, RebuildProgress,
     State, Unready, UnreadyProjector, Verification, ViewDigest,
 };
-pub use registry::{DeployOptions, Generation, ModuleSource, ProjectorHandle, Registry, Role};
+pub use registry::{
+    DeployOptions, Generation, ModuleSource, ProjectorHandle, Registry, RegistryOptions, Role,
+};
 
 use crate::engine::{Descriptor, Engine, Instance, Module};
 use crate::log::EventLog;
@@ -200,6 +202,7 @@ pub(crate) fn replay(
         status,
         mailbox,
         reports: None,
+        durable_every: crate::store::DURABLE_INTERVAL,
         metrics: RunnerMetrics::default(),
         changes: None,
     };

@@ -23,7 +23,7 @@ use super::error::RetryError;
 use super::{ErrorPolicy, Fault, State, Status};
 use crate::engine::{ApplyError, Engine, EventBatch, Instance, InstanceError, Subscription};
 use crate::log::EventLog;
-use crate::store::{BatchView, DURABLE_INTERVAL, DeadLetter, ViewStore};
+use crate::store::{BatchView, DeadLetter, ViewStore};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, watch};
@@ -58,6 +58,8 @@ pub struct Runner {
     pub mailbox: mpsc::UnboundedReceiver<Control>,
     /// Where it reports trials and catching up, with its run id (`None`: nobody listens).
     pub reports: Option<(Reports, u64)>,
+    /// How often a commit is made durable (`fsync`ed); every commit is, when it stops.
+    pub durable_every: std::time::Duration,
     pub metrics: super::RunnerMetrics,
     /// Where each commit's changes go (`None`: nobody can subscribe, as in verification).
     pub changes: Option<Arc<super::ChangeFeed>>,
@@ -333,7 +335,7 @@ impl Runner {
                     }
                 }
             };
-            let durable = last_durable.elapsed() >= DURABLE_INTERVAL;
+            let durable = last_durable.elapsed() >= self.durable_every;
             let overlay = view.into_overlay();
             let started = Instant::now();
             // The first batch of new code (a trial's included): the view records in the same

@@ -9,7 +9,8 @@
 //! Durability: a view is derivable from the log, so most commits are not `fsync`ed
 //! (`Durability::None`): a crash rolls the file back to its last durable commit — an older
 //! view with its matching, older checkpoint — and the projector re-applies the events after it.
-//! The runner makes a durable commit at most every [`DURABLE_INTERVAL`] and when it stops, which
+//! The runner makes a durable commit every `view_sync_interval` (default [`DURABLE_INTERVAL`]),
+//! when it stops, and before a rebuilt generation is promoted, which
 //! bounds the replay after a crash without paying an `fsync` per batch.
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};

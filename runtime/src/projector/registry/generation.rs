@@ -133,6 +133,7 @@ impl Registry {
             status,
             mailbox: inbox,
             reports: Some((self.inner.reports.clone(), run)),
+            durable_every: self.inner.view_sync_interval,
             metrics: self.inner.metrics.runner(name),
             changes: Some(changes.clone()),
         };

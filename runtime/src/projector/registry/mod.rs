@@ -41,6 +41,25 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 
+/// How the registry runs its projectors.
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    /// Starts runner threads.
+    pub spawner: Spawner,
+    /// How often a runner makes its view durable (an `fsync`): a crash replays at most about
+    /// this much of the log per projector. Default [`DURABLE_INTERVAL`](crate::store::DURABLE_INTERVAL).
+    pub view_sync_interval: std::time::Duration,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            spawner: Spawner::default(),
+            view_sync_interval: crate::store::DURABLE_INTERVAL,
+        }
+    }
+}
+
 /// The deployed projectors.
 #[derive(Clone)]
 pub struct Registry {
@@ -57,6 +76,8 @@ struct Inner {
     changing: Mutex<()>,
     metrics: super::ProjectorMetrics,
     spawner: Spawner,
+    /// How often a runner makes its view durable (see [`RegistryOptions`]).
+    view_sync_interval: std::time::Duration,
     reports: Reports,
     /// The registry's thread, handling reports; joined at shutdown.
     supervisor: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -67,13 +88,12 @@ struct Inner {
 impl Registry {
     /// Opens the catalog in `dir` and starts every deployed projector from its checkpoint,
     /// resuming any rebuild or reload trial in progress. A generation whose module fails to load
-    /// is listed as faulted; the serving view still answers queries. Runner threads are started
-    /// by `spawner`.
+    /// is listed as faulted; the serving view still answers queries.
     pub fn open(
         dir: &DataDir,
         engine: Engine,
         log: EventLog,
-        spawner: Spawner,
+        options: RegistryOptions,
     ) -> Result<Registry, RegistryError> {
         let catalog_error = |source| RegistryError::Catalog {
             path: dir.catalog().display().to_string(),
@@ -91,7 +111,8 @@ impl Registry {
                 projectors: RwLock::new(BTreeMap::new()),
                 changing: Mutex::new(()),
                 metrics: super::ProjectorMetrics::default(),
-                spawner,
+                spawner: options.spawner,
+                view_sync_interval: options.view_sync_interval,
                 reports,
                 supervisor: Mutex::new(None),
                 runs: std::sync::atomic::AtomicU64::new(1),
