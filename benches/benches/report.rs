@@ -12,6 +12,7 @@ use prism::projector::{State, catch_up};
 use prism::store::ViewStore;
 use prism_benches::native::{self, Native};
 use prism_benches::server::{DEFAULTS, Prism};
+use prism_client::wire::NewEvent;
 use prism_test_artifacts as artifacts;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -313,17 +314,10 @@ async fn freshness_and_query_figures(report: &mut Report, dir: &std::path::Path)
             let prism = prism.clone();
             let mut status = generation.watch();
             tasks.push(tokio::spawn(async move {
-                let reply = prism
-                    .api
-                    .request(Method::POST, "/streams/fresh/events")
-                    .header("content-type", "application/json")
-                    .body(r#"[{"type":"T","data":{}}]"#)
-                    .send()
-                    .await
-                    .unwrap();
+                let event = NewEvent::new("T", &json!({})).unwrap();
+                let appended = prism.api.append("fresh", &[event], None).await.unwrap();
                 let acked = Instant::now();
-                let body: Value = reply.json().await.unwrap();
-                let position = body["last_position"].as_u64().unwrap();
+                let position = appended.last_position;
                 status.wait_for(|s| s.checkpoint >= position).await.unwrap();
                 acked.elapsed()
             }));

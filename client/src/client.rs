@@ -340,13 +340,20 @@ impl Client {
         self.call(self.at(Method::GET, &["health"])?).await
     }
 
-    /// Readiness: the answer whether ready (200) or not (503).
-    pub async fn ready(&self) -> Result<Readiness, Error> {
+    /// Readiness: whether Prism is ready (200) or not (503), and the details when the client
+    /// may read them (without the read token, when one is set, Prism answers only the status).
+    pub async fn ready(&self) -> Result<(bool, Option<Readiness>), Error> {
         let reply = self.send(self.at(Method::GET, &["ready"])?).await?;
-        if reply.status.is_success() || reply.status == StatusCode::SERVICE_UNAVAILABLE {
-            return serde_json::from_slice(&reply.body).map_err(|e| Error::Decode(e.to_string()));
+        let ready = reply.status.is_success();
+        if !ready && reply.status != StatusCode::SERVICE_UNAVAILABLE {
+            return Err(checked(reply).unwrap_err());
         }
-        Err(checked(reply).unwrap_err())
+        if reply.body.is_empty() {
+            return Ok((ready, None));
+        }
+        let details =
+            serde_json::from_slice(&reply.body).map_err(|e| Error::Decode(e.to_string()))?;
+        Ok((ready, Some(details)))
     }
 
     /// The Prometheus text of `GET /metrics`.

@@ -1,11 +1,16 @@
 //! `prism serve`'s settings: defaults, then a TOML file, then `PRISM_...` environment variables,
-//! then flags — each overriding the one before. The environment and flags are read by the CLI
-//! (clap); this module holds the file layer and turns the result into a [`ServerConfig`].
+//! then flags — each overriding the one before, merged once by [`Config::load`] (figment) into
+//! the same types the server runs with: [`RequestLimits`] (`[limits]`) and [`Sandbox`]
+//! (`[sandbox]`). The CLI (`cli::serve`) reads the environment and flags with clap and hands
+//! them over as the last layer.
 //!
 //! ```toml
 //! data_dir = "prism-data"
 //! listen = "127.0.0.1:7070"
 //! log_format = "text"          # or "json"
+//! allowed_hosts = ["prism.internal"]   # printed only when set
+//! view_sync_interval_ms = 30000
+//! append_queue = 4096
 //!
 //! [limits]
 //! max_module_bytes = 67108864
@@ -54,6 +59,8 @@ pub struct Config {
     /// How often, in milliseconds, a projector makes its view durable: a crash replays at
     /// most about this much of the log per projector.
     pub view_sync_interval_ms: u64,
+    /// Appends that may wait for the log's writer; more are answered 503 with `Retry-After`.
+    pub append_queue: usize,
     pub limits: RequestLimits,
     pub sandbox: Sandbox,
     #[serde(skip_serializing_if = "Tokens::is_empty")]
@@ -77,6 +84,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             allowed_hosts: Vec::new(),
             view_sync_interval_ms: crate::store::DURABLE_INTERVAL.as_millis() as u64,
+            append_queue: crate::log::APPEND_QUEUE,
             limits: RequestLimits::default(),
             sandbox: Sandbox::default(),
             tokens: Tokens::default(),
@@ -134,6 +142,7 @@ impl Config {
         config.tokens = self.tokens.clone();
         config.allowed_hosts = self.allowed_hosts.clone();
         config.view_sync_interval = std::time::Duration::from_millis(self.view_sync_interval_ms);
+        config.append_queue = self.append_queue;
         config
     }
 }

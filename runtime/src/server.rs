@@ -31,6 +31,8 @@ pub struct ServerConfig {
     /// How projector threads are started (the default starts OS threads; tests inject
     /// failures).
     pub spawner: Spawner,
+    /// Appends that may wait for the log's writer; more are answered 503 with `Retry-After`.
+    pub append_queue: usize,
     /// How often a projector makes its view durable (see
     /// [`RegistryOptions::view_sync_interval`](crate::projector::RegistryOptions)).
     pub view_sync_interval: std::time::Duration,
@@ -48,6 +50,7 @@ impl ServerConfig {
             allowed_hosts: Vec::new(),
             spawner: Spawner::default(),
             view_sync_interval: crate::store::DURABLE_INTERVAL,
+            append_queue: crate::log::APPEND_QUEUE,
         }
     }
 }
@@ -68,6 +71,7 @@ impl Server {
         config.tokens.check().map_err(anyhow::Error::msg)?;
         let root = config.data_dir.clone();
         let sandbox = config.sandbox;
+        let append_queue = config.append_queue;
         let options = RegistryOptions {
             spawner: config.spawner.clone(),
             view_sync_interval: config.view_sync_interval,
@@ -75,7 +79,7 @@ impl Server {
         let (log, registry) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let dir = DataDir::create(&root)
                 .with_context(|| format!("creating the data dir {}", root.display()))?;
-            let log = EventLog::open(&dir.log())?;
+            let log = EventLog::open_with_queue(&dir.log(), append_queue)?;
             let engine = Engine::new(Some(dir.cache()), sandbox)
                 .map_err(|e| anyhow::anyhow!("starting the WebAssembly engine: {e:#}"))?;
             let registry = Registry::open(&dir, engine, log.clone(), options)?;

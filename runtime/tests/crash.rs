@@ -12,7 +12,8 @@
 mod common;
 
 use common::{Client, artifacts};
-use serde_json::{Value, json};
+use prism_client::wire::{NewEvent, ReadParams};
+use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -119,22 +120,17 @@ async fn sigkill_at_random_moments_loses_nothing_and_views_stay_exact() {
                     }
                     let ids: Vec<u64> = (id..id + size).collect();
                     id += size;
-                    let events: Vec<Value> = ids
+                    let events: Vec<NewEvent> = ids
                         .iter()
-                        .map(|i| json!({"type": format!("T{}", i % 3), "data": {"id": i}}))
+                        .map(|i| NewEvent::new(format!("T{}", i % 3), &json!({"id": i})).unwrap())
                         .collect();
-                    let path = format!("/streams/c-{client_no}/events");
-                    let reply = client.request("POST", &path).json(&events).send().await;
-                    // A reply cut by the kill is not an acknowledgement.
-                    let Ok(reply) = reply else { break };
-                    if reply.status() != 201 {
-                        break;
-                    }
-                    let Ok(body) = reply.json::<Value>().await else {
+                    let stream = format!("c-{client_no}");
+                    // A reply cut by the kill (or any error) is not an acknowledgement.
+                    let Ok(appended) = client.api.append(&stream, &events, None).await else {
                         break;
                     };
                     done.push(Acked {
-                        first_position: body["first_position"].as_u64().unwrap(),
+                        first_position: appended.first_position,
                         ids,
                     });
                 }
@@ -159,9 +155,7 @@ async fn sigkill_at_random_moments_loses_nothing_and_views_stay_exact() {
     // Recovery: start once more and let the projectors catch up.
     let prism = start(dir.path());
     let client = prism.client.clone();
-    let head = client.get("/projectors").await.body["head"]
-        .as_u64()
-        .unwrap();
+    let head = client.api.projectors().await.unwrap().head;
     let acked_events: usize = acked.iter().map(|a| a.ids.len()).sum();
     assert!(
         acked_events > kills,
@@ -171,30 +165,26 @@ async fn sigkill_at_random_moments_loses_nothing_and_views_stay_exact() {
     // (1) Every acknowledged event is where it was acknowledged; positions are gapless.
     let mut log = Vec::new();
     for stream in ["c-0", "c-1", "c-2"] {
-        let mut from = 1;
+        let mut params = ReadParams {
+            from: Some(1),
+            limit: Some(1000),
+        };
         loop {
-            let reply = client
-                .get(&format!("/streams/{stream}?from={from}&limit=1000"))
-                .await;
-            if reply.status == 404 {
-                break;
-            }
-            let events = reply.body["events"].as_array().unwrap().clone();
-            log.extend(events);
-            match reply.body["next"].as_u64() {
-                Some(next) => from = next,
+            let page = match client.api.read_stream(stream, &params).await {
+                Ok(page) => page,
+                Err(e) if e.status() == Some(reqwest::StatusCode::NOT_FOUND) => break,
+                Err(e) => panic!("reading {stream}: {e}"),
+            };
+            log.extend(page.events);
+            match page.next {
+                Some(next) => params.from = Some(next),
                 None => break,
             }
         }
     }
     let mut by_position: Vec<(u64, u64)> = log
         .iter()
-        .map(|e| {
-            (
-                e["position"].as_u64().unwrap(),
-                e["data"]["id"].as_u64().unwrap(),
-            )
-        })
+        .map(|e| (e.position, e.data["id"].as_u64().unwrap()))
         .collect();
     by_position.sort();
     assert_eq!(

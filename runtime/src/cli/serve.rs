@@ -45,6 +45,10 @@ pub struct ServeArgs {
     #[arg(long, env = "PRISM_VIEW_SYNC_INTERVAL_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     view_sync_interval_ms: Option<u64>,
+    /// Appends that may wait for the log's writer; more are answered 503 [default: 4096].
+    #[arg(long, env = "PRISM_APPEND_QUEUE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    append_queue: Option<usize>,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]

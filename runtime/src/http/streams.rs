@@ -35,6 +35,9 @@ pub const MAX_READ: usize = 1000;
             body = ErrorBody),
         (status = 415, description = "The body is not sent as `application/json`.",
             body = ErrorBody),
+        (status = 503, description = "Too many appends are waiting for the log, or Prism is \
+            stopping; nothing was appended. `Retry-After` says when to try again.",
+            body = ErrorBody),
         (status = 500, description = "The log failed.", body = ErrorBody),
     ),
 )]
@@ -117,6 +120,9 @@ pub async fn append(
             },
         )),
         Err(AppendError::Invalid(message)) => Err(ApiError::bad_request(message)),
+        Err(e @ (AppendError::Busy | AppendError::Closed)) => {
+            Err(ApiError::unavailable(e.to_string(), 1))
+        }
         Err(e) => Err(ApiError::internal(&e)),
     }
 }

@@ -113,6 +113,10 @@ pub enum AppendError {
     /// The log's writer has stopped (Prism is shutting down).
     #[error("the event log is closed")]
     Closed,
+    /// Too many appends are waiting for the log's writer; nothing was appended, and the same
+    /// append may be sent again shortly.
+    #[error("too many appends are waiting for the event log; try again shortly")]
+    Busy,
 }
 
 /// Why a read of the log failed.
@@ -160,9 +164,12 @@ pub struct EventLog {
     head: watch::Receiver<u64>,
 }
 
+/// Append requests waiting for the writer by default; more are refused ([`AppendError::Busy`]).
+pub const APPEND_QUEUE: usize = 4096;
+
 /// The writer thread's queue; dropping it closes the queue and waits for the thread.
 struct Writer {
-    queue: Option<mpsc::Sender<AppendRequest>>,
+    queue: Option<mpsc::SyncSender<AppendRequest>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -176,8 +183,16 @@ impl Drop for Writer {
 }
 
 impl EventLog {
-    /// Opens (or creates) the log file at `path` and starts its writer thread.
+    /// Opens (or creates) the log file at `path` and starts its writer thread, with room for
+    /// [`APPEND_QUEUE`] waiting appends.
     pub fn open(path: &Path) -> Result<EventLog, OpenError> {
+        EventLog::open_with_queue(path, APPEND_QUEUE)
+    }
+
+    /// Like [`open`](Self::open), with room for `queue` waiting appends (at least 1): when it
+    /// is full, appends are refused at once ([`AppendError::Busy`]) rather than queued without
+    /// bound.
+    pub fn open_with_queue(path: &Path, queue: usize) -> Result<EventLog, OpenError> {
         let fail = |source: redb::Error| OpenError::Database {
             path: path.display().to_string(),
             source,
@@ -186,7 +201,7 @@ impl EventLog {
         let head = init_tables(&db).map_err(fail)?;
         let db = Arc::new(db);
         let (head_tx, head_rx) = watch::channel(head);
-        let (queue, requests) = mpsc::channel();
+        let (queue, requests) = mpsc::sync_channel(queue.max(1));
         let writer_db = db.clone();
         let thread = std::thread::Builder::new()
             .name("prism-log-writer".into())
@@ -215,13 +230,16 @@ impl EventLog {
             .queue
             .as_ref()
             .expect("the queue lives as long as the log")
-            .send(AppendRequest {
+            .try_send(AppendRequest {
                 stream: stream.to_string(),
                 expected,
                 events,
                 reply,
             })
-            .map_err(|_| AppendError::Closed)?;
+            .map_err(|e| match e {
+                mpsc::TrySendError::Full(_) => AppendError::Busy,
+                mpsc::TrySendError::Disconnected(_) => AppendError::Closed,
+            })?;
         answer.await.map_err(|_| AppendError::Closed)?
     }
 
