@@ -172,3 +172,49 @@ async fn a_full_append_queue_answers_503_and_loses_nothing() {
     );
     server.stop().await;
 }
+
+/// A refused upload leaves nothing on disk: no module file, no compiled artifact. (Before, a
+/// module that compiled but failed to start was stored, and its compiled code cached.)
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_uploads_leave_nothing_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = common::start(dir.path()).await;
+    let files = |sub: &str| -> Vec<String> {
+        std::fs::read_dir(dir.path().join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    for (wasm, status) in [
+        (artifacts::read(artifacts::BAD_INIT), 422),
+        (b"\0asm\x01\0\0\0\x05".to_vec(), 422),
+        (b"hello".to_vec(), 415),
+    ] {
+        let reply = client.put_raw("/projectors/refused", wasm).await;
+        assert_eq!(reply.status, status, "{}", reply.body);
+    }
+    assert_eq!(files("modules"), Vec::<String>::new());
+    assert_eq!(files("cache"), Vec::<String>::new());
+    // An accepted one is stored and its compiled code kept.
+    client.deploy("tally", artifacts::TALLY_V1).await;
+    assert_eq!(files("modules").len(), 1);
+    assert_eq!(files("cache").len(), 1);
+    server.stop().await;
+}
+
+/// Scratch files a crash left behind (a verification's replay) are removed at the next start.
+#[tokio::test(flavor = "multi_thread")]
+async fn scratch_files_left_by_a_crash_are_removed_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let left = dir.path().join("tmp/verify-tally-123");
+    std::fs::create_dir_all(&left).unwrap();
+    std::fs::write(left.join("view.redb"), vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(dir.path().join("tmp/verify-tally-456.redb"), b"old").unwrap();
+    let (server, _client) = common::start(dir.path()).await;
+    let remaining: Vec<_> = std::fs::read_dir(dir.path().join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(remaining.is_empty(), "left in tmp/: {remaining:?}");
+    server.stop().await;
+}

@@ -281,7 +281,6 @@ impl Engine {
                 let component = Component::new(&self.engine, &bytes)
                     .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
                 check_imports(&self.engine, &component)?;
-                self.store_artifact(hash, &component);
                 (component, CompileSource::Compiled)
             }
         };
@@ -304,7 +303,16 @@ impl Engine {
         path.exists().then_some(path)
     }
 
-    /// Writes a compiled artifact to the cache (best effort: a failure only costs a compile).
+    /// Keeps `module`'s compiled code in the on-disk cache, unless it is there already (best
+    /// effort: a failure only costs a compile). Called once a module is accepted, so a refused
+    /// upload leaves nothing on disk.
+    pub fn keep(&self, module: &Module) {
+        if self.cache_path(&module.hash).is_none() {
+            self.store_artifact(&module.hash, module.pre.instance_pre().component());
+        }
+    }
+
+    /// Writes a compiled artifact to the cache.
     fn store_artifact(&self, hash: &str, component: &Component) {
         let Some(dir) = &self.cache_dir else { return };
         // A unique temporary file per writer: two deploys of one module may compile it at

@@ -147,7 +147,7 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
         applied.get_or_create(&labels).set(status.events_applied);
         dead_letters.get_or_create(&labels).set(status.dead_letters);
         generation.get_or_create(&labels).set(serving.id);
-        let state_name = serde_json::to_value(projector.state())
+        let state_name = serde_json::to_value(projector.state_with(status.state))
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();

@@ -79,8 +79,14 @@ impl ProjectorHandle {
 
     /// The projector's overall state: paused, rebuilding, or its serving generation's state.
     pub fn state(&self) -> State {
+        let serving = self.serving().status().state;
+        self.state_with(serving)
+    }
+
+    /// The overall state when the serving generation is in `serving` (one status snapshot
+    /// serves a whole answer, so its state and its error never disagree).
+    pub fn state_with(&self, serving: State) -> State {
         let slots = self.slots.read();
-        let serving = slots.serving.status().state;
         if slots.deployment.paused {
             State::Paused
         } else if slots.pending.is_some() && serving != State::Faulted {

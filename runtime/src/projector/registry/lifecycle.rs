@@ -55,7 +55,7 @@ impl Registry {
             return Err(DeployError::InvalidName(name.to_string()));
         }
         let started = Instant::now();
-        let (module, compile) = self.module(source)?;
+        let (module, compile, upload) = self.module(source)?;
         let compile_ms = started.elapsed().as_secs_f64() * 1000.0;
 
         let _changing = self.inner.changing.lock();
@@ -70,6 +70,11 @@ impl Registry {
             .or_else(|| latest.as_ref().map(|r| r.on_error))
             .unwrap_or_default();
         let instance = self.inner.engine.instantiate(&module, name, &config)?;
+        // Accepted: only now is the upload stored, and its compiled code kept.
+        if let Some(component) = upload {
+            self.inner.catalog.store_module(&module.hash, &component)?;
+        }
+        self.inner.engine.keep(&module);
         let record = GenerationRecord {
             id: 1,
             module: module.hash.clone(),
@@ -323,21 +328,23 @@ impl Registry {
         tracing::info!(projector = %projector.name, generation = pending.id, "rebuild cancelled");
     }
 
-    /// Validates, compiles and stores an upload, or finds a stored module.
-    fn module(&self, source: ModuleSource) -> Result<(Module, CompileSource), DeployError> {
+    /// Validates and compiles an upload (with its component bytes, to store once the module
+    /// is accepted), or finds a stored module.
+    fn module(
+        &self,
+        source: ModuleSource,
+    ) -> Result<(Module, CompileSource, Option<Vec<u8>>), DeployError> {
         match source {
             ModuleSource::Upload(bytes) => {
                 let upload = self.inner.engine.compile(&bytes)?;
-                self.inner
-                    .catalog
-                    .store_module(&upload.module.hash, &upload.component)?;
-                Ok((upload.module, upload.source))
+                Ok((upload.module, upload.source, Some(upload.component)))
             }
             ModuleSource::Stored(hash) => {
                 if !self.inner.catalog.has_module(&hash) {
                     return Err(DeployError::UnknownModule(hash));
                 }
-                Ok(self.load(&hash)?)
+                let (module, source) = self.load(&hash)?;
+                Ok((module, source, None))
             }
         }
     }

@@ -186,11 +186,14 @@ impl Registry {
             .insert(handle.name.clone(), handle);
     }
 
-    /// The module with `hash`, compiled or from a cache.
+    /// The stored module with `hash`, compiled or from a cache (its compiled code kept).
     fn load(&self, hash: &str) -> Result<(Module, CompileSource), ModuleError> {
-        self.inner
+        let loaded = self
+            .inner
             .engine
-            .load(hash, || self.inner.catalog.read_module(hash))
+            .load(hash, || self.inner.catalog.read_module(hash))?;
+        self.inner.engine.keep(&loaded.0);
+        Ok(loaded)
     }
 
     /// Records `projector`'s deployment as `change` leaves it: the catalog first, then memory.

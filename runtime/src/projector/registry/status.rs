@@ -12,7 +12,7 @@ impl ProjectorHandle {
         let record = status.record;
         Projector {
             name: self.name.clone(),
-            state: self.state(),
+            state: self.state_with(status.state),
             module: record.module,
             schema_version: record.schema_version,
             generation: serving.id,
@@ -71,7 +71,8 @@ impl Registry {
             let status = projector.serving().status();
             let lag = head.saturating_sub(status.checkpoint);
             let idle = status.last_progress.elapsed();
-            if let Some(reason) = readiness(projector.state(), lag, idle, stall_after) {
+            let state = projector.state_with(status.state);
+            if let Some(reason) = readiness(state, lag, idle, stall_after) {
                 unready.push(UnreadyProjector {
                     name: projector.name.clone(),
                     reason,
