@@ -15,8 +15,8 @@ pub use projectors::{
     ModeChoice, Modules, Retried, Verification, ViewDigest,
 };
 pub use status::{
-    ErrorPolicy, Fault, Health, Projector, ProjectorList, Readiness, RebuildProgress, State,
-    Subscription, Unready, UnreadyProjector,
+    ErrorPolicy, Fault, Health, Projector, ProjectorList, Readiness, ReadinessAnswer, ReadyOnly,
+    RebuildProgress, State, Subscription, Unready, UnreadyProjector,
 };
 pub use streams::{
     AppendParams, Appended, Event, ListParams, NewEvent, ReadParams, StreamList, StreamPage,

@@ -186,6 +186,23 @@ pub struct Readiness {
     pub unready: Vec<UnreadyProjector>,
 }
 
+/// `GET /ready`'s answer: the details for a reader, only `ready` for anyone else (when a read
+/// token is set).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ReadinessAnswer {
+    Full(Readiness),
+    Status(ReadyOnly),
+}
+
+/// Readiness without details.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadyOnly {
+    /// True when no projector is faulted or stalled.
+    pub ready: bool,
+}
+
 /// A projector that makes Prism not ready.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct UnreadyProjector {

@@ -6,7 +6,7 @@ use super::{ApiError, AppState};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use prism_client::wire::{ErrorBody, Readiness, ReplayFaulted, Verification};
+use prism_client::wire::{ErrorBody, ReadinessAnswer, ReadyOnly, ReplayFaulted, Verification};
 
 /// `POST /projectors/{name}/verify`: replays the projector from scratch and compares the
 /// result with the live view at the same position.
@@ -35,15 +35,17 @@ pub async fn verify(
 
 /// `GET /ready`: 200 when every projector is healthy; 503 listing those faulted, or behind the
 /// log with no progress for longer than the stall limit (paused ones do not count). Without
-/// the read token (when one is set) only the status code is answered, with no body.
+/// the read token (when one is set) the answer says only `{"ready": false}` (or true).
 #[utoipa::path(
     get,
     path = "/ready",
     tag = "operations",
     responses(
-        (status = 200, description = "Every projector is healthy.", body = Readiness),
+        (status = 200, description = "Every projector is healthy (the details only with the \
+            read token, when one is set).", body = ReadinessAnswer),
         (status = 503, description = "Some projector is faulted, or behind the log without \
-            progress for longer than the stall limit (paused ones do not count).", body = Readiness),
+            progress for longer than the stall limit (paused ones do not count).",
+            body = ReadinessAnswer),
     ),
 )]
 pub async fn ready(
@@ -58,8 +60,12 @@ pub async fn ready(
         StatusCode::SERVICE_UNAVAILABLE
     };
     // Open to probes, but what it names (projectors, their errors) is for readers only.
-    if !state.tokens.grants(super::auth::Role::Read, &headers) {
-        return code.into_response();
-    }
-    (code, Json(readiness)).into_response()
+    let answer = if state.tokens.grants(super::auth::Role::Read, &headers) {
+        ReadinessAnswer::Full(readiness)
+    } else {
+        ReadinessAnswer::Status(ReadyOnly {
+            ready: readiness.ready,
+        })
+    };
+    (code, Json(answer)).into_response()
 }
