@@ -176,6 +176,7 @@ fn seed(prism: &mut Child, binary: &Path, url: &str, guests: &[(String, PathBuf)
             .block_on(api.deploy(name, wasm, &Default::default()))
             .with_context(|| format!("deploying {name}"))?;
         let mode = serde_json::to_value(deployed.mode)?;
+        let mode = mode.as_str().unwrap_or_default();
         eprintln!("xtask: deployed {name} ({mode}, {})", deployed.module);
     }
     if runtime.block_on(api.projectors())?.head == 0 {
