@@ -78,6 +78,8 @@ pub struct ViewValue {
 #[derive(Debug, Clone)]
 pub struct Client {
     base: String,
+    /// `base` parsed once, checked to take path segments.
+    base_url: reqwest::Url,
     http: reqwest::Client,
 }
 
@@ -113,6 +115,7 @@ impl Client {
         }
         Ok(Client {
             base: base.trim_end_matches('/').to_string(),
+            base_url: parsed,
             http,
         })
     }
@@ -159,13 +162,14 @@ impl Client {
         serde_json::from_slice(&reply.body).map_err(|e| Error::Decode(e.to_string()))
     }
 
-    fn path(&self, segments: &[&str]) -> Result<String, Error> {
-        let mut url = reqwest::Url::parse(&self.base).map_err(|e| Error::Usage(e.to_string()))?;
+    /// The URL of the path `segments` (each percent-encoded as needed).
+    fn path(&self, segments: &[&str]) -> Result<reqwest::Url, Error> {
+        let mut url = self.base_url.clone();
         url.path_segments_mut()
             .map_err(|()| Error::Usage("the URL cannot be a base".into()))?
             .pop_if_empty()
             .extend(segments);
-        Ok(url.to_string())
+        Ok(url)
     }
 
     fn at(&self, method: Method, segments: &[&str]) -> Result<RequestBuilder, Error> {

@@ -13,6 +13,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
+/// What a client is told of an internal failure.
+pub(super) const INTERNAL: &str =
+    "internal error: Prism's log has the cause under this answer's x-request-id";
+
 /// An error answered to a client.
 #[derive(Debug)]
 pub struct ApiError {
@@ -56,10 +60,7 @@ impl ApiError {
     /// tells the client only where to look.
     pub fn internal(cause: &(dyn std::error::Error + 'static)) -> Self {
         tracing::error!(error = %chain(cause), "request failed");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal error: Prism's log has the cause under this answer's x-request-id",
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, INTERNAL)
     }
 
     /// An error whose JSON body is `body` (which has an `error` message and details).

@@ -262,7 +262,7 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::R
     tracing::error!(panic = what, "a request handler panicked");
     ApiError::new(
         axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-        "internal error: Prism's log has the cause under this answer's x-request-id",
+        error::INTERNAL,
     )
     .into_response()
 }

@@ -87,38 +87,36 @@ struct ViewBytes(Vec<u8>);
 /// Waits until `generation` has passed `consistency.min_position`; 504 with the current
 /// checkpoint when it does not within the timeout.
 async fn wait(consistency: &Consistency, generation: &Generation) -> Result<(), ApiError> {
-    {
-        let Some(position) = consistency.min_position else {
-            return Ok(());
-        };
-        let timeout_ms = consistency.timeout_ms.unwrap_or(5_000);
-        if timeout_ms > MAX_WAIT_MS {
-            return Err(ApiError::bad_request(format!(
-                "timeout_ms is at most {MAX_WAIT_MS}"
-            )));
-        }
-        let mut status = generation.watch();
-        let reached = tokio::time::timeout(
-            std::time::Duration::from_millis(timeout_ms),
-            status.wait_for(|s| s.checkpoint >= position),
-        )
-        .await
-        .is_ok_and(|waited| waited.is_ok());
-        if reached {
-            Ok(())
-        } else {
-            let checkpoint = status.borrow().checkpoint;
-            Err(ApiError::detailed(
-                axum::http::StatusCode::GATEWAY_TIMEOUT,
-                &prism_client::wire::NotReached {
-                    error: format!(
-                        "the view has not reached position {position} within {timeout_ms} ms (it is at {checkpoint})"
-                    ),
-                    checkpoint,
-                    min_position: position,
-                },
-            ))
-        }
+    let Some(position) = consistency.min_position else {
+        return Ok(());
+    };
+    let timeout_ms = consistency.timeout_ms.unwrap_or(5_000);
+    if timeout_ms > MAX_WAIT_MS {
+        return Err(ApiError::bad_request(format!(
+            "timeout_ms is at most {MAX_WAIT_MS}"
+        )));
+    }
+    let mut status = generation.watch();
+    let reached = tokio::time::timeout(
+        std::time::Duration::from_millis(timeout_ms),
+        status.wait_for(|s| s.checkpoint >= position),
+    )
+    .await
+    .is_ok_and(|waited| waited.is_ok());
+    if reached {
+        Ok(())
+    } else {
+        let checkpoint = status.borrow().checkpoint;
+        Err(ApiError::detailed(
+            axum::http::StatusCode::GATEWAY_TIMEOUT,
+            &prism_client::wire::NotReached {
+                error: format!(
+                    "the view has not reached position {position} within {timeout_ms} ms (it is at {checkpoint})"
+                ),
+                checkpoint,
+                min_position: position,
+            },
+        ))
     }
 }
 

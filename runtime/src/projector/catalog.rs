@@ -57,11 +57,6 @@ impl GenerationRecord {
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a generation record serializes")
     }
-
-    /// A record from [`to_json`](Self::to_json)'s bytes.
-    pub fn from_json(bytes: &[u8]) -> Option<GenerationRecord> {
-        serde_json::from_slice(bytes).ok()
-    }
 }
 
 /// The catalog of deployments, and the module files.

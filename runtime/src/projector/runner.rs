@@ -226,7 +226,10 @@ impl Runner {
     }
 
     fn follow(&mut self, running: &mut Running) -> Result<(), Fault> {
-        let mut checkpoint = self.store.checkpoint().map_err(|e| fault(e.to_string()))?;
+        let mut checkpoint = self
+            .store
+            .checkpoint()
+            .map_err(|e| Fault::message(e.to_string()))?;
         let mut head = self.log.subscribe();
         let mut batch = EventBatch::default();
         let mut last_durable = Instant::now();
@@ -268,7 +271,7 @@ impl Runner {
                     }
                     batch.byte_len() < MAX_BATCH_BYTES && position < end
                 })
-                .map_err(|e| fault(e.to_string()))?;
+                .map_err(|e| Fault::message(e.to_string()))?;
             let Some(last) = last else {
                 self.set(|s| s.state = State::Live);
                 // Once per catching up: a report handled late or refused (a promotion whose
@@ -291,7 +294,11 @@ impl Runner {
                 }
                 continue;
             };
-            let view = BatchView::new(self.store.snapshot().map_err(|e| fault(e.to_string()))?);
+            let view = BatchView::new(
+                self.store
+                    .snapshot()
+                    .map_err(|e| Fault::message(e.to_string()))?,
+            );
             let mut passed = false;
             let view = if batch.is_empty() {
                 view
@@ -329,7 +336,7 @@ impl Runner {
                         // writes are tainted: drop both, and start again from the checkpoint.
                         running.instance = self
                             .instantiate(&running.code)
-                            .map_err(|e| fault(e.to_string()))?;
+                            .map_err(|e| Fault::message(e.to_string()))?;
                         checkpoint = self.handle_poison(running, &mut batch, e)?;
                         continue;
                     }
@@ -347,7 +354,7 @@ impl Runner {
             } else {
                 self.store.commit(&overlay, last, durable, None)
             }
-            .map_err(|e| fault(e.to_string()))?;
+            .map_err(|e| Fault::message(e.to_string()))?;
             running.unrecorded = false;
             if passed {
                 tracing::info!(module = %running.code.record.module, "reload complete: the new module applied its first batch");
@@ -393,7 +400,11 @@ impl Runner {
         error: ApplyError,
     ) -> Result<u64, Fault> {
         let (index, position) = (error.index(), error.position());
-        let mut view = BatchView::new(self.store.snapshot().map_err(|e| fault(e.to_string()))?);
+        let mut view = BatchView::new(
+            self.store
+                .snapshot()
+                .map_err(|e| Fault::message(e.to_string()))?,
+        );
         if index > 0 {
             batch.truncate(index);
             match running.instance.apply(batch, view) {
@@ -419,7 +430,7 @@ impl Runner {
         let overlay = view.into_overlay();
         self.store
             .commit(&overlay, checkpoint, true, letter.as_ref())
-            .map_err(|e| fault(e.to_string()))?;
+            .map_err(|e| Fault::message(e.to_string()))?;
         if let Some(feed) = &self.changes {
             feed.publish(checkpoint, overlay);
         }
@@ -524,9 +535,4 @@ enum Wake {
     Message(Control),
     /// The log or the registry is gone.
     Gone,
-}
-
-/// A fault with only a message.
-pub fn fault(message: String) -> Fault {
-    Fault::message(message)
 }

@@ -5,8 +5,8 @@ use super::Registry;
 use crate::projector::catalog::{Deployment, GenerationRecord};
 use crate::projector::control::{Code, Control, RunnerHandle, Swap};
 use crate::projector::error::DeployError;
-use crate::projector::runner::{Runner, StopAt, fault};
-use crate::projector::{ChangeFeed, State, Status};
+use crate::projector::runner::{Runner, StopAt};
+use crate::projector::{ChangeFeed, Fault, State, Status};
 use crate::store::{StoreError, ViewStore};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -152,16 +152,17 @@ impl Registry {
         }))
     }
 
-    /// Loads `record`'s module, instantiates it and starts a runner on `store`.
+    /// Loads `record`'s module, instantiates it and starts a runner on `store`, with `first`
+    /// in its mailbox.
     pub(super) fn launch(
         &self,
         name: &str,
         record: &GenerationRecord,
         store: Arc<ViewStore>,
-        paused: bool,
+        first: Vec<Control>,
     ) -> Result<Arc<Generation>, LaunchError> {
         let (code, instance) = self.instantiate(name, record).map_err(LaunchError::Code)?;
-        self.spawn(name, code, instance, store, first_controls(paused))
+        self.spawn(name, code, instance, store, first)
             .map_err(LaunchError::Spawn)
     }
 
@@ -192,9 +193,6 @@ impl Registry {
         deployment: &Deployment,
         store: Arc<ViewStore>,
     ) -> Result<(Arc<Generation>, Option<String>), LaunchError> {
-        let (code, instance) = self
-            .instantiate(name, &deployment.serving)
-            .map_err(LaunchError::Code)?;
         let mut first = first_controls(deployment.paused);
         let mut trial_error = None;
         if let Some(trial) = &deployment.trial {
@@ -208,9 +206,7 @@ impl Registry {
                 Err(e) => trial_error = Some(crate::projector::error::chain(&e)),
             }
         }
-        let generation = self
-            .spawn(name, code, instance, store, first)
-            .map_err(LaunchError::Spawn)?;
+        let generation = self.launch(name, &deployment.serving, store, first)?;
         Ok((generation, trial_error))
     }
 
@@ -224,7 +220,7 @@ impl Registry {
         let checkpoint = store.checkpoint()?;
         let mut status = Status::starting(record.clone(), checkpoint);
         status.state = State::Faulted;
-        status.error = Some(fault(message));
+        status.error = Some(Fault::message(message));
         Ok(Arc::new(Generation {
             id: record.id,
             store,
@@ -263,7 +259,8 @@ impl Registry {
                 let Some(record) = &deployment.pending else {
                     return Ok(());
                 };
-                self.launch(name, record, old.store.clone(), deployment.paused)?
+                let first = first_controls(deployment.paused);
+                self.launch(name, record, old.store.clone(), first)?
             }
         };
         projector.replace(role, restarted);

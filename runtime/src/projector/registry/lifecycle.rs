@@ -70,11 +70,12 @@ impl Registry {
             .or_else(|| latest.as_ref().map(|r| r.on_error))
             .unwrap_or_default();
         let instance = self.inner.engine.instantiate(&module, name, &config)?;
-        // Accepted: only now is the upload stored, and its compiled code kept.
+        // Accepted: only now is the upload stored, and its compiled code kept (a stored
+        // module's was kept when it was loaded).
         if let Some(component) = upload {
             self.inner.catalog.store_module(&module.hash, &component)?;
+            self.inner.engine.keep(&module);
         }
-        self.inner.engine.keep(&module);
         let record = GenerationRecord {
             id: 1,
             module: module.hash.clone(),
@@ -388,17 +389,16 @@ impl Registry {
             None => None,
             Some(record) => {
                 let store = self.open_view(name, record.id, false)?;
-                Some(
-                    match self.launch(name, record, store.clone(), deployment.paused) {
-                        Ok(pending) => pending,
-                        Err(LaunchError::Spawn(e)) => return Err(RegistryError::Spawn(e)),
-                        Err(LaunchError::Code(e)) => {
-                            let message = crate::projector::error::chain(&e);
-                            tracing::error!(projector = name, generation = record.id, error = %message, "rebuild failed to load");
-                            self.failed(record, store, message)?
-                        }
-                    },
-                )
+                let first = first_controls(deployment.paused);
+                Some(match self.launch(name, record, store.clone(), first) {
+                    Ok(pending) => pending,
+                    Err(LaunchError::Spawn(e)) => return Err(RegistryError::Spawn(e)),
+                    Err(LaunchError::Code(e)) => {
+                        let message = crate::projector::error::chain(&e);
+                        tracing::error!(projector = name, generation = record.id, error = %message, "rebuild failed to load");
+                        self.failed(record, store, message)?
+                    }
+                })
             }
         };
         let handle = ProjectorHandle::new(name, deployment, serving, pending);
