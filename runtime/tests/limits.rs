@@ -11,8 +11,18 @@ use serde_json::{Value, json};
 /// Deploys `wasm` as `name` next to an event-counter, appends `ok, ok, <bad>, ok` in one
 /// append (one batch), and checks that only `name` stopped, right before the bad event.
 async fn stops_just_before(wasm: &str, bad_type: &str, expect_in_error: &str) {
+    stops_just_before_with(wasm, bad_type, expect_in_error, |_| {}).await;
+}
+
+/// [`stops_just_before`] on a Prism configured by `configure`; returns the fault's message.
+pub async fn stops_just_before_with(
+    wasm: &str,
+    bad_type: &str,
+    expect_in_error: &str,
+    configure: impl FnOnce(&mut prism::server::ServerConfig),
+) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let (server, client) = common::start(dir.path()).await;
+    let (server, client) = common::start_with(dir.path(), configure).await;
     client.deploy("hostile", wasm).await;
     client.deploy("counter", artifacts::EVENT_COUNTER).await;
     client
@@ -57,6 +67,7 @@ async fn stops_just_before(wasm: &str, bad_type: &str, expect_in_error: &str) {
         .await;
     assert_eq!(again["checkpoint"], 2);
     server.stop().await;
+    message.to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -72,6 +83,47 @@ async fn a_memory_bomb_hits_the_memory_cap() {
 #[tokio::test(flavor = "multi_thread")]
 async fn deep_recursion_hits_the_stack_cap() {
     stops_just_before(artifacts::DEEP_RECURSION, "Recurse", "stack").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_value_over_the_size_limit_traps() {
+    stops_just_before(artifacts::HOSTILE, "BigValue", "max_value_bytes").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delete_checks_its_key_length() {
+    stops_just_before(artifacts::HOSTILE, "LongDelete", "longer than the limit").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scan_asking_for_everything_traps_before_the_host_builds_it() {
+    stops_just_before(artifacts::HOSTILE, "ScanAll", "max_scan_entries").await;
+}
+
+/// The SDK sends a batch's writes when `apply` ends, so the write budget is broken by the
+/// batch's last event; the batch is split until the event that is over the budget alone is
+/// found, and only it faults (the others, before and after it, are applied).
+#[tokio::test(flavor = "multi_thread")]
+async fn too_many_writes_fault_the_event_that_made_them_however_batched() {
+    stops_just_before_with(
+        artifacts::HOSTILE,
+        "ManyWrites",
+        "max_batch_writes",
+        |config| {
+            config.sandbox.max_batch_writes = 1000;
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_error_message_is_cut_before_it_is_kept() {
+    let message = stops_just_before_with(artifacts::HOSTILE, "HugeError", "eeee", |_| {}).await;
+    assert!(
+        message.len() <= 4096 + 64,
+        "a {} byte error message was kept",
+        message.len()
+    );
 }
 
 fn poison_history() -> Value {

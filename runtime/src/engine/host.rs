@@ -7,7 +7,8 @@
 
 use super::bindings::{host, types, view};
 use super::convert;
-use crate::store::{BatchView, MAX_KEY_LEN};
+use super::limits::{Limit, Limiter, Sandbox, Written};
+use crate::store::BatchView;
 
 /// A projector instance's host-side state.
 pub struct HostState {
@@ -19,8 +20,12 @@ pub struct HostState {
     pub(super) log: std::sync::Arc<super::output::ProjectorOutput>,
     /// The batch being applied, while `apply` runs.
     pub(super) batch: Option<BatchView>,
-    /// Memory and table caps.
-    pub(super) limits: wasmtime::StoreLimits,
+    /// Memory and table caps, over all the instance's memories and tables.
+    pub(super) limiter: Limiter,
+    /// The limits on view calls.
+    pub(super) sandbox: Sandbox,
+    /// What the batch being applied has written (reset by `apply`).
+    pub(super) written: Written,
     /// The instruction budget each event gets at `begin-event` (`None`: not metered).
     pub(super) fuel_per_event: Option<u64>,
     /// How many events the batch being applied holds.
@@ -39,20 +44,16 @@ impl HostState {
             .as_mut()
             .ok_or_else(|| wasmtime::format_err!("the view is only available during apply"))
     }
+
+    /// Counts a write against the batch's budget, or traps with the limit it breaks.
+    fn count(&mut self, key: &str, value: Option<&[u8]>) -> wasmtime::Result<()> {
+        self.written
+            .count(&self.sandbox, key, value)
+            .map_err(wasmtime::Error::new)
+    }
 }
 
 impl types::Host for HostState {}
-
-/// Traps on a key longer than the limit.
-fn check_key(key: &str) -> wasmtime::Result<()> {
-    if key.len() > MAX_KEY_LEN {
-        wasmtime::bail!(
-            "view key of {} bytes is longer than the limit of {MAX_KEY_LEN}",
-            key.len()
-        );
-    }
-    Ok(())
-}
 
 impl view::Host for HostState {
     fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
@@ -60,24 +61,26 @@ impl view::Host for HostState {
     }
 
     fn put(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
-        check_key(&key)?;
+        self.batch()?;
+        self.count(&key, Some(&value))?;
         self.batch()?.put(key, value);
         Ok(())
     }
 
     fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        self.batch()?;
+        self.count(&key, None)?;
         self.batch()?.delete(key);
         Ok(())
     }
 
     fn write_many(&mut self, writes: Vec<(String, Option<Vec<u8>>)>) -> wasmtime::Result<()> {
-        let batch = self.batch()?;
+        self.batch()?;
         for (key, value) in writes {
+            self.count(&key, value.as_deref())?;
+            let batch = self.batch()?;
             match value {
-                Some(value) => {
-                    check_key(&key)?;
-                    batch.put(key, value);
-                }
+                Some(value) => batch.put(key, value),
                 None => batch.delete(key),
             }
         }
@@ -90,9 +93,17 @@ impl view::Host for HostState {
         after: Option<String>,
         limit: u32,
     ) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
-        Ok(self
+        let (max_entries, max_bytes) = (self.sandbox.max_scan_entries, self.sandbox.max_scan_bytes);
+        if limit > max_entries {
+            return Err(wasmtime::Error::new(Limit::ScanEntries {
+                asked: limit,
+                max: max_entries,
+            }));
+        }
+        let entries = self
             .batch()?
-            .scan(&prefix, after.as_deref(), limit as usize)?)
+            .scan(&prefix, after.as_deref(), limit as usize, max_bytes)?;
+        entries.ok_or_else(|| wasmtime::Error::new(Limit::ScanBytes { max: max_bytes }))
     }
 }
 

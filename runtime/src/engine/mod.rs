@@ -11,10 +11,13 @@
 mod bindings;
 mod convert;
 mod host;
+mod limits;
 mod output;
 
 pub use convert::{Descriptor, EventBatch, Subscription};
 use host::HostState;
+pub use limits::{Limit, Sandbox};
+use limits::{Limiter, Written, describe_trap};
 pub use output::{GuestOutput, OutputLine};
 
 use crate::store::BatchView;
@@ -80,6 +83,15 @@ pub enum ApplyError {
         position: u64,
         message: String,
     },
+    /// The batch's writes broke a limit on writes ([`Limit::splits`]); which of its `events`
+    /// wrote too much is not known (the SDK sends a batch's writes at its end), so the runner
+    /// applies smaller batches until the event over the limit is alone. The instance is unusable.
+    #[error("trapped: {message}")]
+    Writes {
+        events: usize,
+        position: u64,
+        message: String,
+    },
     /// The guest trapped (a bug, or a sandbox limit hit) while applying the event at `index`;
     /// the instance is unusable.
     #[error("trapped: {message}")]
@@ -95,55 +107,16 @@ impl ApplyError {
     pub fn index(&self) -> usize {
         match self {
             ApplyError::Guest { index, .. } | ApplyError::Trap { index, .. } => *index,
+            ApplyError::Writes { .. } => 0,
         }
     }
 
     /// The position of the event that failed.
     pub fn position(&self) -> u64 {
         match self {
-            ApplyError::Guest { position, .. } | ApplyError::Trap { position, .. } => *position,
-        }
-    }
-}
-
-/// The sandbox every projector instance runs in. All limits trap the call that exceeds them;
-/// the runner then drops the instance, discards the batch's writes, and applies its error policy
-/// to the event that was running.
-///
-/// In the config file's `[sandbox]` table (and `--print-config`): `fuel_per_event`,
-/// `max_memory_bytes` and `max_wasm_stack`; the other fields are for benchmarks and tests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Sandbox {
-    /// Whether instructions are metered at all. Without metering there is no instruction budget
-    /// and a runaway loop never stops: for benchmarks that measure what metering costs, never
-    /// for serving.
-    #[serde(skip)]
-    pub meter_fuel: bool,
-    /// Instructions (wasmtime fuel) one event may use. Fuel is deterministic: an event that is
-    /// too expensive is so on every machine and every replay, however events were batched.
-    pub fuel_per_event: u64,
-    /// Instructions for starting an instance (instantiation, `describe`, `init`).
-    #[serde(skip)]
-    pub fuel_to_start: u64,
-    /// Largest linear memory of an instance, in bytes.
-    pub max_memory_bytes: usize,
-    /// Most elements in a table.
-    #[serde(skip)]
-    pub max_table_elements: usize,
-    /// Largest Wasm stack, in bytes (deep recursion traps instead of crashing Prism).
-    pub max_wasm_stack: usize,
-}
-
-impl Default for Sandbox {
-    fn default() -> Self {
-        Sandbox {
-            meter_fuel: true,
-            fuel_per_event: 100_000_000,
-            fuel_to_start: 1_000_000_000,
-            max_memory_bytes: 64 << 20,
-            max_table_elements: 100_000,
-            max_wasm_stack: 512 << 10,
+            ApplyError::Guest { position, .. }
+            | ApplyError::Trap { position, .. }
+            | ApplyError::Writes { position, .. } => *position,
         }
     }
 }
@@ -346,11 +319,9 @@ impl Engine {
                 module: module.hash.clone(),
                 log: self.output.of(name),
                 batch: None,
-                limits: wasmtime::StoreLimitsBuilder::new()
-                    .memory_size(limits.max_memory_bytes)
-                    .table_elements(limits.max_table_elements)
-                    .trap_on_grow_failure(true)
-                    .build(),
+                limiter: Limiter::new(&limits),
+                sandbox: limits,
+                written: Written::default(),
                 fuel_per_event: limits.meter_fuel.then_some(limits.fuel_per_event),
                 batch_len: 0,
                 next_event: 0,
@@ -358,7 +329,7 @@ impl Engine {
                 refuel: false,
             },
         );
-        store.limiter(|state| &mut state.limits);
+        store.limiter(|state| &mut state.limiter);
         // `begin-event` asks for a refill; it happens as the call returns to Wasm.
         store.call_hook(|mut ctx, hook| {
             if matches!(hook, wasmtime::CallHook::ReturningFromHost) && ctx.data().refuel {
@@ -378,7 +349,7 @@ impl Engine {
         guest
             .call_init(&mut store, config)
             .map_err(trap)?
-            .map_err(InstanceError::Init)?;
+            .map_err(|e| InstanceError::Init(output::cut(&e).to_string()))?;
         Ok(Instance {
             limits,
             module: module.hash.clone(),
@@ -388,44 +359,6 @@ impl Engine {
             descriptor,
         })
     }
-}
-
-/// A short trap message: which sandbox limit was hit when one was, the trap itself, and the
-/// innermost few Wasm frames (a deep recursion's backtrace would otherwise run to thousands of
-/// lines).
-fn describe_trap(error: &wasmtime::Error, limits: &Sandbox) -> String {
-    let limit = match error.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::OutOfFuel) => Some(format!(
-            "exceeded its instruction budget ({} per event)",
-            limits.fuel_per_event
-        )),
-        Some(wasmtime::Trap::StackOverflow) => Some(format!(
-            "exceeded the Wasm stack limit ({} bytes)",
-            limits.max_wasm_stack
-        )),
-        _ => None,
-    };
-    let cause = error.root_cause().to_string();
-    let frames = error
-        .downcast_ref::<wasmtime::WasmBacktrace>()
-        .map(|trace| {
-            trace
-                .frames()
-                .iter()
-                .take(3)
-                .map(|f| f.func_name().unwrap_or("?").to_string())
-                .collect::<Vec<_>>()
-                .join(" < ")
-        })
-        .filter(|frames| !frames.is_empty());
-    let mut message = match limit {
-        Some(limit) => format!("{limit}: {cause}"),
-        None => cause,
-    };
-    if let Some(frames) = frames {
-        message.push_str(&format!(" (in {frames})"));
-    }
-    message
 }
 
 /// Refuses a component that imports anything but Prism's interfaces, naming what it imports.
@@ -485,6 +418,7 @@ impl Instance {
         state.next_event = 0;
         state.current_event = None;
         state.refuel = false;
+        state.written = Written::default();
         let fuel_per_event = state.fuel_per_event;
         // Fuel for the code before the first `begin-event`; each event then gets its own.
         let refuel = match fuel_per_event {
@@ -509,7 +443,14 @@ impl Instance {
                 Err(ApplyError::Guest {
                     index,
                     position: batch.position(index).unwrap_or_default(),
-                    message: e.message,
+                    message: output::cut(&e.message).to_string(),
+                })
+            }
+            Err(trap) if trap.downcast_ref::<Limit>().is_some_and(Limit::splits) => {
+                Err(ApplyError::Writes {
+                    events: batch.len(),
+                    position: batch.position(0).unwrap_or_default(),
+                    message: describe_trap(&trap, &self.limits),
                 })
             }
             Err(trap) => {

@@ -76,7 +76,7 @@ impl ProjectorOutput {
         module: &str,
         message: &'m str,
     ) -> Option<&'m str> {
-        let message = truncate(message);
+        let message = cut(message);
         self.write_at(Instant::now(), level, module, message)
             .then_some(message)
     }
@@ -153,7 +153,9 @@ fn level_name(level: tracing::Level) -> &'static str {
     }
 }
 
-fn truncate(message: &str) -> &str {
+/// `message` cut to [`MAX_MESSAGE_BYTES`] at a character boundary: every text a guest hands
+/// the host (log lines, error messages) is cut before it is kept or shown.
+pub fn cut(message: &str) -> &str {
     if message.len() <= MAX_MESSAGE_BYTES {
         return message;
     }
@@ -208,7 +210,7 @@ mod tests {
     #[test]
     fn long_messages_are_cut_at_a_character_boundary() {
         let long = "é".repeat(MAX_MESSAGE_BYTES);
-        let cut = truncate(&long);
+        let cut = cut(&long);
         assert!(cut.len() <= MAX_MESSAGE_BYTES && cut.len() >= MAX_MESSAGE_BYTES - 1);
     }
 }

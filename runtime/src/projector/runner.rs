@@ -23,7 +23,7 @@ use super::error::RetryError;
 use super::{ErrorPolicy, Fault, State, Status};
 use crate::engine::{ApplyError, Engine, EventBatch, Instance, InstanceError, Subscription};
 use crate::log::EventLog;
-use crate::store::{BatchView, DeadLetter, ViewStore};
+use crate::store::{BatchView, DeadLetter, Overlay, ViewStore};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, watch};
@@ -234,6 +234,10 @@ impl Runner {
         let mut batch = EventBatch::default();
         let mut last_durable = Instant::now();
         let mut reported_caught_up = false;
+        // Most events the next batch may hold: lowered to split a batch whose writes broke a
+        // limit, or to apply the events before a poison event on their own; raised again as
+        // batches pass.
+        let mut batch_limit = MAX_BATCH_EVENTS;
         self.set(|s| {
             s.checkpoint = checkpoint;
             s.rate.record(checkpoint);
@@ -269,7 +273,9 @@ impl Runner {
                     if subscription.matches(event.stream, event.event_type) {
                         batch.push(position, event);
                     }
-                    batch.byte_len() < MAX_BATCH_BYTES && position < end
+                    batch.len() < batch_limit
+                        && batch.byte_len() < MAX_BATCH_BYTES
+                        && position < end
                 })
                 .map_err(|e| Fault::message(e.to_string()))?;
             let Some(last) = last else {
@@ -314,6 +320,15 @@ impl Runner {
                         passed = running.proven.take().is_some();
                         view
                     }
+                    (_, Err(ApplyError::Writes { events, .. })) if events > 1 => {
+                        // Which event wrote too much is not known: apply half as many at a
+                        // time until it is alone (its verdict then never depends on batching).
+                        running.instance = self
+                            .instantiate(&running.code)
+                            .map_err(|e| Fault::message(e.to_string()))?;
+                        batch_limit = events / 2;
+                        continue;
+                    }
                     (_, Err(e)) => {
                         if let Some((proven_code, proven)) = running.proven.take() {
                             // The code on trial failed its first batch: back to the proven code
@@ -333,11 +348,17 @@ impl Runner {
                             continue;
                         }
                         // A poison event. The instance may be broken (a trap) and the batch's
-                        // writes are tainted: drop both, and start again from the checkpoint.
+                        // writes are tainted: drop both. The events before it are applied again
+                        // as a batch of their own; the poison event then fails first in its
+                        // batch and meets the error policy.
                         running.instance = self
                             .instantiate(&running.code)
                             .map_err(|e| Fault::message(e.to_string()))?;
-                        checkpoint = self.handle_poison(running, &mut batch, e)?;
+                        if e.index() > 0 {
+                            batch_limit = e.index();
+                        } else {
+                            checkpoint = self.handle_poison(running, e)?;
+                        }
                         continue;
                     }
                 }
@@ -374,6 +395,7 @@ impl Runner {
             }
             checkpoint = last;
             reported_caught_up = false;
+            batch_limit = batch_limit.saturating_mul(2).min(MAX_BATCH_EVENTS);
             let behind = self.log.head() > checkpoint;
             let applied = batch.len() as u64;
             self.set(|s| {
@@ -390,29 +412,11 @@ impl Runner {
         }
     }
 
-    /// Commits the events of `batch` before the one `error` names (re-applied by the fresh
-    /// `instance`), then applies the error policy to the failing event. Returns the new
-    /// checkpoint, or the fault that stops the runner.
-    fn handle_poison(
-        &mut self,
-        running: &mut Running,
-        batch: &mut EventBatch,
-        error: ApplyError,
-    ) -> Result<u64, Fault> {
-        let (index, position) = (error.index(), error.position());
-        let mut view = BatchView::new(
-            self.store
-                .snapshot()
-                .map_err(|e| Fault::message(e.to_string()))?,
-        );
-        if index > 0 {
-            batch.truncate(index);
-            match running.instance.apply(batch, view) {
-                (applied, Ok(())) => view = applied,
-                // Deterministic code fails the same way twice; anything else is a fault.
-                (_, Err(again)) => return Err(self.describe_failure(again)),
-            }
-        }
+    /// Applies the error policy to the event `error` names, the first of its batch: `stop`
+    /// faults the runner, `skip` dead-letters the event in the checkpoint's transaction.
+    /// Returns the new checkpoint, or the fault that stops the runner.
+    fn handle_poison(&mut self, running: &mut Running, error: ApplyError) -> Result<u64, Fault> {
+        let position = error.position();
         let failure = self.describe_failure(error);
         let (checkpoint, letter) = match running.code.record.on_error {
             ErrorPolicy::Stop => (position - 1, None),
@@ -427,17 +431,16 @@ impl Runner {
                 (position, Some(letter))
             }
         };
-        let overlay = view.into_overlay();
+        // Durably, also when stopping: the fault is where a restart resumes.
         self.store
-            .commit(&overlay, checkpoint, true, letter.as_ref())
+            .commit(&Overlay::new(), checkpoint, true, letter.as_ref())
             .map_err(|e| Fault::message(e.to_string()))?;
-        if let Some(feed) = &self.changes {
-            feed.publish(checkpoint, overlay);
+        if letter.is_some()
+            && let Some(feed) = &self.changes
+        {
+            feed.publish(checkpoint, Overlay::new());
         }
-        self.set(|s| {
-            s.checkpoint = checkpoint;
-            s.events_applied += index as u64;
-        });
+        self.set(|s| s.checkpoint = checkpoint);
         match letter {
             None => Err(failure),
             Some(_) => {

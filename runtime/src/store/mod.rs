@@ -391,6 +391,13 @@ fn bound<'a>(start: &Start<'a>) -> Bound<&'a str> {
     }
 }
 
+/// Which side of a merged scan the next entry comes from.
+enum Take {
+    Committed,
+    Pending,
+    PendingOverCommitted,
+}
+
 /// A batch in progress: reads see the batch's own writes over the committed snapshot.
 pub struct BatchView {
     base: ViewSnapshot,
@@ -425,35 +432,71 @@ impl BatchView {
     }
 
     /// A scan of the view as this batch sees it: committed entries merged with the batch's
-    /// writes.
+    /// writes, walked side by side so that no more than `limit` entries are ever built. `None`
+    /// when the entries would pass `max_bytes` (keys and values).
     pub fn scan(
         &self,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<Entry>, StoreError> {
-        // Committed entries first; the batch's deletions may hide some, so read enough extra.
-        let hidden = self.overlay.values().filter(|v| v.is_none()).count();
-        let committed = self
-            .base
-            .scan(prefix, after, limit.saturating_add(hidden))?;
+        max_bytes: usize,
+    ) -> Result<Option<Vec<Entry>>, StoreError> {
         let start = scan_start(prefix, after);
-        let pending = self
+        let mut committed = self
+            .base
+            .view
+            .range::<&str>((bound(&start), Bound::Unbounded))?
+            .peekable();
+        let mut pending = self
             .overlay
             .range::<str, _>((bound(&start), Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix));
-        let mut merged: BTreeMap<&str, Option<&[u8]>> = committed
-            .iter()
-            .map(|(k, v)| (k.as_str(), Some(v.as_slice())))
-            .collect();
-        for (key, value) in pending {
-            merged.insert(key, value.as_deref());
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .peekable();
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        while out.len() < limit {
+            // Which side holds the next key: the batch's write wins over a committed entry
+            // with the same key (which is then passed over).
+            let take = match (committed.peek(), pending.peek()) {
+                (Some(Err(_)), _) => {
+                    let error = committed.next().and_then(Result::err);
+                    return Err(error.expect("peeked an error").into());
+                }
+                (Some(Ok((key, _))), pending_next) if key.value().starts_with(prefix) => {
+                    match pending_next {
+                        Some((p, _)) => match p.as_str().cmp(key.value()) {
+                            std::cmp::Ordering::Less => Take::Pending,
+                            std::cmp::Ordering::Equal => Take::PendingOverCommitted,
+                            std::cmp::Ordering::Greater => Take::Committed,
+                        },
+                        None => Take::Committed,
+                    }
+                }
+                (_, Some(_)) => Take::Pending,
+                (_, None) => break,
+            };
+            let entry = match take {
+                Take::Committed => {
+                    let (key, value) = committed.next().expect("peeked")?;
+                    Some((key.value().to_string(), value.value().to_vec()))
+                }
+                Take::Pending | Take::PendingOverCommitted => {
+                    if matches!(take, Take::PendingOverCommitted) {
+                        committed.next();
+                    }
+                    let (key, value) = pending.next().expect("peeked");
+                    value.as_ref().map(|v| (key.clone(), v.clone()))
+                }
+            };
+            if let Some((key, value)) = entry {
+                bytes = bytes.saturating_add(key.len() + value.len());
+                if bytes > max_bytes {
+                    return Ok(None);
+                }
+                out.push((key, value));
+            }
         }
-        Ok(merged
-            .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k.to_string(), v.to_vec())))
-            .take(limit)
-            .collect())
+        Ok(Some(out))
     }
 
     /// The batch's writes, to commit.
@@ -523,6 +566,10 @@ mod tests {
         );
     }
 
+    fn keys_of(entries: Vec<Entry>) -> Vec<String> {
+        entries.into_iter().map(|(k, _)| k).collect()
+    }
+
     #[test]
     fn a_batch_reads_its_own_writes_and_scans_merge_them() {
         let (_dir, store) = store();
@@ -540,11 +587,29 @@ mod tests {
         batch.put("k/3".into(), b"z".to_vec());
         assert_eq!(batch.get("k/1").unwrap(), Some(b"new".to_vec()));
         assert_eq!(batch.get("k/2").unwrap(), None);
-        let scanned = batch.scan("k/", None, 10).unwrap();
+        let scanned = batch.scan("k/", None, 10, usize::MAX).unwrap().unwrap();
         let keys: Vec<_> = scanned.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["k/1", "k/3", "k/4"]);
         assert_eq!(scanned[0].1, b"new");
-        assert_eq!(batch.scan("k/", None, 2).unwrap().len(), 2);
+        assert_eq!(
+            batch
+                .scan("k/", None, 2, usize::MAX)
+                .unwrap()
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            keys_of(
+                batch
+                    .scan("k/", Some("k/1"), 10, usize::MAX)
+                    .unwrap()
+                    .unwrap()
+            ),
+            ["k/3", "k/4"]
+        );
+        // Past the byte cap: refused, not cut.
+        assert_eq!(batch.scan("k/", None, 10, 4).unwrap(), None);
         // Nothing is visible outside the batch until it commits.
         assert_eq!(
             store.snapshot().unwrap().get("k/1").unwrap(),
