@@ -39,6 +39,7 @@ fn main() -> anyhow::Result<()> {
         )?;
     }
     build_c_projectors(&root, &guests.join("c"), &out_dir.join("c"), &mut consts)?;
+    build_wat_fixtures(&root, &guests.join("fixtures/wat"), &out_dir, &mut consts)?;
     std::fs::write(out_dir.join("artifacts.rs"), consts)?;
     Ok(())
 }
@@ -93,6 +94,38 @@ fn build_c_projectors(
              pub const {ident}_CORE: &str = {core:?};",
             component = component_path.display().to_string(),
             core = core.display().to_string(),
+        )?;
+    }
+    Ok(())
+}
+
+/// Turns each hand-written core module in `wat_dir` (`<name>.wat`, for what no compiler emits)
+/// into a projector component: its `<NAME>` constant.
+fn build_wat_fixtures(
+    root: &Path,
+    wat_dir: &Path,
+    out_dir: &Path,
+    consts: &mut String,
+) -> anyhow::Result<()> {
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(wat_dir)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    sources.retain(|path| path.extension().is_some_and(|e| e == "wat"));
+    sources.sort();
+    for path in sources {
+        println!("cargo:rerun-if-changed={}", path.display());
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let core = wat::parse_file(&path)?;
+        let core = prism_toolchain::embed_world(&core, &root.join("wit"), "projector-world")?;
+        let component = prism_toolchain::componentize(&core)?;
+        let component_path = out_dir.join(format!("{name}.component.wasm"));
+        std::fs::write(&component_path, component)?;
+        writeln!(
+            consts,
+            "/// The hand-written `{name}` fixture (`example-projectors/fixtures/wat/{name}.wat`), as a component.\n\
+             pub const {ident}: &str = {component:?};",
+            ident = name.to_uppercase().replace('-', "_"),
+            component = component_path.display().to_string(),
         )?;
     }
     Ok(())

@@ -86,3 +86,29 @@ fn walk(dir: &std::path::Path) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// A module with 17 memories gets one memory cap for all of them, not one each: growing its
+/// extra memories by 32 MiB apiece traps at the second (16 × 32 MiB would fit caps of 64 MiB
+/// each).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_memory_cap_counts_every_memory_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = common::start(dir.path()).await;
+    client.deploy("memories", artifacts::MANY_MEMORIES).await;
+    client.deploy("counter", artifacts::EVENT_COUNTER).await;
+    client
+        .append("s-1", json!([{"type": "Any", "data": {}}]))
+        .await;
+    let status = client
+        .wait_until("memories", "a fault", |s| s["state"] == "faulted")
+        .await;
+    let message = status["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("all its memories together"),
+        "{message}"
+    );
+    assert_eq!(status["checkpoint"], 0);
+    client.wait_caught_up("counter").await;
+    assert_eq!(client.view("counter", "total").await, json!(1));
+    server.stop().await;
+}

@@ -217,6 +217,25 @@ pub fn componentize(core_module: &[u8]) -> Result<Vec<u8>> {
         .context("encoding the component")
 }
 
+/// Embeds the component type of `world` (from the WIT package in `wit_dir`) in a core module,
+/// as wit-bindgen does for the guests it builds: for core modules written by hand (the test
+/// fixtures in WAT), which [`componentize`] then turns into components.
+pub fn embed_world(core_module: &[u8], wit_dir: &Path, world: &str) -> Result<Vec<u8>> {
+    let mut resolve = wit_parser::Resolve::default();
+    let (package, _) = resolve
+        .push_path(wit_dir)
+        .with_context(|| format!("reading the WIT in {}", wit_dir.display()))?;
+    let world = resolve.select_world(&[package], Some(world))?;
+    let mut module = core_module.to_vec();
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+    )?;
+    Ok(module)
+}
+
 fn rustup_has_target() -> bool {
     Command::new("rustup")
         .args(["target", "list", "--installed"])
