@@ -143,6 +143,8 @@ impl Config {
         config.allowed_hosts = self.allowed_hosts.clone();
         config.view_sync_interval = std::time::Duration::from_millis(self.view_sync_interval_ms);
         config.append_queue = self.append_queue;
+        // Uploads are compiled by this executable's `compile-worker`, within bounds.
+        config.compile_worker = std::env::current_exe().ok();
         config
     }
 }

@@ -36,6 +36,10 @@ pub struct ServerConfig {
     /// How often a projector makes its view durable (see
     /// [`RegistryOptions::view_sync_interval`](crate::projector::RegistryOptions)).
     pub view_sync_interval: std::time::Duration,
+    /// The `prism` executable that compiles uploads in bounded worker processes
+    /// (`prism compile-worker`); `None` compiles them in this process, unbounded in time and
+    /// memory (Prism as a library). `prism serve` sets it to itself.
+    pub compile_worker: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -51,6 +55,7 @@ impl ServerConfig {
             spawner: Spawner::default(),
             view_sync_interval: crate::store::DURABLE_INTERVAL,
             append_queue: crate::log::APPEND_QUEUE,
+            compile_worker: None,
         }
     }
 }
@@ -72,6 +77,7 @@ impl Server {
         let root = config.data_dir.clone();
         let sandbox = config.sandbox;
         let append_queue = config.append_queue;
+        let worker = config.compile_worker.clone();
         let options = RegistryOptions {
             spawner: config.spawner.clone(),
             view_sync_interval: config.view_sync_interval,
@@ -80,7 +86,7 @@ impl Server {
             let dir = DataDir::create(&root)
                 .with_context(|| format!("creating the data dir {}", root.display()))?;
             let log = EventLog::open_with_queue(&dir.log(), append_queue)?;
-            let engine = Engine::new(Some(dir.cache()), sandbox)
+            let engine = Engine::with_compile_worker(Some(dir.cache()), sandbox, worker)
                 .map_err(|e| anyhow::anyhow!("starting the WebAssembly engine: {e:#}"))?;
             let registry = Registry::open(&dir, engine, log.clone(), options)?;
             Ok((log, registry))

@@ -103,12 +103,188 @@ async fn the_memory_cap_counts_every_memory_together() {
         .wait_until("memories", "a fault", |s| s["state"] == "faulted")
         .await;
     let message = status["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("all its memories together"),
-        "{message}"
-    );
+    assert!(message.contains("all its memories together"), "{message}");
     assert_eq!(status["checkpoint"], 0);
     client.wait_caught_up("counter").await;
     assert_eq!(client.view("counter", "total").await, json!(1));
+    server.stop().await;
+}
+
+/// A projector core module (WAT) whose `apply` is one huge function: many locals, long chains
+/// of arithmetic between them, deep nesting — slow and hungry to compile ("a compile bomb").
+/// Valid WebAssembly within wasmparser's size limits, given the projector world's type.
+fn compile_bomb(operations: usize) -> Vec<u8> {
+    use std::fmt::Write as _;
+    let locals = 20_000;
+    let mut body = String::new();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    for i in 0..operations {
+        if i % 1000 == 0 {
+            body.push_str("(block ");
+        }
+        // Locals 0..4 are apply's (i32) parameters.
+        let (a, b, c) = (4 + next(locals), 4 + next(locals), 4 + next(locals));
+        // Loads give values the compiler cannot fold away.
+        let at = (i % 4096) * 8;
+        write!(body, "(local.set {c} (i64.add (i64.mul (local.get {a}) (local.get {b})) (i64.xor (local.get {c}) (i64.load (i32.const {at})))))").unwrap();
+        // Keep the values alive: a store now and then observes them.
+        if i % 8 == 0 {
+            write!(body, "(i64.store (i32.const 0) (local.get {c}))").unwrap();
+        }
+    }
+    body.push_str(&")".repeat(operations.div_ceil(1000)));
+    let wat = format!(
+        r#"(module
+  (memory (export "memory") 1)
+  (data (i32.const 16) "bomb")
+  (data (i32.const 200) "\10\00\00\00\04\00\00\00" "\00\00\00\00\00\00\00\00" "\00\00\00\00\00\00\00\00" "\01\00\00\00")
+  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32) (i32.const 4096))
+  (func (export "prism:projector/projector@0.1.0#describe") (result i32) (i32.const 200))
+  (func (export "prism:projector/projector@0.1.0#init") (param i32 i32) (result i32) (i32.const 100))
+  (func (export "prism:projector/projector@0.1.0#apply") (param i32 i32 i32 i32) (result i32)
+    (local {locals_decl})
+    {body}
+    (i32.const 100))
+)"#,
+        locals_decl = "i64 ".repeat(locals),
+    );
+    let core = wat::parse_str(&wat).expect("the bomb is valid WAT");
+    let wit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+    let core = prism_toolchain::embed_world(&core, &wit, "projector-world").unwrap();
+    prism_toolchain::componentize(&core).unwrap()
+}
+
+/// The compile tests count this process's child processes: one at a time.
+static COMPILE_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The `prism` compile workers running under this process (Prism runs in it).
+fn compile_workers() -> usize {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            // pid (comm) state ppid ...
+            let after = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
+            after.split_whitespace().nth(1) == Some(me.as_str())
+        })
+        .count()
+}
+
+async fn upload(client: &common::Client, name: &str, wasm: Vec<u8>) -> (u16, serde_json::Value) {
+    let reply = client.put_raw(&format!("/projectors/{name}"), wasm).await;
+    (reply.status, reply.body)
+}
+
+/// A compile bomb is refused within the compile time limit, compiles run one at a time as set,
+/// and the neighbour (compiled by the same bounded workers) stays live and exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compile_bomb_is_refused_in_bounded_time_one_compile_at_a_time() {
+    let _one_at_a_time = COMPILE_TESTS.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = common::start_with(dir.path(), |config| {
+        config.compile_worker = Some(env!("CARGO_BIN_EXE_prism").into());
+        config.sandbox.compile_timeout_ms = 8_000;
+        config.sandbox.max_concurrent_compiles = 1;
+    })
+    .await;
+    client.deploy("counter", artifacts::EVENT_COUNTER).await;
+    let bomb = compile_bomb(250_000);
+    let started = std::time::Instant::now();
+    let (status, body) = upload(&client, "bomb", bomb.clone()).await;
+    let took = started.elapsed();
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("compile_timeout_ms"),
+        "{body}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(20),
+        "refused after {took:?}"
+    );
+    println!("compile bomb: refused after {took:?} (limit 8 s)");
+
+    // Three at once: one compile runs at a time, the others wait their turn.
+    let uploads: Vec<_> = (0..3)
+        .map(|i| {
+            let (client, bomb) = (client.clone(), bomb.clone());
+            tokio::spawn(async move { upload(&client, &format!("bomb{i}"), bomb).await.0 })
+        })
+        .collect();
+    let mut most = 0;
+    while uploads.iter().any(|u| !u.is_finished()) {
+        most = most.max(compile_workers());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for upload in uploads {
+        assert_eq!(upload.await.unwrap(), 422);
+    }
+    assert_eq!(most, 1, "compile workers running at once");
+    assert_eq!(compile_workers(), 0, "a worker outlived its compile");
+
+    client
+        .append("s-1", json!([{"type": "Any", "data": {}}]))
+        .await;
+    client.wait_caught_up("counter").await;
+    assert_eq!(client.view("counter", "total").await, json!(1));
+    server.stop().await;
+}
+
+/// A compile whose request timed out (408) is abandoned: its worker is killed, not left running.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_abandoned_compile_stops_behind_its_408() {
+    let _one_at_a_time = COMPILE_TESTS.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = common::start_with(dir.path(), |config| {
+        config.compile_worker = Some(env!("CARGO_BIN_EXE_prism").into());
+        config.sandbox.compile_timeout_ms = 120_000;
+        config.limits.request_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let (status, body) = upload(&client, "bomb", compile_bomb(250_000)).await;
+    assert_eq!(status, 408, "{body}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while compile_workers() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the compile worker still runs behind the 408"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Nothing was deployed.
+    assert_eq!(client.get("/projectors/bomb").await.status, 404);
+    server.stop().await;
+}
+
+/// A compile that needs more memory than allowed is refused; Prism is unharmed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compile_over_its_memory_limit_is_refused() {
+    let _one_at_a_time = COMPILE_TESTS.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = common::start_with(dir.path(), |config| {
+        config.compile_worker = Some(env!("CARGO_BIN_EXE_prism").into());
+        config.sandbox.max_compile_memory_bytes = 256 << 20;
+    })
+    .await;
+    let (status, body) = upload(&client, "bomb", compile_bomb(250_000)).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_compile_memory_bytes"),
+        "{body}"
+    );
+    client.deploy("counter", artifacts::EVENT_COUNTER).await;
     server.stop().await;
 }

@@ -243,10 +243,34 @@ pub enum Command {
         #[command(flatten)]
         server: remote::ServerArg,
     },
+    /// (Internal) compile the component on stdin to an artifact on stdout; `prism serve` runs
+    /// it to bound a compile's time and memory.
+    #[command(hide = true)]
+    CompileWorker {
+        #[arg(long, action = clap::ArgAction::Set)]
+        meter_fuel: bool,
+        #[arg(long)]
+        max_wasm_stack: usize,
+        /// Address-space limit in bytes (0: none).
+        #[arg(long)]
+        max_memory: u64,
+    },
 }
 
 /// Runs `cli`'s command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::CompileWorker {
+        meter_fuel,
+        max_wasm_stack,
+        max_memory,
+    } = cli.command
+    {
+        std::process::exit(crate::engine::compile_worker(
+            meter_fuel,
+            max_wasm_stack,
+            max_memory,
+        ));
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Serve(args) => serve::run(&args, &runtime),

@@ -189,7 +189,8 @@ pub async fn run(command: Command) -> Result<()> {
         | Command::New { .. }
         | Command::Build { .. }
         | Command::Test { .. }
-        | Command::Repair { .. } => unreachable!("local commands are run by cli::run"),
+        | Command::Repair { .. }
+        | Command::CompileWorker { .. } => unreachable!("local commands are run by cli::run"),
     }
 }
 

@@ -9,11 +9,13 @@
 //! deterministic.
 
 mod bindings;
+mod compile;
 mod convert;
 mod host;
 mod limits;
 mod output;
 
+pub use compile::{Cancel, CancelOnDrop, worker as compile_worker};
 pub use convert::{Descriptor, EventBatch, Subscription};
 use host::HostState;
 pub use limits::{Limit, Sandbox};
@@ -49,6 +51,20 @@ pub enum ModuleError {
     /// The component does not implement Prism's projector world (a missing or mistyped export).
     #[error("the component does not implement Prism's projector world: {0}")]
     World(String),
+    /// Compiling took longer than the sandbox allows (a "compile bomb").
+    #[error("the module took longer than {limit_ms} ms to compile (compile_timeout_ms)")]
+    TooLong { limit_ms: u64 },
+    /// Compiling needed more memory than the sandbox allows.
+    #[error(
+        "compiling the module needed more than {limit} bytes of memory (max_compile_memory_bytes)"
+    )]
+    TooBig { limit: u64 },
+    /// The caller gave up before the compile finished.
+    #[error("the compile was abandoned: its request is gone")]
+    Abandoned,
+    /// The compile worker failed for a reason of its own.
+    #[error("compiling failed: {0}")]
+    Compile(String),
     /// A stored module could not be read.
     #[error("module {hash} cannot be read: {reason}")]
     Unavailable { hash: String, reason: String },
@@ -128,6 +144,8 @@ pub struct Engine {
     linker: Arc<Linker<HostState>>,
     /// Where compiled artifacts that Prism itself produced are kept (`<hash>.cwasm`).
     cache_dir: Option<PathBuf>,
+    /// Where and how many at a time modules are compiled.
+    compiler: Arc<compile::Compiler>,
     /// Modules compiled (or loaded) in this process, by hash.
     loaded: Arc<Mutex<HashMap<String, Module>>>,
     limits: Sandbox,
@@ -165,11 +183,17 @@ impl Engine {
     /// A new engine with Prism's imports in its linker; compiled artifacts are cached in
     /// `cache_dir` when given; every instance runs under `limits`.
     pub fn new(cache_dir: Option<PathBuf>, limits: Sandbox) -> wasmtime::Result<Engine> {
-        let mut config = wasmtime::Config::new();
-        config
-            .wasm_component_model(true)
-            .consume_fuel(limits.meter_fuel)
-            .max_wasm_stack(limits.max_wasm_stack);
+        Engine::with_compile_worker(cache_dir, limits, None)
+    }
+
+    /// [`Engine::new`], compiling uploads in worker processes of the `prism` executable
+    /// `worker` (`prism compile-worker`), whose time and memory are bounded.
+    pub fn with_compile_worker(
+        cache_dir: Option<PathBuf>,
+        limits: Sandbox,
+        worker: Option<PathBuf>,
+    ) -> wasmtime::Result<Engine> {
+        let mut config = compile::config(&limits);
         // `PRISM_PERF_MAP=1` names guest functions for `perf` (/tmp/perf-<pid>.map).
         if std::env::var_os("PRISM_PERF_MAP").is_some() {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
@@ -184,6 +208,7 @@ impl Engine {
             engine,
             linker: Arc::new(linker),
             cache_dir,
+            compiler: Arc::new(compile::Compiler::new(worker, limits)),
             loaded: Arc::default(),
             limits,
             output: GuestOutput::default(),
@@ -204,6 +229,11 @@ impl Engine {
     /// type). Compiling is CPU-heavy: call it off the async executor. A module whose hash is
     /// known is not compiled again.
     pub fn compile(&self, wasm: &[u8]) -> Result<Upload, ModuleError> {
+        self.compile_cancellable(wasm, &Cancel::default())
+    }
+
+    /// [`Engine::compile`], abandoned when `cancel` is set.
+    pub fn compile_cancellable(&self, wasm: &[u8], cancel: &Cancel) -> Result<Upload, ModuleError> {
         let component = if wasmparser::Parser::is_component(wasm) {
             wasm.to_vec()
         } else if wasmparser::Parser::is_core_wasm(wasm) {
@@ -216,7 +246,7 @@ impl Engine {
             return Err(ModuleError::NotWasm);
         };
         let hash = hex::encode(Sha256::digest(&component));
-        let (module, source) = self.load(&hash, || Ok(component.clone()))?;
+        let (module, source) = self.load_cancellable(&hash, || Ok(component.clone()), cancel)?;
         Ok(Upload {
             module,
             component,
@@ -230,6 +260,15 @@ impl Engine {
         &self,
         hash: &str,
         read: impl FnOnce() -> std::io::Result<Vec<u8>>,
+    ) -> Result<(Module, CompileSource), ModuleError> {
+        self.load_cancellable(hash, read, &Cancel::default())
+    }
+
+    fn load_cancellable(
+        &self,
+        hash: &str,
+        read: impl FnOnce() -> std::io::Result<Vec<u8>>,
+        cancel: &Cancel,
     ) -> Result<(Module, CompileSource), ModuleError> {
         if let Some(module) = self.loaded.lock().get(hash) {
             return Ok((module.clone(), CompileSource::Memory));
@@ -250,9 +289,8 @@ impl Engine {
                     hash: hash.to_string(),
                     reason: e.to_string(),
                 })?;
-                // `Component::new` validates (with wasmparser) before it compiles.
-                let component = Component::new(&self.engine, &bytes)
-                    .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
+                // Compiling validates (with wasmparser) first.
+                let component = self.compiler.compile(&self.engine, &bytes, cancel)?;
                 check_imports(&self.engine, &component)?;
                 (component, CompileSource::Compiled)
             }

@@ -108,9 +108,11 @@ impl From<DeployError> for ApiError {
             DeployError::InvalidName(_) => StatusCode::BAD_REQUEST,
             DeployError::UnknownModule(_) => StatusCode::NOT_FOUND,
             DeployError::Module(ModuleError::NotWasm) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            DeployError::Module(ModuleError::Unavailable { .. }) | DeployError::Storage(_) => {
+            DeployError::Module(ModuleError::Unavailable { .. } | ModuleError::Compile(_))
+            | DeployError::Storage(_) => {
                 return ApiError::internal(&e);
             }
+            DeployError::Module(ModuleError::Abandoned) => StatusCode::REQUEST_TIMEOUT,
             DeployError::Module(_) | DeployError::Instance(_) => StatusCode::UNPROCESSABLE_ENTITY,
             DeployError::Spawn(cause) => {
                 tracing::error!(error = %cause, "starting a projector thread failed");

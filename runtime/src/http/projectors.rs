@@ -3,6 +3,7 @@
 
 use super::extract::{Path, Query};
 use super::{ApiError, AppState};
+use crate::engine::Cancel;
 use crate::projector::{DeployMode, DeployOptions, LifecycleError, ModuleSource};
 use axum::Json;
 use axum::body::Bytes;
@@ -64,10 +65,12 @@ pub async fn deploy(
              application/octet-stream)",
         ));
     }
+    let cancel = Cancel::default();
     let options = DeployOptions {
         config: params.config,
         mode: params.mode.map(DeployMode::from),
         on_error: params.on_error,
+        cancel: cancel.clone(),
     };
     let source = match (params.module, body.is_empty()) {
         (Some(hash), true) => ModuleSource::Stored(hash),
@@ -84,7 +87,11 @@ pub async fn deploy(
         (None, false) => ModuleSource::Upload(body.to_vec()),
     };
     let registry = state.registry.clone();
-    let deployed = super::blocking(move || registry.deploy(&name, source, options)).await??;
+    // Dropped with this future when the request times out: the compile is then abandoned.
+    let abandon = cancel.on_drop();
+    let deployed = super::blocking(move || registry.deploy(&name, source, options)).await;
+    abandon.disarm();
+    let deployed = deployed??;
     let status = match deployed.mode {
         DeployMode::Created => StatusCode::CREATED,
         _ => StatusCode::OK,

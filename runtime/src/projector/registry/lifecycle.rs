@@ -3,7 +3,7 @@
 
 use super::generation::{LaunchError, Role, first_controls};
 use super::{ProjectorHandle, Registry, valid_name};
-use crate::engine::{CompileSource, Instance, Module};
+use crate::engine::{Cancel, CompileSource, Instance, Module};
 use crate::projector::catalog::{Deployment, GenerationRecord};
 use crate::projector::control::{Code, Control, Swap};
 use crate::projector::error::{DeployError, LifecycleError, RegistryError};
@@ -29,6 +29,9 @@ pub struct DeployOptions {
     pub mode: Option<DeployMode>,
     /// What to do with an event the module fails on.
     pub on_error: Option<ErrorPolicy>,
+    /// Set when the caller gives up (a request timeout): an upload's compile is abandoned.
+    #[serde(skip)]
+    pub cancel: Cancel,
 }
 
 /// A module, started, with everything its deployment record says.
@@ -55,7 +58,7 @@ impl Registry {
             return Err(DeployError::InvalidName(name.to_string()));
         }
         let started = Instant::now();
-        let (module, compile, upload) = self.module(source)?;
+        let (module, compile, upload) = self.module(source, &options.cancel)?;
         let compile_ms = started.elapsed().as_secs_f64() * 1000.0;
 
         let _changing = self.inner.changing.lock();
@@ -334,10 +337,11 @@ impl Registry {
     fn module(
         &self,
         source: ModuleSource,
+        cancel: &Cancel,
     ) -> Result<(Module, CompileSource, Option<Vec<u8>>), DeployError> {
         match source {
             ModuleSource::Upload(bytes) => {
-                let upload = self.inner.engine.compile(&bytes)?;
+                let upload = self.inner.engine.compile_cancellable(&bytes, cancel)?;
                 Ok((upload.module, upload.source, Some(upload.component)))
             }
             ModuleSource::Stored(hash) => {
