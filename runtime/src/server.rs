@@ -9,6 +9,7 @@ use crate::projector::{Registry, RegistryOptions, Spawner};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -105,12 +106,15 @@ impl Server {
             allowed_hosts: crate::http::AllowedHosts::new(config.allowed_hosts.clone()),
             metrics: crate::http::Metrics::default(),
             closing: closing.subscribe(),
+            subscribers: Arc::new(tokio::sync::Semaphore::new(config.limits.max_subscribers)),
         });
         if !addr.ip().is_loopback() && config.tokens.admin.is_none() {
             tracing::warn!(%addr, "listening beyond loopback without an admin token: anyone who can reach this address can deploy and delete projectors (set --admin-token)");
         }
         let (shutdown, stopped) = oneshot::channel();
         let http = tokio::spawn(async move {
+            let listener =
+                crate::http::BoundedListener::new(listener, config.limits.max_connections);
             axum::serve(listener, app)
                 .with_graceful_shutdown(async {
                     let _ = stopped.await;

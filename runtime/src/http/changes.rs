@@ -29,7 +29,7 @@ use prism_client::wire::ChangeParams;
 use serde_json::json;
 use std::convert::Infallible;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 /// `GET /projectors/{name}/changes?prefix=&last_event_id=`.
 #[utoipa::path(
@@ -75,18 +75,30 @@ pub async fn changes(
     };
     let resume = resume.as_deref().map(parse_id).transpose()?;
     let projector = state.projector(&name)?;
-    let (events, receiver) = mpsc::channel(256);
+    // One of `max_subscribers` places, held as long as the stream is open.
+    let place = state.subscribers.clone().try_acquire_owned().map_err(|_| {
+        ApiError::unavailable(
+            format!(
+                "Prism has {} change streams open, its limit (max_subscribers): try again later",
+                state.limits.max_subscribers
+            ),
+            5,
+        )
+    })?;
+    let (events, receiver) = mpsc::channel(64);
     let follower = Follower {
         registry: state.registry.clone(),
         closing: state.closing.clone(),
         name,
         prefix: params.prefix,
         events,
+        budget: Arc::new(Semaphore::new(SUBSCRIBER_BYTES)),
     };
     tokio::spawn(follower.run(projector, resume));
-    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
-        let event = receiver.recv().await?;
-        Some((Ok(event), receiver))
+    // Each event's share of the budget is given back as the event goes out.
+    let stream = futures::stream::unfold((receiver, place), |(mut receiver, place)| async move {
+        let (event, _share) = receiver.recv().await?;
+        Some((Ok(event), (receiver, place)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
@@ -108,13 +120,20 @@ fn parse_id(id: &str) -> Result<(u64, u64, u64), ApiError> {
 /// an old generation, and its kept changes, for as long as it stays connected).
 const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Most bytes of events one subscriber may have waiting (built but not yet sent); an event
+/// larger than this waits until none does. A slow reader holds no more than this.
+pub const SUBSCRIBER_BYTES: usize = 1 << 20;
+
 /// Sends one subscriber its changes until it goes away or the projector does.
 struct Follower {
     registry: Registry,
     closing: tokio::sync::watch::Receiver<bool>,
     name: String,
     prefix: String,
-    events: mpsc::Sender<Event>,
+    /// Events with their share of the budget.
+    events: mpsc::Sender<(Event, OwnedSemaphorePermit)>,
+    /// The subscriber's [`SUBSCRIBER_BYTES`].
+    budget: Arc<Semaphore>,
 }
 
 /// Where a follower is: which deployment and generation, and the last position sent.
@@ -256,11 +275,22 @@ impl Follower {
         }
     }
 
-    async fn send(&self, event: Event) -> Result<(), Gone> {
-        match tokio::time::timeout(SEND_TIMEOUT, self.events.send(event)).await {
-            Ok(Ok(())) => Ok(()),
+    /// Sends an event of `data`, waiting (at most [`SEND_TIMEOUT`]) for its share of the budget.
+    async fn send_sized(&self, event: Event, data_len: usize) -> Result<(), Gone> {
+        let share = (data_len + 64).min(SUBSCRIBER_BYTES) as u32;
+        let send = async {
+            let permit = self.budget.clone().acquire_many_owned(share).await.ok()?;
+            self.events.send((event, permit)).await.ok()
+        };
+        match tokio::time::timeout(SEND_TIMEOUT, send).await {
+            Ok(Some(())) => Ok(()),
             _ => Err(Gone),
         }
+    }
+
+    /// Sends a small event (no data beyond a line of JSON).
+    async fn send(&self, event: Event) -> Result<(), Gone> {
+        self.send_sized(event, 0).await
     }
 
     /// Tells the client to re-read; the stream goes on from the feed's checkpoint.
@@ -280,34 +310,37 @@ impl Follower {
         .await
     }
 
+    /// Sends a commit's changes under the prefix, one at a time (each is built only when the
+    /// budget has room for it), the last one with the commit's id; only the id when none
+    /// matches (so the client's position keeps up).
     async fn send_batch(&self, at: &Cursor, batch: &ChangeBatch) -> Result<(), Gone> {
-        for event in self.batch_events(at, batch) {
-            self.send(event).await?;
+        // References only: the events are built one by one below.
+        let mut changes: Vec<(&String, &Option<Vec<u8>>)> = Vec::new();
+        for (key, value) in batch.changes.range(self.prefix.clone()..) {
+            if !key.starts_with(&self.prefix) {
+                break;
+            }
+            changes.push((key, value));
+        }
+        let id = at.id(batch.position);
+        if changes.is_empty() {
+            return self.send(Event::default().id(id)).await;
+        }
+        let last = changes.len() - 1;
+        for (i, (key, value)) in changes.into_iter().enumerate() {
+            let mut data = match value {
+                Some(value) => super::views::entry_json(key, value),
+                None => json!({ "key": key, "deleted": true }),
+            };
+            data["position"] = batch.position.into();
+            let data = data.to_string();
+            let len = data.len();
+            let mut event = Event::default().event("change").data(data);
+            if i == last {
+                event = event.id(id.clone());
+            }
+            self.send_sized(event, len).await?;
         }
         Ok(())
-    }
-
-    /// A commit's changes under the prefix, the last one with the commit's id; only the id when
-    /// none matches (so the client's position keeps up).
-    fn batch_events(&self, at: &Cursor, batch: &ChangeBatch) -> Vec<Event> {
-        let mut events: Vec<Event> = batch
-            .changes
-            .range(self.prefix.clone()..)
-            .take_while(|(key, _)| key.starts_with(&self.prefix))
-            .map(|(key, value)| {
-                let mut data = match value {
-                    Some(value) => super::views::entry_json(key, value),
-                    None => json!({ "key": key, "deleted": true }),
-                };
-                data["position"] = batch.position.into();
-                Event::default().event("change").data(data.to_string())
-            })
-            .collect();
-        let id = at.id(batch.position);
-        match events.pop() {
-            Some(last) => events.push(last.id(id)),
-            None => events.push(Event::default().id(id)),
-        }
-        events
     }
 }

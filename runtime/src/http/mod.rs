@@ -47,6 +47,7 @@
 mod auth;
 mod boundary;
 mod changes;
+mod connections;
 mod dashboard;
 mod dead_letters;
 mod error;
@@ -60,6 +61,7 @@ mod views;
 
 pub use auth::Tokens;
 pub use boundary::AllowedHosts;
+pub use connections::BoundedListener;
 pub use error::ApiError;
 pub use metrics::Metrics;
 pub use openapi::openapi;
@@ -95,6 +97,8 @@ pub struct AppState {
     pub allowed_hosts: AllowedHosts,
     /// Becomes `true` when Prism starts shutting down: long-lived answers (change streams) end.
     pub closing: tokio::sync::watch::Receiver<bool>,
+    /// Places for open change streams (`limits.max_subscribers` of them).
+    pub subscribers: Arc<tokio::sync::Semaphore>,
 }
 
 /// Request limits: the config file's `[limits]` table (durations in whole seconds there).
@@ -111,6 +115,11 @@ pub struct RequestLimits {
     /// How long a projector may be behind without progress before `/ready` reports it.
     #[serde(rename = "stall_after_secs", with = "secs")]
     pub stall_after: std::time::Duration,
+    /// Most connections open at once; more are answered 503 with `Retry-After` and closed.
+    pub max_connections: usize,
+    /// Most change streams (`GET /projectors/{name}/changes`) open at once; more are answered
+    /// 503 with `Retry-After`.
+    pub max_subscribers: usize,
 }
 
 /// A duration as whole seconds.
@@ -134,6 +143,8 @@ impl Default for RequestLimits {
             max_append_events: MAX_APPEND_EVENTS,
             request_timeout: std::time::Duration::from_secs(60),
             stall_after: std::time::Duration::from_secs(30),
+            max_connections: 1024,
+            max_subscribers: 256,
         }
     }
 }
