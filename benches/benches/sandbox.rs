@@ -20,6 +20,7 @@ fn event(event_type: &str, i: u64) -> NewEvent {
         )
         .into_bytes(),
         metadata: None,
+        id: None,
     }
 }
 

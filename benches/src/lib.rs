@@ -53,6 +53,7 @@ pub fn event(i: u64) -> (String, NewEvent) {
             event_type: event_type.into(),
             data: data.into_bytes(),
             metadata: None,
+            id: None,
         },
     )
 }

@@ -193,6 +193,24 @@ impl Client {
         self.call(request).await
     }
 
+    /// [`append`](Self::append) under an idempotency key: safe to retry after a timeout or a
+    /// lost connection — within Prism's idempotency window the same append under the same key
+    /// appends nothing and answers the first one's result.
+    pub async fn append_once(
+        &self,
+        key: &str,
+        stream: &str,
+        events: &[NewEvent],
+        expected_version: Option<u64>,
+    ) -> Result<Appended, Error> {
+        let request = self
+            .at(Method::POST, &["streams", stream, "events"])?
+            .query(&AppendParams { expected_version })
+            .header("idempotency-key", key)
+            .json(events);
+        self.call(request).await
+    }
+
     /// A page of `stream`'s events.
     pub async fn read_stream(
         &self,

@@ -11,17 +11,28 @@
 //! allowed_hosts = ["prism.internal"]   # printed only when set
 //! view_sync_interval_ms = 30000
 //! append_queue = 4096
+//! idempotency_window_secs = 86400
 //!
 //! [limits]
 //! max_module_bytes = 67108864
 //! max_append_events = 10000
 //! request_timeout_secs = 60
 //! stall_after_secs = 30
+//! max_connections = 1024
+//! max_subscribers = 256
 //!
 //! [sandbox]
 //! fuel_per_event = 100000000
 //! max_memory_bytes = 67108864
 //! max_wasm_stack = 524288
+//! max_value_bytes = 1048576
+//! max_batch_write_bytes = 67108864
+//! max_batch_writes = 100000
+//! max_scan_entries = 10000
+//! max_scan_bytes = 16777216
+//! max_concurrent_compiles = 2
+//! compile_timeout_ms = 60000
+//! max_compile_memory_bytes = 4294967296
 //!
 //! [tokens]
 //! admin = "..."
@@ -61,6 +72,8 @@ pub struct Config {
     pub view_sync_interval_ms: u64,
     /// Appends that may wait for the log's writer; more are answered 503 with `Retry-After`.
     pub append_queue: usize,
+    /// How long, in seconds, the log remembers appends' idempotency keys and event ids.
+    pub idempotency_window_secs: u64,
     pub limits: RequestLimits,
     pub sandbox: Sandbox,
     #[serde(skip_serializing_if = "Tokens::is_empty")]
@@ -85,6 +98,7 @@ impl Default for Config {
             allowed_hosts: Vec::new(),
             view_sync_interval_ms: crate::store::DURABLE_INTERVAL.as_millis() as u64,
             append_queue: crate::log::APPEND_QUEUE,
+            idempotency_window_secs: crate::log::IDEMPOTENCY_WINDOW.as_secs(),
             limits: RequestLimits::default(),
             sandbox: Sandbox::default(),
             tokens: Tokens::default(),
@@ -143,6 +157,7 @@ impl Config {
         config.allowed_hosts = self.allowed_hosts.clone();
         config.view_sync_interval = std::time::Duration::from_millis(self.view_sync_interval_ms);
         config.append_queue = self.append_queue;
+        config.idempotency_window = std::time::Duration::from_secs(self.idempotency_window_secs);
         // Uploads are compiled by this executable's `compile-worker`, within bounds.
         config.compile_worker = std::env::current_exe().ok();
         config

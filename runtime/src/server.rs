@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub spawner: Spawner,
     /// Appends that may wait for the log's writer; more are answered 503 with `Retry-After`.
     pub append_queue: usize,
+    /// How long the log remembers appends' idempotency keys and event ids.
+    pub idempotency_window: std::time::Duration,
     /// How often a projector makes its view durable (see
     /// [`RegistryOptions::view_sync_interval`](crate::projector::RegistryOptions)).
     pub view_sync_interval: std::time::Duration,
@@ -56,6 +58,7 @@ impl ServerConfig {
             spawner: Spawner::default(),
             view_sync_interval: crate::store::DURABLE_INTERVAL,
             append_queue: crate::log::APPEND_QUEUE,
+            idempotency_window: crate::log::IDEMPOTENCY_WINDOW,
             compile_worker: None,
         }
     }
@@ -77,7 +80,10 @@ impl Server {
         config.tokens.check().map_err(anyhow::Error::msg)?;
         let root = config.data_dir.clone();
         let sandbox = config.sandbox;
-        let append_queue = config.append_queue;
+        let log_options = crate::log::LogOptions {
+            queue: config.append_queue,
+            idempotency_window: config.idempotency_window,
+        };
         let worker = config.compile_worker.clone();
         let options = RegistryOptions {
             spawner: config.spawner.clone(),
@@ -86,7 +92,7 @@ impl Server {
         let (log, registry) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let dir = DataDir::create(&root)
                 .with_context(|| format!("creating the data dir {}", root.display()))?;
-            let log = EventLog::open_with_queue(&dir.log(), append_queue)?;
+            let log = EventLog::open_with(&dir.log(), log_options)?;
             let engine = Engine::with_compile_worker(Some(dir.cache()), sandbox, worker)
                 .map_err(|e| anyhow::anyhow!("starting the WebAssembly engine: {e:#}"))?;
             let registry = Registry::open(&dir, engine, log.clone(), options)?;

@@ -10,6 +10,7 @@ fn events(n: usize, event_type: &str) -> Vec<NewEvent> {
             event_type: event_type.into(),
             data: format!("{{\"i\":{i}}}").into_bytes(),
             metadata: None,
+            id: None,
         })
         .collect()
 }

@@ -18,6 +18,11 @@ pub struct NewEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Box<RawValue>>,
+    /// An id for the event (1 to 256 bytes), unique to it: an append whose events' ids were
+    /// all appended before by one same append, within the idempotency window, appends nothing
+    /// and answers that append's result; one repeating only some of them is refused (422).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 impl NewEvent {
@@ -27,6 +32,7 @@ impl NewEvent {
             event_type: event_type.into(),
             data: serde_json::value::to_raw_value(data)?,
             metadata: None,
+            id: None,
         })
     }
 

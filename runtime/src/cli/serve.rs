@@ -49,6 +49,10 @@ pub struct ServeArgs {
     #[arg(long, env = "PRISM_APPEND_QUEUE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     append_queue: Option<usize>,
+    /// Seconds the log remembers appends' idempotency keys and event ids [default: 86400].
+    #[arg(long, env = "PRISM_IDEMPOTENCY_WINDOW_SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_window_secs: Option<u64>,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]

@@ -22,15 +22,25 @@ pub const MAX_READ: usize = 1000;
     post,
     path = "/streams/{stream}/events",
     tag = "streams",
-    params(("stream" = String, Path, description = "The stream's name."), AppendParams),
+    params(("stream" = String, Path, description = "The stream's name."), AppendParams,
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the append safe to \
+            retry (1 to 256 bytes): within the idempotency window (`idempotency_window_secs`, \
+            24 h by default) the same append under the same key appends nothing and answers the \
+            first one's result, with `Idempotent-Replayed: true`; a different append under it \
+            is refused (422).")),
     request_body(content = Vec<EventIn>, content_type = "application/json",
         description = "The events, appended atomically in this order (at most 10000, 16 MiB)."),
     responses(
-        (status = 201, description = "Appended, durably.", body = Appended),
+        (status = 201, description = "Appended, durably; or, with `Idempotent-Replayed: true`, \
+            appended before by the same append (same `Idempotency-Key`, or the same event ids), \
+            whose result this is.", body = Appended),
         (status = 400, description = "The body is not a JSON array of events, a metadata is not \
             an object, or a name is empty or too long.", body = ErrorBody),
         (status = 409, description = "The stream is not at `expected_version`; nothing was appended.",
             body = VersionConflict),
+        (status = 422, description = "The `Idempotency-Key`, or some of the events' ids, were \
+            used by a different append within the idempotency window; nothing was appended.",
+            body = ErrorBody),
         (status = 413, description = "The body or the number of events is over the limit.",
             body = ErrorBody),
         (status = 415, description = "The body is not sent as `application/json`.",
@@ -47,7 +57,14 @@ pub async fn append(
     Query(params): Query<AppendParams>,
     headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Appended>), ApiError> {
+) -> Result<
+    (
+        StatusCode,
+        [(&'static str, &'static str); 1],
+        Json<Appended>,
+    ),
+    ApiError,
+> {
     let body = body?;
     if !super::boundary::content_type_is(&headers, &["application/json"]) {
         return Err(ApiError::new(
@@ -83,20 +100,33 @@ pub async fn append(
                 event_type: e.event_type,
                 data: e.data.get().as_bytes().to_vec(),
                 metadata,
+                id: e.id,
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let expected = params
         .expected_version
         .map_or(ExpectedVersion::Any, ExpectedVersion::Exact);
+    let key = match headers.get("idempotency-key") {
+        Some(key) => Some(
+            key.to_str()
+                .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?
+                .to_string(),
+        ),
+        None => None,
+    };
     let (started, count) = (std::time::Instant::now(), events.len() as u64);
-    match state.log.append(&stream, expected, events).await {
+    match state.log.append_once(key, &stream, expected, events).await {
         Ok(appended) => {
-            state
-                .metrics
-                .appended(count, started.elapsed().as_secs_f64());
+            if !appended.replayed {
+                state
+                    .metrics
+                    .appended(count, started.elapsed().as_secs_f64());
+            }
+            let replayed = if appended.replayed { "true" } else { "false" };
             Ok((
                 StatusCode::CREATED,
+                [("idempotent-replayed", replayed)],
                 Json(Appended {
                     stream,
                     first_position: appended.first_position,
@@ -120,6 +150,9 @@ pub async fn append(
             },
         )),
         Err(AppendError::Invalid(message)) => Err(ApiError::bad_request(message)),
+        Err(AppendError::Duplicate(message)) => {
+            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message))
+        }
         Err(e @ (AppendError::Busy | AppendError::Closed)) => {
             Err(ApiError::unavailable(e.to_string(), 1))
         }

@@ -134,6 +134,7 @@ pub fn read_fixture(path: &Path) -> Result<Vec<(String, NewEvent)>> {
                 event_type: event.event_type,
                 data: serde_json::to_vec(&event.data)?,
                 metadata: event.metadata.map(|m| serde_json::to_vec(&m)).transpose()?,
+                id: None,
             },
         ));
     }

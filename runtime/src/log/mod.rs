@@ -11,7 +11,9 @@
 //! acknowledged event survives a crash. Readers (projectors, HTTP) read committed snapshots and
 //! wait for new events on [`EventLog::subscribe`], a watch of the head position.
 
+mod idempotency;
 mod schema;
+mod writer;
 
 pub use schema::StoredEvent;
 use schema::{EVENTS, STREAM_INDEX, STREAMS};
@@ -20,7 +22,6 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{oneshot, watch};
 
 /// Longest stream name or event type accepted, in bytes.
@@ -38,6 +39,9 @@ pub struct NewEvent {
     pub data: Vec<u8>,
     /// The event's metadata as JSON text (an object), if any.
     pub metadata: Option<Vec<u8>>,
+    /// An id the client gave the event: the same id appended again within the idempotency
+    /// window is recognised as a retry (see [`idempotency`]).
+    pub id: Option<String>,
 }
 
 /// What the caller expects of the stream before its append.
@@ -59,6 +63,9 @@ pub struct Appended {
     pub last_position: u64,
     /// The stream's version after the append (its number of events).
     pub stream_version: u64,
+    /// True when nothing was appended: the request was a retry of an append made before (by
+    /// its idempotency key or its events' ids), whose result this is.
+    pub replayed: bool,
 }
 
 /// An event read back from the log.
@@ -113,6 +120,10 @@ pub enum AppendError {
     /// The log's writer has stopped (Prism is shutting down).
     #[error("the event log is closed")]
     Closed,
+    /// The append's idempotency key, or some of its events' ids, were used by a different
+    /// append within the idempotency window; nothing was appended.
+    #[error("{0}")]
+    Duplicate(String),
     /// Too many appends are waiting for the log's writer; nothing was appended, and the same
     /// append may be sent again shortly.
     #[error("too many appends are waiting for the event log; try again shortly")]
@@ -149,6 +160,7 @@ pub enum OpenError {
 }
 
 struct AppendRequest {
+    key: Option<String>,
     stream: String,
     expected: ExpectedVersion,
     events: Vec<NewEvent>,
@@ -166,6 +178,27 @@ pub struct EventLog {
 
 /// Append requests waiting for the writer by default; more are refused ([`AppendError::Busy`]).
 pub const APPEND_QUEUE: usize = 4096;
+
+/// How long idempotency keys and event ids are remembered by default.
+pub const IDEMPOTENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// How a log runs.
+#[derive(Debug, Clone, Copy)]
+pub struct LogOptions {
+    /// Appends that may wait for the writer; more are refused ([`AppendError::Busy`]).
+    pub queue: usize,
+    /// How long idempotency keys and event ids are remembered.
+    pub idempotency_window: std::time::Duration,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            queue: APPEND_QUEUE,
+            idempotency_window: IDEMPOTENCY_WINDOW,
+        }
+    }
+}
 
 /// The writer thread's queue; dropping it closes the queue and waits for the thread.
 struct Writer {
@@ -193,6 +226,19 @@ impl EventLog {
     /// is full, appends are refused at once ([`AppendError::Busy`]) rather than queued without
     /// bound.
     pub fn open_with_queue(path: &Path, queue: usize) -> Result<EventLog, OpenError> {
+        EventLog::open_with(
+            path,
+            LogOptions {
+                queue,
+                ..LogOptions::default()
+            },
+        )
+    }
+
+    /// Like [`open`](Self::open), with `options`.
+    pub fn open_with(path: &Path, options: LogOptions) -> Result<EventLog, OpenError> {
+        let queue = options.queue;
+        let window = options.idempotency_window;
         let fail = |source: redb::Error| OpenError::Database {
             path: path.display().to_string(),
             source,
@@ -205,7 +251,7 @@ impl EventLog {
         let writer_db = db.clone();
         let thread = std::thread::Builder::new()
             .name("prism-log-writer".into())
-            .spawn(move || write_loop(&writer_db, requests, head_tx, head))
+            .spawn(move || writer::write_loop(&writer_db, requests, head_tx, head, window))
             .map_err(OpenError::Spawn)?;
         Ok(EventLog {
             db,
@@ -224,13 +270,31 @@ impl EventLog {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Appended, AppendError> {
+        self.append_once(None, stream, expected, events).await
+    }
+
+    /// [`append`](Self::append) under an idempotency key: within the idempotency window, the
+    /// same append under the same key appends nothing and answers the first one's result
+    /// (`replayed`); a different append under it is refused ([`AppendError::Duplicate`]).
+    /// Events' ids are remembered the same way, with or without a key.
+    pub async fn append_once(
+        &self,
+        key: Option<String>,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended, AppendError> {
         validate(stream, &events)?;
+        if let Some(key) = &key {
+            idempotency::validate_id("an idempotency key", key).map_err(AppendError::Invalid)?;
+        }
         let (reply, answer) = oneshot::channel();
         self.writer
             .queue
             .as_ref()
             .expect("the queue lives as long as the log")
             .try_send(AppendRequest {
+                key,
                 stream: stream.to_string(),
                 expected,
                 events,
@@ -378,6 +442,16 @@ fn validate(stream: &str, events: &[NewEvent]) -> Result<(), AppendError> {
             "event {i}: an event type must be 1 to {MAX_NAME_LEN} bytes long"
         ));
     }
+    let mut ids = std::collections::HashSet::new();
+    for (i, event) in events.iter().enumerate() {
+        if let Some(id) = &event.id {
+            idempotency::validate_id(&format!("event {i}: an event id"), id)
+                .map_err(AppendError::Invalid)?;
+            if !ids.insert(id) {
+                return invalid(format!("event {i}: the id {id:?} is given twice"));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -388,102 +462,12 @@ fn init_tables(db: &Database) -> Result<u64, redb::Error> {
         let events = txn.open_table(EVENTS)?;
         txn.open_table(STREAMS)?;
         txn.open_table(STREAM_INDEX)?;
+        txn.open_table(idempotency::REMEMBERED)?;
+        txn.open_table(idempotency::EXPIRY)?;
         events.last()?.map_or(0, |(k, _)| k.value())
     };
     txn.commit()?;
     Ok(head)
-}
-
-/// The writer thread: takes every request waiting, commits them in one durable transaction,
-/// then answers each and publishes the new head.
-fn write_loop(
-    db: &Database,
-    requests: mpsc::Receiver<AppendRequest>,
-    head_tx: watch::Sender<u64>,
-    mut head: u64,
-) {
-    while let Ok(first) = requests.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match requests.try_recv() {
-                Ok(request) => group.push(request),
-                Err(_) => break,
-            }
-        }
-        match commit_group(db, &group, head) {
-            Ok((outcomes, new_head)) => {
-                head = new_head;
-                head_tx.send_replace(head);
-                for (request, outcome) in group.into_iter().zip(outcomes) {
-                    let _ = request.reply.send(outcome);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, requests = group.len(), "event log commit failed");
-                for request in group {
-                    let _ = request.reply.send(Err(AppendError::Storage(e.to_string())));
-                }
-            }
-        }
-    }
-}
-
-type Outcomes = Vec<Result<Appended, AppendError>>;
-
-fn commit_group(
-    db: &Database,
-    group: &[AppendRequest],
-    head: u64,
-) -> Result<(Outcomes, u64), redb::Error> {
-    let timestamp_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let txn = db.begin_write()?;
-    let mut next = head + 1;
-    let mut outcomes = Vec::with_capacity(group.len());
-    {
-        let mut events = txn.open_table(EVENTS)?;
-        let mut streams = txn.open_table(STREAMS)?;
-        let mut index = txn.open_table(STREAM_INDEX)?;
-        for request in group {
-            let stream = request.stream.as_str();
-            let actual = streams.get(stream)?.map_or(0, |v| v.value());
-            if let ExpectedVersion::Exact(expected) = request.expected
-                && expected != actual
-            {
-                outcomes.push(Err(AppendError::VersionConflict {
-                    stream: request.stream.clone(),
-                    expected,
-                    actual,
-                }));
-                continue;
-            }
-            let first_position = next;
-            let mut version = actual;
-            for event in &request.events {
-                version += 1;
-                let stored = StoredEvent {
-                    stream,
-                    stream_version: version,
-                    event_type: &event.event_type,
-                    timestamp_ms,
-                    data: &event.data,
-                    metadata: event.metadata.as_deref().unwrap_or(b"{}"),
-                };
-                events.insert(next, stored.encode().as_slice())?;
-                index.insert((stream, version), next)?;
-                next += 1;
-            }
-            streams.insert(stream, version)?;
-            outcomes.push(Ok(Appended {
-                first_position,
-                last_position: next - 1,
-                stream_version: version,
-            }));
-        }
-    }
-    txn.commit()?;
-    Ok((outcomes, next - 1))
 }
 
 #[cfg(test)]
@@ -495,6 +479,7 @@ mod tests {
             event_type: t.into(),
             data: data.as_bytes().to_vec(),
             metadata: None,
+            id: None,
         }
     }
 

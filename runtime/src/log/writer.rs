@@ -1,0 +1,141 @@
+//! The log's writer thread: group commits, each one durable transaction, with the
+//! idempotency checks of its appends.
+
+use super::schema::{EVENTS, STREAM_INDEX, STREAMS, StoredEvent};
+use super::{AppendError, AppendRequest, Appended, ExpectedVersion, MAX_GROUP, idempotency};
+use redb::{Database, ReadableTable};
+use std::sync::mpsc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// The writer thread: takes every request waiting, commits them in one durable transaction,
+/// then answers each and publishes the new head.
+pub(super) fn write_loop(
+    db: &Database,
+    requests: mpsc::Receiver<AppendRequest>,
+    head_tx: watch::Sender<u64>,
+    mut head: u64,
+    window: std::time::Duration,
+) {
+    while let Ok(first) = requests.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match requests.try_recv() {
+                Ok(request) => group.push(request),
+                Err(_) => break,
+            }
+        }
+        match commit_group(db, &group, head, window) {
+            Ok((outcomes, new_head)) => {
+                head = new_head;
+                head_tx.send_replace(head);
+                for (request, outcome) in group.into_iter().zip(outcomes) {
+                    let _ = request.reply.send(outcome);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, requests = group.len(), "event log commit failed");
+                for request in group {
+                    let _ = request.reply.send(Err(AppendError::Storage(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+type Outcomes = Vec<Result<Appended, AppendError>>;
+
+fn commit_group(
+    db: &Database,
+    group: &[AppendRequest],
+    head: u64,
+    window: std::time::Duration,
+) -> Result<(Outcomes, u64), redb::Error> {
+    let timestamp_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let txn = db.begin_write()?;
+    let mut next = head + 1;
+    let mut outcomes = Vec::with_capacity(group.len());
+    {
+        let mut events = txn.open_table(EVENTS)?;
+        let mut streams = txn.open_table(STREAMS)?;
+        let mut index = txn.open_table(STREAM_INDEX)?;
+        let mut remembered = txn.open_table(idempotency::REMEMBERED)?;
+        let mut expiry = txn.open_table(idempotency::EXPIRY)?;
+        let window_ms = window.as_millis() as u64;
+        idempotency::forget(
+            &mut remembered,
+            &mut expiry,
+            timestamp_ms.saturating_sub(window_ms),
+        )?;
+        for request in group {
+            let stream = request.stream.as_str();
+            let key = request.key.as_deref();
+            let remembers = key.is_some() || request.events.iter().any(|e| e.id.is_some());
+            let digest = idempotency::digest(stream, request.expected, &request.events);
+            if remembers {
+                match idempotency::seen(&remembered, key, stream, &request.events, &digest)? {
+                    idempotency::Seen::New => {}
+                    idempotency::Seen::Before(appended) => {
+                        outcomes.push(Ok(appended));
+                        continue;
+                    }
+                    idempotency::Seen::Conflict(message) => {
+                        outcomes.push(Err(AppendError::Duplicate(message)));
+                        continue;
+                    }
+                }
+            }
+            let actual = streams.get(stream)?.map_or(0, |v| v.value());
+            if let ExpectedVersion::Exact(expected) = request.expected
+                && expected != actual
+            {
+                outcomes.push(Err(AppendError::VersionConflict {
+                    stream: request.stream.clone(),
+                    expected,
+                    actual,
+                }));
+                continue;
+            }
+            let first_position = next;
+            let mut version = actual;
+            for event in &request.events {
+                version += 1;
+                let stored = StoredEvent {
+                    stream,
+                    stream_version: version,
+                    event_type: &event.event_type,
+                    timestamp_ms,
+                    data: &event.data,
+                    metadata: event.metadata.as_deref().unwrap_or(b"{}"),
+                };
+                events.insert(next, stored.encode().as_slice())?;
+                index.insert((stream, version), next)?;
+                next += 1;
+            }
+            streams.insert(stream, version)?;
+            let appended = Appended {
+                first_position,
+                last_position: next - 1,
+                stream_version: version,
+                replayed: false,
+            };
+            if remembers {
+                idempotency::remember(
+                    &mut remembered,
+                    &mut expiry,
+                    timestamp_ms,
+                    key,
+                    stream,
+                    &request.events,
+                    &digest,
+                    &appended,
+                )?;
+            }
+            outcomes.push(Ok(appended));
+        }
+    }
+    txn.commit()?;
+    Ok((outcomes, next - 1))
+}
