@@ -178,10 +178,14 @@ pub enum Unready {
 /// Whether Prism is ready.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Readiness {
-    /// True when no projector is faulted or stalled.
+    /// True when the log can write and no projector is faulted or stalled.
     pub ready: bool,
     /// The log's head.
     pub head: u64,
+    /// Why the log cannot write, while it cannot (a full disk, an I/O error); it recovers by
+    /// itself once a write succeeds again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_error: Option<String>,
     /// The projectors that make Prism not ready.
     pub unready: Vec<UnreadyProjector>,
 }

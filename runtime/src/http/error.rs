@@ -163,7 +163,10 @@ impl From<crate::store::StoreError> for ApiError {
 
 impl From<crate::log::ReadError> for ApiError {
     fn from(e: crate::log::ReadError) -> Self {
-        ApiError::internal(&e)
+        match e {
+            crate::log::ReadError::Unavailable(_) => ApiError::unavailable(e.to_string(), 1),
+            e => ApiError::internal(&e),
+        }
     }
 }
 

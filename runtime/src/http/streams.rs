@@ -45,8 +45,8 @@ pub const MAX_READ: usize = 1000;
             body = ErrorBody),
         (status = 415, description = "The body is not sent as `application/json`.",
             body = ErrorBody),
-        (status = 503, description = "Too many appends are waiting for the log, or Prism is \
-            stopping; nothing was appended. `Retry-After` says when to try again.",
+        (status = 503, description = "Too many appends are waiting for the log, the log cannot \
+            write now (a full disk: `/ready` says why), or Prism is stopping; nothing was appended. `Retry-After` says when to try again.",
             body = ErrorBody),
         (status = 500, description = "The log failed.", body = ErrorBody),
     ),
@@ -153,7 +153,7 @@ pub async fn append(
         Err(AppendError::Duplicate(message)) => {
             Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message))
         }
-        Err(e @ (AppendError::Busy | AppendError::Closed)) => {
+        Err(e @ (AppendError::Busy | AppendError::Closed | AppendError::Unavailable(_))) => {
             Err(ApiError::unavailable(e.to_string(), 1))
         }
         Err(e) => Err(ApiError::internal(&e)),

@@ -13,6 +13,7 @@
 
 mod idempotency;
 mod schema;
+mod shared;
 mod writer;
 
 pub use schema::StoredEvent;
@@ -117,6 +118,10 @@ pub enum AppendError {
     /// The log could not store the events.
     #[error("the event log could not store the events: {0}")]
     Storage(String),
+    /// The log cannot write now (a full disk, an I/O error); nothing was appended, and the
+    /// log recovers by itself when writing works again.
+    #[error("the event log cannot write now ({0}); nothing was appended: try again later")]
+    Unavailable(String),
     /// The log's writer has stopped (Prism is shutting down).
     #[error("the event log is closed")]
     Closed,
@@ -136,6 +141,9 @@ pub enum ReadError {
     /// redb failed to read.
     #[error("reading the event log failed: {0}")]
     Storage(#[from] redb::Error),
+    /// The log cannot be read now (it is being reopened after an I/O error).
+    #[error("the event log is unavailable: {0}")]
+    Unavailable(String),
     /// A stored event could not be decoded.
     #[error("event {position} in the log cannot be decoded: {reason}")]
     Corrupt { position: u64, reason: String },
@@ -171,7 +179,7 @@ struct AppendRequest {
 /// clone is dropped, the writer finishes its pending appends and the file is closed.
 #[derive(Clone)]
 pub struct EventLog {
-    db: Arc<Database>,
+    db: Arc<shared::Shared>,
     writer: Arc<Writer>,
     head: watch::Receiver<u64>,
 }
@@ -245,7 +253,7 @@ impl EventLog {
         };
         let db = crate::store::open_database(path).map_err(fail)?;
         let head = init_tables(&db).map_err(fail)?;
-        let db = Arc::new(db);
+        let db = Arc::new(shared::Shared::new(path.to_path_buf(), db));
         let (head_tx, head_rx) = watch::channel(head);
         let (queue, requests) = mpsc::sync_channel(queue.max(1));
         let writer_db = db.clone();
@@ -305,6 +313,11 @@ impl EventLog {
                 mpsc::TrySendError::Disconnected(_) => AppendError::Closed,
             })?;
         answer.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// Why appends fail, while they do (a full disk, an I/O error); `None` when they work.
+    pub fn trouble(&self) -> Option<String> {
+        self.db.trouble()
     }
 
     /// The position of the last committed event (0 when the log is empty).
@@ -394,7 +407,7 @@ impl EventLog {
         from: u64,
         max: usize,
     ) -> Result<Vec<RecordedEvent>, ReadError> {
-        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let txn = self.db.get()?.begin_read().map_err(redb::Error::from)?;
         let index = txn.open_table(STREAM_INDEX).map_err(redb::Error::from)?;
         let events = txn.open_table(EVENTS).map_err(redb::Error::from)?;
         let mut out = Vec::new();
@@ -418,7 +431,7 @@ impl EventLog {
         &self,
         table: redb::TableDefinition<K, V>,
     ) -> Result<redb::ReadOnlyTable<K, V>, ReadError> {
-        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let txn = self.db.get()?.begin_read().map_err(redb::Error::from)?;
         Ok(txn.open_table(table).map_err(redb::Error::from)?)
     }
 }

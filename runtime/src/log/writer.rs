@@ -3,6 +3,7 @@
 
 use super::schema::{EVENTS, STREAM_INDEX, STREAMS, StoredEvent};
 use super::{AppendError, AppendRequest, Appended, ExpectedVersion, MAX_GROUP, idempotency};
+use super::shared::Shared;
 use redb::{Database, ReadableTable};
 use std::sync::mpsc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,13 +12,29 @@ use tokio::sync::watch;
 /// The writer thread: takes every request waiting, commits them in one durable transaction,
 /// then answers each and publishes the new head.
 pub(super) fn write_loop(
-    db: &Database,
+    shared: &Shared,
     requests: mpsc::Receiver<AppendRequest>,
     head_tx: watch::Sender<u64>,
     mut head: u64,
     window: std::time::Duration,
 ) {
-    while let Ok(first) = requests.recv() {
+    loop {
+        // While the log cannot write, look every second whether it can again.
+        let first = if shared.trouble().is_some() {
+            match requests.recv_timeout(std::time::Duration::from_secs(1)) {
+                Ok(request) => request,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    shared.probe();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match requests.recv() {
+                Ok(request) => request,
+                Err(_) => break,
+            }
+        };
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match requests.try_recv() {
@@ -25,12 +42,33 @@ pub(super) fn write_loop(
                 Err(_) => break,
             }
         }
-        match commit_group(db, &group, head, window) {
+        let db = match shared.get() {
+            Ok(db) => Ok(db),
+            Err(_) => shared.reopen(),
+        };
+        let committed = db.and_then(|db| commit_group(&db, &group, head, window));
+        match committed {
             Ok((outcomes, new_head)) => {
+                if shared.trouble().is_some() {
+                    tracing::info!("the event log writes again");
+                    shared.set_trouble(None);
+                }
                 head = new_head;
                 head_tx.send_replace(head);
                 for (request, outcome) in group.into_iter().zip(outcomes) {
                     let _ = request.reply.send(outcome);
+                }
+            }
+            Err(e @ (redb::Error::Io(_) | redb::Error::PreviousIo)) => {
+                // redb fails a database whose write failed until it is reopened: reopen it now,
+                // so reads go on; appends work again once a commit succeeds.
+                tracing::error!(error = %e, requests = group.len(), "the event log cannot write");
+                shared.set_trouble(Some(format!("the event log cannot write: {e}")));
+                for request in group {
+                    let _ = request.reply.send(Err(AppendError::Unavailable(e.to_string())));
+                }
+                if let Err(e) = shared.reopen() {
+                    tracing::error!(error = %e, "reopening the event log failed; retrying at the next append");
                 }
             }
             Err(e) => {

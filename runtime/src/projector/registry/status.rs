@@ -83,9 +83,11 @@ impl Registry {
                 });
             }
         }
+        let log_error = self.inner.log.trouble();
         Readiness {
-            ready: unready.is_empty(),
+            ready: unready.is_empty() && log_error.is_none(),
             head,
+            log_error,
             unready,
         }
     }
