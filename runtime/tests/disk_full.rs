@@ -52,9 +52,49 @@ async fn a_full_disk_refuses_appends_with_503_and_recovers_by_itself() {
     let dir = tempfile::tempdir().unwrap();
     let disk = Tmpfs::mount(&dir.path().join("disk"), "24m");
     let data = disk.0.join("data");
-    let (server, client) = common::start(&data).await;
+    // Views durable often, so that their writes meet the full disk (between durable commits
+    // redb keeps a view's writes in memory).
+    let (server, client) = common::start_with(&data, |config| {
+        config.view_sync_interval = Duration::from_millis(20);
+    })
+    .await;
     client.deploy("counter", artifacts::EVENT_COUNTER).await;
+    client.deploy("blobs", artifacts::HOSTILE).await;
     client.wait_caught_up("counter").await;
+
+    // A projector writing 512 KiB per event fills the disk with its view: it faults, saying
+    // why; its neighbour does not.
+    let mut blob_events = 0;
+    loop {
+        let request = client
+            .request("POST", "/streams/b/events")
+            .header("content-type", "application/json")
+            .body(json!([{"type": "Blob", "data": {}}]).to_string());
+        let reply = tokio::time::timeout(Duration::from_secs(30), client.send(request))
+            .await
+            .expect("an append hung on a full disk");
+        assert!(matches!(reply.status, 201 | 503), "{}", reply.body);
+        if reply.status == 201 {
+            blob_events += 1;
+        }
+        let status = client
+            .wait_until("blobs", "the blob applied or a fault", |s| {
+                s["state"] == "faulted" || s["checkpoint"] == s["head"]
+            })
+            .await;
+        if status["state"] == "faulted" {
+            let message = status["error"]["message"].as_str().unwrap();
+            assert!(message.contains("space"), "{status}");
+            break;
+        }
+        assert!(
+            blob_events < 200,
+            "the view never filled the disk: {blob_events} blobs, last append {}, {status}",
+            reply.status
+        );
+    }
+    assert_ne!(client.status("counter").await["state"], "faulted");
+    println!("the blobs view filled the disk after {blob_events} events");
 
     // Appends of 16 events of 32 KiB each until the disk is full.
     let blob = "x".repeat(32 << 10);
@@ -103,7 +143,11 @@ async fn a_full_disk_refuses_appends_with_503_and_recovers_by_itself() {
         if ready.body["log_error"].is_null() {
             break;
         }
-        assert!(Instant::now() < deadline, "the log never recovered: {}", ready.body);
+        assert!(
+            Instant::now() < deadline,
+            "the log never recovered: {}",
+            ready.body
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let after = client
@@ -113,7 +157,10 @@ async fn a_full_disk_refuses_appends_with_503_and_recovers_by_itself() {
     let mut seen = Vec::new();
     let mut from = 1;
     loop {
-        let page = client.get(&format!("/streams/fill?from={from}&limit=1000")).await.body;
+        let page = client
+            .get(&format!("/streams/fill?from={from}&limit=1000"))
+            .await
+            .body;
         let events = page["events"].as_array().unwrap().clone();
         if events.is_empty() {
             break;
@@ -129,19 +176,27 @@ async fn a_full_disk_refuses_appends_with_503_and_recovers_by_itself() {
         .chain([None])
         .collect();
     assert_eq!(seen, expected, "the log lost or added appends");
-    assert_eq!(after["last_position"], seen.len() as u64);
+    assert_eq!(after["last_position"], (blob_events + seen.len()) as u64);
 
-    // The projector that could not commit its view is the only one harmed; it is whole again.
-    let status = client.status("counter").await;
-    println!("counter after the full disk: {}", status["state"]);
-    if status["state"] == "faulted" {
-        client.post_raw("/projectors/counter/resume", "").await;
+    // Every view is whole again: the faulted one once resumed (its file is reopened), exact.
+    let total = (seen.len() + blob_events) as u64;
+    for name in ["counter", "blobs"] {
+        let status = client.status(name).await;
+        println!("{name} after the full disk: {}", status["state"]);
+        if status["state"] == "faulted" {
+            let resumed = client
+                .post_raw(&format!("/projectors/{name}/resume"), "")
+                .await;
+            assert!(resumed.status < 300, "{}", resumed.body);
+        }
+        client.wait_caught_up(name).await;
     }
-    client.wait_caught_up("counter").await;
+    assert_eq!(client.view("counter", "total").await, json!(total));
+    assert_eq!(client.view("blobs", "ok").await, json!(total));
+    let blobs = client.whole_view("blobs").await;
     assert_eq!(
-        client.view("counter", "total").await,
-        json!(seen.len()),
-        "the view lost or doubled events"
+        blobs.keys().filter(|k| k.starts_with("blob/")).count(),
+        blob_events
     );
     server.stop().await;
 }

@@ -2,8 +2,8 @@
 //! idempotency checks of its appends.
 
 use super::schema::{EVENTS, STREAM_INDEX, STREAMS, StoredEvent};
-use super::{AppendError, AppendRequest, Appended, ExpectedVersion, MAX_GROUP, idempotency};
 use super::shared::Shared;
+use super::{AppendError, AppendRequest, Appended, ExpectedVersion, MAX_GROUP, idempotency};
 use redb::{Database, ReadableTable};
 use std::sync::mpsc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -65,7 +65,9 @@ pub(super) fn write_loop(
                 tracing::error!(error = %e, requests = group.len(), "the event log cannot write");
                 shared.set_trouble(Some(format!("the event log cannot write: {e}")));
                 for request in group {
-                    let _ = request.reply.send(Err(AppendError::Unavailable(e.to_string())));
+                    let _ = request
+                        .reply
+                        .send(Err(AppendError::Unavailable(e.to_string())));
                 }
                 if let Err(e) = shared.reopen() {
                     tracing::error!(error = %e, "reopening the event log failed; retrying at the next append");

@@ -17,7 +17,12 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+mod batch;
+pub use batch::BatchView;
+use batch::{bound, scan_start};
 
 /// The view: key → value (JSON bytes when the projector used the SDK's typed helpers).
 const VIEW: TableDefinition<&str, &[u8]> = TableDefinition::new("view");
@@ -99,7 +104,10 @@ pub type Overlay = BTreeMap<String, Option<Vec<u8>>>;
 
 /// One projector's view and checkpoint.
 pub struct ViewStore {
-    db: Database,
+    path: std::path::PathBuf,
+    /// Replaced by [`ViewStore::reopen`]: redb refuses every operation on a database whose
+    /// write failed (a full disk) until it is opened again.
+    db: parking_lot::RwLock<Arc<Database>>,
 }
 
 impl ViewStore {
@@ -118,19 +126,56 @@ impl ViewStore {
         txn.open_table(META).map_err(|e| fail(e.into()))?;
         txn.open_table(DEAD_LETTERS).map_err(|e| fail(e.into()))?;
         txn.commit().map_err(|e| fail(e.into()))?;
-        Ok(ViewStore { db })
+        Ok(ViewStore {
+            path: path.to_path_buf(),
+            db: parking_lot::RwLock::new(Arc::new(db)),
+        })
+    }
+
+    fn db(&self) -> Arc<Database> {
+        self.db.read().clone()
+    }
+
+    /// Opens the file again, when a failed write (a full disk, an I/O error) made redb refuse
+    /// it; a no-op otherwise. Done before a faulted projector's runner starts again.
+    pub fn reopen_if_failed(&self) -> Result<(), StoreError> {
+        let failed = match self.db().begin_write() {
+            Ok(txn) => {
+                txn.abort()?;
+                false
+            }
+            Err(redb::TransactionError::Storage(
+                redb::StorageError::PreviousIo | redb::StorageError::Io(_),
+            )) => true,
+            Err(e) => return Err(e.into()),
+        };
+        if !failed {
+            return Ok(());
+        }
+        let mut slot = self.db.write();
+        // The failed database must be closed before the file can be opened again: a
+        // placeholder in memory holds the slot meanwhile.
+        let placeholder = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(redb::Error::from)?;
+        let old = std::mem::replace(&mut *slot, Arc::new(placeholder));
+        drop(old);
+        let db = open_database(&self.path)?;
+        *slot = Arc::new(db);
+        tracing::info!(path = %self.path.display(), "reopened a view file after a failed write");
+        Ok(())
     }
 
     /// The position of the last event the view reflects (0: none yet).
     pub fn checkpoint(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let meta = txn.open_table(META)?;
         Ok(meta.get(CHECKPOINT)?.map_or(0, |v| v.value()))
     }
 
     /// A consistent snapshot of the committed view and its checkpoint.
     pub fn snapshot(&self) -> Result<ViewSnapshot, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let view = txn.open_table(VIEW)?;
         let meta = txn.open_table(META)?;
         let checkpoint = meta.get(CHECKPOINT)?.map_or(0, |v| v.value());
@@ -164,7 +209,7 @@ impl ViewStore {
 
     /// What [`commit_proving`](Self::commit_proving) recorded last.
     pub fn proven_code(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let code = match txn.open_table(CODE) {
             Ok(code) => code,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -182,7 +227,7 @@ impl ViewStore {
         dead_letter: Option<&DeadLetter>,
         proven: Option<&[u8]>,
     ) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.db().begin_write()?;
         if !durable {
             txn.set_durability(Durability::None)
                 .expect("no persistent savepoints are used");
@@ -205,7 +250,7 @@ impl ViewStore {
     /// Writes the overlay of a successful dead-letter retry and removes that dead letter, in one
     /// durable transaction; the checkpoint does not move.
     pub fn commit_retry(&self, overlay: &Overlay, position: u64) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db().begin_write()?;
         {
             write_overlay(&txn, overlay)?;
             let mut letters = txn.open_table(DEAD_LETTERS)?;
@@ -217,7 +262,7 @@ impl ViewStore {
 
     /// Records (or replaces) one dead letter, durably.
     pub fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db().begin_write()?;
         write_dead_letter(&txn, letter)?;
         txn.commit()?;
         Ok(())
@@ -225,7 +270,7 @@ impl ViewStore {
 
     /// The dead letter at `position`.
     pub fn dead_letter(&self, position: u64) -> Result<Option<DeadLetter>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let letters = txn.open_table(DEAD_LETTERS)?;
         Ok(letters
             .get(position)?
@@ -234,7 +279,7 @@ impl ViewStore {
 
     /// Up to `limit` dead letters after position `after`, in log order.
     pub fn dead_letters(&self, after: u64, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let letters = txn.open_table(DEAD_LETTERS)?;
         let mut out = Vec::new();
         for row in letters
@@ -251,7 +296,7 @@ impl ViewStore {
 
     /// Removes the dead letter at `position`; false when there was none.
     pub fn discard_dead_letter(&self, position: u64) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db().begin_write()?;
         let removed = txn.open_table(DEAD_LETTERS)?.remove(position)?.is_some();
         txn.commit()?;
         Ok(removed)
@@ -259,7 +304,7 @@ impl ViewStore {
 
     /// Makes every earlier commit durable.
     pub fn flush(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db().begin_write()?;
         txn.commit()?;
         Ok(())
     }
@@ -368,140 +413,6 @@ impl ViewSnapshot {
             out.push((key.value().to_string(), value.value().to_vec()));
         }
         Ok(out)
-    }
-}
-
-/// Where a scan starts: after `after` when it lies within the prefix's range, else at `prefix`.
-enum Start<'a> {
-    Including(&'a str),
-    Excluding(&'a str),
-}
-
-fn scan_start<'a>(prefix: &'a str, after: Option<&'a str>) -> Start<'a> {
-    match after {
-        Some(after) if after >= prefix => Start::Excluding(after),
-        _ => Start::Including(prefix),
-    }
-}
-
-fn bound<'a>(start: &Start<'a>) -> Bound<&'a str> {
-    match *start {
-        Start::Including(k) => Bound::Included(k),
-        Start::Excluding(k) => Bound::Excluded(k),
-    }
-}
-
-/// Which side of a merged scan the next entry comes from.
-enum Take {
-    Committed,
-    Pending,
-    PendingOverCommitted,
-}
-
-/// A batch in progress: reads see the batch's own writes over the committed snapshot.
-pub struct BatchView {
-    base: ViewSnapshot,
-    overlay: Overlay,
-}
-
-impl BatchView {
-    /// Starts a batch over `base`.
-    pub fn new(base: ViewSnapshot) -> Self {
-        BatchView {
-            base,
-            overlay: Overlay::new(),
-        }
-    }
-
-    /// The value under `key`, as this batch sees it.
-    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.overlay.get(key) {
-            Some(value) => Ok(value.clone()),
-            None => self.base.get(key),
-        }
-    }
-
-    /// Stores `value` under `key` (in the batch).
-    pub fn put(&mut self, key: String, value: Vec<u8>) {
-        self.overlay.insert(key, Some(value));
-    }
-
-    /// Deletes `key` (in the batch).
-    pub fn delete(&mut self, key: String) {
-        self.overlay.insert(key, None);
-    }
-
-    /// A scan of the view as this batch sees it: committed entries merged with the batch's
-    /// writes, walked side by side so that no more than `limit` entries are ever built. `None`
-    /// when the entries would pass `max_bytes` (keys and values).
-    pub fn scan(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-        max_bytes: usize,
-    ) -> Result<Option<Vec<Entry>>, StoreError> {
-        let start = scan_start(prefix, after);
-        let mut committed = self
-            .base
-            .view
-            .range::<&str>((bound(&start), Bound::Unbounded))?
-            .peekable();
-        let mut pending = self
-            .overlay
-            .range::<str, _>((bound(&start), Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .peekable();
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        while out.len() < limit {
-            // Which side holds the next key: the batch's write wins over a committed entry
-            // with the same key (which is then passed over).
-            let take = match (committed.peek(), pending.peek()) {
-                (Some(Err(_)), _) => {
-                    let error = committed.next().and_then(Result::err);
-                    return Err(error.expect("peeked an error").into());
-                }
-                (Some(Ok((key, _))), pending_next) if key.value().starts_with(prefix) => {
-                    match pending_next {
-                        Some((p, _)) => match p.as_str().cmp(key.value()) {
-                            std::cmp::Ordering::Less => Take::Pending,
-                            std::cmp::Ordering::Equal => Take::PendingOverCommitted,
-                            std::cmp::Ordering::Greater => Take::Committed,
-                        },
-                        None => Take::Committed,
-                    }
-                }
-                (_, Some(_)) => Take::Pending,
-                (_, None) => break,
-            };
-            let entry = match take {
-                Take::Committed => {
-                    let (key, value) = committed.next().expect("peeked")?;
-                    Some((key.value().to_string(), value.value().to_vec()))
-                }
-                Take::Pending | Take::PendingOverCommitted => {
-                    if matches!(take, Take::PendingOverCommitted) {
-                        committed.next();
-                    }
-                    let (key, value) = pending.next().expect("peeked");
-                    value.as_ref().map(|v| (key.clone(), v.clone()))
-                }
-            };
-            if let Some((key, value)) = entry {
-                bytes = bytes.saturating_add(key.len() + value.len());
-                if bytes > max_bytes {
-                    return Ok(None);
-                }
-                out.push((key, value));
-            }
-        }
-        Ok(Some(out))
-    }
-
-    /// The batch's writes, to commit.
-    pub fn into_overlay(self) -> Overlay {
-        self.overlay
     }
 }
 

@@ -244,6 +244,10 @@ impl Registry {
             return Ok(());
         }
         old.stop_runner();
+        // A view whose write failed (a full disk) is opened again first.
+        if let Err(e) = old.store.reopen_if_failed() {
+            tracing::warn!(projector = %projector.name, error = %e, "reopening a failed view file failed");
+        }
         let deployment = projector.deployment();
         let name = &projector.name;
         let restarted = match role {
