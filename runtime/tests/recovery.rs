@@ -111,16 +111,28 @@ async fn verify_compares_the_live_view_with_a_replay_and_names_differences() {
     server.stop().await;
 }
 
-/// Damages a file: flips the bytes of its header, or truncates it.
-fn damage(path: &std::path::Path, how: &str) {
+/// Damages a file: flips the bytes of its header, flips one byte inside a data page (where
+/// `needle`, data the file is known to hold, is stored), or truncates it.
+fn damage(path: &std::path::Path, how: &str, needle: &str) {
     let mut bytes = std::fs::read(path).unwrap();
     match how {
         "bit-flip" => bytes[..64].iter_mut().for_each(|b| *b ^= 0x5A),
+        "data-page-flip" => {
+            let at = bytes
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .unwrap_or_else(|| panic!("{needle:?} is not in {}", path.display()));
+            // Far from the header: the fault lands in a data page.
+            assert!(at > 4096, "{needle:?} found at {at}, in the header");
+            bytes[at] ^= 0x01;
+        }
         "truncate" => bytes.truncate(bytes.len() / 3),
         _ => unreachable!(),
     }
     std::fs::write(path, bytes).unwrap();
 }
+
+const DAMAGES: [&str; 3] = ["bit-flip", "data-page-flip", "truncate"];
 
 async fn start_error(dir: &std::path::Path) -> String {
     let config = prism::server::ServerConfig::new(dir, "127.0.0.1:0".parse().unwrap());
@@ -135,13 +147,14 @@ async fn start_error(dir: &std::path::Path) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_damaged_log_refuses_to_start_with_a_clear_message() {
-    for how in ["bit-flip", "truncate"] {
+    for how in DAMAGES {
         let dir = tempfile::tempdir().unwrap();
         let (server, client) = common::start(dir.path()).await;
         common::append_history(&client).await;
         server.stop().await;
         let log = dir.path().join("log.redb");
-        damage(&log, how);
+        // An event type of the history.
+        damage(&log, how, "Deposited");
         let message = start_error(dir.path()).await;
         assert!(
             message.contains(&log.display().to_string()),
@@ -159,14 +172,14 @@ async fn a_damaged_log_refuses_to_start_with_a_clear_message() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_damaged_view_is_named_and_repair_rebuilds_it_from_the_log() {
-    for how in ["bit-flip", "truncate"] {
+    for how in DAMAGES {
         let dir = tempfile::tempdir().unwrap();
         let (server, client) = common::start(dir.path()).await;
         common::examples_over_history(&client).await;
         server.stop().await;
 
         let view = dir.path().join("projectors/account-balances/gen-1.redb");
-        damage(&view, how);
+        damage(&view, how, "account/a");
         let message = start_error(dir.path()).await;
         assert!(
             message.contains(&view.display().to_string()),
@@ -186,5 +199,28 @@ async fn a_damaged_view_is_named_and_repair_rebuilds_it_from_the_log() {
             );
         }
         server.stop().await;
+    }
+}
+
+/// A damaged catalog (which projectors run which code) refuses to start, naming the file and
+/// what to do; never a panic.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_catalog_refuses_to_start_with_a_clear_message() {
+    for how in DAMAGES {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, client) = common::start(dir.path()).await;
+        common::examples_over_history(&client).await;
+        server.stop().await;
+        let catalog = dir.path().join("catalog.redb");
+        damage(&catalog, how, "account-balances");
+        let message = start_error(dir.path()).await;
+        assert!(
+            message.contains(&catalog.display().to_string()),
+            "{how}: {message}"
+        );
+        assert!(
+            message.contains("restore it from a backup"),
+            "{how}: {message}"
+        );
     }
 }

@@ -134,7 +134,11 @@ impl From<StoreError> for RetryError {
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// The catalog could not be opened.
-    #[error("cannot open the catalog {path}")]
+    #[error(
+        "cannot open the catalog {path} (it records which projectors run which code): restore it \
+         from a backup, or move it aside and deploy the projectors again (their views are rebuilt \
+         from the log)"
+    )]
     Catalog {
         path: String,
         #[source]

@@ -349,7 +349,14 @@ pub fn open_database(path: &Path) -> Result<Database, redb::Error> {
 }
 
 fn open_once(path: &Path) -> Result<Database, redb::Error> {
-    match std::panic::catch_unwind(|| Database::create(path)) {
+    // Every page's checksum is verified on open: a file damaged at rest (a flipped byte in a
+    // data page) is refused as corrupted instead of trusted, or panicking at read time.
+    let open = || {
+        Database::builder()
+            .set_check_integrity_on_open(true)
+            .create(path)
+    };
+    match std::panic::catch_unwind(open) {
         Ok(opened) => opened.map_err(redb::Error::from),
         Err(panic) => {
             let what = panic
