@@ -12,6 +12,7 @@
 //! view_sync_interval_ms = 30000
 //! append_queue = 4096
 //! idempotency_window_secs = 86400
+//! keep_modules = 3
 //!
 //! [limits]
 //! max_module_bytes = 67108864
@@ -74,6 +75,8 @@ pub struct Config {
     pub append_queue: usize,
     /// How long, in seconds, the log remembers appends' idempotency keys and event ids.
     pub idempotency_window_secs: u64,
+    /// Modules kept per projector for rollback; stored modules no projector needs are deleted.
+    pub keep_modules: usize,
     pub limits: RequestLimits,
     pub sandbox: Sandbox,
     #[serde(skip_serializing_if = "Tokens::is_empty")]
@@ -99,6 +102,7 @@ impl Default for Config {
             view_sync_interval_ms: crate::store::DURABLE_INTERVAL.as_millis() as u64,
             append_queue: crate::log::APPEND_QUEUE,
             idempotency_window_secs: crate::log::IDEMPOTENCY_WINDOW.as_secs(),
+            keep_modules: crate::projector::catalog::KEEP_MODULES,
             limits: RequestLimits::default(),
             sandbox: Sandbox::default(),
             tokens: Tokens::default(),
@@ -158,6 +162,7 @@ impl Config {
         config.view_sync_interval = std::time::Duration::from_millis(self.view_sync_interval_ms);
         config.append_queue = self.append_queue;
         config.idempotency_window = std::time::Duration::from_secs(self.idempotency_window_secs);
+        config.keep_modules = self.keep_modules;
         // Uploads are compiled by this executable's `compile-worker`, within bounds.
         config.compile_worker = std::env::current_exe().ok();
         config

@@ -43,6 +43,8 @@ pub struct ServerConfig {
     /// (`prism compile-worker`); `None` compiles them in this process, unbounded in time and
     /// memory (Prism as a library). `prism serve` sets it to itself.
     pub compile_worker: Option<PathBuf>,
+    /// Modules kept per projector for rollback; stored modules no projector needs are deleted.
+    pub keep_modules: usize,
 }
 
 impl ServerConfig {
@@ -60,6 +62,7 @@ impl ServerConfig {
             append_queue: crate::log::APPEND_QUEUE,
             idempotency_window: crate::log::IDEMPOTENCY_WINDOW,
             compile_worker: None,
+            keep_modules: crate::projector::catalog::KEEP_MODULES,
         }
     }
 }
@@ -88,6 +91,7 @@ impl Server {
         let options = RegistryOptions {
             spawner: config.spawner.clone(),
             view_sync_interval: config.view_sync_interval,
+            keep_modules: config.keep_modules,
         };
         let (log, registry) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let dir = DataDir::create(&root)
@@ -175,12 +179,13 @@ pub enum Repair {
 pub fn repair(data_dir: &std::path::Path) -> anyhow::Result<Vec<Repair>> {
     let dir = DataDir::new(data_dir);
     EventLog::open(&dir.log())?;
-    crate::projector::catalog::Catalog::open(&dir).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot open the catalog {}: {e}; restore it from a backup",
-            dir.catalog().display()
-        )
-    })?;
+    crate::projector::catalog::Catalog::open(&dir, crate::projector::catalog::KEEP_MODULES)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open the catalog {}: {e}; restore it from a backup",
+                dir.catalog().display()
+            )
+        })?;
     let mut repairs = Vec::new();
     let projectors = dir.projectors();
     let Ok(dirs) = std::fs::read_dir(&projectors) else {

@@ -11,67 +11,11 @@
 
 mod common;
 
-use common::{Client, artifacts};
+use common::artifacts;
+use common::process::{Rng, start, start_syncing};
 use prism_client::wire::{NewEvent, ReadParams};
 use serde_json::json;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-/// A `prism serve` child process and a client for it.
-struct Prism {
-    child: Child,
-    client: Client,
-}
-
-/// Starts `prism serve` on `data_dir`, its views made durable every 5 ms.
-fn start(data_dir: &std::path::Path) -> Prism {
-    start_syncing(data_dir, 5)
-}
-
-/// Starts `prism serve` on `data_dir`, its views made durable every `sync_ms`.
-fn start_syncing(data_dir: &std::path::Path, sync_ms: u64) -> Prism {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_prism"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--view-sync-interval-ms",
-        ])
-        .arg(sync_ms.to_string())
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting prism");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let address = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("prism did not say where it listens: {line:?}"))
-        .to_string();
-    Prism {
-        child,
-        client: Client::new(&address),
-    }
-}
-
-/// A deterministic pseudo-random sequence (no dependency, same run every time).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 /// An append that was acknowledged: its first position and its events' ids.
 struct Acked {

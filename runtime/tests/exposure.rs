@@ -340,3 +340,57 @@ async fn slow_change_readers_are_bounded_in_number_and_memory() {
     drop(readers);
     server.stop().await;
 }
+
+/// Stored modules and compiled artifacts no deployment needs are deleted, keeping the last
+/// `keep_modules` of each projector for rollback; a deleted projector's go with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn unneeded_modules_are_collected_keeping_the_last_few() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = common::start_with(dir.path(), |config| {
+        config.keep_modules = 2;
+    })
+    .await;
+    let stored = |sub: &str, ext: &str| -> std::collections::BTreeSet<String> {
+        std::fs::read_dir(dir.path().join(sub))
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                name.strip_suffix(ext).map(str::to_string)
+            })
+            .collect()
+    };
+    let v1 = common::module_of(&client.deploy("tally", artifacts::TALLY_V1).await);
+    let v2 = common::module_of(&client.deploy("tally", artifacts::TALLY_V2).await);
+    // v2 is on trial until it applies a batch.
+    client.append("s", json!([{"type": "T", "data": {}}])).await;
+    client
+        .wait_until("tally", "v2 proven", |s| {
+            s["module"] == v2.as_str() && s["checkpoint"] == 1
+        })
+        .await;
+    let counter = common::module_of(&client.deploy("counter", artifacts::EVENT_COUNTER).await);
+    let v3 = common::module_of(&client.deploy("tally", artifacts::TALLY_V3).await);
+    client
+        .wait_until("tally", "v3 serving", |s| {
+            s["module"] == v3.as_str() && s["rebuild"].is_null()
+        })
+        .await;
+    // tally keeps v3 (serving) and v2 (rollback); v1 is gone, module and compiled code.
+    let expected: std::collections::BTreeSet<String> = [v2.clone(), v3.clone(), counter.clone()]
+        .into_iter()
+        .collect();
+    assert_eq!(stored("modules", ".wasm"), expected);
+    assert!(!stored("cache", ".cwasm").contains(&v1));
+    // Rolling back to a kept module works.
+    let reply = client
+        .request("PUT", &format!("/projectors/tally?module={v2}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    // A deleted projector's modules go with it; the neighbour's stay.
+    assert_eq!(client.delete("/projectors/tally").await.status, 200);
+    let left: std::collections::BTreeSet<String> = [counter].into_iter().collect();
+    assert_eq!(stored("modules", ".wasm"), left);
+    server.stop().await;
+}

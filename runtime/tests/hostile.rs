@@ -8,6 +8,9 @@ mod common;
 use common::artifacts;
 use serde_json::json;
 
+/// The tests here measure this process's peak RSS or count its child processes: one at a time.
+static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The high-water mark of this process's resident memory (Prism runs in it), in bytes.
 fn peak_rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -18,6 +21,7 @@ fn peak_rss() -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_flood_is_bounded_and_harms_only_its_projector() {
+    let _one_at_a_time = ALONE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let (server, client) = common::start(dir.path()).await;
     client
@@ -92,6 +96,7 @@ fn walk(dir: &std::path::Path) -> u64 {
 /// each).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_memory_cap_counts_every_memory_together() {
+    let _one_at_a_time = ALONE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let (server, client) = common::start(dir.path()).await;
     client.deploy("memories", artifacts::MANY_MEMORIES).await;
@@ -160,9 +165,6 @@ fn compile_bomb(operations: usize) -> Vec<u8> {
     prism_toolchain::componentize(&core).unwrap()
 }
 
-/// The compile tests count this process's child processes: one at a time.
-static COMPILE_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// The `prism` compile workers running under this process (Prism runs in it).
 fn compile_workers() -> usize {
     let me = std::process::id().to_string();
@@ -187,7 +189,7 @@ async fn upload(client: &common::Client, name: &str, wasm: Vec<u8>) -> (u16, ser
 /// and the neighbour (compiled by the same bounded workers) stays live and exact.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_compile_bomb_is_refused_in_bounded_time_one_compile_at_a_time() {
-    let _one_at_a_time = COMPILE_TESTS.lock().await;
+    let _one_at_a_time = ALONE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let (server, client) = common::start_with(dir.path(), |config| {
         config.compile_worker = Some(env!("CARGO_BIN_EXE_prism").into());
@@ -243,7 +245,7 @@ async fn a_compile_bomb_is_refused_in_bounded_time_one_compile_at_a_time() {
 /// A compile whose request timed out (408) is abandoned: its worker is killed, not left running.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_abandoned_compile_stops_behind_its_408() {
-    let _one_at_a_time = COMPILE_TESTS.lock().await;
+    let _one_at_a_time = ALONE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let (server, client) = common::start_with(dir.path(), |config| {
         config.compile_worker = Some(env!("CARGO_BIN_EXE_prism").into());
@@ -269,7 +271,7 @@ async fn an_abandoned_compile_stops_behind_its_408() {
 /// A compile that needs more memory than allowed is refused; Prism is unharmed.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_compile_over_its_memory_limit_is_refused() {
-    let _one_at_a_time = COMPILE_TESTS.lock().await;
+    let _one_at_a_time = ALONE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let (server, client) = common::start_with(dir.path(), |config| {
         config.compile_worker = Some(env!("CARGO_BIN_EXE_prism").into());
@@ -286,5 +288,80 @@ async fn a_compile_over_its_memory_limit_is_refused() {
         "{body}"
     );
     client.deploy("counter", artifacts::EVENT_COUNTER).await;
+    server.stop().await;
+}
+
+/// Every hostile fixture at once, one attack event at a time: each faults (dead-letters) only
+/// on its own events, the neighbour stays exact, and Prism's peak RSS stays bounded — measured
+/// per attack.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_hostile_fixture_leaves_prism_rss_bounded() {
+    let _one_at_a_time = ALONE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = common::start(dir.path()).await;
+    let hostile = [
+        ("hostile", artifacts::HOSTILE),
+        ("bomb", artifacts::MEMORY_BOMB),
+        ("memories", artifacts::MANY_MEMORIES),
+        ("loop", artifacts::INFINITE_LOOP),
+        ("deep", artifacts::DEEP_RECURSION),
+    ];
+    for (name, wasm) in hostile {
+        client.deploy_with(name, wasm, "on_error=skip").await;
+    }
+    client.deploy("counter", artifacts::EVENT_COUNTER).await;
+    let start = peak_rss();
+    let mut before = start;
+    let mut table = Vec::new();
+    let attacks = [
+        "PutFlood",
+        "BigValue",
+        "LongDelete",
+        "ScanAll",
+        "HugeError",
+        "Bomb",
+        "Loop",
+        "Recurse",
+    ];
+    for (i, attack) in attacks.iter().enumerate() {
+        client
+            .append(
+                "s",
+                json!([{"type": attack, "data": {}}, {"type": "Fine", "data": {}}]),
+            )
+            .await;
+        let head = 2 * (i as u64 + 1);
+        for (name, _) in hostile {
+            client
+                .wait_until(name, "the attack handled", |s| s["checkpoint"] == head)
+                .await;
+        }
+        let now = peak_rss();
+        table.push(format!(
+            "{attack}: +{} MiB",
+            now.saturating_sub(before) >> 20
+        ));
+        before = now;
+    }
+    let grown = peak_rss().saturating_sub(start);
+    println!(
+        "peak RSS per attack: {}; total +{} MiB",
+        table.join(", "),
+        grown >> 20
+    );
+    assert!(
+        grown < 512 << 20,
+        "the attacks raised the peak RSS by {} MiB: {table:?}",
+        grown >> 20
+    );
+    // Every projector is still live; the neighbour applied everything.
+    for (name, _) in hostile {
+        assert_eq!(client.status(name).await["state"], "live", "{name}");
+    }
+    client.wait_caught_up("counter").await;
+    assert_eq!(
+        client.view("counter", "total").await,
+        json!(2 * attacks.len())
+    );
     server.stop().await;
 }

@@ -7,6 +7,12 @@ use serde::{Deserialize, Serialize};
 
 const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
 
+/// The modules each projector ran, most recent first (JSON list of hashes): kept for rollback.
+const HISTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("module_history");
+
+/// Modules kept per projector by default (its current ones included) for rollback.
+pub const KEEP_MODULES: usize = 3;
+
 /// One deployed projector, as recorded in the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deployment {
@@ -63,19 +69,23 @@ impl GenerationRecord {
 pub struct Catalog {
     db: Database,
     dir: DataDir,
+    /// Modules kept per projector (see [`Catalog::collect`]).
+    keep: usize,
 }
 
 impl Catalog {
     /// Opens the catalog of the data dir `dir`.
-    pub fn open(dir: &DataDir) -> Result<Catalog, redb::Error> {
+    pub fn open(dir: &DataDir, keep: usize) -> Result<Catalog, redb::Error> {
         std::fs::create_dir_all(dir.modules()).map_err(redb::Error::Io)?;
         let db = crate::store::open_database(&dir.catalog())?;
         let txn = db.begin_write()?;
         txn.open_table(DEPLOYMENTS)?;
+        txn.open_table(HISTORY)?;
         txn.commit()?;
         Ok(Catalog {
             db,
             dir: dir.clone(),
+            keep: keep.max(1),
         })
     }
 
@@ -96,24 +106,80 @@ impl Catalog {
         Ok(out)
     }
 
-    /// Records (or replaces) a deployment, durably.
+    /// Records (or replaces) a deployment, durably, and its modules in the projector's history.
     pub fn put(&self, name: &str, deployment: &Deployment) -> Result<(), redb::Error> {
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(DEPLOYMENTS)?;
             let bytes = serde_json::to_vec(deployment).expect("a deployment serializes");
             table.insert(name, bytes.as_slice())?;
+            let mut history = txn.open_table(HISTORY)?;
+            let mut modules: Vec<String> = match history.get(name)? {
+                Some(row) => serde_json::from_slice(row.value()).unwrap_or_default(),
+                None => Vec::new(),
+            };
+            let current = [
+                Some(&deployment.serving),
+                deployment.trial.as_ref(),
+                deployment.pending.as_ref(),
+            ];
+            for record in current.into_iter().flatten() {
+                modules.retain(|m| *m != record.module);
+                modules.insert(0, record.module.clone());
+            }
+            modules.truncate(self.keep.max(current.iter().flatten().count()));
+            let bytes = serde_json::to_vec(&modules).expect("a list serializes");
+            history.insert(name, bytes.as_slice())?;
         }
         txn.commit()?;
         Ok(())
     }
 
-    /// Removes a deployment, durably.
+    /// Removes a deployment and its module history, durably.
     pub fn remove(&self, name: &str) -> Result<(), redb::Error> {
         let txn = self.db.begin_write()?;
         txn.open_table(DEPLOYMENTS)?.remove(name)?;
+        txn.open_table(HISTORY)?.remove(name)?;
         txn.commit()?;
         Ok(())
+    }
+
+    /// Deletes the stored modules and compiled artifacts no projector needs: not in use by a
+    /// deployment (serving, on trial, rebuilding) and not among the last `keep` modules of a
+    /// projector's history (kept for rollback). Returns the hashes deleted. Call it where no
+    /// deploy can be between storing a module and recording it (under the registry's lock).
+    pub fn collect(&self) -> Result<Vec<String>, redb::Error> {
+        let mut wanted = std::collections::HashSet::new();
+        for (_, deployment) in self.deployments()? {
+            let current = [
+                Some(deployment.serving),
+                deployment.trial,
+                deployment.pending,
+            ];
+            wanted.extend(current.into_iter().flatten().map(|r| r.module));
+        }
+        let txn = self.db.begin_read()?;
+        for row in txn.open_table(HISTORY)?.iter()? {
+            let (_, modules) = row?;
+            let modules: Vec<String> = serde_json::from_slice(modules.value()).unwrap_or_default();
+            wanted.extend(modules);
+        }
+        let mut deleted = Vec::new();
+        for hash in self.modules().map_err(redb::Error::Io)? {
+            if wanted.contains(&hash) {
+                continue;
+            }
+            let _ = std::fs::remove_file(self.dir.module(&hash));
+            let _ = std::fs::remove_file(self.dir.cache().join(format!("{hash}.cwasm")));
+            deleted.push(hash);
+        }
+        if !deleted.is_empty() {
+            tracing::info!(
+                modules = deleted.len(),
+                "collected modules no projector needs"
+            );
+        }
+        Ok(deleted)
     }
 
     /// The hashes of every stored module.

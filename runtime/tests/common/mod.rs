@@ -2,6 +2,8 @@
 //! event history with the exact views the example projectors must derive from it.
 #![allow(dead_code)]
 
+pub mod process;
+
 use prism::server::{Server, ServerConfig};
 use prism_client::wire::{DeployParams, NewEvent, ScanParams};
 use serde_json::{Value, json};

@@ -62,6 +62,10 @@ impl Registry {
         let compile_ms = started.elapsed().as_secs_f64() * 1000.0;
 
         let _changing = self.inner.changing.lock();
+        // A stored module may have been collected since it was found.
+        if upload.is_none() && !self.inner.catalog.has_module(&module.hash) {
+            return Err(DeployError::UnknownModule(module.hash.clone()));
+        }
         let existing = self.get(name);
         let latest = existing.as_ref().map(|p| p.deployment().latest().clone());
         let config = options
@@ -112,6 +116,7 @@ impl Registry {
             _ => (DeployMode::Created, self.create(name, candidate)?),
         };
         tracing::info!(projector = name, module = %hash, ?mode, generation, "deployed");
+        self.collect_modules();
         Ok(Deployed {
             name: name.to_string(),
             module: hash,
@@ -300,6 +305,7 @@ impl Registry {
         self.inner.projectors.write().remove(name);
         projector.stop();
         std::fs::remove_dir_all(self.inner.dir.projector(name))?;
+        self.collect_modules();
         self.inner.engine.guest_output().remove(name);
         self.inner.metrics.remove(name);
         tracing::info!(projector = name, "deleted");

@@ -49,6 +49,8 @@ pub struct RegistryOptions {
     /// How often a runner makes its view durable (an `fsync`): a crash replays at most about
     /// this much of the log per projector. Default [`DURABLE_INTERVAL`](crate::store::DURABLE_INTERVAL).
     pub view_sync_interval: std::time::Duration,
+    /// Modules kept per projector for rollback; stored modules no projector needs are deleted.
+    pub keep_modules: usize,
 }
 
 impl Default for RegistryOptions {
@@ -56,6 +58,7 @@ impl Default for RegistryOptions {
         RegistryOptions {
             spawner: Spawner::default(),
             view_sync_interval: crate::store::DURABLE_INTERVAL,
+            keep_modules: crate::projector::catalog::KEEP_MODULES,
         }
     }
 }
@@ -99,7 +102,7 @@ impl Registry {
             path: dir.catalog().display().to_string(),
             source,
         };
-        let catalog = Catalog::open(dir).map_err(catalog_error)?;
+        let catalog = Catalog::open(dir, options.keep_modules).map_err(catalog_error)?;
         let deployments = catalog.deployments().map_err(catalog_error)?;
         let (reports, inbox) = tokio::sync::mpsc::unbounded_channel();
         let registry = Registry {
@@ -130,7 +133,16 @@ impl Registry {
             .spawn(move || supervise(weak, inbox))
             .map_err(RegistryError::Spawn)?;
         *registry.inner.supervisor.lock() = Some(supervisor);
+        registry.collect_modules();
         Ok(registry)
+    }
+
+    /// Deletes stored modules no projector needs (see [`Catalog::collect`]); a failure only
+    /// leaves them for the next time. Call it under the `changing` lock, or before serving.
+    fn collect_modules(&self) {
+        if let Err(e) = self.inner.catalog.collect() {
+            tracing::warn!(error = %e, "collecting unused modules failed");
+        }
     }
 
     /// The event log the projectors follow.
