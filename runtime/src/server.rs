@@ -123,8 +123,11 @@ impl Server {
         }
         let (shutdown, stopped) = oneshot::channel();
         let http = tokio::spawn(async move {
-            let listener =
-                crate::http::BoundedListener::new(listener, config.limits.max_connections);
+            let listener = crate::http::BoundedListener::new(
+                listener,
+                config.limits.max_connections,
+                config.limits.idle_timeout,
+            );
             axum::serve(listener, app)
                 .with_graceful_shutdown(async {
                     let _ = stopped.await;

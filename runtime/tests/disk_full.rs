@@ -124,7 +124,12 @@ async fn a_full_disk_refuses_appends_with_503_and_recovers_by_itself() {
             }
             other => panic!("an append on a full disk answered {other}: {}", reply.body),
         }
+        // The log's trouble harms no projector: they read on.
+        assert_ne!(client.status("counter").await["state"], "faulted");
     }
+    // Reads go on while the log cannot write.
+    let read = client.get("/streams/b?limit=10").await;
+    assert_eq!(read.status, 200, "{}", read.body);
     assert!(refused > 0, "the disk never filled");
     let ready = client.get("/ready").await;
     assert_eq!(ready.status, 503, "{}", ready.body);

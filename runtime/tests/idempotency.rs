@@ -52,6 +52,25 @@ async fn a_retried_append_with_a_key_appends_once() {
     }
     assert_eq!(stream_len(&client, "order-1").await, 2);
 
+    // Ten concurrent first tries under a fresh key (one group commit may take several): one
+    // appends, the others answer its result.
+    let tries: Vec<_> = (0..10)
+        .map(|_| {
+            let (client, events) = (client.clone(), events.clone());
+            tokio::spawn(async move { append(&client, "order-2", Some("pay-2"), events).await })
+        })
+        .collect();
+    let mut bodies = std::collections::BTreeSet::new();
+    let mut fresh = 0;
+    for attempt in tries {
+        let reply = attempt.await.unwrap();
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        fresh += usize::from(reply.headers["idempotent-replayed"] == "false");
+        bodies.insert(reply.body.to_string());
+    }
+    assert_eq!((fresh, bodies.len()), (1, 1), "{bodies:?}");
+    assert_eq!(stream_len(&client, "order-2").await, 2);
+
     // A different append under the same key is refused; nothing is appended.
     let other = append(
         &client,
@@ -95,6 +114,18 @@ async fn event_ids_make_a_retry_a_no_op_and_a_partial_repeat_an_error() {
     let again = append(&client, "s", None, events).await;
     assert_eq!((again.status, &again.body), (201, &first.body));
     assert_eq!(again.headers["idempotent-replayed"], "true");
+    // The same ids with other data: not a retry, refused.
+    let other = append(
+        &client,
+        "s",
+        None,
+        json!([
+            {"type": "A", "data": {"changed": true}, "id": "evt-1"},
+            {"type": "B", "data": {}, "id": "evt-2"},
+        ]),
+    )
+    .await;
+    assert_eq!(other.status, 422, "{}", other.body);
     // One known id with a new one: refused, nothing appended.
     let partial = append(
         &client,

@@ -309,6 +309,11 @@ impl Engine {
         Ok((module, source))
     }
 
+    /// Forgets a module's compiled code kept in memory (its stored module was collected).
+    pub fn forget(&self, hash: &str) {
+        self.loaded.lock().remove(hash);
+    }
+
     fn cache_path(&self, hash: &str) -> Option<PathBuf> {
         let path = self.cache_dir.as_ref()?.join(format!("{hash}.cwasm"));
         path.exists().then_some(path)

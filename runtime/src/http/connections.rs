@@ -2,6 +2,7 @@
 //! `503` with `Retry-After` and closed, so idle or slow clients cannot hold Prism's sockets,
 //! tasks and buffers without bound.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,23 +16,40 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub struct BoundedListener {
     inner: TcpListener,
     places: Arc<Semaphore>,
+    /// Refusals being answered at once; past them a connection is closed without an answer.
+    refusals: Arc<Semaphore>,
     max: usize,
+    idle: Duration,
 }
 
 impl BoundedListener {
-    pub fn new(inner: TcpListener, max: usize) -> Self {
+    /// At most `max` connections; one that sends nothing for `idle` is closed (so silent
+    /// sockets cannot hold every place).
+    pub fn new(inner: TcpListener, max: usize, idle: Duration) -> Self {
         BoundedListener {
             inner,
             places: Arc::new(Semaphore::new(max)),
+            refusals: Arc::new(Semaphore::new(64)),
             max,
+            idle,
         }
     }
 }
 
-/// An accepted connection holding its place until it closes.
+/// An accepted connection holding its place until it closes, or until it has been idle (no
+/// byte read or written) for its idle time.
 pub struct Counted {
     stream: TcpStream,
     _place: OwnedSemaphorePermit,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Counted {
+    fn active(&mut self) {
+        let next = tokio::time::Instant::now() + self.idle;
+        self.deadline.as_mut().reset(next);
+    }
 }
 
 impl axum::serve::Listener for BoundedListener {
@@ -43,17 +61,27 @@ impl axum::serve::Listener for BoundedListener {
             let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
             match self.places.clone().try_acquire_owned() {
                 Ok(place) => {
+                    let deadline = Box::pin(tokio::time::sleep(self.idle));
                     return (
                         Counted {
                             stream,
                             _place: place,
+                            idle: self.idle,
+                            deadline,
                         },
                         addr,
                     );
                 }
                 Err(_) => {
                     tracing::warn!(%addr, max = self.max, "refused a connection: too many open (max_connections)");
-                    tokio::spawn(refuse(stream, self.max));
+                    // A bounded number answered at once; past that, closed at once.
+                    if let Ok(turn) = self.refusals.clone().try_acquire_owned() {
+                        let max = self.max;
+                        tokio::spawn(async move {
+                            refuse(stream, max).await;
+                            drop(turn);
+                        });
+                    }
                 }
             }
         }
@@ -90,7 +118,22 @@ impl AsyncRead for Counted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    self.active();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the connection was idle too long",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 }
 
@@ -100,7 +143,11 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.active();
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -116,7 +163,11 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.active();
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -157,6 +157,9 @@ impl From<StorageError> for ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
+        if let crate::store::StoreError::Unavailable(_) = e {
+            return ApiError::unavailable(e.to_string(), 1);
+        }
         ApiError::internal(&e)
     }
 }

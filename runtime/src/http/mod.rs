@@ -117,6 +117,9 @@ pub struct RequestLimits {
     pub stall_after: std::time::Duration,
     /// Most connections open at once; more are answered 503 with `Retry-After` and closed.
     pub max_connections: usize,
+    /// A connection that sends and receives nothing this long is closed.
+    #[serde(rename = "idle_timeout_secs", with = "secs")]
+    pub idle_timeout: std::time::Duration,
     /// Most change streams (`GET /projectors/{name}/changes`) open at once; more are answered
     /// 503 with `Retry-After`.
     pub max_subscribers: usize,
@@ -144,6 +147,7 @@ impl Default for RequestLimits {
             request_timeout: std::time::Duration::from_secs(60),
             stall_after: std::time::Duration::from_secs(30),
             max_connections: 1024,
+            idle_timeout: std::time::Duration::from_secs(60),
             max_subscribers: 256,
         }
     }

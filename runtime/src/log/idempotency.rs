@@ -119,6 +119,7 @@ pub fn seen(
     // append.
     let first = &before[0];
     let whole = known.len() == events.len()
+        && first.digest == digest
         && before.iter().enumerate().all(|(i, b)| {
             b.stream == stream
                 && b.digest == first.digest
@@ -134,7 +135,7 @@ pub fn seen(
         .map(|(id, _)| format!("{id:?}"))
         .collect();
     Ok(Seen::Conflict(format!(
-        "events with ids {} were appended before, not as this same append; nothing was appended",
+        "events with ids {} were appended before, not by this same append; nothing was appended",
         ids.join(", ")
     )))
 }

@@ -468,6 +468,13 @@ fn validate(stream: &str, events: &[NewEvent]) -> Result<(), AppendError> {
     Ok(())
 }
 
+/// The position of the last event in the log (0 when empty).
+fn read_head(db: &Database) -> Result<u64, redb::Error> {
+    let txn = db.begin_read()?;
+    let events = txn.open_table(EVENTS)?;
+    Ok(events.last()?.map_or(0, |(k, _)| k.value()))
+}
+
 /// Creates the tables of a new log and returns the head position.
 fn init_tables(db: &Database) -> Result<u64, redb::Error> {
     let txn = db.begin_write()?;

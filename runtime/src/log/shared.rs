@@ -45,8 +45,9 @@ impl Shared {
     }
 
     /// Whether writing works again: a 1 MiB file written and synced next to the log (a full
-    /// disk refuses it), then the database reopened if it must be. Clears the trouble if so.
-    pub(super) fn probe(&self) {
+    /// disk refuses it), then the database reopened (redb refuses a database whose write
+    /// failed until then). Clears the trouble and returns the reopened database if so.
+    pub(super) fn probe(&self) -> Option<Arc<Database>> {
         let dir = self.path.parent().unwrap_or(std::path::Path::new("."));
         let written = tempfile::NamedTempFile::new_in(dir).and_then(|mut file| {
             use std::io::Write as _;
@@ -54,13 +55,24 @@ impl Shared {
             file.as_file().sync_all()
         });
         if written.is_err() {
-            return;
+            return None;
         }
-        if self.db.read().is_none() && self.reopen().is_err() {
-            return;
+        let current = self.db.read().clone();
+        let reopened = match current {
+            Some(db) => Ok(db),
+            None => self.reopen(),
+        };
+        match reopened {
+            Ok(db) => {
+                tracing::info!("the event log can write again");
+                self.set_trouble(None);
+                Some(db)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reopening the event log failed; trying again in a second");
+                None
+            }
         }
-        tracing::info!("the event log can write again");
-        self.set_trouble(None);
     }
 
     /// Closes the database (once the reads in progress are done) and opens it again.

@@ -18,23 +18,29 @@ pub(super) fn write_loop(
     mut head: u64,
     window: std::time::Duration,
 ) {
+    let mut last_probe = std::time::Instant::now();
     loop {
-        // While the log cannot write, look every second whether it can again.
+        // While the log cannot write, look every second whether it can again (also under a
+        // steady stream of retried appends).
         let first = if shared.trouble().is_some() {
             match requests.recv_timeout(std::time::Duration::from_secs(1)) {
-                Ok(request) => request,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    shared.probe();
-                    continue;
-                }
+                Ok(request) => Some(request),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         } else {
             match requests.recv() {
-                Ok(request) => request,
+                Ok(request) => Some(request),
                 Err(_) => break,
             }
         };
+        if shared.trouble().is_some() && last_probe.elapsed() >= std::time::Duration::from_secs(1) {
+            last_probe = std::time::Instant::now();
+            if let Some(db) = shared.probe() {
+                head = reread_head(&db, head, &head_tx, shared);
+            }
+        }
+        let Some(first) = first else { continue };
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match requests.try_recv() {
@@ -42,17 +48,30 @@ pub(super) fn write_loop(
                 Err(_) => break,
             }
         }
+        // While in trouble appends are refused at once; the probe above clears it.
+        if let Some(trouble) = shared.trouble() {
+            for request in group {
+                let _ = request
+                    .reply
+                    .send(Err(AppendError::Unavailable(trouble.clone())));
+            }
+            continue;
+        }
         let db = match shared.get() {
-            Ok(db) => Ok(db),
-            Err(_) => shared.reopen(),
+            Ok(db) => db,
+            Err(e) => {
+                for request in group {
+                    let _ = request
+                        .reply
+                        .send(Err(AppendError::Unavailable(e.to_string())));
+                }
+                continue;
+            }
         };
-        let committed = db.and_then(|db| commit_group(&db, &group, head, window));
+        let committed = commit_group(&db, &group, head, window);
+        drop(db);
         match committed {
             Ok((outcomes, new_head)) => {
-                if shared.trouble().is_some() {
-                    tracing::info!("the event log writes again");
-                    shared.set_trouble(None);
-                }
                 head = new_head;
                 head_tx.send_replace(head);
                 for (request, outcome) in group.into_iter().zip(outcomes) {
@@ -60,17 +79,22 @@ pub(super) fn write_loop(
                 }
             }
             Err(e @ (redb::Error::Io(_) | redb::Error::PreviousIo)) => {
-                // redb fails a database whose write failed until it is reopened: reopen it now,
-                // so reads go on; appends work again once a commit succeeds.
+                // redb fails a database whose write failed until it is reopened: reopen it once
+                // now, so reads (projectors, HTTP) go on; appends are refused until the probe
+                // finds that writing works again.
                 tracing::error!(error = %e, requests = group.len(), "the event log cannot write");
                 shared.set_trouble(Some(format!("the event log cannot write: {e}")));
+                last_probe = std::time::Instant::now();
                 for request in group {
                     let _ = request
                         .reply
                         .send(Err(AppendError::Unavailable(e.to_string())));
                 }
-                if let Err(e) = shared.reopen() {
-                    tracing::error!(error = %e, "reopening the event log failed; retrying at the next append");
+                match shared.reopen() {
+                    Ok(db) => head = reread_head(&db, head, &head_tx, shared),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reopening the event log failed; the probe tries again every second")
+                    }
                 }
             }
             Err(e) => {
@@ -79,6 +103,24 @@ pub(super) fn write_loop(
                     let _ = request.reply.send(Err(AppendError::Storage(e.to_string())));
                 }
             }
+        }
+    }
+}
+
+/// The head read again from a reopened log (a commit reported as failed may have reached the
+/// file), published if it moved.
+fn reread_head(db: &Database, head: u64, head_tx: &watch::Sender<u64>, shared: &Shared) -> u64 {
+    match super::read_head(db) {
+        Ok(reread) => {
+            if reread != head {
+                head_tx.send_replace(reread);
+            }
+            reread
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reading the reopened log's head failed");
+            shared.set_trouble(Some(format!("the event log cannot be read: {e}")));
+            head
         }
     }
 }

@@ -80,6 +80,10 @@ pub enum StoreError {
     /// redb failed to read or write.
     #[error("view storage failed: {0}")]
     Storage(#[from] redb::Error),
+    /// The view file is closed: a failed write (a full disk) made redb refuse it, and opening
+    /// it again has not worked yet (resuming the projector tries again).
+    #[error("the view file is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// redb's per-operation errors convert through `redb::Error`, so `?` works on each of them.
@@ -107,7 +111,7 @@ pub struct ViewStore {
     path: std::path::PathBuf,
     /// Replaced by [`ViewStore::reopen`]: redb refuses every operation on a database whose
     /// write failed (a full disk) until it is opened again.
-    db: parking_lot::RwLock<Arc<Database>>,
+    db: parking_lot::RwLock<Option<Arc<Database>>>,
 }
 
 impl ViewStore {
@@ -128,54 +132,58 @@ impl ViewStore {
         txn.commit().map_err(|e| fail(e.into()))?;
         Ok(ViewStore {
             path: path.to_path_buf(),
-            db: parking_lot::RwLock::new(Arc::new(db)),
+            db: parking_lot::RwLock::new(Some(Arc::new(db))),
         })
     }
 
-    fn db(&self) -> Arc<Database> {
-        self.db.read().clone()
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db.read().clone().ok_or_else(|| {
+            StoreError::Unavailable(format!(
+                "{} could not be opened again after a failed write",
+                self.path.display()
+            ))
+        })
     }
 
     /// Opens the file again, when a failed write (a full disk, an I/O error) made redb refuse
     /// it; a no-op otherwise. Done before a faulted projector's runner starts again.
     pub fn reopen_if_failed(&self) -> Result<(), StoreError> {
-        let failed = match self.db().begin_write() {
-            Ok(txn) => {
-                txn.abort()?;
-                false
-            }
-            Err(redb::TransactionError::Storage(
-                redb::StorageError::PreviousIo | redb::StorageError::Io(_),
-            )) => true,
-            Err(e) => return Err(e.into()),
+        let failed = match self.db.read().clone() {
+            None => true,
+            Some(db) => match db.begin_write() {
+                Ok(txn) => {
+                    txn.abort()?;
+                    false
+                }
+                Err(redb::TransactionError::Storage(
+                    redb::StorageError::PreviousIo | redb::StorageError::Io(_),
+                )) => true,
+                Err(e) => return Err(e.into()),
+            },
         };
         if !failed {
             return Ok(());
         }
         let mut slot = self.db.write();
-        // The failed database must be closed before the file can be opened again: a
-        // placeholder in memory holds the slot meanwhile.
-        let placeholder = Database::builder()
-            .create_with_backend(redb::backends::InMemoryBackend::new())
-            .map_err(redb::Error::from)?;
-        let old = std::mem::replace(&mut *slot, Arc::new(placeholder));
-        drop(old);
+        // The failed database must be closed before the file can be opened again; until that
+        // works the slot stays empty and every operation says the view is unavailable.
+        drop(slot.take());
         let db = open_database(&self.path)?;
-        *slot = Arc::new(db);
+        *slot = Some(Arc::new(db));
         tracing::info!(path = %self.path.display(), "reopened a view file after a failed write");
         Ok(())
     }
 
     /// The position of the last event the view reflects (0: none yet).
     pub fn checkpoint(&self) -> Result<u64, StoreError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let meta = txn.open_table(META)?;
         Ok(meta.get(CHECKPOINT)?.map_or(0, |v| v.value()))
     }
 
     /// A consistent snapshot of the committed view and its checkpoint.
     pub fn snapshot(&self) -> Result<ViewSnapshot, StoreError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let view = txn.open_table(VIEW)?;
         let meta = txn.open_table(META)?;
         let checkpoint = meta.get(CHECKPOINT)?.map_or(0, |v| v.value());
@@ -209,7 +217,7 @@ impl ViewStore {
 
     /// What [`commit_proving`](Self::commit_proving) recorded last.
     pub fn proven_code(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let code = match txn.open_table(CODE) {
             Ok(code) => code,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -227,7 +235,7 @@ impl ViewStore {
         dead_letter: Option<&DeadLetter>,
         proven: Option<&[u8]>,
     ) -> Result<(), StoreError> {
-        let mut txn = self.db().begin_write()?;
+        let mut txn = self.db()?.begin_write()?;
         if !durable {
             txn.set_durability(Durability::None)
                 .expect("no persistent savepoints are used");
@@ -250,7 +258,7 @@ impl ViewStore {
     /// Writes the overlay of a successful dead-letter retry and removes that dead letter, in one
     /// durable transaction; the checkpoint does not move.
     pub fn commit_retry(&self, overlay: &Overlay, position: u64) -> Result<(), StoreError> {
-        let txn = self.db().begin_write()?;
+        let txn = self.db()?.begin_write()?;
         {
             write_overlay(&txn, overlay)?;
             let mut letters = txn.open_table(DEAD_LETTERS)?;
@@ -262,7 +270,7 @@ impl ViewStore {
 
     /// Records (or replaces) one dead letter, durably.
     pub fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
-        let txn = self.db().begin_write()?;
+        let txn = self.db()?.begin_write()?;
         write_dead_letter(&txn, letter)?;
         txn.commit()?;
         Ok(())
@@ -270,7 +278,7 @@ impl ViewStore {
 
     /// The dead letter at `position`.
     pub fn dead_letter(&self, position: u64) -> Result<Option<DeadLetter>, StoreError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let letters = txn.open_table(DEAD_LETTERS)?;
         Ok(letters
             .get(position)?
@@ -279,7 +287,7 @@ impl ViewStore {
 
     /// Up to `limit` dead letters after position `after`, in log order.
     pub fn dead_letters(&self, after: u64, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
-        let txn = self.db().begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let letters = txn.open_table(DEAD_LETTERS)?;
         let mut out = Vec::new();
         for row in letters
@@ -296,7 +304,7 @@ impl ViewStore {
 
     /// Removes the dead letter at `position`; false when there was none.
     pub fn discard_dead_letter(&self, position: u64) -> Result<bool, StoreError> {
-        let txn = self.db().begin_write()?;
+        let txn = self.db()?.begin_write()?;
         let removed = txn.open_table(DEAD_LETTERS)?.remove(position)?.is_some();
         txn.commit()?;
         Ok(removed)
@@ -304,7 +312,7 @@ impl ViewStore {
 
     /// Makes every earlier commit durable.
     pub fn flush(&self) -> Result<(), StoreError> {
-        let txn = self.db().begin_write()?;
+        let txn = self.db()?.begin_write()?;
         txn.commit()?;
         Ok(())
     }

@@ -140,8 +140,11 @@ impl Registry {
     /// Deletes stored modules no projector needs (see [`Catalog::collect`]); a failure only
     /// leaves them for the next time. Call it under the `changing` lock, or before serving.
     fn collect_modules(&self) {
-        if let Err(e) = self.inner.catalog.collect() {
-            tracing::warn!(error = %e, "collecting unused modules failed");
+        match self.inner.catalog.collect() {
+            Ok(deleted) => deleted
+                .iter()
+                .for_each(|hash| self.inner.engine.forget(hash)),
+            Err(e) => tracing::warn!(error = %e, "collecting unused modules failed"),
         }
     }
 
