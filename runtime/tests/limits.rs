@@ -337,3 +337,32 @@ async fn dead_letters_are_retried_after_a_fix() {
     assert_eq!(client.view("poison", "sum").await, json!(121));
     server.stop().await;
 }
+
+/// Code on trial (a continue-mode reload) whose first batch breaks a write limit fails its
+/// trial — the batch is not split under it — and the proven code applies the batch.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trial_that_breaks_a_write_limit_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = common::start(dir.path()).await;
+    let v1 = common::module_of(&client.deploy("tally", artifacts::TALLY_V1).await);
+    client.wait_caught_up("tally").await;
+    // `hostile` declares view schema 1 too: deployed over tally, it goes on trial.
+    let deployed = client.deploy("tally", artifacts::HOSTILE).await;
+    assert_eq!(deployed["mode"], "continue");
+    client
+        .append(
+            "s",
+            json!([{"type": "Fine", "data": {}}, {"type": "PutFlood", "data": {}}]),
+        )
+        .await;
+    let status = client
+        .wait_until("tally", "the trial's end", |s| {
+            !s["reload_error"].is_null() && s["checkpoint"] == 2
+        })
+        .await;
+    assert_eq!(status["module"], v1.as_str(), "{status}");
+    let why = status["reload_error"].to_string();
+    assert!(why.contains("max_batch_write_bytes"), "{status}");
+    assert_eq!(client.view("tally", "applied").await, json!(2));
+    server.stop().await;
+}
