@@ -59,6 +59,38 @@ async fn status_of(client: &common::Client, name: &str) -> Option<serde_json::Va
     reply.json().await.ok()
 }
 
+/// A trial cut short by a kill is resumed after the restart (the status then shows the code
+/// on trial): when it is the code that fails, one more event ends the trial, and the proven
+/// code must be the one left running.
+async fn settle_trial(
+    client: &common::Client,
+    trap: &str,
+    acked: &mut Vec<Acked>,
+    next_id: &mut u64,
+    phase: Phase,
+) {
+    if client.status("tally").await["module"] != trap {
+        return;
+    }
+    let id = *next_id;
+    *next_id += 1;
+    // Like the appenders' events, so the expected views count it the same way.
+    let data = json!({"id": id, "n": id % 5, "poison": poisoned(id)});
+    let event = NewEvent::new(format!("T{}", id % 3), &data).unwrap();
+    let appended = client.api.append("c-0", &[event], None).await.unwrap();
+    acked.push(Acked {
+        first_position: appended.first_position,
+        ids: vec![id],
+    });
+    // The rollback shows at once; its reason a moment later (the registry records it).
+    let what = format!("after a kill in {phase:?}, the failing code's trial to end in a rollback");
+    client
+        .wait_until("tally", &what, |s| {
+            s["module"] != trap && !s["reload_error"].is_null()
+        })
+        .await;
+}
+
 /// Every tenth event poisons the `poison` projector.
 fn poisoned(id: u64) -> bool {
     id % 10 == 7
@@ -104,13 +136,8 @@ async fn kills_in_every_phase_lose_nothing_and_views_stay_exact() {
         }
         let mut current = prism.take().unwrap_or_else(|| start(dir.path()));
         let client = current.client.clone();
-        // No code that failed its trial serves after a restart.
-        let status = client.status("tally").await;
-        let module = status["module"].as_str().unwrap_or_default().to_string();
-        assert_ne!(
-            module, trap,
-            "after a kill in {phase:?}: code that fails its trial serves"
-        );
+        // No code that fails its trial serves after a restart.
+        settle_trial(&client, &trap, &mut acked, &mut next_id, phase).await;
 
         // Appends throughout.
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -258,6 +285,7 @@ async fn kills_in_every_phase_lose_nothing_and_views_stay_exact() {
     // Recovery.
     let prism = start(dir.path());
     let client = prism.client.clone();
+    settle_trial(&client, &trap, &mut acked, &mut next_id, Phase::Startup).await;
     let head = client.api.projectors().await.unwrap().head;
     let acked_events: usize = acked.iter().map(|a| a.ids.len()).sum();
     assert!(

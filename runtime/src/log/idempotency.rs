@@ -35,6 +35,9 @@ struct Remembered<'a> {
     first_position: u64,
     last_position: u64,
     stream_version: u64,
+    /// When it was remembered (ms since the epoch): past the window it is not honoured, even
+    /// before it is forgotten.
+    at_ms: u64,
 }
 
 /// What the log knows of a request.
@@ -85,9 +88,11 @@ pub fn seen(
     stream: &str,
     events: &[NewEvent],
     digest: &[u8; 32],
+    oldest_ms: u64,
 ) -> Result<Seen, redb::Error> {
     if let Some(key) = key
         && let Some(row) = remembered.get(format!("k:{key}").as_str())?
+        && decode(row.value())?.at_ms >= oldest_ms
     {
         let before = decode(row.value())?;
         return Ok(if before.digest == digest {
@@ -104,6 +109,7 @@ pub fn seen(
     for event in events {
         if let Some(id) = &event.id
             && let Some(row) = remembered.get(format!("e:{id}").as_str())?
+            && decode(row.value())?.at_ms >= oldest_ms
         {
             known.push((id.clone(), row.value().to_vec()));
         }
@@ -168,7 +174,11 @@ pub fn remember(
 ) -> Result<(), redb::Error> {
     let mut put = |name: String, record: Remembered| -> Result<(), redb::Error> {
         let bytes = postcard::to_stdvec(&record).expect("encoding to a Vec cannot fail");
-        remembered.insert(name.as_str(), bytes.as_slice())?;
+        // A name remembered again (after its window) is forgotten at its new time only.
+        if let Some(old) = remembered.insert(name.as_str(), bytes.as_slice())? {
+            let old_at = decode(old.value())?.at_ms;
+            expiry.remove((old_at, name.as_str()))?;
+        }
         expiry.insert((now_ms, name.as_str()), ())?;
         Ok(())
     };
@@ -181,6 +191,7 @@ pub fn remember(
                 first_position: result.first_position,
                 last_position: result.last_position,
                 stream_version: result.stream_version,
+                at_ms: now_ms,
             },
         )?;
     }
@@ -196,6 +207,7 @@ pub fn remember(
                     first_position: position,
                     last_position: result.last_position,
                     stream_version: first_version + i as u64,
+                    at_ms: now_ms,
                 },
             )?;
         }

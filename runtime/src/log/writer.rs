@@ -157,7 +157,15 @@ fn commit_group(
             let remembers = key.is_some() || request.events.iter().any(|e| e.id.is_some());
             let digest = idempotency::digest(stream, request.expected, &request.events);
             if remembers {
-                match idempotency::seen(&remembered, key, stream, &request.events, &digest)? {
+                let oldest_ms = timestamp_ms.saturating_sub(window_ms);
+                match idempotency::seen(
+                    &remembered,
+                    key,
+                    stream,
+                    &request.events,
+                    &digest,
+                    oldest_ms,
+                )? {
                     idempotency::Seen::New => {}
                     idempotency::Seen::Before(appended) => {
                         outcomes.push(Ok(appended));
