@@ -186,11 +186,20 @@ impl Client {
         events: &[NewEvent],
         expected_version: Option<u64>,
     ) -> Result<Appended, Error> {
-        let request = self
+        let request = self.append_request(stream, events, expected_version)?;
+        self.call(request).await
+    }
+
+    fn append_request(
+        &self,
+        stream: &str,
+        events: &[NewEvent],
+        expected_version: Option<u64>,
+    ) -> Result<RequestBuilder, Error> {
+        Ok(self
             .at(Method::POST, &["streams", stream, "events"])?
             .query(&AppendParams { expected_version })
-            .json(events);
-        self.call(request).await
+            .json(events))
     }
 
     /// [`append`](Self::append) under an idempotency key: safe to retry after a timeout or a
@@ -204,10 +213,8 @@ impl Client {
         expected_version: Option<u64>,
     ) -> Result<Appended, Error> {
         let request = self
-            .at(Method::POST, &["streams", stream, "events"])?
-            .query(&AppendParams { expected_version })
-            .header("idempotency-key", key)
-            .json(events);
+            .append_request(stream, events, expected_version)?
+            .header("idempotency-key", key);
         self.call(request).await
     }
 

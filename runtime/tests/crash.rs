@@ -12,16 +12,10 @@
 mod common;
 
 use common::artifacts;
-use common::process::{Rng, start, start_syncing};
-use prism_client::wire::{NewEvent, ReadParams};
+use common::process::{Acked, Rng, check_log, start, start_syncing};
+use prism_client::wire::NewEvent;
 use serde_json::json;
 use std::time::Duration;
-
-/// An append that was acknowledged: its first position and its events' ids.
-struct Acked {
-    first_position: u64,
-    ids: Vec<u64>,
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_at_random_moments_loses_nothing_and_views_stay_exact() {
@@ -107,45 +101,7 @@ async fn sigkill_at_random_moments_loses_nothing_and_views_stay_exact() {
     );
 
     // (1) Every acknowledged event is where it was acknowledged; positions are gapless.
-    let mut log = Vec::new();
-    for stream in ["c-0", "c-1", "c-2"] {
-        let mut params = ReadParams {
-            from: Some(1),
-            limit: Some(1000),
-        };
-        loop {
-            let page = match client.api.read_stream(stream, &params).await {
-                Ok(page) => page,
-                Err(e) if e.status() == Some(reqwest::StatusCode::NOT_FOUND) => break,
-                Err(e) => panic!("reading {stream}: {e}"),
-            };
-            log.extend(page.events);
-            match page.next {
-                Some(next) => params.from = Some(next),
-                None => break,
-            }
-        }
-    }
-    let mut by_position: Vec<(u64, u64)> = log
-        .iter()
-        .map(|e| (e.position, e.data["id"].as_u64().unwrap()))
-        .collect();
-    by_position.sort();
-    assert_eq!(
-        by_position.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
-        (1..=head).collect::<Vec<_>>(),
-        "positions are not gapless"
-    );
-    for ack in &acked {
-        for (offset, id) in ack.ids.iter().enumerate() {
-            let position = ack.first_position + offset as u64;
-            assert_eq!(
-                by_position.get(position as usize - 1).map(|(_, id)| *id),
-                Some(*id),
-                "acknowledged event {id} missing at position {position}"
-            );
-        }
-    }
+    let by_position = check_log(&client, &["c-0", "c-1", "c-2"], head, &acked).await;
 
     // (2) Every view is exactly the one computed here from the events read back.
     let tally = client.wait_caught_up("tally").await;

@@ -10,8 +10,8 @@
 mod common;
 
 use common::artifacts;
-use common::process::{Rng, spawn, start};
-use prism_client::wire::{DeadLetterParams, NewEvent, ReadParams};
+use common::process::{Acked, Rng, check_log, spawn, start};
+use prism_client::wire::{DeadLetterParams, NewEvent};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -39,12 +39,6 @@ const PHASES: [Phase; 7] = [
 
 fn module_hash(path: &str) -> String {
     hex::encode(Sha256::digest(artifacts::read(path)))
-}
-
-/// One acknowledged append: its first position and its events' ids.
-struct Acked {
-    first_position: u64,
-    ids: Vec<u64>,
 }
 
 /// A projector's status, or `None` when Prism does not answer (it may have just been killed).
@@ -293,46 +287,8 @@ async fn kills_in_every_phase_lose_nothing_and_views_stay_exact() {
         "too few appends were acknowledged: {acked_events}"
     );
 
-    // (1) Every acknowledged event where it was acknowledged; gapless positions.
-    let mut by_position: Vec<(u64, u64)> = Vec::new();
-    for stream in ["c-0", "c-1"] {
-        let mut params = ReadParams {
-            from: Some(1),
-            limit: Some(1000),
-        };
-        loop {
-            let page = match client.api.read_stream(stream, &params).await {
-                Ok(page) => page,
-                Err(e) if e.status() == Some(reqwest::StatusCode::NOT_FOUND) => break,
-                Err(e) => panic!("reading {stream}: {e}"),
-            };
-            by_position.extend(
-                page.events
-                    .iter()
-                    .map(|e| (e.position, e.data["id"].as_u64().unwrap())),
-            );
-            match page.next {
-                Some(next) => params.from = Some(next),
-                None => break,
-            }
-        }
-    }
-    by_position.sort();
-    assert_eq!(
-        by_position.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
-        (1..=head).collect::<Vec<_>>(),
-        "positions are not gapless"
-    );
-    for ack in &acked {
-        for (offset, id) in ack.ids.iter().enumerate() {
-            let position = ack.first_position + offset as u64;
-            assert_eq!(
-                by_position.get(position as usize - 1).map(|(_, id)| *id),
-                Some(*id),
-                "acknowledged event {id} missing at position {position}"
-            );
-        }
-    }
+    // (1) Every acknowledged event is where it was acknowledged; positions are gapless.
+    let by_position = check_log(&client, &["c-0", "c-1"], head, &acked).await;
 
     // (2) Views, computed here from the events read back.
     let tally_view = |prefix: &str| {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::artifacts;
+use common::{artifacts, peak_rss};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -73,14 +73,6 @@ async fn an_open_probe_tells_nothing_and_tokens_are_read_strictly() {
 
 /// Tests that measure this process's peak RSS run one at a time.
 static MEASURED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The high-water mark of this process's resident memory, in bytes.
-fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_upload_is_never_held_in_memory() {

@@ -5,19 +5,11 @@
 
 mod common;
 
-use common::artifacts;
+use common::{artifacts, peak_rss};
 use serde_json::json;
 
 /// The tests here measure this process's peak RSS or count its child processes: one at a time.
 static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The high-water mark of this process's resident memory (Prism runs in it), in bytes.
-fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_flood_is_bounded_and_harms_only_its_projector() {

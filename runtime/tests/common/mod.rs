@@ -420,3 +420,11 @@ pub fn expected_view(projector: &str) -> serde_json::Map<String, Value> {
         .map(|(_, k, v)| (k.to_string(), v))
         .collect()
 }
+
+/// The high-water mark of this process's resident memory (Prism runs in it), in bytes.
+pub fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}

@@ -86,3 +86,60 @@ pub fn spawn(data_dir: &std::path::Path) -> Child {
         .spawn()
         .expect("starting prism")
 }
+
+/// An append that was acknowledged: its first position and its events' ids (`data.id`).
+pub struct Acked {
+    pub first_position: u64,
+    pub ids: Vec<u64>,
+}
+
+/// Reads `streams` back whole and checks the log after crashes: positions gapless up to `head`,
+/// every acknowledged event at the position it was acknowledged with. Returns `(position, id)`
+/// of every event, in log order.
+pub async fn check_log(
+    client: &Client,
+    streams: &[&str],
+    head: u64,
+    acked: &[Acked],
+) -> Vec<(u64, u64)> {
+    let mut by_position: Vec<(u64, u64)> = Vec::new();
+    for stream in streams {
+        let mut params = prism_client::wire::ReadParams {
+            from: Some(1),
+            limit: Some(1000),
+        };
+        loop {
+            let page = match client.api.read_stream(stream, &params).await {
+                Ok(page) => page,
+                Err(e) if e.status() == Some(reqwest::StatusCode::NOT_FOUND) => break,
+                Err(e) => panic!("reading {stream}: {e}"),
+            };
+            by_position.extend(
+                page.events
+                    .iter()
+                    .map(|e| (e.position, e.data["id"].as_u64().unwrap())),
+            );
+            match page.next {
+                Some(next) => params.from = Some(next),
+                None => break,
+            }
+        }
+    }
+    by_position.sort();
+    assert_eq!(
+        by_position.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        (1..=head).collect::<Vec<_>>(),
+        "positions are not gapless"
+    );
+    for ack in acked {
+        for (offset, id) in ack.ids.iter().enumerate() {
+            let position = ack.first_position + offset as u64;
+            assert_eq!(
+                by_position.get(position as usize - 1).map(|(_, id)| *id),
+                Some(*id),
+                "acknowledged event {id} missing at position {position}"
+            );
+        }
+    }
+    by_position
+}
