@@ -13,6 +13,8 @@
 //! append_queue = 4096
 //! idempotency_window_secs = 86400
 //! keep_modules = 3
+//! view_cache_bytes = 268435456
+//! view_cache_interval_ms = 5000
 //!
 //! [limits]
 //! max_module_bytes = 67108864
@@ -77,6 +79,11 @@ pub struct Config {
     pub idempotency_window_secs: u64,
     /// Modules kept per projector for rollback; stored modules no projector needs are deleted.
     pub keep_modules: usize,
+    /// Bytes of view writes the catch-up caches of all projectors hold at most while they
+    /// catch up (0: none, every batch commits).
+    pub view_cache_bytes: usize,
+    /// How long, in milliseconds, a cached view write waits at most before it commits.
+    pub view_cache_interval_ms: u64,
     pub limits: RequestLimits,
     pub sandbox: Sandbox,
     #[serde(skip_serializing_if = "Tokens::is_empty")]
@@ -103,6 +110,8 @@ impl Default for Config {
             append_queue: crate::log::APPEND_QUEUE,
             idempotency_window_secs: crate::log::IDEMPOTENCY_WINDOW.as_secs(),
             keep_modules: crate::projector::catalog::KEEP_MODULES,
+            view_cache_bytes: crate::store::CACHE_BYTES,
+            view_cache_interval_ms: crate::store::CACHE_INTERVAL.as_millis() as u64,
             limits: RequestLimits::default(),
             sandbox: Sandbox::default(),
             tokens: Tokens::default(),
@@ -163,6 +172,8 @@ impl Config {
         config.append_queue = self.append_queue;
         config.idempotency_window = std::time::Duration::from_secs(self.idempotency_window_secs);
         config.keep_modules = self.keep_modules;
+        config.view_cache_bytes = self.view_cache_bytes;
+        config.view_cache_interval = std::time::Duration::from_millis(self.view_cache_interval_ms);
         // Uploads are compiled by this executable's `compile-worker`, within bounds.
         config.compile_worker = std::env::current_exe().ok();
         config

@@ -45,6 +45,12 @@ pub struct ServerConfig {
     pub compile_worker: Option<PathBuf>,
     /// Modules kept per projector for rollback; stored modules no projector needs are deleted.
     pub keep_modules: usize,
+    /// Bytes of view writes the catch-up caches of all projectors hold at most (0: none; every
+    /// batch commits). Default [`CACHE_BYTES`](crate::store::CACHE_BYTES).
+    pub view_cache_bytes: usize,
+    /// How long a cached write waits at most before it commits. Default
+    /// [`CACHE_INTERVAL`](crate::store::CACHE_INTERVAL).
+    pub view_cache_interval: std::time::Duration,
 }
 
 impl ServerConfig {
@@ -63,6 +69,8 @@ impl ServerConfig {
             idempotency_window: crate::log::IDEMPOTENCY_WINDOW,
             compile_worker: None,
             keep_modules: crate::projector::catalog::KEEP_MODULES,
+            view_cache_bytes: crate::store::CACHE_BYTES,
+            view_cache_interval: crate::store::CACHE_INTERVAL,
         }
     }
 }
@@ -92,6 +100,10 @@ impl Server {
             spawner: config.spawner.clone(),
             view_sync_interval: config.view_sync_interval,
             keep_modules: config.keep_modules,
+            cache: crate::store::CacheBudget::new(
+                config.view_cache_bytes,
+                config.view_cache_interval,
+            ),
         };
         let (log, registry) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let dir = DataDir::create(&root)

@@ -2,7 +2,9 @@
 //! of work in turn — while it starts (opening files, resuming projectors), while a module is
 //! uploaded and compiled, during a blue/green rebuild, right as a rebuild is promoted, during a
 //! continue-mode swap (to good code, or to code that fails its trial), during a dead-letter
-//! retry and during a verify — with appends running throughout. 56 kills by default
+//! retry, during a verify, and while a rebuild holds applied writes in its catch-up cache
+//! (status `applied` past `checkpoint`: the kill waits for it, and the test counts how often
+//! it landed there) — with appends running throughout. 64 kills by default
 //! (`PRISM_PHASE_KILLS`, e.g. 301, for more). After each restart no code that failed its trial
 //! serves; at the end every acknowledged append is at its position, positions are gapless, and
 //! every view equals the view computed here from the events read back.
@@ -25,9 +27,10 @@ enum Phase {
     Swap,
     Retry,
     Verify,
+    CatchUp,
 }
 
-const PHASES: [Phase; 7] = [
+const PHASES: [Phase; 8] = [
     Phase::Startup,
     Phase::Deploy,
     Phase::Rebuild,
@@ -35,6 +38,7 @@ const PHASES: [Phase; 7] = [
     Phase::Swap,
     Phase::Retry,
     Phase::Verify,
+    Phase::CatchUp,
 ];
 
 fn module_hash(path: &str) -> String {
@@ -95,7 +99,7 @@ async fn kills_in_every_phase_lose_nothing_and_views_stay_exact() {
     let kills: usize = std::env::var("PRISM_PHASE_KILLS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(56);
+        .unwrap_or(64);
     let dir = tempfile::tempdir().unwrap();
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
     let good_tally = [
@@ -115,6 +119,8 @@ async fn kills_in_every_phase_lose_nothing_and_views_stay_exact() {
     let mut acked: Vec<Acked> = Vec::new();
     let mut next_id = 0u64;
     let mut survived = std::collections::BTreeMap::<String, usize>::new();
+    // Kills that landed while a rebuild held unflushed writes (applied > checkpoint).
+    let mut cache_kills = Vec::new();
 
     for kill in 0..kills {
         let phase = PHASES[kill % PHASES.len()];
@@ -180,10 +186,12 @@ async fn kills_in_every_phase_lose_nothing_and_views_stay_exact() {
             Phase::Deploy => 5000,
             Phase::Swap => 2500,
             Phase::Rebuild | Phase::Verify => 1500,
-            Phase::Promotion => 5000,
+            Phase::Promotion | Phase::CatchUp => 5000,
             _ => 400,
         };
+        let landed = std::sync::Arc::new(parking_lot::Mutex::new(None));
         let work = {
+            let landed = landed.clone();
             let client = client.clone();
             let good = good_tally.clone();
             let kill_no = kill;
@@ -199,6 +207,37 @@ async fn kills_in_every_phase_lose_nothing_and_views_stay_exact() {
                                 &Default::default(),
                             )
                             .await;
+                    }
+                    Phase::CatchUp => {
+                        // A rebuild from position 1; kill the moment it holds applied writes
+                        // that are not committed.
+                        let Some(status) = status_of(&client, "rebuilt").await else {
+                            return;
+                        };
+                        let next = if status["schema_version"].as_u64() == Some(2) {
+                            artifacts::TALLY_V1
+                        } else {
+                            artifacts::TALLY_V3
+                        };
+                        let _ = api
+                            .deploy("rebuilt", artifacts::read(next), &Default::default())
+                            .await;
+                        loop {
+                            let Some(status) = status_of(&client, "rebuilt").await else {
+                                return;
+                            };
+                            let rebuild = &status["rebuild"];
+                            let (applied, checkpoint) =
+                                (rebuild["applied"].as_u64(), rebuild["checkpoint"].as_u64());
+                            if let (Some(applied), Some(checkpoint)) = (applied, checkpoint)
+                                && applied > checkpoint
+                            {
+                                *landed.lock() = Some((checkpoint, applied));
+                                let _ = now_tx.send(());
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
                     }
                     Phase::Rebuild | Phase::Promotion => {
                         let Some(status) = status_of(&client, "rebuilt").await else {
@@ -262,13 +301,21 @@ async fn kills_in_every_phase_lose_nothing_and_views_stay_exact() {
                 }
             })
         };
-        let at = Duration::from_millis(rng.below(window));
+        // A catch-up kill waits for its moment (up to the window).
+        let at = Duration::from_millis(if phase == Phase::CatchUp {
+            window
+        } else {
+            rng.below(window)
+        });
         tokio::select! {
             _ = tokio::time::sleep(at) => {}
             _ = now_rx => {}
         }
         current.child.kill().expect("SIGKILL");
         current.child.wait().unwrap();
+        if let Some(at) = landed.lock().take() {
+            cache_kills.push(at);
+        }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         work.abort();
         for appender in appenders {
@@ -397,12 +444,22 @@ async fn kills_in_every_phase_lose_nothing_and_views_stay_exact() {
             "{name} differs"
         );
     }
+    // The catch-up kills must have landed where they claim to (a few may not: a rebuild of
+    // a short log can finish before the status is read).
+    let catch_up_kills = survived.get("CatchUp").copied().unwrap_or(0);
+    assert!(
+        cache_kills.len() * 2 >= catch_up_kills,
+        "only {} of {catch_up_kills} catch-up kills landed while writes were held: {cache_kills:?}",
+        cache_kills.len()
+    );
     eprintln!(
         "{kills} SIGKILLs across phases {survived:?}: {acked_events} acknowledged events, head {head}, \
-         {} dead letters, {} of {} interrupted deploys landed; every view exact",
+         {} dead letters, {} of {} interrupted deploys landed, {} of {catch_up_kills} catch-up \
+         kills with writes held (checkpoint, applied): {cache_kills:?}; every view exact",
         letters.len(),
         extras.len(),
-        survived.get("Deploy").copied().unwrap_or(0)
+        survived.get("Deploy").copied().unwrap_or(0),
+        cache_kills.len(),
     );
     let mut prism = prism;
     prism.child.kill().unwrap();

@@ -114,8 +114,13 @@ pub struct Projector {
     /// The events it receives (null until it has described itself).
     #[schema(required = true)]
     pub subscription: Option<Subscription>,
-    /// Position of the last event its view reflects.
+    /// Position of the last event its committed view reflects: what queries see, and what
+    /// `Prism-Checkpoint` says.
     pub checkpoint: u64,
+    /// Position of the last event the projector applied. Past the checkpoint while it
+    /// catches up: its writes wait in the catch-up cache and commit together.
+    #[serde(default)]
+    pub applied: u64,
     /// The log's head.
     pub head: u64,
     /// Events between the checkpoint and the head.
@@ -145,7 +150,11 @@ pub struct RebuildProgress {
     pub module: String,
     pub schema_version: u32,
     pub state: State,
+    /// Position of the last event its committed view reflects.
     pub checkpoint: u64,
+    /// Position of the last event it applied (see [`Projector::applied`]).
+    #[serde(default)]
+    pub applied: u64,
     /// Percent of the log applied (one decimal).
     pub percent: f64,
     pub events_per_sec: f64,

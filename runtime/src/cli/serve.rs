@@ -45,6 +45,15 @@ pub struct ServeArgs {
     #[arg(long, env = "PRISM_VIEW_SYNC_INTERVAL_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     view_sync_interval_ms: Option<u64>,
+    /// Bytes of view writes projectors catching up hold in memory, all together, before they
+    /// commit them (0: commit every batch) [default: 268435456].
+    #[arg(long, env = "PRISM_VIEW_CACHE_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    view_cache_bytes: Option<usize>,
+    /// Milliseconds a cached view write waits at most before it commits [default: 5000].
+    #[arg(long, env = "PRISM_VIEW_CACHE_INTERVAL_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    view_cache_interval_ms: Option<u64>,
     /// Appends that may wait for the log's writer; more are answered 503 [default: 4096].
     #[arg(long, env = "PRISM_APPEND_QUEUE")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -166,12 +166,13 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
     );
     registry.register(
         "projector_commit_seconds",
-        "Time committing a batch's view writes and checkpoint",
+        "Time committing view writes and a checkpoint: one batch's when live, all the writes \
+         the catch-up cache held when catching up (its count is the number of commits)",
         runners.commit_seconds.clone(),
     );
     registry.register(
         "projector_batches",
-        "Batches applied and committed",
+        "Batches applied (committed at once when live, through the catch-up cache when behind)",
         runners.batches.clone(),
     );
     registry.register(

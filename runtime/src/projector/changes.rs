@@ -111,6 +111,28 @@ impl ChangeFeed {
         self.wake.send_replace(());
     }
 
+    /// Records the changes of a commit of held writes (in key order) at `position`. More than
+    /// the feed keeps are not copied: subscribers from before `position` are told to re-read.
+    pub fn publish_sorted(&self, position: u64, changes: Vec<crate::store::Write>) {
+        let bytes: usize = changes
+            .iter()
+            .map(|(key, value)| key.len() + value.as_ref().map_or(0, Vec::len))
+            .sum();
+        if changes.len() <= RETAINED_CHANGES && bytes <= RETAINED_BYTES {
+            return self.publish(position, changes.into_iter().collect());
+        }
+        drop(changes);
+        {
+            let mut state = self.state.lock();
+            state.batches.clear();
+            state.changes = 0;
+            state.bytes = 0;
+            state.complete_after = position;
+            state.checkpoint = position;
+        }
+        self.wake.send_replace(());
+    }
+
     /// Records that the view changed at an earlier position than the feed's (a dead-letter
     /// retry): every subscriber must re-read.
     pub fn invalidate(&self) {

@@ -49,15 +49,19 @@ pub struct Status {
     pub record: GenerationRecord,
     /// What the running module said about itself (`None` when it failed to start).
     pub descriptor: Option<Descriptor>,
-    /// Position of the last event the view reflects.
+    /// Position of the last event the committed view reflects (what queries see).
     pub checkpoint: u64,
+    /// Position of the last event the runner applied: past the checkpoint while the catch-up
+    /// cache holds writes.
+    pub applied: u64,
     /// Events delivered to the module since this run started.
     pub events_applied: u64,
     /// Events skipped as dead letters since this run started.
     pub dead_letters: u64,
     /// Recent progress through the log.
     pub rate: RateMeter,
-    /// When the checkpoint last moved (or the run started).
+    /// When the runner last applied a batch (or the run started): stall detection follows
+    /// applied progress, so a long flush interval never reads as a stall.
     pub last_progress: std::time::Instant,
     /// Why the generation is faulted.
     pub error: Option<Fault>,
@@ -71,6 +75,7 @@ impl Status {
             record,
             descriptor: None,
             checkpoint,
+            applied: checkpoint,
             events_applied: 0,
             dead_letters: 0,
             last_progress: std::time::Instant::now(),
@@ -161,27 +166,40 @@ pub fn catch_up(
     log: &EventLog,
     store: Arc<ViewStore>,
 ) -> Status {
-    replay(
-        engine,
-        module,
-        instance,
-        log,
-        store,
-        None,
-        ErrorPolicy::Stop,
-    )
+    replay(engine, module, instance, log, store, Replay::default())
 }
 
-/// Like [`catch_up`], with `policy`, stopping at position `end` when given.
-pub(crate) fn replay(
+/// How [`replay`] runs.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    /// Where to stop (`None`: at the log's head).
+    pub end: Option<u64>,
+    /// What a failing event does.
+    pub policy: ErrorPolicy,
+    /// The catch-up cache's budget.
+    pub cache: Arc<crate::store::CacheBudget>,
+}
+
+impl Default for Replay {
+    fn default() -> Self {
+        Replay {
+            end: None,
+            policy: ErrorPolicy::Stop,
+            cache: Arc::new(crate::store::CacheBudget::default()),
+        }
+    }
+}
+
+/// Like [`catch_up`], as `how` says.
+pub fn replay(
     engine: &Engine,
     module: &Module,
     instance: Instance,
     log: &EventLog,
     store: Arc<ViewStore>,
-    end: Option<u64>,
-    policy: ErrorPolicy,
+    how: Replay,
 ) -> Status {
+    let Replay { end, policy, cache } = how;
     let checkpoint = store.checkpoint().unwrap_or_default();
     let record = GenerationRecord {
         id: 0,
@@ -205,6 +223,7 @@ pub(crate) fn replay(
         durable_every: crate::store::DURABLE_INTERVAL,
         metrics: RunnerMetrics::default(),
         changes: None,
+        cache,
     };
     let code = control::Code {
         module: module.clone(),

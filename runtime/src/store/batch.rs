@@ -1,6 +1,8 @@
-//! A batch in progress over a committed snapshot, and the bounds of a scan.
+//! A batch in progress over the catch-up cache and a committed snapshot, and the bounds of a
+//! scan.
 
-use super::{Entry, Overlay, StoreError, ViewSnapshot};
+use super::{Entry, Overlay, StoreError, ViewSnapshot, WriteBack};
+use itertools::{EitherOrBoth, Itertools};
 use std::ops::Bound;
 
 /// Where a scan starts: after `after` when it lies within the prefix's range, else at `prefix`.
@@ -30,10 +32,13 @@ enum Take {
     PendingOverCommitted,
 }
 
-/// A batch in progress: reads see the batch's own writes over the committed snapshot.
+/// A batch in progress: reads see the batch's own writes, then the writes held in the
+/// catch-up cache, then the committed snapshot.
 pub struct BatchView {
     base: ViewSnapshot,
+    cache: Option<WriteBack>,
     overlay: Overlay,
+    scanned: bool,
 }
 
 impl BatchView {
@@ -41,16 +46,34 @@ impl BatchView {
     pub fn new(base: ViewSnapshot) -> Self {
         BatchView {
             base,
+            cache: None,
             overlay: Overlay::new(),
+            scanned: false,
+        }
+    }
+
+    /// Starts a batch over the writes held in `cache`, over `base`.
+    pub fn with_cache(base: ViewSnapshot, cache: WriteBack) -> Self {
+        BatchView {
+            cache: Some(cache),
+            ..BatchView::new(base)
         }
     }
 
     /// The value under `key`, as this batch sees it.
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.overlay.get(key) {
-            Some(value) => Ok(value.clone()),
-            None => self.base.get(key),
+        if let Some(value) = self.overlay.get(key) {
+            return Ok(value.clone());
         }
+        if let Some(held) = self.cache.as_ref().and_then(|c| c.get(key)) {
+            return Ok(held.map(<[u8]>::to_vec));
+        }
+        self.base.get(key)
+    }
+
+    /// Whether the batch scanned the view.
+    pub fn scanned(&self) -> bool {
+        self.scanned
     }
 
     /// Stores `value` under `key` (in the batch).
@@ -67,22 +90,43 @@ impl BatchView {
     /// writes, walked side by side so that no more than `limit` entries are ever built. `None`
     /// when the entries would pass `max_bytes` (keys and values).
     pub fn scan(
-        &self,
+        &mut self,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
         max_bytes: usize,
     ) -> Result<Option<Vec<Entry>>, StoreError> {
+        self.scanned = true;
         let start = scan_start(prefix, after);
         let mut committed = self
             .base
             .view
             .range::<&str>((bound(&start), Bound::Unbounded))?
             .peekable();
-        let mut pending = self
+        let batch = self
             .overlay
             .range::<str, _>((bound(&start), Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.as_str(), v.as_deref()));
+        // The cache is a hash map: its entries in range are picked out and sorted (a cost per
+        // scan that the runner pays once: it stops caching for a projector that scans).
+        let held = match self.cache.as_ref().filter(|c| !c.is_empty()) {
+            None => Vec::new(),
+            Some(cache) => cache.sorted_in(|key| {
+                key.starts_with(prefix)
+                    && match start {
+                        Start::Including(from) => key >= from,
+                        Start::Excluding(after) => key > after,
+                    }
+            }),
+        };
+        // The batch's writes win over the cache's.
+        let mut pending = batch
+            .merge_join_by(held, |a, b| a.0.cmp(b.0))
+            .map(|pair| match pair {
+                EitherOrBoth::Left(write) | EitherOrBoth::Both(write, _) => write,
+                EitherOrBoth::Right(write) => write,
+            })
             .peekable();
         let mut out = Vec::new();
         let mut bytes = 0usize;
@@ -96,7 +140,7 @@ impl BatchView {
                 }
                 (Some(Ok((key, _))), pending_next) if key.value().starts_with(prefix) => {
                     match pending_next {
-                        Some((p, _)) => match p.as_str().cmp(key.value()) {
+                        Some((p, _)) => match (*p).cmp(key.value()) {
                             std::cmp::Ordering::Less => Take::Pending,
                             std::cmp::Ordering::Equal => Take::PendingOverCommitted,
                             std::cmp::Ordering::Greater => Take::Committed,
@@ -117,7 +161,7 @@ impl BatchView {
                         committed.next();
                     }
                     let (key, value) = pending.next().expect("peeked");
-                    value.as_ref().map(|v| (key.clone(), v.clone()))
+                    value.map(|v| (key.to_string(), v.to_vec()))
                 }
             };
             if let Some((key, value)) = entry {
@@ -134,5 +178,10 @@ impl BatchView {
     /// The batch's writes, to commit.
     pub fn into_overlay(self) -> Overlay {
         self.overlay
+    }
+
+    /// The batch's writes, and the cache it read through.
+    pub fn into_parts(self) -> (Overlay, Option<WriteBack>) {
+        (self.overlay, self.cache)
     }
 }

@@ -21,8 +21,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod batch;
+mod cache;
 pub use batch::BatchView;
 use batch::{bound, scan_start};
+pub use cache::{CACHE_BYTES, CACHE_INTERVAL, CacheBudget, Write, WriteBack};
 
 /// The view: key → value (JSON bytes when the projector used the SDK's typed helpers).
 const VIEW: TableDefinition<&str, &[u8]> = TableDefinition::new("view");
@@ -199,7 +201,27 @@ impl ViewStore {
         durable: bool,
         dead_letter: Option<&DeadLetter>,
     ) -> Result<(), StoreError> {
-        self.write(overlay, checkpoint, durable, dead_letter, None)
+        self.write(
+            overlay_writes(overlay),
+            checkpoint,
+            durable,
+            dead_letter,
+            None,
+        )
+    }
+
+    /// Like [`commit`](Self::commit) for writes in key order (a flush of the catch-up cache),
+    /// recording `proven` code as [`commit_proving`](Self::commit_proving) does when given.
+    pub fn commit_sorted(
+        &self,
+        writes: &[Write],
+        checkpoint: u64,
+        durable: bool,
+        dead_letter: Option<&DeadLetter>,
+        proven: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let writes = writes.iter().map(|(k, v)| (k.as_str(), v.as_deref()));
+        self.write(writes, checkpoint, durable, dead_letter, proven)
     }
 
     /// Like [`commit`](Self::commit) for the first batch new code applied: `code` (what the
@@ -212,7 +234,13 @@ impl ViewStore {
         durable: bool,
         code: &[u8],
     ) -> Result<(), StoreError> {
-        self.write(overlay, checkpoint, durable, None, Some(code))
+        self.write(
+            overlay_writes(overlay),
+            checkpoint,
+            durable,
+            None,
+            Some(code),
+        )
     }
 
     /// What [`commit_proving`](Self::commit_proving) recorded last.
@@ -226,10 +254,10 @@ impl ViewStore {
         Ok(code.get(PROVEN)?.map(|v| v.value().to_vec()))
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(checkpoint, durable, keys = overlay.len()))]
-    fn write(
+    #[tracing::instrument(level = "debug", skip_all, fields(checkpoint, durable))]
+    fn write<'a>(
         &self,
-        overlay: &Overlay,
+        writes: impl Iterator<Item = (&'a str, Option<&'a [u8]>)>,
         checkpoint: u64,
         durable: bool,
         dead_letter: Option<&DeadLetter>,
@@ -241,7 +269,7 @@ impl ViewStore {
                 .expect("no persistent savepoints are used");
         }
         {
-            write_overlay(&txn, overlay)?;
+            write_all(&txn, writes)?;
             let mut meta = txn.open_table(META)?;
             meta.insert(CHECKPOINT, checkpoint)?;
             if let Some(letter) = dead_letter {
@@ -260,7 +288,7 @@ impl ViewStore {
     pub fn commit_retry(&self, overlay: &Overlay, position: u64) -> Result<(), StoreError> {
         let txn = self.db()?.begin_write()?;
         {
-            write_overlay(&txn, overlay)?;
+            write_all(&txn, overlay_writes(overlay))?;
             let mut letters = txn.open_table(DEAD_LETTERS)?;
             letters.remove(position)?;
         }
@@ -318,13 +346,21 @@ impl ViewStore {
     }
 }
 
-/// Writes a batch's overlay into the view table of `txn`.
-fn write_overlay(txn: &redb::WriteTransaction, overlay: &Overlay) -> Result<(), StoreError> {
+/// An overlay's writes, in key order.
+fn overlay_writes(overlay: &Overlay) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
+    overlay.iter().map(|(k, v)| (k.as_str(), v.as_deref()))
+}
+
+/// Writes `writes` (a value, or `None` for a deletion) into the view table of `txn`.
+fn write_all<'a>(
+    txn: &redb::WriteTransaction,
+    writes: impl Iterator<Item = (&'a str, Option<&'a [u8]>)>,
+) -> Result<(), StoreError> {
     let mut view = txn.open_table(VIEW)?;
-    for (key, value) in overlay {
+    for (key, value) in writes {
         match value {
-            Some(value) => view.insert(key.as_str(), value.as_slice()),
-            None => view.remove(key.as_str()).map(|_| None),
+            Some(value) => view.insert(key, value),
+            None => view.remove(key).map(|_| None),
         }?;
     }
     Ok(())

@@ -23,13 +23,16 @@ pub fn start(data_dir: &std::path::Path) -> Prism {
     start_syncing(data_dir, 5)
 }
 
-/// Starts `prism serve` on `data_dir`, its views made durable every `sync_ms`.
+/// Starts `prism serve` on `data_dir`, its views made durable every `sync_ms`; a projector
+/// catching up commits its held writes every 20 ms (so kills find some committed, some held).
 pub fn start_syncing(data_dir: &std::path::Path, sync_ms: u64) -> Prism {
     let mut child = Command::new(env!("CARGO_BIN_EXE_prism"))
         .args([
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--view-cache-interval-ms",
+            "20",
             "--view-sync-interval-ms",
         ])
         .arg(sync_ms.to_string())

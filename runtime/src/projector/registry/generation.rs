@@ -134,6 +134,7 @@ impl Registry {
             mailbox: inbox,
             reports: Some((self.inner.reports.clone(), run)),
             durable_every: self.inner.view_sync_interval,
+            cache: self.inner.cache.clone(),
             metrics: self.inner.metrics.runner(name),
             changes: Some(changes.clone()),
         };

@@ -31,8 +31,11 @@ impl Registry {
             instance,
             &self.inner.log,
             replayed.clone(),
-            Some(checkpoint),
-            record.on_error,
+            crate::projector::Replay {
+                end: Some(checkpoint),
+                policy: record.on_error,
+                cache: self.inner.cache.clone(),
+            },
         );
         match status.error {
             // The module failed on an event: its verdict, not the server's.

@@ -51,6 +51,8 @@ pub struct RegistryOptions {
     pub view_sync_interval: std::time::Duration,
     /// Modules kept per projector for rollback; stored modules no projector needs are deleted.
     pub keep_modules: usize,
+    /// The catch-up cache's budget, shared by every runner (and verification) of the process.
+    pub cache: Arc<crate::store::CacheBudget>,
 }
 
 impl Default for RegistryOptions {
@@ -59,6 +61,7 @@ impl Default for RegistryOptions {
             spawner: Spawner::default(),
             view_sync_interval: crate::store::DURABLE_INTERVAL,
             keep_modules: crate::projector::catalog::KEEP_MODULES,
+            cache: Arc::new(crate::store::CacheBudget::default()),
         }
     }
 }
@@ -81,6 +84,8 @@ struct Inner {
     spawner: Spawner,
     /// How often a runner makes its view durable (see [`RegistryOptions`]).
     view_sync_interval: std::time::Duration,
+    /// The catch-up cache's budget (see [`RegistryOptions`]).
+    cache: Arc<crate::store::CacheBudget>,
     reports: Reports,
     /// The registry's thread, handling reports; joined at shutdown.
     supervisor: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -116,6 +121,7 @@ impl Registry {
                 metrics: super::ProjectorMetrics::default(),
                 spawner: options.spawner,
                 view_sync_interval: options.view_sync_interval,
+                cache: options.cache,
                 reports,
                 supervisor: Mutex::new(None),
                 runs: std::sync::atomic::AtomicU64::new(1),

@@ -20,6 +20,7 @@ impl ProjectorHandle {
             code_name: status.descriptor.as_ref().map(|d| d.name.clone()),
             subscription: status.descriptor.map(|d| d.subscription),
             checkpoint: status.checkpoint,
+            applied: status.applied,
             head,
             lag: head.saturating_sub(status.checkpoint),
             events_per_sec: status.rate.per_second().round(),
@@ -37,17 +38,18 @@ impl ProjectorHandle {
 fn rebuild(pending: &Generation, head: u64) -> RebuildProgress {
     let status = pending.status();
     let rate = status.rate.per_second();
-    let left = head.saturating_sub(status.checkpoint);
+    let left = head.saturating_sub(status.applied);
     RebuildProgress {
         generation: pending.id,
         module: status.record.module,
         schema_version: status.record.schema_version,
         state: status.state,
         checkpoint: status.checkpoint,
+        applied: status.applied,
         percent: if head == 0 {
             100.0
         } else {
-            (status.checkpoint as f64 * 1000.0 / head as f64).round() / 10.0
+            (status.applied as f64 * 1000.0 / head as f64).round() / 10.0
         },
         events_per_sec: rate.round(),
         eta_secs: (rate > 0.0).then(|| (left as f64 / rate * 10.0).round() / 10.0),

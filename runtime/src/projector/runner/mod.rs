@@ -12,18 +12,29 @@
 //! applies the batch again with the old code — so a bad reload never faults a healthy
 //! projector. A swap during a trial replaces the code on trial, never the proven code.
 //!
+//! Catching up: while the log's head is a full batch or more ahead, a successful batch's writes
+//! go to the catch-up cache ([`WriteBack`]) instead of a commit; the next batches read through
+//! it, and its writes commit — sorted, with the position they bring the view to, in one
+//! transaction — when the process's cache budget fills, when the cache interval passes, when
+//! the runner nears the head, before a message that needs the committed view, and when it
+//! stops. The status shows both positions: `applied` (what the instance has applied) and
+//! `checkpoint` (what is committed and what queries see). A projector that scans the view
+//! commits every batch (a scan over a hash-map cache would cost the whole cache).
+//!
 //! Poison events: when a batch fails (a guest error, a trap, a sandbox limit), its writes are
 //! dropped with the instance, a fresh instance re-applies the events before the failing one and
 //! commits them, and the error policy decides the rest: `stop` faults the projector with its
 //! checkpoint just before the failing event; `skip` records the event as a dead letter in the
 //! same transaction as the checkpoint that passes it, and goes on.
 
+mod commit;
+
 use super::control::{Code, Control, Report, Reports, RunnerEvent, Swap};
 use super::error::RetryError;
 use super::{ErrorPolicy, Fault, State, Status};
 use crate::engine::{ApplyError, Engine, EventBatch, Instance, InstanceError, Subscription};
 use crate::log::EventLog;
-use crate::store::{BatchView, DeadLetter, Overlay, ViewStore};
+use crate::store::{BatchView, CacheBudget, DeadLetter, ViewStore, WriteBack};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, watch};
@@ -63,9 +74,11 @@ pub struct Runner {
     pub metrics: super::RunnerMetrics,
     /// Where each commit's changes go (`None`: nobody can subscribe, as in verification).
     pub changes: Option<Arc<super::ChangeFeed>>,
+    /// The catch-up cache's budget, shared by the process's runners.
+    pub cache: Arc<CacheBudget>,
 }
 
-/// The code a runner applies with, and what it falls back on.
+/// The code a runner applies with, what it falls back on, and the writes it holds.
 struct Running {
     code: Code,
     instance: Instance,
@@ -77,6 +90,12 @@ struct Running {
     /// the next commit.
     unrecorded: bool,
     paused: bool,
+    /// Writes applied but not committed (lent to the batch view while a batch applies).
+    cache: Option<WriteBack>,
+    /// Whether the code scanned the view: it then commits every batch.
+    scans: bool,
+    /// When a commit was last made durable.
+    last_durable: Instant,
 }
 
 /// Whether to go on after a message.
@@ -100,6 +119,9 @@ impl Runner {
             proven: None,
             unrecorded: true,
             paused: false,
+            cache: Some(WriteBack::new(self.cache.clone())),
+            scans: false,
+            last_durable: Instant::now(),
         };
         self.publish_code(&running);
         self.set(|s| s.error = None);
@@ -110,6 +132,9 @@ impl Runner {
                 s.state = State::Faulted;
                 s.error = Some(fault);
             });
+        }
+        if let Err(fault) = self.commit_held(&mut running) {
+            tracing::error!(error = %fault.message, "committing the held writes failed");
         }
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "flushing the view failed");
@@ -156,11 +181,21 @@ impl Runner {
     fn handle(&mut self, running: &mut Running, control: Control) -> Flow {
         match control {
             Control::Run => running.paused = false,
-            Control::Pause => running.paused = true,
+            Control::Pause => {
+                running.paused = true;
+                // A paused projector's queries see everything it applied.
+                if let Err(fault) = self.commit_held(running) {
+                    tracing::error!(error = %fault.message, "committing the held writes failed");
+                }
+            }
             Control::Stop => return Flow::Stop,
             Control::Swap(swap) => self.swap(running, *swap),
             Control::Retry { position, reply } => {
-                let outcome = self.retry(running, position);
+                // A retry applies on the committed view.
+                let outcome = match self.commit_held(running) {
+                    Ok(()) => self.retry(running, position),
+                    Err(fault) => Err(RetryError::Internal(fault.message)),
+                };
                 let _ = reply.send(outcome);
             }
         }
@@ -226,21 +261,22 @@ impl Runner {
     }
 
     fn follow(&mut self, running: &mut Running) -> Result<(), Fault> {
-        let mut checkpoint = self
+        // The position of the last event applied: committed, or held in the cache.
+        let mut applied = self
             .store
             .checkpoint()
             .map_err(|e| Fault::message(e.to_string()))?;
         let mut head = self.log.subscribe();
         let mut batch = EventBatch::default();
-        let mut last_durable = Instant::now();
         let mut reported_caught_up = false;
         // Most events the next batch may hold: lowered to split a batch whose writes broke a
         // limit, or to apply the events before a poison event on their own; raised again as
         // batches pass.
         let mut batch_limit = MAX_BATCH_EVENTS;
         self.set(|s| {
-            s.checkpoint = checkpoint;
-            s.rate.record(checkpoint);
+            s.checkpoint = applied;
+            s.applied = applied;
+            s.rate.record(applied);
             s.state = State::CatchingUp;
         });
         loop {
@@ -261,7 +297,7 @@ impl Runner {
             }
 
             let end = match self.stop_at {
-                StopAt::Position(end) if checkpoint >= end => return Ok(()),
+                StopAt::Position(end) if applied >= end => return Ok(()),
                 StopAt::Position(end) => end,
                 _ => u64::MAX,
             };
@@ -269,7 +305,7 @@ impl Runner {
             let subscription = &running.subscription;
             let last = self
                 .log
-                .visit_from(checkpoint + 1, MAX_BATCH_EVENTS, |position, event| {
+                .visit_from(applied + 1, MAX_BATCH_EVENTS, |position, event| {
                     if subscription.matches(event.stream, event.event_type) {
                         batch.push(position, event);
                     }
@@ -279,6 +315,8 @@ impl Runner {
                 })
                 .map_err(|e| Fault::message(e.to_string()))?;
             let Some(last) = last else {
+                // Caught up: what is held commits before anyone hears of it.
+                self.commit_held(running)?;
                 self.set(|s| s.state = State::Live);
                 // Once per catching up: a report handled late or refused (a promotion whose
                 // commit failed) comes again after the next events.
@@ -289,7 +327,7 @@ impl Runner {
                 if self.stop_at != StopAt::Never {
                     return Ok(());
                 }
-                match self.wait_for_events(&mut head, checkpoint) {
+                match self.wait_for_events(&mut head, applied) {
                     Wake::Events => {}
                     Wake::Message(control) => {
                         if self.handle(running, control) == Flow::Stop {
@@ -300,30 +338,39 @@ impl Runner {
                 }
                 continue;
             };
-            let view = BatchView::new(
-                self.store
-                    .snapshot()
-                    .map_err(|e| Fault::message(e.to_string()))?,
-            );
+            let snapshot = self
+                .store
+                .snapshot()
+                .map_err(|e| Fault::message(e.to_string()))?;
+            let cache = running
+                .cache
+                .take()
+                .expect("the cache is back between batches");
+            let view = BatchView::with_cache(snapshot, cache);
             let mut passed = false;
-            let view = if batch.is_empty() {
-                view
+            let overlay = if batch.is_empty() {
+                let (overlay, cache) = view.into_parts();
+                running.cache = cache;
+                overlay
             } else {
                 let _span = tracing::debug_span!("apply", events = batch.len(), last).entered();
                 let started = Instant::now();
-                let applied = running.instance.apply(&batch, view);
+                let (view, outcome) = running.instance.apply(&batch, view);
                 self.metrics
                     .apply_seconds
                     .observe(started.elapsed().as_secs_f64());
-                match applied {
-                    (view, Ok(())) => {
+                running.scans |= view.scanned();
+                let (overlay, cache) = view.into_parts();
+                running.cache = cache;
+                match outcome {
+                    Ok(()) => {
                         passed = running.proven.take().is_some();
-                        view
+                        overlay
                     }
                     // New code on trial whose first batch breaks a write limit fails its trial
                     // (below), as on any failure of that batch: the batch is split only under
                     // proven code, so a trial never passes on half a batch.
-                    (_, Err(ApplyError::Writes { events, .. }))
+                    Err(ApplyError::Writes { events, .. })
                         if events > 1 && running.proven.is_none() =>
                     {
                         // Which event wrote too much is not known: apply half as many at a
@@ -334,7 +381,7 @@ impl Runner {
                         batch_limit = events / 2;
                         continue;
                     }
-                    (_, Err(e)) => {
+                    Err(e) => {
                         if let Some((proven_code, proven)) = running.proven.take() {
                             // The code on trial failed its first batch: back to the proven code
                             // (its whole record), and apply the batch again with it.
@@ -362,51 +409,43 @@ impl Runner {
                         if e.index() > 0 {
                             batch_limit = e.index();
                         } else {
-                            checkpoint = self.handle_poison(running, e)?;
+                            applied = self.handle_poison(running, e)?;
                         }
                         continue;
                     }
                 }
             };
-            let durable = last_durable.elapsed() >= self.durable_every;
-            let overlay = view.into_overlay();
-            let started = Instant::now();
-            // The first batch of new code (a trial's included): the view records in the same
-            // transaction which code wrote it, so a restart finds a trial that passed even if
-            // the catalog has not heard of it yet.
-            if running.unrecorded {
-                let record = running.code.record.to_json();
-                self.store.commit_proving(&overlay, last, durable, &record)
+            // Far behind (a full batch or more to read), proven code that does not scan holds
+            // its writes; otherwise they commit now.
+            let far_behind =
+                self.log.head().min(end).saturating_sub(last) >= MAX_BATCH_EVENTS as u64;
+            let cache = running.cache.as_mut().expect("the cache is back");
+            let hold =
+                far_behind && cache.enabled() && !running.scans && !running.unrecorded && !passed;
+            if hold {
+                cache.absorb(overlay, last);
+                if cache.due() {
+                    self.commit_held(running)?;
+                }
             } else {
-                self.store.commit(&overlay, last, durable, None)
+                self.commit(running, overlay, last)?;
             }
-            .map_err(|e| Fault::message(e.to_string()))?;
-            running.unrecorded = false;
             if passed {
                 tracing::info!(module = %running.code.record.module, "reload complete: the new module applied its first batch");
                 self.report(RunnerEvent::Proven {
                     record: running.code.record.clone(),
                 });
             }
-            self.metrics
-                .commit_seconds
-                .observe(started.elapsed().as_secs_f64());
             self.metrics.batches.inc();
-            if let Some(feed) = &self.changes {
-                feed.publish(last, overlay);
-            }
-            if durable {
-                last_durable = Instant::now();
-            }
-            checkpoint = last;
+            applied = last;
             reported_caught_up = false;
             batch_limit = batch_limit.saturating_mul(2).min(MAX_BATCH_EVENTS);
-            let behind = self.log.head() > checkpoint;
-            let applied = batch.len() as u64;
+            let behind = self.log.head() > applied;
+            let delivered = batch.len() as u64;
             self.set(|s| {
-                s.checkpoint = checkpoint;
-                s.events_applied += applied;
-                s.rate.record(checkpoint);
+                s.applied = applied;
+                s.events_applied += delivered;
+                s.rate.record(applied);
                 s.last_progress = Instant::now();
                 s.state = if behind {
                     State::CatchingUp
@@ -436,16 +475,9 @@ impl Runner {
                 (position, Some(letter))
             }
         };
-        // Durably, also when stopping: the fault is where a restart resumes.
-        self.store
-            .commit(&Overlay::new(), checkpoint, true, letter.as_ref())
-            .map_err(|e| Fault::message(e.to_string()))?;
-        if letter.is_some()
-            && let Some(feed) = &self.changes
-        {
-            feed.publish(checkpoint, Overlay::new());
-        }
-        self.set(|s| s.checkpoint = checkpoint);
+        // Durably, also when stopping: the fault is where a restart resumes. The held writes
+        // (the events before this one) commit with it.
+        self.commit_marking(running, checkpoint, letter.as_ref())?;
         match letter {
             None => Err(failure),
             Some(_) => {
