@@ -2,6 +2,7 @@
 //! compiled natively (the baseline that shows what the Wasm sandbox costs).
 
 pub mod native;
+pub mod rival;
 pub mod server;
 
 use prism::log::{EventLog, ExpectedVersion, NewEvent};

@@ -1,14 +1,16 @@
 //! The three example projectors, compiled natively and driven exactly like the Wasm ones: the
-//! same log reader, batch size, host-side filter, JSON decoding, view overlay and commits — only
+//! same log reader, batch size, host-side filter, JSON decoding, view overlay, catch-up cache
+//! and commits — only
 //! the sandbox and the boundary crossing are missing. Their logic mirrors
 //! `example-projectors/*/src/lib.rs` line for line.
 
 use prism::log::EventLog;
-use prism::store::{BatchView, StoreError, ViewStore};
+use prism::store::{BatchView, CacheBudget, StoreError, ViewStore, WriteBack};
 use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::any::Any;
+use std::sync::Arc;
 
 /// A native projector: the subscription and the per-event logic.
 pub trait Native {
@@ -158,9 +160,12 @@ pub fn replay(
 ) -> Result<u64, StoreError> {
     let mut checkpoint = store.checkpoint()?;
     let types = projector.event_types();
+    // The runner's catch-up cache, with its policy: hold while a full batch or more behind,
+    // commit what is held when the budget fills or the interval passes, and near the head.
+    let mut held = Some(WriteBack::new(Arc::new(CacheBudget::default())));
     loop {
         let mut view = View {
-            batch: BatchView::new(store.snapshot()?),
+            batch: BatchView::with_cache(store.snapshot()?, held.take().expect("held")),
             cache: FxHashMap::default(),
         };
         let mut failed = None;
@@ -178,12 +183,35 @@ pub fn replay(
         if let Some(e) = failed {
             panic!("native projector failed: {e}");
         }
+        let (overlay, cache) = view.into_batch().into_parts();
+        let mut cache = cache.expect("the batch view lends the cache back");
         let Some(last) = last else {
+            commit_held(store, &mut cache)?;
             return Ok(checkpoint);
         };
-        store.commit(&view.into_batch().into_overlay(), last, false, None)?;
+        let far_behind = log.head().saturating_sub(last) >= 1024;
+        if far_behind {
+            cache.absorb(overlay, last);
+            if cache.due() {
+                commit_held(store, &mut cache)?;
+            }
+        } else if cache.is_empty() {
+            store.commit(&overlay, last, false, None)?;
+        } else {
+            cache.absorb(overlay, last);
+            commit_held(store, &mut cache)?;
+        }
+        held = Some(cache);
         checkpoint = last;
     }
+}
+
+fn commit_held(store: &ViewStore, cache: &mut WriteBack) -> Result<(), StoreError> {
+    if !cache.is_empty() {
+        let position = cache.position();
+        store.commit_sorted(&cache.drain_sorted(), position, false, None, None)?;
+    }
+    Ok(())
 }
 
 fn category(stream: &str) -> &str {

@@ -209,6 +209,102 @@ pub fn category(stream: &str) -> &str {
     stream.split_once('-').map_or(stream, |(c, _)| c)
 }
 
+/// A view key: a string (`"stats"`, `&String`), or a tuple of parts joined in order —
+/// `("customer/", id)`, `("day/", 2024u32, "/total")` — built in a buffer the view reuses, so
+/// naming a key costs no allocation (only a key new to the batch is copied, once).
+pub trait Key {
+    /// Appends the key to `into`.
+    fn write_to(&self, into: &mut String);
+    /// The key itself, when it already is one string.
+    fn as_str(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// One part of a tuple [`Key`]: a string, a character, or an integer (in decimal).
+pub trait KeyPart {
+    /// Appends the part to `into`.
+    fn push_to(&self, into: &mut String);
+}
+
+impl Key for str {
+    fn write_to(&self, into: &mut String) {
+        into.push_str(self)
+    }
+    fn as_str(&self) -> Option<&str> {
+        Some(self)
+    }
+}
+
+impl Key for String {
+    fn write_to(&self, into: &mut String) {
+        into.push_str(self)
+    }
+    fn as_str(&self) -> Option<&str> {
+        Some(self)
+    }
+}
+
+impl<K: Key + ?Sized> Key for &K {
+    fn write_to(&self, into: &mut String) {
+        (**self).write_to(into)
+    }
+    fn as_str(&self) -> Option<&str> {
+        (**self).as_str()
+    }
+}
+
+impl KeyPart for str {
+    fn push_to(&self, into: &mut String) {
+        into.push_str(self)
+    }
+}
+
+impl KeyPart for String {
+    fn push_to(&self, into: &mut String) {
+        into.push_str(self)
+    }
+}
+
+impl KeyPart for char {
+    fn push_to(&self, into: &mut String) {
+        into.push(*self)
+    }
+}
+
+impl<P: KeyPart + ?Sized> KeyPart for &P {
+    fn push_to(&self, into: &mut String) {
+        (**self).push_to(into)
+    }
+}
+
+macro_rules! integer_key_parts {
+    ($($t:ty),*) => {$(
+        impl KeyPart for $t {
+            fn push_to(&self, into: &mut String) {
+                use std::fmt::Write;
+                let _ = write!(into, "{self}");
+            }
+        }
+    )*};
+}
+integer_key_parts!(
+    u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize
+);
+
+macro_rules! tuple_keys {
+    ($(($($part:ident),+)),*) => {$(
+        impl<$($part: KeyPart),+> Key for ($($part,)+) {
+            #[allow(non_snake_case)]
+            fn write_to(&self, into: &mut String) {
+                let ($($part,)+) = self;
+                $($part.push_to(into);)+
+            }
+        }
+    )*};
+}
+tuple_keys!((A, B), (A, B, C), (A, B, C, D), (A, B, C, D, E));
+
 /// The projector's view: an ordered key-value map. Values written with [`View::put`] are JSON.
 ///
 /// Within one batch the view keeps what it read and wrote in guest memory: a key read or
@@ -217,6 +313,8 @@ pub fn category(stream: &str) -> &str {
 pub struct View {
     /// Values read or written during this batch; `dirty` ones still have to reach the host.
     cache: HashMap<String, Cached, FxBuildHasher>,
+    /// Where tuple keys are built (reused).
+    key: String,
 }
 
 struct Cached {
@@ -261,11 +359,29 @@ impl View {
     fn new() -> Self {
         View {
             cache: HashMap::default(),
+            key: String::new(),
         }
     }
 
+    /// Calls `f` with `key` as one string, built in the reused buffer when it is a tuple.
+    fn keyed<R>(&mut self, key: impl Key, f: impl FnOnce(&mut View, &str) -> R) -> R {
+        if let Some(key) = key.as_str() {
+            return f(self, key);
+        }
+        let mut buffer = std::mem::take(&mut self.key);
+        buffer.clear();
+        key.write_to(&mut buffer);
+        let result = f(self, &buffer);
+        self.key = buffer;
+        result
+    }
+
     /// Reads and decodes the JSON value under `key`.
-    pub fn get<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>, Error> {
+    pub fn get<T: DeserializeOwned>(&mut self, key: impl Key) -> Result<Option<T>, Error> {
+        self.keyed(key, |view, key| view.get_str(key))
+    }
+
+    fn get_str<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>, Error> {
         match self.cached(key) {
             None => Ok(None),
             Some(bytes) => serde_json::from_slice(bytes)
@@ -275,8 +391,8 @@ impl View {
     }
 
     /// Reads the raw bytes under `key`.
-    pub fn get_raw(&mut self, key: &str) -> Option<Vec<u8>> {
-        self.cached(key).map(<[u8]>::to_vec)
+    pub fn get_raw(&mut self, key: impl Key) -> Option<Vec<u8>> {
+        self.keyed(key, |view, key| view.cached(key).map(<[u8]>::to_vec))
     }
 
     /// The entry for `key`, read from the host on first use.
@@ -314,21 +430,23 @@ impl View {
     }
 
     /// Stores `value` as JSON under `key`.
-    pub fn put<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<(), Error> {
-        let bytes = serde_json::to_vec(value)
-            .map_err(|e| Error::msg(format!("view key {key:?}: cannot encode value: {e}")))?;
-        self.write(key, Some(bytes));
-        Ok(())
+    pub fn put<T: Serialize + ?Sized>(&mut self, key: impl Key, value: &T) -> Result<(), Error> {
+        self.keyed(key, |view, key| {
+            let bytes = serde_json::to_vec(value)
+                .map_err(|e| Error::msg(format!("view key {key:?}: cannot encode value: {e}")))?;
+            view.write(key, Some(bytes));
+            Ok(())
+        })
     }
 
     /// Stores raw bytes under `key`.
-    pub fn put_raw(&mut self, key: &str, value: &[u8]) {
-        self.write(key, Some(value.to_vec()))
+    pub fn put_raw(&mut self, key: impl Key, value: &[u8]) {
+        self.keyed(key, |view, key| view.write(key, Some(value.to_vec())))
     }
 
     /// Removes `key` (a missing key is fine).
-    pub fn delete(&mut self, key: &str) {
-        self.write(key, None)
+    pub fn delete(&mut self, key: impl Key) {
+        self.keyed(key, |view, key| view.write(key, None))
     }
 
     /// Sends the buffered writes to the host.
@@ -354,7 +472,15 @@ impl View {
     /// Reads the value under `key` (or `T::default()` when missing), lets `f` change it, and
     /// stores it back. The value stays decoded for the rest of the batch, so updating a hot key
     /// (a counter, a total) costs no JSON decoding or encoding per event.
-    pub fn update<T, F>(&mut self, key: &str, f: F) -> Result<(), Error>
+    pub fn update<T, F>(&mut self, key: impl Key, f: F) -> Result<(), Error>
+    where
+        T: Serialize + DeserializeOwned + Default + Any,
+        F: FnOnce(&mut T),
+    {
+        self.keyed(key, |view, key| view.update_str(key, f))
+    }
+
+    fn update_str<T, F>(&mut self, key: &str, f: F) -> Result<(), Error>
     where
         T: Serialize + DeserializeOwned + Default + Any,
         F: FnOnce(&mut T),
@@ -387,18 +513,18 @@ impl View {
 
     /// Reads the value under `key`, and stores what `f` returns: `Some` replaces the value,
     /// `None` deletes the key.
-    pub fn modify<T, F>(&mut self, key: &str, f: F) -> Result<(), Error>
+    pub fn modify<T, F>(&mut self, key: impl Key, f: F) -> Result<(), Error>
     where
         T: Serialize + DeserializeOwned,
         F: FnOnce(Option<T>) -> Option<T>,
     {
-        match f(self.get::<T>(key)?) {
-            Some(value) => self.put(key, &value),
+        self.keyed(key, |view, key| match f(view.get_str::<T>(key)?) {
+            Some(value) => view.put(key, &value),
             None => {
-                self.delete(key);
+                view.delete(key);
                 Ok(())
             }
-        }
+        })
     }
 
     /// Up to `limit` entries whose key starts with `prefix`, in key order, after the key

@@ -36,12 +36,9 @@ async fn fill(data_dir: &std::path::Path, n: u64) {
 
 /// The `projector_commit_seconds` count of `name`: how many commits its runners made.
 async fn commits(client: &Client, name: &str) -> u64 {
-    let metrics = client.metrics().await;
-    let prefix = format!("prism_projector_commit_seconds_count{{projector=\"{name}\"}} ");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .map_or(0, |n| n.trim().parse().unwrap())
+    client
+        .projector_metric("prism_projector_commit_seconds_count", name)
+        .await
 }
 
 /// `total` of the committed view, and the checkpoint it was read at (`None` before the first

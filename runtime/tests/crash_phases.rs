@@ -190,6 +190,8 @@ async fn kills_in_every_phase_lose_nothing_and_views_stay_exact() {
             _ => 400,
         };
         let landed = std::sync::Arc::new(parking_lot::Mutex::new(None));
+        // How far into its rebuild a catch-up kill waits for (percent of the head).
+        let depth = rng.below(90);
         let work = {
             let landed = landed.clone();
             let client = client.clone();
@@ -209,11 +211,12 @@ async fn kills_in_every_phase_lose_nothing_and_views_stay_exact() {
                             .await;
                     }
                     Phase::CatchUp => {
-                        // A rebuild from position 1; kill the moment it holds applied writes
-                        // that are not committed.
+                        // A rebuild from position 1; kill once it is `depth` percent through
+                        // the log, at a moment it holds applied writes not committed.
                         let Some(status) = status_of(&client, "rebuilt").await else {
                             return;
                         };
+                        let target = status["head"].as_u64().unwrap_or(0) * depth / 100;
                         let next = if status["schema_version"].as_u64() == Some(2) {
                             artifacts::TALLY_V1
                         } else {
@@ -231,6 +234,7 @@ async fn kills_in_every_phase_lose_nothing_and_views_stay_exact() {
                                 (rebuild["applied"].as_u64(), rebuild["checkpoint"].as_u64());
                             if let (Some(applied), Some(checkpoint)) = (applied, checkpoint)
                                 && applied > checkpoint
+                                && applied >= target
                             {
                                 *landed.lock() = Some((checkpoint, applied));
                                 let _ = now_tx.send(());

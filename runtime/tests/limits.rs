@@ -70,6 +70,46 @@ pub async fn stops_just_before_with(
     message.to_string()
 }
 
+/// Each event has its own budget: batches of a thousand cheap events pass whole under a
+/// budget that one event fits in many times, never a whole batch. (Without the refill they
+/// would still pass, split until each failing event is first of its batch, which starts with
+/// a full budget: the number of batches tells.)
+#[tokio::test(flavor = "multi_thread")]
+async fn every_event_of_a_batch_gets_its_own_instruction_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = common::start_with(dir.path(), |config| {
+        config.sandbox.fuel_per_event = 20_000;
+    })
+    .await;
+    let events: Vec<Value> = (0..5000)
+        .map(|i| json!({"type": format!("T{}", i % 3), "data": {}}))
+        .collect();
+    client.append("s-1", json!(events)).await;
+    client.deploy("counter", artifacts::EVENT_COUNTER).await;
+    let status = client.wait_caught_up("counter").await;
+    assert_eq!(status["state"], "live", "{status}");
+    assert_eq!(client.view("counter", "total").await, 5000);
+    let batches = client
+        .projector_metric("prism_projector_batches_total", "counter")
+        .await;
+    assert!(batches <= 6, "5000 events took {batches} batches");
+    // The budget binds: the runaway loop still exhausts it.
+    client.deploy("loop", artifacts::INFINITE_LOOP).await;
+    client
+        .append("s-1", json!([{"type": "Loop", "data": {}}]))
+        .await;
+    let status = client
+        .wait_until("loop", "a fault", |s| s["state"] == "faulted")
+        .await;
+    assert!(
+        status["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("instruction budget")),
+        "{status}"
+    );
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_runaway_loop_exhausts_its_instruction_budget() {
     stops_just_before(artifacts::INFINITE_LOOP, "Loop", "instruction budget").await;

@@ -79,8 +79,8 @@ impl Projector for AccountBalances {
     }
 }
 
-fn account_key(id: &str) -> String {
-    format!("account/{id}")
+fn account_key(id: &str) -> (&'static str, &str) {
+    ("account/", id)
 }
 
 fn opened(opened: AccountOpened, view: &mut View) -> Result<(), Error> {

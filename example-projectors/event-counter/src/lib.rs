@@ -16,8 +16,8 @@ impl Projector for EventCounter {
     fn apply(event: &Event<'_>, view: &mut View) -> Result<(), Error> {
         let increment = |count: &mut u64| *count += 1;
         view.update("total", increment)?;
-        view.update(&format!("type/{}", event.event_type), increment)?;
-        view.update(&format!("category/{}", event.category()), increment)
+        view.update(("type/", event.event_type), increment)?;
+        view.update(("category/", event.category()), increment)
     }
 }
 

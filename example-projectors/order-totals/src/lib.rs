@@ -65,16 +65,16 @@ impl Projector for OrderTotals {
 }
 
 fn placed(placed: OrderPlaced, view: &mut View) -> Result<(), Error> {
-    let order_key = format!("order/{}", placed.order_id);
-    if view.get::<Order>(&order_key)?.is_some() {
+    let order_key = ("order/", &placed.order_id);
+    if view.get::<Order>(order_key)?.is_some() {
         return ignore(view);
     }
-    view.update(&format!("customer/{}", placed.customer), |c: &mut Customer| {
+    view.update(("customer/", &placed.customer), |c: &mut Customer| {
         c.orders += 1;
         c.total_cents += placed.total_cents;
     })?;
     view.put(
-        &order_key,
+        ("order/", &placed.order_id),
         &Order {
             customer: placed.customer,
             total_cents: placed.total_cents,
@@ -84,20 +84,20 @@ fn placed(placed: OrderPlaced, view: &mut View) -> Result<(), Error> {
 }
 
 fn cancelled(cancelled: OrderCancelled, view: &mut View) -> Result<(), Error> {
-    let order_key = format!("order/{}", cancelled.order_id);
-    let Some(mut order) = view.get::<Order>(&order_key)? else {
+    let order_key = ("order/", &cancelled.order_id);
+    let Some(mut order) = view.get::<Order>(order_key)? else {
         return ignore(view);
     };
     if order.cancelled {
         return ignore(view);
     }
-    view.update(&format!("customer/{}", order.customer), |c: &mut Customer| {
+    view.update(("customer/", &order.customer), |c: &mut Customer| {
         c.orders -= 1;
         c.total_cents -= order.total_cents;
         c.cancelled += 1;
     })?;
     order.cancelled = true;
-    view.put(&order_key, &order)
+    view.put(order_key, &order)
 }
 
 fn ignore(view: &mut View) -> Result<(), Error> {

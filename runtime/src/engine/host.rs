@@ -34,11 +34,23 @@ pub struct HostState {
     pub(super) next_event: u32,
     /// The event being applied (the last `begin-event`), to attribute a trap.
     pub(super) current_event: Option<u32>,
-    /// Set by `begin-event`; the call hook refills the fuel when the call returns to Wasm.
-    pub(super) refuel: bool,
 }
 
 impl HostState {
+    /// `begin-event`: checks the order and notes which event runs (a trap belongs to it).
+    pub(super) fn begin(&mut self, index: u32) -> wasmtime::Result<()> {
+        if self.batch.is_none() || index != self.next_event || index >= self.batch_len {
+            wasmtime::bail!(
+                "begin-event({index}) out of order: expected event {} of a batch of {}",
+                self.next_event,
+                self.batch_len
+            );
+        }
+        self.next_event += 1;
+        self.current_event = Some(index);
+        Ok(())
+    }
+
     fn batch(&mut self) -> wasmtime::Result<&mut BatchView> {
         self.batch
             .as_mut()
@@ -109,17 +121,8 @@ impl view::Host for HostState {
 
 impl host::Host for HostState {
     fn begin_event(&mut self, index: u32) -> wasmtime::Result<()> {
-        if self.batch.is_none() || index != self.next_event || index >= self.batch_len {
-            wasmtime::bail!(
-                "begin-event({index}) out of order: expected event {} of a batch of {}",
-                self.next_event,
-                self.batch_len
-            );
-        }
-        self.next_event += 1;
-        self.current_event = Some(index);
-        self.refuel = true;
-        Ok(())
+        // The linker calls `begin` over the store instead (it refills the fuel too).
+        self.begin(index)
     }
 
     fn log(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {

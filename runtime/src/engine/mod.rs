@@ -201,6 +201,21 @@ impl Engine {
         let engine = wasmtime::Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         bindings::ProjectorWorld::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+        // `begin-event` refills the fuel from inside the call, which the generated binding
+        // (data only, no store) cannot: defined again over the store, it needs no call hook
+        // on every host call.
+        linker.allow_shadowing(true);
+        linker.instance("prism:projector/host@0.1.0")?.func_wrap(
+            "begin-event",
+            |mut store: wasmtime::StoreContextMut<'_, HostState>, (index,): (u32,)| {
+                store.data_mut().begin(index)?;
+                if let Some(fuel) = store.data().fuel_per_event {
+                    store.set_fuel(fuel)?;
+                }
+                Ok(())
+            },
+        )?;
+        linker.allow_shadowing(false);
         if let Some(dir) = &cache_dir {
             std::fs::create_dir_all(dir)?;
         }
@@ -369,20 +384,9 @@ impl Engine {
                 batch_len: 0,
                 next_event: 0,
                 current_event: None,
-                refuel: false,
             },
         );
         store.limiter(|state| &mut state.limiter);
-        // `begin-event` asks for a refill; it happens as the call returns to Wasm.
-        store.call_hook(|mut ctx, hook| {
-            if matches!(hook, wasmtime::CallHook::ReturningFromHost) && ctx.data().refuel {
-                ctx.data_mut().refuel = false;
-                if let Some(fuel) = ctx.data().fuel_per_event {
-                    ctx.set_fuel(fuel)?;
-                }
-            }
-            Ok(())
-        });
         if limits.meter_fuel {
             store.set_fuel(limits.fuel_to_start).map_err(trap)?;
         }
@@ -460,7 +464,6 @@ impl Instance {
         state.batch_len = batch.len() as u32;
         state.next_event = 0;
         state.current_event = None;
-        state.refuel = false;
         state.written = Written::default();
         let fuel_per_event = state.fuel_per_event;
         // Fuel for the code before the first `begin-event`; each event then gets its own.

@@ -71,6 +71,17 @@ impl Client {
         self.api.metrics().await.unwrap()
     }
 
+    /// The value of the metric `family` (e.g. `prism_projector_batches_total`) for
+    /// `projector` (0 when absent).
+    pub async fn projector_metric(&self, family: &str, projector: &str) -> u64 {
+        let metrics = self.metrics().await;
+        let prefix = format!("{family}{{projector=\"{projector}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    }
+
     /// Sends `request`, whatever the answer's status.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
         let reply = self.api.send(request).await.unwrap();
