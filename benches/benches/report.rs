@@ -137,15 +137,41 @@ fn replay_figures(report: &mut Report, n: u64, dir: &std::path::Path) {
             0.0,
         ),
     ];
+    // `PRISM_BENCH_REPLAY=order-totals` replays one example only (for profiling).
+    let only = std::env::var("PRISM_BENCH_REPLAY").ok();
     for (name, path, native, target, goal) in projectors {
+        if only.as_deref().is_some_and(|only| only != name) {
+            continue;
+        }
         let module = engine.compile(&artifacts::read(path)).unwrap().module;
         let wasm_view = dir.join(format!("{name}-wasm.redb"));
         let store = Arc::new(ViewStore::open(&wasm_view).unwrap());
         let instance = engine.instantiate(&module, name, "").unwrap();
         let log = open_log();
+        // Peak resident memory during the replay (the catch-up cache's budget is 256 MiB).
+        let before = rss();
+        let done = Arc::new(AtomicBool::new(false));
+        let sampler = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut peak = 0;
+                while !done.load(Ordering::Relaxed) {
+                    peak = peak.max(rss());
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                peak
+            })
+        };
         let start = Instant::now();
         let status = catch_up(&engine, &module, instance, &log, store);
         let wasm = rate(n, start.elapsed());
+        done.store(true, Ordering::Relaxed);
+        let peak = sampler.join().unwrap();
+        println!(
+            "  ({name}: peak RSS {} MiB, {} MiB before the replay)",
+            peak >> 20,
+            before >> 20
+        );
         assert_eq!(
             (status.state, status.checkpoint),
             (State::Live, n),
@@ -174,6 +200,7 @@ fn replay_figures(report: &mut Report, n: u64, dir: &std::path::Path) {
             same,
             "{name}: the native baseline's view differs from the Wasm one"
         );
+        drop(log);
         let rival_rate = (name == "order-totals").then(|| {
             // The same projection without Prism, over the same log; its tables must say
             // exactly what Prism's view says.

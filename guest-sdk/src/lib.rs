@@ -37,7 +37,8 @@
 //!
 //!     fn apply(event: &Event<'_>, view: &mut View) -> Result<(), Error> {
 //!         let deposit: Deposited = event.data()?;
-//!         view.update(&format!("balance/{}", deposit.account), |balance: &mut i64| {
+//!         // A key from parts, built without an allocation per event.
+//!         view.update(("balance/", &deposit.account), |balance: &mut i64| {
 //!             *balance += deposit.amount
 //!         })
 //!     }
