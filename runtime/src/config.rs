@@ -14,7 +14,7 @@
 //! idempotency_window_secs = 86400
 //! keep_modules = 3
 //! view_cache_bytes = 268435456
-//! view_cache_interval_ms = 5000
+//! view_cache_interval_ms = 1000
 //!
 //! [limits]
 //! max_module_bytes = 67108864

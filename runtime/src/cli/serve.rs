@@ -50,7 +50,7 @@ pub struct ServeArgs {
     #[arg(long, env = "PRISM_VIEW_CACHE_BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     view_cache_bytes: Option<usize>,
-    /// Milliseconds a cached view write waits at most before it commits [default: 5000].
+    /// Milliseconds a cached view write waits at most before it commits [default: 1000].
     #[arg(long, env = "PRISM_VIEW_CACHE_INTERVAL_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     view_cache_interval_ms: Option<u64>,

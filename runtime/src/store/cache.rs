@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 /// How many bytes of cached writes the projectors of one process hold at most, by default.
 pub const CACHE_BYTES: usize = 256 << 20;
 
-/// How long cached writes wait at most before they are committed, by default.
-pub const CACHE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long cached writes wait at most before they are committed, by default: well within a
+/// `min_position` query's wait (5 s by default), for a projector that keeps pace a full batch
+/// or more behind a steady stream of appends and so holds its writes.
+pub const CACHE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What an entry costs besides its key and value bytes: the map's slot (key and value
 /// headers, control byte and spare capacity) and the two allocations' headers.

@@ -135,6 +135,10 @@ impl Runner {
                 Written::Sorted(writes) => feed.publish_sorted(position, writes),
             }
         }
-        self.set(|s| s.checkpoint = position);
+        self.set(|s| {
+            s.checkpoint = position;
+            // A checkpoint moved past a poison event passes what was applied.
+            s.applied = s.applied.max(position);
+        });
     }
 }
