@@ -253,6 +253,43 @@ async fn a_bad_module_during_a_reload_leaves_the_old_one_serving() {
     server.stop().await;
 }
 
+/// New code on trial whose first batch holds no event for it (its subscription is narrower)
+/// passes its trial: the checkpoint moved past events only the old code wanted, so a later
+/// failure is the new code's poison event, never a rollback that would skip them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trial_whose_first_batch_is_empty_passes_and_skips_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = common::start(dir.path()).await;
+    client.deploy("x", artifacts::EVENT_COUNTER).await;
+    common::append_many(&client, "s", "A", 10, 5).await;
+    client.wait_caught_up("x").await;
+    // Same schema version: a continue-mode trial of code that wants only orders.
+    let orders = client.deploy("x", artifacts::ORDER_TOTALS).await;
+    assert_eq!(orders["mode"], "continue");
+    let others: Vec<Value> = (0..1100)
+        .map(|_| json!({"type": "Other", "data": {}}))
+        .collect();
+    client.append("s", json!(others)).await;
+    client
+        .wait_until("x", "the empty batch to pass the trial", |s| {
+            s["module"] == orders["module"] && s["lag"] == 0
+        })
+        .await;
+    // Bad data for the new code: its own fault, not a rollback to the counter.
+    client
+        .append("s", json!([{"type": "OrderPlaced", "data": {}}]))
+        .await;
+    let status = client
+        .wait_until("x", "the new code to fault", |s| s["state"] == "faulted")
+        .await;
+    assert_eq!(status["module"], orders["module"], "{status}");
+    assert_eq!(status["reload_error"], Value::Null, "{status}");
+    assert_eq!(status["error"]["position"], 1111, "{status}");
+    // The counter's view is what it applied before the swap.
+    assert_eq!(client.view("x", "total").await, json!(10));
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_in_the_middle_of_a_rebuild_resumes_it() {
     let dir = tempfile::tempdir().unwrap();

@@ -110,6 +110,31 @@ async fn every_event_of_a_batch_gets_its_own_instruction_budget() {
     server.stop().await;
 }
 
+/// A module that names an event past its batch as the failing one faults (it used to make the
+/// runner split the batch forever); its neighbour carries on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failure_naming_an_event_past_the_batch_faults_only_its_projector() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = common::start(dir.path()).await;
+    client.deploy("liar", artifacts::BAD_INDEX).await;
+    client.deploy("counter", artifacts::EVENT_COUNTER).await;
+    let events: Vec<Value> = (0..3).map(|_| json!({"type": "T", "data": {}})).collect();
+    client.append("s-1", json!(events)).await;
+    let status = client
+        .wait_until("liar", "a fault", |s| s["state"] == "faulted")
+        .await;
+    assert_eq!(status["error"]["position"], 1, "{status}");
+    assert!(
+        status["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("naming an event")),
+        "{status}"
+    );
+    client.wait_caught_up("counter").await;
+    assert_eq!(client.view("counter", "total").await, 3);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_runaway_loop_exhausts_its_instruction_budget() {
     stops_just_before(artifacts::INFINITE_LOOP, "Loop", "instruction budget").await;

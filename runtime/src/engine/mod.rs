@@ -485,7 +485,12 @@ impl Instance {
         let outcome = match outcome {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
-                let index = e.index as usize;
+                // A module naming an event its batch does not have is held to the event it
+                // was applying (the last `begin-event`), so splitting the batch ends.
+                let index = match e.index as usize {
+                    index if index < batch.len() => index,
+                    _ => self.store.data().current_event.unwrap_or(0) as usize,
+                };
                 Err(ApplyError::Guest {
                     index,
                     position: batch.position(index).unwrap_or_default(),
