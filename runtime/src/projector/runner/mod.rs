@@ -347,7 +347,7 @@ impl Runner {
                 .take()
                 .expect("the cache is back between batches");
             let view = BatchView::with_cache(snapshot, cache);
-            let mut passed = false;
+            let passed;
             let overlay = if batch.is_empty() {
                 let (overlay, cache) = view.into_parts();
                 running.cache = cache;
