@@ -159,8 +159,16 @@ impl WriteBack {
 
     /// Every held write in key order, leaving the cache empty.
     pub fn drain_sorted(&mut self) -> Vec<Write> {
-        let mut writes: Vec<Write> = self.entries.drain().collect();
-        writes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // Sorted by the keys' first 16 bytes held inline, then the whole keys: most
+        // comparisons then never reach the keys on the heap (a sort of a million keys was
+        // bound by those cache misses).
+        let mut keyed: Vec<(u128, Write)> = self
+            .entries
+            .drain()
+            .map(|write| (prefix(&write.0), write))
+            .collect();
+        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.0.cmp(&b.1.0)));
+        let writes: Vec<Write> = keyed.into_iter().map(|(_, write)| write).collect();
         // Give the map's memory back: a cache that held a rebuild's millions of keys should not
         // keep their slots while live.
         self.entries.shrink_to(0);
@@ -190,6 +198,14 @@ impl WriteBack {
         }
         self.bytes = bytes;
     }
+}
+
+/// The first 16 bytes of `key`, big-endian, zero-padded: ordered as the keys are, up to ties.
+fn prefix(key: &str) -> u128 {
+    let mut bytes = [0u8; 16];
+    let len = key.len().min(16);
+    bytes[..len].copy_from_slice(&key.as_bytes()[..len]);
+    u128::from_be_bytes(bytes)
 }
 
 fn value_len(value: &Option<Vec<u8>>) -> usize {
@@ -233,6 +249,32 @@ mod tests {
         );
         assert!(cache.is_empty());
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn drained_keys_are_in_byte_order_whatever_they_share() {
+        let budget = CacheBudget::new(1 << 30, Duration::from_secs(60));
+        let mut cache = WriteBack::new(budget);
+        let mut keys: Vec<String> = Vec::new();
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for i in 0..2000u64 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let key = match i % 5 {
+                0 => format!("customer/c-{}", seed % 100_000),
+                1 => format!("order/o-{}", seed % 1000),
+                2 => "a-prefix-longer-than-16-bytes/".repeat(1 + (seed % 3) as usize),
+                3 => format!("ab{}", "\0".repeat((seed % 4) as usize)),
+                _ => format!("{}", seed % 50),
+            };
+            keys.push(key);
+        }
+        cache.absorb(keys.iter().map(|k| (k.clone(), None)), 1);
+        let drained: Vec<String> = cache.drain_sorted().into_iter().map(|(k, _)| k).collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(drained, keys);
     }
 
     #[test]
