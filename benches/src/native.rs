@@ -243,16 +243,18 @@ impl Native for EventCounter {
 /// `order-totals`.
 pub struct OrderTotals;
 
+/// `OrderPlaced`'s data (shared with the rival, which reads the same events).
 #[derive(Deserialize)]
-struct OrderPlaced {
-    order_id: String,
-    customer: String,
-    total_cents: i64,
+pub(crate) struct OrderPlaced {
+    pub order_id: String,
+    pub customer: String,
+    pub total_cents: i64,
 }
 
+/// `OrderCancelled`'s data.
 #[derive(Deserialize)]
-struct OrderCancelled {
-    order_id: String,
+pub(crate) struct OrderCancelled {
+    pub order_id: String,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -4,27 +4,15 @@
 //! the checkpoint in it. It reads the same log through the same reader Prism's runners use, so
 //! the comparison is about everything after the read: the projection and its store.
 
+use crate::native::{OrderCancelled, OrderPlaced};
 use prism::log::EventLog;
 use prism::store::ViewSnapshot;
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Events per transaction (and checkpoint).
 const BATCH: usize = 1000;
-
-#[derive(Deserialize)]
-struct OrderPlaced {
-    order_id: String,
-    customer: String,
-    total_cents: i64,
-}
-
-#[derive(Deserialize)]
-struct OrderCancelled {
-    order_id: String,
-}
 
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS orders (

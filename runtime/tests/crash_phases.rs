@@ -89,6 +89,16 @@ async fn settle_trial(
         .await;
 }
 
+/// The module that makes `rebuilt` rebuild: the tally of the other view schema version.
+fn other_tally(status: &serde_json::Value) -> Vec<u8> {
+    let next = if status["schema_version"].as_u64() == Some(2) {
+        artifacts::TALLY_V1
+    } else {
+        artifacts::TALLY_V3
+    };
+    artifacts::read(next)
+}
+
 /// Every tenth event poisons the `poison` projector.
 fn poisoned(id: u64) -> bool {
     id % 10 == 7
@@ -217,13 +227,8 @@ async fn kills_in_every_phase_lose_nothing_and_views_stay_exact() {
                             return;
                         };
                         let target = status["head"].as_u64().unwrap_or(0) * depth / 100;
-                        let next = if status["schema_version"].as_u64() == Some(2) {
-                            artifacts::TALLY_V1
-                        } else {
-                            artifacts::TALLY_V3
-                        };
                         let _ = api
-                            .deploy("rebuilt", artifacts::read(next), &Default::default())
+                            .deploy("rebuilt", other_tally(&status), &Default::default())
                             .await;
                         loop {
                             let Some(status) = status_of(&client, "rebuilt").await else {
@@ -248,14 +253,8 @@ async fn kills_in_every_phase_lose_nothing_and_views_stay_exact() {
                             return;
                         };
                         let before = status["generation"].as_u64();
-                        let schema = status["schema_version"].as_u64();
-                        let next = if schema == Some(2) {
-                            artifacts::TALLY_V1
-                        } else {
-                            artifacts::TALLY_V3
-                        };
                         let _ = api
-                            .deploy("rebuilt", artifacts::read(next), &Default::default())
+                            .deploy("rebuilt", other_tally(&status), &Default::default())
                             .await;
                         if phase == Phase::Promotion {
                             // Kill the moment the new generation serves.

@@ -60,9 +60,10 @@ struct FeedState {
     closed: bool,
 }
 
-fn batch_bytes(changes: &Overlay) -> usize {
+/// Key and value bytes of some changes.
+fn change_bytes<'a>(changes: impl IntoIterator<Item = (&'a String, &'a Option<Vec<u8>>)>) -> usize {
     changes
-        .iter()
+        .into_iter()
         .map(|(key, value)| key.len() + value.as_ref().map_or(0, Vec::len))
         .sum()
 }
@@ -90,7 +91,7 @@ impl ChangeFeed {
             let mut state = self.state.lock();
             state.checkpoint = position;
             if !changes.is_empty() {
-                let bytes = batch_bytes(&changes);
+                let bytes = change_bytes(&changes);
                 state.changes += changes.len();
                 state.bytes += bytes;
                 state.batches.push_back(Arc::new(ChangeBatch {
@@ -114,10 +115,7 @@ impl ChangeFeed {
     /// Records the changes of a commit of held writes (in key order) at `position`. More than
     /// the feed keeps are not copied: subscribers from before `position` are told to re-read.
     pub fn publish_sorted(&self, position: u64, changes: Vec<crate::store::Write>) {
-        let bytes: usize = changes
-            .iter()
-            .map(|(key, value)| key.len() + value.as_ref().map_or(0, Vec::len))
-            .sum();
+        let bytes = change_bytes(changes.iter().map(|(key, value)| (key, value)));
         if changes.len() <= RETAINED_CHANGES && bytes <= RETAINED_BYTES {
             return self.publish(position, changes.into_iter().collect());
         }

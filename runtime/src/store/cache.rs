@@ -125,12 +125,9 @@ impl WriteBack {
     pub fn absorb(&mut self, writes: impl IntoIterator<Item = Write>, position: u64) {
         let mut added = 0isize;
         for (key, value) in writes {
-            let size = |key: &str, value: &Option<Vec<u8>>| {
-                (key.len() + value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD) as isize
-            };
-            added += size(&key, &value);
+            added += entry_size(&key, &value) as isize;
             if let Some(old) = self.entries.get_mut(key.as_str()) {
-                added -= value_len(old) as isize + (key.len() + ENTRY_OVERHEAD) as isize;
+                added -= entry_size(&key, old) as isize;
                 *old = value;
             } else {
                 self.entries.insert(key, value);
@@ -208,8 +205,9 @@ fn prefix(key: &str) -> u128 {
     u128::from_be_bytes(bytes)
 }
 
-fn value_len(value: &Option<Vec<u8>>) -> usize {
-    value.as_ref().map_or(0, Vec::len)
+/// What one held entry costs against the budget.
+fn entry_size(key: &str, value: &Option<Vec<u8>>) -> usize {
+    key.len() + value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD
 }
 
 impl Drop for WriteBack {
