@@ -1,7 +1,7 @@
 //! Conversions between the generated WIT types and Prism's domain types.
 
 use super::bindings::types as wit;
-use crate::log::StoredEvent;
+use crate::log::{FlatBatch, StoredEvent};
 pub use prism_client::wire::Subscription;
 
 /// What a projector module says about itself.
@@ -50,6 +50,29 @@ impl EventBatch {
     pub fn clear(&mut self) {
         self.inner.events.clear();
         self.inner.bytes.clear();
+    }
+
+    /// Takes the events of `flat` (its byte buffer changes places with this batch's, so
+    /// nothing is copied but the headers); `flat` is left empty.
+    pub fn load(&mut self, flat: &mut FlatBatch) {
+        self.clear();
+        std::mem::swap(&mut self.inner.bytes, &mut flat.bytes);
+        self.inner
+            .events
+            .extend(flat.headers.iter().map(|h| wit::EventHeader {
+                position: h.position,
+                stream_version: h.stream_version,
+                timestamp_ms: h.timestamp_ms,
+                stream_offset: h.stream_offset,
+                stream_len: h.stream_len,
+                type_offset: h.type_offset,
+                type_len: h.type_len,
+                data_offset: h.data_offset,
+                data_len: h.data_len,
+                metadata_offset: h.metadata_offset,
+                metadata_len: h.metadata_len,
+            }));
+        flat.clear();
     }
 
     /// Adds one event.

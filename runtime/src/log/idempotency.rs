@@ -236,3 +236,67 @@ pub fn forget(
     }
     Ok(())
 }
+
+/// A remembered append as logs of format 1 stored it: without its time, which only the expiry
+/// table held.
+#[derive(Deserialize)]
+struct RememberedV1<'a> {
+    #[serde(with = "serde_bytes")]
+    digest: &'a [u8],
+    stream: &'a str,
+    first_position: u64,
+    last_position: u64,
+    stream_version: u64,
+}
+
+/// Rewrites what a log of format 1 remembered in today's form, taking each entry's time from
+/// the expiry table; returns how many entries it rewrote.
+pub fn upgrade(
+    remembered: &mut Table<&str, &[u8]>,
+    expiry: &mut Table<(u64, &str), ()>,
+) -> Result<usize, redb::Error> {
+    let mut times = std::collections::HashMap::new();
+    for row in expiry.iter()? {
+        let (key, _) = row?;
+        let (at, name) = key.value();
+        times.insert(name.to_string(), at);
+    }
+    let mut rewritten = Vec::new();
+    let mut missing = Vec::new();
+    for row in remembered.iter()? {
+        let (name, bytes) = row?;
+        let bytes = bytes.value();
+        if decode(bytes).is_ok() {
+            continue;
+        }
+        let old: RememberedV1 = postcard::from_bytes(bytes).map_err(|e| {
+            redb::Error::Corrupted(format!("a remembered append cannot be read: {e}"))
+        })?;
+        let name = name.value().to_string();
+        // An entry the expiry table does not know would never be forgotten: give it the
+        // oldest time, so it is not honoured and the next commit forgets it.
+        let at_ms = times.get(&name).copied().unwrap_or(0);
+        if !times.contains_key(&name) {
+            missing.push(name.clone());
+        }
+        let record = Remembered {
+            digest: old.digest,
+            stream: old.stream,
+            first_position: old.first_position,
+            last_position: old.last_position,
+            stream_version: old.stream_version,
+            at_ms,
+        };
+        let bytes = postcard::to_stdvec(&record).expect("encoding to a Vec cannot fail");
+        rewritten.push((name, bytes));
+    }
+    for name in missing {
+        expiry.insert((0, name.as_str()), ())?;
+    }
+    let mut remembered_again = 0;
+    for (name, bytes) in rewritten {
+        remembered.insert(name.as_str(), bytes.as_slice())?;
+        remembered_again += 1;
+    }
+    Ok(remembered_again)
+}

@@ -1,10 +1,9 @@
-//! The event log's redb tables and the encoding of a stored event.
+//! The event log's redb tables and the version of their layout.
 
 use redb::TableDefinition;
-use serde::{Deserialize, Serialize};
 
-/// Every event by its global position (1, 2, 3, ... without gaps).
-pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// Events in chunks of consecutive positions, by the chunk's first position (see [`super::chunk`]).
+pub const CHUNKS: TableDefinition<u64, &[u8]> = TableDefinition::new("chunks");
 
 /// Each stream's version: how many events it holds.
 pub const STREAMS: TableDefinition<&str, u64> = TableDefinition::new("streams");
@@ -12,25 +11,20 @@ pub const STREAMS: TableDefinition<&str, u64> = TableDefinition::new("streams");
 /// (stream, stream version) → global position, for reading one stream in order.
 pub const STREAM_INDEX: TableDefinition<(&str, u64), u64> = TableDefinition::new("stream_index");
 
-/// An event as stored under its position in [`EVENTS`] (postcard; fields borrow the row).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+/// What the file is: `format` → [`FORMAT`].
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The layout this code writes. Files without a `meta` table were written before layouts were
+/// numbered: one postcard row per event in `events` (see [`super::migrate`]).
+pub const FORMAT: u64 = 3;
+
+/// An event, borrowed from wherever it is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredEvent<'a> {
     pub stream: &'a str,
     pub stream_version: u64,
     pub event_type: &'a str,
     pub timestamp_ms: u64,
-    #[serde(with = "serde_bytes")]
     pub data: &'a [u8],
-    #[serde(with = "serde_bytes")]
     pub metadata: &'a [u8],
-}
-
-impl<'a> StoredEvent<'a> {
-    pub fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).expect("encoding to a Vec cannot fail")
-    }
-
-    pub fn decode(bytes: &'a [u8]) -> Result<Self, postcard::Error> {
-        postcard::from_bytes(bytes)
-    }
 }

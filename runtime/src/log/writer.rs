@@ -1,7 +1,8 @@
 //! The log's writer thread: group commits, each one durable transaction, with the
 //! idempotency checks of its appends.
 
-use super::schema::{EVENTS, STREAM_INDEX, STREAMS, StoredEvent};
+use super::chunk::ChunkBuilder;
+use super::schema::{CHUNKS, STREAM_INDEX, STREAMS, StoredEvent};
 use super::shared::Shared;
 use super::{AppendError, AppendRequest, Appended, ExpectedVersion, MAX_GROUP, idempotency};
 use redb::{Database, ReadableTable};
@@ -140,7 +141,8 @@ fn commit_group(
     let mut next = head + 1;
     let mut outcomes = Vec::with_capacity(group.len());
     {
-        let mut events = txn.open_table(EVENTS)?;
+        let mut chunks = txn.open_table(CHUNKS)?;
+        let mut builder = ChunkBuilder::default();
         let mut streams = txn.open_table(STREAMS)?;
         let mut index = txn.open_table(STREAM_INDEX)?;
         let mut remembered = txn.open_table(idempotency::REMEMBERED)?;
@@ -200,7 +202,9 @@ fn commit_group(
                     data: &event.data,
                     metadata: event.metadata.as_deref().unwrap_or(b"{}"),
                 };
-                events.insert(next, stored.encode().as_slice())?;
+                if let Some((first, row)) = builder.push(next, &stored) {
+                    chunks.insert(first, row.as_slice())?;
+                }
                 index.insert((stream, version), next)?;
                 next += 1;
             }
@@ -224,6 +228,9 @@ fn commit_group(
                 )?;
             }
             outcomes.push(Ok(appended));
+        }
+        if let Some((first, row)) = builder.finish() {
+            chunks.insert(first, row.as_slice())?;
         }
     }
     txn.commit()?;

@@ -33,7 +33,7 @@ use super::control::{Code, Control, Report, Reports, RunnerEvent, Swap};
 use super::error::RetryError;
 use super::{ErrorPolicy, Fault, State, Status};
 use crate::engine::{ApplyError, Engine, EventBatch, Instance, InstanceError, Subscription};
-use crate::log::EventLog;
+use crate::log::{BatchRead, EventLog, FlatBatch};
 use crate::store::{BatchView, CacheBudget, DeadLetter, ViewStore, WriteBack};
 use std::sync::Arc;
 use std::time::Instant;
@@ -267,6 +267,7 @@ impl Runner {
             .checkpoint()
             .map_err(|e| Fault::message(e.to_string()))?;
         let mut head = self.log.subscribe();
+        let mut flat = FlatBatch::default();
         let mut batch = EventBatch::default();
         let mut reported_caught_up = false;
         // Most events the next batch may hold: lowered to split a batch whose writes broke a
@@ -301,19 +302,23 @@ impl Runner {
                 StopAt::Position(end) => end,
                 _ => u64::MAX,
             };
-            batch.clear();
             let subscription = &running.subscription;
+            let read = BatchRead {
+                from: applied + 1,
+                until: end,
+                max_scanned: MAX_BATCH_EVENTS,
+                max_events: batch_limit,
+                max_bytes: MAX_BATCH_BYTES,
+            };
             let last = self
                 .log
-                .visit_from(applied + 1, MAX_BATCH_EVENTS, |position, event| {
-                    if subscription.matches(event.stream, event.event_type) {
-                        batch.push(position, event);
-                    }
-                    batch.len() < batch_limit
-                        && batch.byte_len() < MAX_BATCH_BYTES
-                        && position < end
-                })
+                .read_batch(
+                    &read,
+                    |stream, t| subscription.matches(stream, t),
+                    &mut flat,
+                )
                 .map_err(|e| Fault::message(e.to_string()))?;
+            batch.load(&mut flat);
             let Some(last) = last else {
                 // Caught up: what is held commits before anyone hears of it.
                 self.commit_held(running)?;

@@ -1,0 +1,205 @@
+//! Brings a log file to today's layout when it is opened.
+//!
+//! Formats: **1** (up to commit 268959e) stored one postcard row per event in `events` and
+//! remembered appends without their time; **2** did the same, remembering the time; neither
+//! wrote a `meta` table. **3** stores events in chunks ([`super::chunk`]) and says so in `meta`.
+//!
+//! Migrating a file of format 1 or 2 moves its events into chunks a step at a time, each step
+//! one durable transaction that adds chunks and removes the same events from `events`: an
+//! interrupted migration goes on where it stopped when the file is opened again. The last step
+//! rewrites remembered appends in today's form, drops `events` and writes the format.
+
+use super::chunk::{Chunk, ChunkBuilder};
+use super::idempotency;
+use super::schema::{CHUNKS, FORMAT, META, STREAM_INDEX, STREAMS, StoredEvent};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use serde::Deserialize;
+
+/// Formats 1 and 2: every event by its position, a postcard row each.
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+
+/// How many events one migration step moves.
+pub const STEP_EVENTS: usize = 100_000;
+
+/// An event as formats 1 and 2 stored it.
+#[derive(Deserialize)]
+struct LegacyEvent<'a> {
+    stream: &'a str,
+    stream_version: u64,
+    event_type: &'a str,
+    timestamp_ms: u64,
+    #[serde(with = "serde_bytes")]
+    data: &'a [u8],
+    #[serde(with = "serde_bytes")]
+    metadata: &'a [u8],
+}
+
+/// Why a log could not be brought to today's layout.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error(transparent)]
+    Storage(#[from] redb::Error),
+    #[error(
+        "the log was written in format {0}, newer than this Prism knows ({FORMAT}): use a newer Prism"
+    )]
+    Newer(u64),
+    #[error("event {position} of the old log cannot be read: {reason}")]
+    Corrupt { position: u64, reason: String },
+}
+
+impl From<redb::TransactionError> for MigrateError {
+    fn from(e: redb::TransactionError) -> Self {
+        MigrateError::Storage(e.into())
+    }
+}
+impl From<redb::TableError> for MigrateError {
+    fn from(e: redb::TableError) -> Self {
+        MigrateError::Storage(e.into())
+    }
+}
+impl From<redb::StorageError> for MigrateError {
+    fn from(e: redb::StorageError) -> Self {
+        MigrateError::Storage(e.into())
+    }
+}
+impl From<redb::CommitError> for MigrateError {
+    fn from(e: redb::CommitError) -> Self {
+        MigrateError::Storage(e.into())
+    }
+}
+
+/// What opening found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opened {
+    /// The file was in today's format (or new).
+    Current,
+    /// Events were moved into chunks; `done` is false when `max_steps` stopped it early.
+    Migrated { events: u64, done: bool },
+}
+
+/// Brings the file to today's format, moving at most `step_events` events per transaction and
+/// stopping after `max_steps` of them (`None`: until done).
+pub fn migrate(
+    db: &Database,
+    step_events: usize,
+    max_steps: Option<usize>,
+) -> Result<Opened, MigrateError> {
+    let (format, legacy) = {
+        let txn = db.begin_read()?;
+        let format = match txn.open_table(META) {
+            Ok(meta) => meta.get("format")?.map(|v| v.value()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let legacy = txn.list_tables()?.any(|t| t.name() == EVENTS.name());
+        (format, legacy)
+    };
+    match format {
+        Some(FORMAT) => return Ok(Opened::Current),
+        Some(newer) if newer > FORMAT => return Err(MigrateError::Newer(newer)),
+        _ => {}
+    }
+    if !legacy {
+        finish(db)?;
+        return Ok(Opened::Current);
+    }
+    let mut moved = 0;
+    let mut steps = 0;
+    loop {
+        if max_steps.is_some_and(|max| steps >= max) {
+            return Ok(Opened::Migrated {
+                events: moved,
+                done: false,
+            });
+        }
+        let n = step(db, step_events)?;
+        moved += n;
+        steps += 1;
+        if n == 0 {
+            break;
+        }
+    }
+    finish(db)?;
+    tracing::info!(
+        events = moved,
+        "the event log was migrated to format {FORMAT}"
+    );
+    Ok(Opened::Migrated {
+        events: moved,
+        done: true,
+    })
+}
+
+/// Moves up to `max` of the oldest events left in `events` into chunks; returns how many.
+fn step(db: &Database, max: usize) -> Result<u64, MigrateError> {
+    let txn = db.begin_write()?;
+    let moved = {
+        let mut events = txn.open_table(EVENTS)?;
+        let mut chunks = txn.open_table(CHUNKS)?;
+        let mut builder = ChunkBuilder::default();
+        // The position the next event must have: after the chunks moved so far.
+        let mut next = match chunks.last()? {
+            Some((first, row)) => first.value() + Chunk::count_of(row.value()),
+            None => 1,
+        };
+        let mut count = 0;
+        for row in events.range::<u64>(..)?.take(max) {
+            let (position, bytes) = row?;
+            let position = position.value();
+            let old: LegacyEvent =
+                postcard::from_bytes(bytes.value()).map_err(|e| MigrateError::Corrupt {
+                    position,
+                    reason: e.to_string(),
+                })?;
+            let event = StoredEvent {
+                stream: old.stream,
+                stream_version: old.stream_version,
+                event_type: old.event_type,
+                timestamp_ms: old.timestamp_ms,
+                data: old.data,
+                metadata: old.metadata,
+            };
+            if position != next {
+                return Err(MigrateError::Corrupt {
+                    position,
+                    reason: format!("the log has a gap: event {next} is missing"),
+                });
+            }
+            if let Some((first, row)) = builder.push(position, &event) {
+                chunks.insert(first, row.as_slice())?;
+            }
+            next += 1;
+            count += 1;
+        }
+        if let Some((first, row)) = builder.finish() {
+            chunks.insert(first, row.as_slice())?;
+        }
+        if count > 0 {
+            events.retain_in(..next, |_, _| false)?;
+        }
+        count
+    };
+    txn.commit()?;
+    Ok(moved)
+}
+
+/// The last step: tables of today's format, remembered appends rewritten, `events` dropped,
+/// the format written.
+fn finish(db: &Database) -> Result<(), MigrateError> {
+    let txn = db.begin_write()?;
+    {
+        txn.open_table(CHUNKS)?;
+        txn.open_table(STREAMS)?;
+        txn.open_table(STREAM_INDEX)?;
+        let mut remembered = txn.open_table(idempotency::REMEMBERED)?;
+        let mut expiry = txn.open_table(idempotency::EXPIRY)?;
+        let rewritten = idempotency::upgrade(&mut remembered, &mut expiry)?;
+        if rewritten > 0 {
+            tracing::info!(rewritten, "remembered appends were given their time");
+        }
+        txn.delete_table(EVENTS)?;
+        txn.open_table(META)?.insert("format", FORMAT)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
