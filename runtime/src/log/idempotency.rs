@@ -240,13 +240,14 @@ pub fn forget(
 /// A remembered append as logs of format 1 stored it: without its time, which only the expiry
 /// table held.
 #[derive(Deserialize)]
-struct RememberedV1<'a> {
+#[cfg_attr(test, derive(Serialize))]
+pub(super) struct RememberedV1<'a> {
     #[serde(with = "serde_bytes")]
-    digest: &'a [u8],
-    stream: &'a str,
-    first_position: u64,
-    last_position: u64,
-    stream_version: u64,
+    pub digest: &'a [u8],
+    pub stream: &'a str,
+    pub first_position: u64,
+    pub last_position: u64,
+    pub stream_version: u64,
 }
 
 /// Rewrites what a log of format 1 remembered in today's form, taking each entry's time from

@@ -23,6 +23,7 @@ pub const STEP_EVENTS: usize = 100_000;
 
 /// An event as formats 1 and 2 stored it.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 struct LegacyEvent<'a> {
     stream: &'a str,
     stream_version: u64,
@@ -202,4 +203,99 @@ fn finish(db: &Database) -> Result<(), MigrateError> {
     }
     txn.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{EventLog, ExpectedVersion, NewEvent};
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    fn event(data: &str) -> NewEvent {
+        NewEvent {
+            event_type: "T".into(),
+            data: data.as_bytes().to_vec(),
+            metadata: None,
+            id: None,
+        }
+    }
+
+    /// A file as a Prism between commits 7fed49e and 3bb8d1b left it: events in `events`, and
+    /// appends remembered without their time (only the expiry table had it).
+    #[test]
+    fn appends_remembered_without_their_time_are_honoured_after_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.redb");
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let fresh = vec![event("1"), event("2")];
+        let stale = vec![event("3")];
+        {
+            let db = crate::store::open_database(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut events = txn.open_table(EVENTS).unwrap();
+                let mut streams = txn.open_table(STREAMS).unwrap();
+                let mut index = txn.open_table(STREAM_INDEX).unwrap();
+                for (p, (stream, v, data)) in [("a", 1, "1"), ("a", 2, "2"), ("b", 1, "3")]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let old = LegacyEvent {
+                        stream,
+                        stream_version: v,
+                        event_type: "T",
+                        timestamp_ms: now,
+                        data: data.as_bytes(),
+                        metadata: b"{}",
+                    };
+                    let row = postcard::to_stdvec(&old).unwrap();
+                    events.insert(p as u64 + 1, row.as_slice()).unwrap();
+                    streams.insert(stream, v).unwrap();
+                    index.insert((stream, v), p as u64 + 1).unwrap();
+                }
+                let mut remembered = txn.open_table(idempotency::REMEMBERED).unwrap();
+                let mut expiry = txn.open_table(idempotency::EXPIRY).unwrap();
+                for (key, stream, events, first, last, at) in [
+                    ("k:fresh", "a", &fresh, 1, 2, now - 1000),
+                    ("k:stale", "b", &stale, 3, 3, 5),
+                ] {
+                    let digest = idempotency::digest(stream, ExpectedVersion::Any, events);
+                    let record = idempotency::RememberedV1 {
+                        digest: &digest,
+                        stream,
+                        first_position: first,
+                        last_position: last,
+                        stream_version: last - first + 1,
+                    };
+                    let row = postcard::to_stdvec(&record).unwrap();
+                    remembered.insert(key, row.as_slice()).unwrap();
+                    expiry.insert((at, key), ()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        let log = EventLog::open(&path).unwrap();
+        assert_eq!(log.head(), 3);
+        let retry = |key: &str, stream: &str, events: &Vec<NewEvent>| {
+            futures::executor::block_on(log.append_once(
+                Some(key.into()),
+                stream,
+                ExpectedVersion::Any,
+                events.clone(),
+            ))
+            .unwrap()
+        };
+        // Remembered within the window: a retry, answered with the first result.
+        let again = retry("fresh", "a", &fresh);
+        assert!(again.replayed);
+        assert_eq!((again.first_position, again.last_position), (1, 2));
+        // Remembered long ago (past the 24 h window): not a retry any more.
+        let anew = retry("stale", "b", &stale);
+        assert!(!anew.replayed);
+        assert_eq!(anew.first_position, 4);
+        assert_eq!(log.read_from(1, 10).unwrap().len(), 4);
+    }
 }
