@@ -218,6 +218,42 @@ impl Client {
         self.call(request).await
     }
 
+    /// Appends `events`, each on the stream it names, atomically at consecutive positions in
+    /// order (`POST /events`); under `key`, safe to retry as [`append_once`](Self::append_once).
+    /// Answers with `replayed` true when the append was made before under that key.
+    pub async fn append_all(
+        &self,
+        events: &[StreamEvent],
+        key: Option<&str>,
+    ) -> Result<(AppendedAll, bool), Error> {
+        let body = serde_json::to_vec(events).map_err(|e| Error::Usage(e.to_string()))?;
+        self.append_all_json(body, key).await
+    }
+
+    /// [`append_all`](Self::append_all) with the body given as JSON text: an array of
+    /// [`StreamEvent`]s, sent as it is.
+    pub async fn append_all_json(
+        &self,
+        body: Vec<u8>,
+        key: Option<&str>,
+    ) -> Result<(AppendedAll, bool), Error> {
+        let mut request = self
+            .at(Method::POST, &["events"])?
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        let reply = checked(self.send(request).await?)?;
+        let replayed = reply
+            .headers
+            .get("idempotent-replayed")
+            .is_some_and(|v| v == "true");
+        let appended =
+            serde_json::from_slice(&reply.body).map_err(|e| Error::Decode(e.to_string()))?;
+        Ok((appended, replayed))
+    }
+
     /// A page of `stream`'s events.
     pub async fn read_stream(
         &self,

@@ -480,6 +480,32 @@ async fn the_description_lists_every_route_and_real_answers_match_it() {
             400,
         ),
         (
+            "POST",
+            "/events",
+            "/events",
+            b"[{\"stream\": \"order-10\", \"type\": \"OrderPlaced\", \"data\": {}}, \
+               {\"stream\": \"order-11\", \"type\": \"OrderPlaced\", \"data\": {}}]"
+                .to_vec(),
+            201,
+        ),
+        (
+            "POST",
+            "/events",
+            "/events",
+            b"[{\"stream\": \"order-12\", \"type\": \"OrderPlaced\", \"data\": {}}, \
+               {\"stream\": \"order-10\", \"type\": \"OrderPlaced\", \"data\": {}, \
+                \"expected_version\": 5}]"
+                .to_vec(),
+            409,
+        ),
+        (
+            "POST",
+            "/events",
+            "/events",
+            b"[{\"type\": \"T\"}]".to_vec(),
+            400,
+        ),
+        (
             "PUT",
             "/projectors/not-wasm",
             "/projectors/{name}",

@@ -43,6 +43,41 @@ impl NewEvent {
     }
 }
 
+/// An event to append to the stream it names: one element of `POST /events`, and one line of
+/// a `prism import` file.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StreamEvent {
+    /// The stream to append it to.
+    pub stream: String,
+    /// The event's type, e.g. `OrderPlaced`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The event's data: any JSON.
+    #[schema(value_type = Value)]
+    pub data: Box<RawValue>,
+    /// The event's metadata: a JSON object (`{}` when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Box<RawValue>>,
+    /// An id for the event, as in [`NewEvent::id`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Append only if the stream holds exactly this many events when this event's turn comes
+    /// (after the array's earlier events); otherwise 409 and nothing of the array is appended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_version: Option<u64>,
+}
+
+/// The answer to `POST /events`: the array's events hold the consecutive positions
+/// `first_position..=last_position`, in array order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AppendedAll {
+    /// Global position of the array's first event.
+    pub first_position: u64,
+    /// Global position of its last event (pass it as `min_position` to read your write).
+    pub last_position: u64,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AppendParams {

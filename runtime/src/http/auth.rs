@@ -3,7 +3,7 @@
 //! | role | routes | accepted tokens |
 //! |---|---|---|
 //! | admin | every `PUT`, `POST` and `DELETE` under `/projectors` (deploy, pause, resume, reset, delete, dead-letter actions) | admin |
-//! | write | `POST /streams/{stream}/events` | write, admin |
+//! | write | `POST /streams/{stream}/events`, `POST /events` | write, admin |
 //! | read | every `GET` but `/health`, `/ready`, `/openapi.json` and the dashboard page | read, write, admin |
 //!
 //! A role whose token is not configured is open (for write: when neither the write nor the
@@ -49,7 +49,7 @@ pub(super) fn role(method: &Method, path: &str) -> Role {
         Role::Open
     } else if read {
         Role::Read
-    } else if path.starts_with("/streams/") {
+    } else if path.starts_with("/streams/") || path == "/events" {
         Role::Write
     } else {
         Role::Admin

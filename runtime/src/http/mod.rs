@@ -3,6 +3,7 @@
 //! | method & path | what |
 //! |---|---|
 //! | `POST /streams/{stream}/events?expected_version=` | append a JSON array of events |
+//! | `POST /events` | append a JSON array of events on several streams, atomically |
 //! | `GET /streams/{stream}?from=&limit=` | read a stream |
 //! | `GET /streams?after=&limit=` | stream names with their versions |
 //! | `PUT /projectors/{name}?config=&mode=&module=` | deploy a `.wasm` projector (body), or a stored module by hash |
@@ -51,6 +52,7 @@ mod connections;
 mod dashboard;
 mod dead_letters;
 mod error;
+mod events;
 pub mod extract;
 mod inspect;
 mod metrics;
@@ -179,6 +181,7 @@ pub(crate) fn api(limits: RequestLimits) -> OpenApiRouter<AppState> {
         .routes(routes!(dashboard::asset))
         .routes(routes!(streams::list))
         .routes(routes!(streams::append).layer(DefaultBodyLimit::max(MAX_APPEND_BODY)))
+        .routes(routes!(events::append_all).layer(DefaultBodyLimit::max(MAX_APPEND_BODY)))
         .routes(routes!(streams::read))
         .routes(routes!(p::list))
         .routes(

@@ -66,12 +66,7 @@ pub async fn append(
     ApiError,
 > {
     let body = body?;
-    if !super::boundary::content_type_is(&headers, &["application/json"]) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "an append's body must be sent as Content-Type: application/json",
-        ));
-    }
+    require_json(&headers)?;
     let events: Vec<EventIn> = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
             "the body must be a JSON array of {{\"type\", \"data\", \"metadata\"?}} events: {e}"
@@ -87,34 +82,12 @@ pub async fn append(
     let events = events
         .into_iter()
         .enumerate()
-        .map(|(i, e)| {
-            let metadata = match e.metadata {
-                Some(m) if !m.get().starts_with('{') => {
-                    return Err(ApiError::bad_request(format!(
-                        "event {i}: metadata must be a JSON object"
-                    )));
-                }
-                m => m.map(|m| m.get().as_bytes().to_vec()),
-            };
-            Ok(NewEvent {
-                event_type: e.event_type,
-                data: e.data.get().as_bytes().to_vec(),
-                metadata,
-                id: e.id,
-            })
-        })
+        .map(|(i, e)| new_event(i, e.event_type, &e.data, e.metadata.as_deref(), e.id))
         .collect::<Result<Vec<_>, _>>()?;
     let expected = params
         .expected_version
         .map_or(ExpectedVersion::Any, ExpectedVersion::Exact);
-    let key = match headers.get("idempotency-key") {
-        Some(key) => Some(
-            key.to_str()
-                .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?
-                .to_string(),
-        ),
-        None => None,
-    };
+    let key = idempotency_key(&headers)?;
     let (started, count) = (std::time::Instant::now(), events.len() as u64);
     match state.log.append_once(key, &stream, expected, events).await {
         Ok(appended) => {
@@ -135,11 +108,65 @@ pub async fn append(
                 }),
             ))
         }
-        Err(AppendError::VersionConflict {
+        Err(e) => Err(append_error(e)),
+    }
+}
+
+/// Refuses a body not sent as JSON (415).
+pub(super) fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    if !super::boundary::content_type_is(headers, &["application/json"]) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "an append's body must be sent as Content-Type: application/json",
+        ));
+    }
+    Ok(())
+}
+
+/// The `Idempotency-Key` header, if any.
+pub(super) fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get("idempotency-key") {
+        Some(key) => Ok(Some(
+            key.to_str()
+                .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?
+                .to_string(),
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The `i`th event of an append, its metadata checked to be an object.
+pub(super) fn new_event(
+    i: usize,
+    event_type: String,
+    data: &serde_json::value::RawValue,
+    metadata: Option<&serde_json::value::RawValue>,
+    id: Option<String>,
+) -> Result<NewEvent, ApiError> {
+    let metadata = match metadata {
+        Some(m) if !m.get().starts_with('{') => {
+            return Err(ApiError::bad_request(format!(
+                "event {i}: metadata must be a JSON object"
+            )));
+        }
+        m => m.map(|m| m.get().as_bytes().to_vec()),
+    };
+    Ok(NewEvent {
+        event_type,
+        data: data.get().as_bytes().to_vec(),
+        metadata,
+        id,
+    })
+}
+
+/// What a refused append answers.
+pub(super) fn append_error(e: AppendError) -> ApiError {
+    match e {
+        AppendError::VersionConflict {
             stream,
             expected,
             actual,
-        }) => Err(ApiError::detailed(
+        } => ApiError::detailed(
             StatusCode::CONFLICT,
             &VersionConflict {
                 error: format!(
@@ -148,15 +175,13 @@ pub async fn append(
                 expected_version: expected,
                 actual_version: actual,
             },
-        )),
-        Err(AppendError::Invalid(message)) => Err(ApiError::bad_request(message)),
-        Err(AppendError::Duplicate(message)) => {
-            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message))
+        ),
+        AppendError::Invalid(message) => ApiError::bad_request(message),
+        AppendError::Duplicate(message) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message),
+        e @ (AppendError::Busy | AppendError::Closed | AppendError::Unavailable(_)) => {
+            ApiError::unavailable(e.to_string(), 1)
         }
-        Err(e @ (AppendError::Busy | AppendError::Closed | AppendError::Unavailable(_))) => {
-            Err(ApiError::unavailable(e.to_string(), 1))
-        }
-        Err(e) => Err(ApiError::internal(&e)),
+        e => ApiError::internal(&e),
     }
 }
 

@@ -8,7 +8,7 @@
 //! This is the log's interface, not the HTTP layer's: a distributed log resolves an append of
 //! unknown outcome the same way (the JetStream log maps the key to its message ids).
 
-use super::{Appended, ExpectedVersion, NewEvent};
+use super::{Appended, ExpectedVersion, NewEvent, StreamAppend};
 use redb::{ReadableTable, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -60,33 +60,45 @@ pub fn validate_id(what: &str, id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// sha256 of everything an append says.
-pub fn digest(stream: &str, expected: ExpectedVersion, events: &[NewEvent]) -> [u8; 32] {
+/// sha256 of everything an append says. An append to one stream hashes as it always has, so
+/// what a log remembered before multi-stream appends existed is still recognised.
+pub fn digest(parts: &[StreamAppend]) -> [u8; 32] {
     let mut hash = Sha256::new();
     let mut field = |bytes: &[u8]| {
         hash.update((bytes.len() as u64).to_le_bytes());
         hash.update(bytes);
     };
-    field(stream.as_bytes());
-    match expected {
-        ExpectedVersion::Any => field(b"any"),
-        ExpectedVersion::Exact(v) => field(&v.to_le_bytes()),
+    if parts.len() > 1 {
+        field(b"\0several streams");
     }
-    for event in events {
-        field(event.event_type.as_bytes());
-        field(&event.data);
-        field(event.metadata.as_deref().unwrap_or(b"\0none"));
-        field(event.id.as_deref().unwrap_or("\0none").as_bytes());
+    for part in parts {
+        field(part.stream.as_bytes());
+        match part.expected {
+            ExpectedVersion::Any => field(b"any"),
+            ExpectedVersion::Exact(v) => field(&v.to_le_bytes()),
+        }
+        for event in &part.events {
+            field(event.event_type.as_bytes());
+            field(&event.data);
+            field(event.metadata.as_deref().unwrap_or(b"\0none"));
+            field(event.id.as_deref().unwrap_or("\0none").as_bytes());
+        }
     }
     hash.finalize().into()
+}
+
+/// Every event of `parts` with its stream, in order.
+fn events_of(parts: &[StreamAppend]) -> impl Iterator<Item = (&str, &NewEvent)> {
+    parts
+        .iter()
+        .flat_map(|p| p.events.iter().map(move |e| (p.stream.as_str(), e)))
 }
 
 /// What `remembered` knows of an append with `key` (if any), `events` and `digest`.
 pub fn seen(
     remembered: &Table<&str, &[u8]>,
     key: Option<&str>,
-    stream: &str,
-    events: &[NewEvent],
+    parts: &[StreamAppend],
     digest: &[u8; 32],
     oldest_ms: u64,
 ) -> Result<Seen, redb::Error> {
@@ -106,7 +118,9 @@ pub fn seen(
         });
     }
     let mut known = Vec::new();
-    for event in events {
+    let mut streams = Vec::new();
+    for (stream, event) in events_of(parts) {
+        streams.push(stream);
         if let Some(id) = &event.id
             && let Some(row) = remembered.get(format!("e:{id}").as_str())?
             && decode(row.value())?.at_ms >= oldest_ms
@@ -121,17 +135,17 @@ pub fn seen(
         .iter()
         .map(|(_, bytes)| decode(bytes))
         .collect::<Result<_, _>>()?;
-    // A retry: every event has an id, each was appended to this stream, in this order, by one
+    // A retry: every event has an id, each was appended to its stream, in this order, by one
     // append.
     let first = &before[0];
-    let whole = known.len() == events.len()
+    let whole = known.len() == streams.len()
         && first.digest == digest
         && before.iter().enumerate().all(|(i, b)| {
-            b.stream == stream
+            b.stream == streams[i]
                 && b.digest == first.digest
                 && b.first_position == first.first_position + i as u64
         })
-        && first.last_position == first.first_position + events.len() as u64 - 1;
+        && first.last_position == first.first_position + streams.len() as u64 - 1;
     if whole {
         return Ok(Seen::Before(appended(first, &before[before.len() - 1])));
     }
@@ -167,10 +181,10 @@ pub fn remember(
     expiry: &mut Table<(u64, &str), ()>,
     now_ms: u64,
     key: Option<&str>,
-    stream: &str,
-    events: &[NewEvent],
+    parts: &[StreamAppend],
     digest: &[u8; 32],
     result: &Appended,
+    versions: &[u64],
 ) -> Result<(), redb::Error> {
     let mut put = |name: String, record: Remembered| -> Result<(), redb::Error> {
         let bytes = postcard::to_stdvec(&record).expect("encoding to a Vec cannot fail");
@@ -187,7 +201,7 @@ pub fn remember(
             format!("k:{key}"),
             Remembered {
                 digest,
-                stream,
+                stream: &parts[0].stream,
                 first_position: result.first_position,
                 last_position: result.last_position,
                 stream_version: result.stream_version,
@@ -195,8 +209,7 @@ pub fn remember(
             },
         )?;
     }
-    let first_version = result.stream_version + 1 - events.len() as u64;
-    for (i, event) in events.iter().enumerate() {
+    for (i, (stream, event)) in events_of(parts).enumerate() {
         if let Some(id) = &event.id {
             let position = result.first_position + i as u64;
             put(
@@ -206,7 +219,7 @@ pub fn remember(
                     stream,
                     first_position: position,
                     last_position: result.last_position,
-                    stream_version: first_version + i as u64,
+                    stream_version: versions[i],
                     at_ms: now_ms,
                 },
             )?;

@@ -262,7 +262,11 @@ mod tests {
                     ("k:fresh", "a", &fresh, 1, 2, now - 1000),
                     ("k:stale", "b", &stale, 3, 3, 5),
                 ] {
-                    let digest = idempotency::digest(stream, ExpectedVersion::Any, events);
+                    let digest = idempotency::digest(&[crate::log::StreamAppend {
+                        stream: stream.into(),
+                        expected: ExpectedVersion::Any,
+                        events: events.clone(),
+                    }]);
                     let record = idempotency::RememberedV1 {
                         digest: &digest,
                         stream,

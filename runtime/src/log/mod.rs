@@ -180,11 +180,18 @@ pub enum OpenError {
     Spawn(#[source] std::io::Error),
 }
 
+/// One stream's part of an append: its events, guarded by the version the caller expects the
+/// stream to be at when this part's turn comes (after the request's earlier parts).
+#[derive(Debug, Clone)]
+pub struct StreamAppend {
+    pub stream: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+}
+
 struct AppendRequest {
     key: Option<String>,
-    stream: String,
-    expected: ExpectedVersion,
-    events: Vec<NewEvent>,
+    parts: Vec<StreamAppend>,
     reply: oneshot::Sender<Result<Appended, AppendError>>,
 }
 
@@ -309,7 +316,25 @@ impl EventLog {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Appended, AppendError> {
-        validate(stream, &events)?;
+        let part = StreamAppend {
+            stream: stream.to_string(),
+            expected,
+            events,
+        };
+        self.append_all(key, vec![part]).await
+    }
+
+    /// Appends `parts`, on one stream or several, atomically: all their events or none, at
+    /// consecutive positions in the order given. Each part's expected version is checked
+    /// against its stream after the earlier parts (a stream may come in several parts). The
+    /// result's `stream_version` is the last part's stream's. Idempotency as for
+    /// [`append_once`](Self::append_once).
+    pub async fn append_all(
+        &self,
+        key: Option<String>,
+        parts: Vec<StreamAppend>,
+    ) -> Result<Appended, AppendError> {
+        validate(&parts)?;
         if let Some(key) = &key {
             idempotency::validate_id("an idempotency key", key).map_err(AppendError::Invalid)?;
         }
@@ -318,13 +343,7 @@ impl EventLog {
             .queue
             .as_ref()
             .expect("the queue lives as long as the log")
-            .try_send(AppendRequest {
-                key,
-                stream: stream.to_string(),
-                expected,
-                events,
-                reply,
-            })
+            .try_send(AppendRequest { key, parts, reply })
             .map_err(|e| match e {
                 mpsc::TrySendError::Full(_) => AppendError::Busy,
                 mpsc::TrySendError::Disconnected(_) => AppendError::Closed,
@@ -535,33 +554,39 @@ impl EventLog {
     }
 }
 
-fn validate(stream: &str, events: &[NewEvent]) -> Result<(), AppendError> {
+fn validate(parts: &[StreamAppend]) -> Result<(), AppendError> {
     let invalid = |m: String| Err(AppendError::Invalid(m));
-    if stream.is_empty() || stream.len() > MAX_NAME_LEN {
-        return invalid(format!(
-            "a stream name must be 1 to {MAX_NAME_LEN} bytes long"
-        ));
-    }
-    if events.is_empty() {
+    if parts.iter().all(|p| p.events.is_empty()) {
         return invalid("an append needs at least one event".into());
     }
-    if let Some((i, _)) = events
-        .iter()
-        .enumerate()
-        .find(|(_, e)| e.event_type.is_empty() || e.event_type.len() > MAX_NAME_LEN)
-    {
-        return invalid(format!(
-            "event {i}: an event type must be 1 to {MAX_NAME_LEN} bytes long"
-        ));
-    }
+    let mut i = 0;
     let mut ids = std::collections::HashSet::new();
-    for (i, event) in events.iter().enumerate() {
-        if let Some(id) = &event.id {
-            idempotency::validate_id(&format!("event {i}: an event id"), id)
-                .map_err(AppendError::Invalid)?;
-            if !ids.insert(id) {
-                return invalid(format!("event {i}: the id {id:?} is given twice"));
+    for part in parts {
+        if part.stream.is_empty() || part.stream.len() > MAX_NAME_LEN {
+            return invalid(format!(
+                "event {i}: a stream name must be 1 to {MAX_NAME_LEN} bytes long"
+            ));
+        }
+        if part.events.is_empty() {
+            return invalid(format!(
+                "the part for stream {:?} has no event",
+                part.stream
+            ));
+        }
+        for event in &part.events {
+            if event.event_type.is_empty() || event.event_type.len() > MAX_NAME_LEN {
+                return invalid(format!(
+                    "event {i}: an event type must be 1 to {MAX_NAME_LEN} bytes long"
+                ));
             }
+            if let Some(id) = &event.id {
+                idempotency::validate_id(&format!("event {i}: an event id"), id)
+                    .map_err(AppendError::Invalid)?;
+                if !ids.insert(id) {
+                    return invalid(format!("event {i}: the id {id:?} is given twice"));
+                }
+            }
+            i += 1;
         }
     }
     Ok(())

@@ -6,6 +6,7 @@ use super::schema::{CHUNKS, STREAM_INDEX, STREAMS, StoredEvent};
 use super::shared::Shared;
 use super::{AppendError, AppendRequest, Appended, ExpectedVersion, MAX_GROUP, idempotency};
 use redb::{Database, ReadableTable};
+use rustc_hash::FxHashMap;
 use std::sync::mpsc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -154,20 +155,16 @@ fn commit_group(
             timestamp_ms.saturating_sub(window_ms),
         )?;
         for request in group {
-            let stream = request.stream.as_str();
+            let parts = request.parts.as_slice();
             let key = request.key.as_deref();
-            let remembers = key.is_some() || request.events.iter().any(|e| e.id.is_some());
-            let digest = idempotency::digest(stream, request.expected, &request.events);
+            let remembers = key.is_some()
+                || parts
+                    .iter()
+                    .any(|p| p.events.iter().any(|e| e.id.is_some()));
+            let digest = idempotency::digest(parts);
             if remembers {
                 let oldest_ms = timestamp_ms.saturating_sub(window_ms);
-                match idempotency::seen(
-                    &remembered,
-                    key,
-                    stream,
-                    &request.events,
-                    &digest,
-                    oldest_ms,
-                )? {
+                match idempotency::seen(&remembered, key, parts, &digest, oldest_ms)? {
                     idempotency::Seen::New => {}
                     idempotency::Seen::Before(appended) => {
                         outcomes.push(Ok(appended));
@@ -179,40 +176,65 @@ fn commit_group(
                     }
                 }
             }
-            let actual = streams.get(stream)?.map_or(0, |v| v.value());
-            if let ExpectedVersion::Exact(expected) = request.expected
-                && expected != actual
-            {
-                outcomes.push(Err(AppendError::VersionConflict {
-                    stream: request.stream.clone(),
-                    expected,
-                    actual,
-                }));
+            // Every part's expected version first, against its stream after the earlier parts:
+            // a refused request writes nothing.
+            let mut versions: Vec<(&str, u64)> = Vec::with_capacity(parts.len());
+            let mut latest: FxHashMap<&str, u64> = FxHashMap::default();
+            let mut conflict = None;
+            for part in parts {
+                let stream = part.stream.as_str();
+                let actual = match latest.get(stream) {
+                    Some(v) => *v,
+                    None => streams.get(stream)?.map_or(0, |v| v.value()),
+                };
+                if let ExpectedVersion::Exact(expected) = part.expected
+                    && expected != actual
+                {
+                    conflict = Some(AppendError::VersionConflict {
+                        stream: part.stream.clone(),
+                        expected,
+                        actual,
+                    });
+                    break;
+                }
+                let end = actual + part.events.len() as u64;
+                versions.push((stream, end));
+                latest.insert(stream, end);
+            }
+            if let Some(conflict) = conflict {
+                outcomes.push(Err(conflict));
                 continue;
             }
             let first_position = next;
-            let mut version = actual;
-            for event in &request.events {
-                version += 1;
-                let stored = StoredEvent {
-                    stream,
-                    stream_version: version,
-                    event_type: &event.event_type,
-                    timestamp_ms,
-                    data: &event.data,
-                    metadata: event.metadata.as_deref().unwrap_or(b"{}"),
-                };
-                if let Some((first, row)) = builder.push(next, &stored) {
-                    chunks.insert(first, row.as_slice())?;
+            let mut event_versions = Vec::new();
+            for (part, (_, end)) in parts.iter().zip(&versions) {
+                let stream = part.stream.as_str();
+                let mut version = end - part.events.len() as u64;
+                for event in &part.events {
+                    version += 1;
+                    let stored = StoredEvent {
+                        stream,
+                        stream_version: version,
+                        event_type: &event.event_type,
+                        timestamp_ms,
+                        data: &event.data,
+                        metadata: event.metadata.as_deref().unwrap_or(b"{}"),
+                    };
+                    if let Some((first, row)) = builder.push(next, &stored) {
+                        chunks.insert(first, row.as_slice())?;
+                    }
+                    index.insert((stream, version), next)?;
+                    if remembers {
+                        event_versions.push(version);
+                    }
+                    next += 1;
                 }
-                index.insert((stream, version), next)?;
-                next += 1;
+                streams.insert(stream, version)?;
             }
-            streams.insert(stream, version)?;
             let appended = Appended {
                 first_position,
                 last_position: next - 1,
-                stream_version: version,
+                stream_version: versions.last().map_or(0, |(_, v)| *v),
                 replayed: false,
             };
             if remembers {
@@ -221,10 +243,10 @@ fn commit_group(
                     &mut expiry,
                     timestamp_ms,
                     key,
-                    stream,
-                    &request.events,
+                    parts,
                     &digest,
                     &appended,
+                    &event_versions,
                 )?;
             }
             outcomes.push(Ok(appended));

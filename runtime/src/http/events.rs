@@ -1,0 +1,118 @@
+//! `POST /events`: one atomic append over several streams.
+
+use super::streams::{append_error, idempotency_key, new_event, require_json};
+use super::{ApiError, AppState};
+use crate::log::{ExpectedVersion, StreamAppend};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use prism_client::wire::{AppendedAll, ErrorBody, StreamEvent, VersionConflict};
+
+/// `POST /events`: appends a JSON array of events, each naming its stream, atomically.
+#[utoipa::path(
+    post,
+    path = "/events",
+    tag = "streams",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the append safe to \
+        retry, as for `POST /streams/{stream}/events`.")),
+    request_body(content = Vec<StreamEvent>, content_type = "application/json",
+        description = "The events, on any streams, appended atomically at consecutive positions \
+            in array order (at most 10000, 16 MiB). An event's `expected_version` is checked \
+            against its stream after the array's earlier events. On the JetStream log, \
+            expected versions in such an append are checked through the log-wide last \
+            position, so such appends are serialized there."),
+    responses(
+        (status = 201, description = "Appended, durably; or, with `Idempotent-Replayed: true`, \
+            appended before by the same append, whose result this is.", body = AppendedAll),
+        (status = 400, description = "The body is not a JSON array of events, a metadata is not \
+            an object, or a name is empty or too long.", body = ErrorBody),
+        (status = 409, description = "A stream is not at an event's `expected_version`; nothing \
+            was appended.", body = VersionConflict),
+        (status = 422, description = "The `Idempotency-Key`, or some of the events' ids, were \
+            used by a different append within the idempotency window; nothing was appended.",
+            body = ErrorBody),
+        (status = 413, description = "The body or the number of events is over the limit.",
+            body = ErrorBody),
+        (status = 415, description = "The body is not sent as `application/json`.",
+            body = ErrorBody),
+        (status = 503, description = "Too many appends are waiting for the log, the log cannot \
+            write now, or Prism is stopping; nothing was appended. `Retry-After` says when to \
+            try again.", body = ErrorBody),
+        (status = 500, description = "The log failed.", body = ErrorBody),
+    ),
+)]
+pub async fn append_all(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<
+    (
+        StatusCode,
+        [(&'static str, &'static str); 1],
+        Json<AppendedAll>,
+    ),
+    ApiError,
+> {
+    let body = body?;
+    require_json(&headers)?;
+    let events: Vec<StreamEvent> = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be a JSON array of {{\"stream\", \"type\", \"data\", \"metadata\"?, \
+             \"id\"?, \"expected_version\"?}} events: {e}"
+        ))
+    })?;
+    let most = state.limits.max_append_events;
+    if events.len() > most {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{} events in one append; the limit is {most}", events.len()),
+        ));
+    }
+    let count = events.len() as u64;
+    let parts = parts(events)?;
+    let key = idempotency_key(&headers)?;
+    let started = std::time::Instant::now();
+    let appended = state
+        .log
+        .append_all(key, parts)
+        .await
+        .map_err(append_error)?;
+    if !appended.replayed {
+        state
+            .metrics
+            .appended(count, started.elapsed().as_secs_f64());
+    }
+    let replayed = if appended.replayed { "true" } else { "false" };
+    Ok((
+        StatusCode::CREATED,
+        [("idempotent-replayed", replayed)],
+        Json(AppendedAll {
+            first_position: appended.first_position,
+            last_position: appended.last_position,
+        }),
+    ))
+}
+
+/// The array as the log's parts: a run of events on one stream is one part, and an event with
+/// an expected version starts a part of its own.
+fn parts(events: Vec<StreamEvent>) -> Result<Vec<StreamAppend>, ApiError> {
+    let mut parts: Vec<StreamAppend> = Vec::new();
+    for (i, e) in events.into_iter().enumerate() {
+        let event = new_event(i, e.event_type, &e.data, e.metadata.as_deref(), e.id)?;
+        match parts.last_mut() {
+            Some(part) if part.stream == e.stream && e.expected_version.is_none() => {
+                part.events.push(event)
+            }
+            _ => parts.push(StreamAppend {
+                stream: e.stream,
+                expected: e
+                    .expected_version
+                    .map_or(ExpectedVersion::Any, ExpectedVersion::Exact),
+                events: vec![event],
+            }),
+        }
+    }
+    Ok(parts)
+}
