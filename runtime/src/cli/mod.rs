@@ -2,6 +2,7 @@
 //! one through the typed client ([`remote`]); `new`, `build` and `test` are the authoring kit
 //! ([`kit`]). `main.rs` only parses and calls [`run`].
 
+mod import;
 mod kit;
 mod remote;
 mod serve;
@@ -205,6 +206,24 @@ pub enum Command {
         /// Append only if the stream has exactly this many events (0: a new stream).
         #[arg(long)]
         expected_version: Option<u64>,
+    },
+    /// Import a history: FILE holds one event per line, {"stream", "type", "data",
+    /// "metadata"?, "id"?}, appended in file order in atomic batches over their streams.
+    ///
+    /// Resumable: run it again after an interruption and it goes on where it stopped, without
+    /// appending anything twice (progress is kept in FILE.import-state; each batch is sent under
+    /// an idempotency key taken from the file's content).
+    Import {
+        #[command(flatten)]
+        server: remote::ServerArg,
+        /// The JSONL file.
+        file: PathBuf,
+        /// Events per append (at most the server's `max_append_events`, 10000 by default).
+        #[arg(long, default_value_t = 5000)]
+        batch: usize,
+        /// Where the import's progress is kept [default: FILE.import-state].
+        #[arg(long)]
+        state: Option<PathBuf>,
     },
     /// Read the events of STREAM.
     Read {

@@ -70,6 +70,12 @@ pub async fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Import {
+            server,
+            file,
+            batch,
+            state,
+        } => super::import::import(&server.client()?, &file, batch, state).await,
         Command::Status { server, name } => print(&server.client()?.projector(&name).await?),
         Command::Pause { server, name } => {
             print(&server.client()?.lifecycle(&name, "pause").await?)

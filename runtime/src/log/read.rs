@@ -1,0 +1,203 @@
+//! The log's reads: batches in the flat layout, events from a position, streams and their
+//! events, over the chunked tables.
+
+use super::chunk::{Chunk, ChunkEvent};
+use super::schema::{CHUNKS, STREAM_INDEX, STREAMS};
+use super::{BatchRead, EventLog, FlatBatch, ReadError, RecordedEvent, StoredEvent};
+use redb::ReadableDatabase;
+
+impl EventLog {
+    /// Visits up to `max` events from position `from` on, in order, borrowing each from the
+    /// database, until `visit` returns false; returns the position of the last one visited
+    /// (`None` when there are none).
+    pub fn visit_from<F>(
+        &self,
+        from: u64,
+        max: usize,
+        mut visit: F,
+    ) -> Result<Option<u64>, ReadError>
+    where
+        F: FnMut(u64, &StoredEvent<'_>) -> bool,
+    {
+        let mut count = 0;
+        let mut damaged = None;
+        let last = self.scan(from, |position, event| {
+            let Some(event) = event.parts() else {
+                damaged = Some(position);
+                return false;
+            };
+            count += 1;
+            visit(position, &event) && count < max
+        })?;
+        match damaged {
+            Some(position) => Err(not_utf8(position)),
+            None => Ok(last.filter(|_| max > 0)),
+        }
+    }
+
+    /// Reads a batch into `out` (emptied first): the events from `read.from` on that `keep`
+    /// accepts (given each event's stream and type), within `read`'s limits. Each event is one
+    /// copy of its stored bytes. Returns the position of the last event looked at, kept or not
+    /// (`None` when there is none: the reader is at the head).
+    pub fn read_batch<F>(
+        &self,
+        read: &BatchRead,
+        mut keep: F,
+        out: &mut FlatBatch,
+    ) -> Result<Option<u64>, ReadError>
+    where
+        F: FnMut(&str, &str) -> bool,
+    {
+        out.clear();
+        if read.from > read.until || read.max_scanned == 0 {
+            return Ok(None);
+        }
+        let mut scanned = 0;
+        let mut damaged = None;
+        let last = self.scan(read.from, |position, event| {
+            let Some(parts) = event.parts() else {
+                damaged = Some(position);
+                return false;
+            };
+            scanned += 1;
+            if keep(parts.stream, parts.event_type) {
+                out.push_span(
+                    position,
+                    event.stream_version,
+                    event.timestamp_ms,
+                    event.lengths,
+                    event.span,
+                );
+            }
+            scanned < read.max_scanned
+                && out.len() < read.max_events
+                && out.byte_len() < read.max_bytes
+                && position < read.until
+        })?;
+        match damaged {
+            Some(position) => Err(not_utf8(position)),
+            None => Ok(last),
+        }
+    }
+
+    /// Reads up to `max` events from position `from` on.
+    pub fn read_from(&self, from: u64, max: usize) -> Result<Vec<RecordedEvent>, ReadError> {
+        let mut events = Vec::new();
+        self.visit_from(from, max, |position, e| {
+            events.push(RecordedEvent::from_stored(position, e));
+            true
+        })?;
+        Ok(events)
+    }
+
+    /// Walks the chunks from the one holding `from`, handing `visit` each event from `from` on
+    /// until it returns false; returns the last position handed.
+    fn scan<F>(&self, from: u64, mut visit: F) -> Result<Option<u64>, ReadError>
+    where
+        F: FnMut(u64, &ChunkEvent<'_>) -> bool,
+    {
+        let table = self.read_table(CHUNKS)?;
+        let start = match table.range(..=from).map_err(redb::Error::from)?.next_back() {
+            Some(row) => row.map_err(redb::Error::from)?.0.value(),
+            None => from,
+        };
+        let mut last = None;
+        for row in table.range(start..).map_err(redb::Error::from)? {
+            let (first, bytes) = row.map_err(redb::Error::from)?;
+            let first = first.value();
+            let chunk = Chunk::parse(bytes.value()).map_err(|reason| ReadError::Corrupt {
+                position: first,
+                reason,
+            })?;
+            let skip = from.saturating_sub(first) as usize;
+            for (i, event) in chunk.events(skip).enumerate() {
+                let position = first + (skip + i) as u64;
+                last = Some(position);
+                if !visit(position, &event) {
+                    return Ok(last);
+                }
+            }
+        }
+        Ok(last)
+    }
+
+    /// The stream's version (its number of events; 0 when it does not exist).
+    pub fn stream_version(&self, stream: &str) -> Result<u64, ReadError> {
+        let streams = self.read_table(STREAMS)?;
+        Ok(streams
+            .get(stream)
+            .map_err(redb::Error::from)?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// Up to `max` stream names after `after` (all when `None`), in name order, with their
+    /// versions.
+    pub fn streams(
+        &self,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<(String, u64)>, ReadError> {
+        use std::ops::Bound;
+        let streams = self.read_table(STREAMS)?;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut out = Vec::new();
+        for row in streams
+            .range::<&str>((start, Bound::Unbounded))
+            .map_err(redb::Error::from)?
+            .take(max)
+        {
+            let (name, version) = row.map_err(redb::Error::from)?;
+            out.push((name.value().to_string(), version.value()));
+        }
+        Ok(out)
+    }
+
+    /// Reads up to `max` events of `stream`, from stream version `from` on.
+    pub fn read_stream(
+        &self,
+        stream: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
+        let txn = self.db.get()?.begin_read().map_err(redb::Error::from)?;
+        let index = txn.open_table(STREAM_INDEX).map_err(redb::Error::from)?;
+        let chunks = txn.open_table(CHUNKS).map_err(redb::Error::from)?;
+        let mut out = Vec::new();
+        let range = index
+            .range((stream, from.max(1))..=(stream, u64::MAX))
+            .map_err(redb::Error::from)?;
+        for row in range.take(max) {
+            let position = row.map_err(redb::Error::from)?.1.value();
+            let corrupt = |reason: String| ReadError::Corrupt { position, reason };
+            let (first, bytes) = chunks
+                .range(..=position)
+                .map_err(redb::Error::from)?
+                .next_back()
+                .ok_or_else(|| corrupt("indexed but missing".into()))?
+                .map_err(redb::Error::from)?;
+            let chunk = Chunk::parse(bytes.value()).map_err(corrupt)?;
+            let event = chunk
+                .events((position - first.value()) as usize)
+                .next()
+                .ok_or_else(|| corrupt("indexed but missing".into()))?;
+            let event = event.parts().ok_or_else(|| not_utf8(position))?;
+            out.push(RecordedEvent::from_stored(position, &event));
+        }
+        Ok(out)
+    }
+
+    fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        table: redb::TableDefinition<K, V>,
+    ) -> Result<redb::ReadOnlyTable<K, V>, ReadError> {
+        let txn = self.db.get()?.begin_read().map_err(redb::Error::from)?;
+        Ok(txn.open_table(table).map_err(redb::Error::from)?)
+    }
+}
+
+pub(super) fn not_utf8(position: u64) -> ReadError {
+    ReadError::Corrupt {
+        position,
+        reason: "its stream name or type is not UTF-8".into(),
+    }
+}
