@@ -252,6 +252,46 @@ fn replay_figures(report: &mut Report, n: u64, dir: &std::path::Path) {
     }
 }
 
+/// `prism import` of 1M events, each on its own stream (`order-<i>`), in the peers' JSONL
+/// shape, with the import's defaults.
+async fn import_figure(report: &mut Report, dir: &std::path::Path) {
+    const EVENTS: u64 = 1_000_000;
+    println!("prism import");
+    let file = dir.join("history.jsonl");
+    {
+        use std::io::Write as _;
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
+        for i in 0..EVENTS {
+            writeln!(
+                out,
+                r#"{{"stream":"order-{i}","type":"OrderPlaced","data":{{"order":"order-{i}","customer":"customer-{}","total":{}}}}}"#,
+                i % 100_000,
+                i % 997
+            )
+            .unwrap();
+        }
+    }
+    let prism = Prism::start(&dir.join("import")).await;
+    let start_at = Instant::now();
+    let batch = std::env::var("PRISM_BENCH_IMPORT_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(10_000);
+    prism::cli::import::import(&prism.api, &file, batch, None)
+        .await
+        .unwrap();
+    let took = start_at.elapsed();
+    assert_eq!(prism.api.projectors().await.unwrap().head, EVENTS);
+    let per_second = rate(EVENTS, took);
+    report.add(
+        "`prism import` of 1M events over 1M streams",
+        format!("{} events", human(per_second)),
+        "≥ 300k events/s",
+        per_second >= 3e5,
+    );
+    prism.server.stop().await;
+}
+
 async fn append_figures(report: &mut Report, dir: &std::path::Path) {
     println!("appends over HTTP");
     let prism = Prism::start(&dir.join("append")).await;
@@ -547,7 +587,9 @@ fn main() {
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().unwrap();
     let mut report = Report { rows: Vec::new() };
-    replay_figures(&mut report, n, dir.path());
+    if std::env::var("PRISM_BENCH_ONLY").as_deref() != Ok("import") {
+        replay_figures(&mut report, n, dir.path());
+    }
     // `PRISM_BENCH_ONLY=replay` stops here (for profiling the replays).
     if std::env::var("PRISM_BENCH_ONLY").as_deref() == Ok("replay") {
         report.print();
@@ -555,6 +597,11 @@ fn main() {
     }
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
+        import_figure(&mut report, dir.path()).await;
+        // `PRISM_BENCH_ONLY=import` stops here.
+        if std::env::var("PRISM_BENCH_ONLY").as_deref() == Ok("import") {
+            return;
+        }
         append_figures(&mut report, dir.path()).await;
         freshness_and_query_figures(&mut report, dir.path()).await;
         reload_and_restart_figures(&mut report, dir.path()).await;

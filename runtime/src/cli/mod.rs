@@ -2,7 +2,7 @@
 //! one through the typed client ([`remote`]); `new`, `build` and `test` are the authoring kit
 //! ([`kit`]). `main.rs` only parses and calls [`run`].
 
-mod import;
+pub mod import;
 mod kit;
 mod remote;
 mod serve;
@@ -219,7 +219,7 @@ pub enum Command {
         /// The JSONL file.
         file: PathBuf,
         /// Events per append (at most the server's `max_append_events`, 10000 by default).
-        #[arg(long, default_value_t = 5000)]
+        #[arg(long, default_value_t = 10_000)]
         batch: usize,
         /// Where the import's progress is kept [default: FILE.import-state].
         #[arg(long)]
