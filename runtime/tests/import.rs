@@ -42,6 +42,17 @@ fn import(base: &str, file: &Path, extra: &[&str]) -> Command {
     command
 }
 
+/// Runs an import that must succeed; its summary.
+fn import_ok(base: &str, file: &Path, extra: &[&str]) -> Value {
+    let out = import(base, file, extra).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// The log's head, as the server reports it.
 async fn head(client: &common::Client) -> u64 {
     client.get("/projectors").await.body["head"]
@@ -100,15 +111,7 @@ async fn an_import_killed_mid_way_goes_on_without_duplicates() {
         "killed mid-way, after {killed_at} events"
     );
 
-    let out = import(&client.base, &file, &["--batch", "500"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary = import_ok(&client.base, &file, &["--batch", "500"]);
     assert!(
         summary["resumed_at_line"].as_u64().unwrap() > 1,
         "{summary}"
@@ -155,15 +158,7 @@ async fn an_import_killed_mid_way_goes_on_without_duplicates() {
     );
     other.stop().await;
     std::fs::copy(&part_state, &state).unwrap();
-    let out = import(&client.base, &file, &["--batch", "500"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary = import_ok(&client.base, &file, &["--batch", "500"]);
     assert_eq!(
         summary["resumed_at_line"],
         json!(2500 + 2 + 1),
@@ -211,7 +206,7 @@ async fn a_bad_line_stops_the_import_naming_it_and_appends_nothing_of_its_batch(
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("starting at line 3"), "{stderr}");
+    assert!(stderr.contains("line 3:"), "{stderr}");
     assert!(
         stderr.contains("metadata must be a JSON object"),
         "{stderr}"
@@ -223,4 +218,80 @@ async fn a_bad_line_stops_the_import_naming_it_and_appends_nothing_of_its_batch(
     );
     assert_eq!(client.get("/streams/d").await.status, 404);
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_sent_before_a_crash_goes_again_whole_even_if_the_file_grew() {
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (server, client) = common::start(&data).await;
+    let file = dir.path().join("history.jsonl");
+    let mut want = write_history(&file, 1200);
+    let out = import(&client.base, &file, &["--batch", "500"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read(&file).unwrap();
+    // The state as a crash right after the server appended the last, short batch (events
+    // 1001..=1200) but before its acknowledgement was recorded would leave it.
+    let line_ends: Vec<usize> = text
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .map(|(i, _)| i + 1)
+        .collect();
+    let mut events = 0;
+    let mut cut = (0, 0);
+    for (n, end) in line_ends.iter().enumerate() {
+        let start = if n == 0 { 0 } else { line_ends[n - 1] };
+        events += usize::from(text[start..*end].iter().any(|b| !b.is_ascii_whitespace()));
+        if events == 1000 {
+            cut = (*end, n + 1);
+            break;
+        }
+    }
+    let sha = |bytes: &[u8]| hex::encode(Sha256::digest(bytes));
+    let state = json!({
+        "batch": 500, "bytes": cut.0, "lines": cut.1, "events": 1000,
+        "sha256": sha(&text[..cut.0]), "last_position": 1000,
+        "pending": {"bytes": text.len(), "lines": line_ends.len(), "events": 1200,
+                    "sha256": sha(&text)},
+    });
+    std::fs::write(
+        dir.path().join("history.jsonl.import-state"),
+        state.to_string(),
+    )
+    .unwrap();
+    // Then the file grew by 300 events.
+    let more = dir.path().join("more.jsonl");
+    let extra = write_history(&more, 1500).split_off(1200);
+    let grown: Vec<u8> = std::fs::read(&more).unwrap();
+    let tail_start = grown.len()
+        - extra
+            .iter()
+            .map(|(stream, kind, data)| {
+                json!({"stream": stream, "type": kind, "data": data})
+                    .to_string()
+                    .len()
+                    + 1
+            })
+            .sum::<usize>();
+    let mut text = text;
+    text.extend_from_slice(&grown[tail_start..]);
+    std::fs::write(&file, &text).unwrap();
+    want.extend(extra);
+
+    let summary = import_ok(&client.base, &file, &["--batch", "500"]);
+    assert_eq!(
+        (&summary["already_appended"], &summary["events"]),
+        (&json!(200), &json!(300)),
+        "{summary}"
+    );
+    server.stop().await;
+    assert_log_holds(&data, &want);
 }

@@ -38,6 +38,19 @@ struct ImportState {
     sha256: String,
     /// The log position of the last event imported.
     last_position: u64,
+    /// The batch sent and not yet acknowledged, if any: a rerun sends exactly it again first
+    /// (same content, same key), whatever the file became after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pending: Option<Pending>,
+}
+
+/// Where the file stands after a batch that was sent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Pending {
+    bytes: u64,
+    lines: u64,
+    events: u64,
+    sha256: String,
 }
 
 /// What `prism import` prints at the end.
@@ -91,8 +104,31 @@ pub async fn import(
             events: 0,
             sha256: hex::encode(Sha256::new().finalize()),
             last_position: 0,
+            pending: None,
         },
     };
+    // A batch sent before an interruption goes again first, exactly as it was.
+    let pending = done.pending.take();
+    let mut next = read_batch(
+        &mut reader,
+        &mut hasher,
+        batch,
+        &done,
+        pending.as_ref().map(|p| p.bytes),
+    )?;
+    if let Some(p) = &pending
+        && next.as_ref().is_none_or(|b| {
+            b.after.sha256 != p.sha256 || b.after.events != p.events || b.after.lines != p.lines
+        })
+    {
+        bail!(
+            "{} changed since its batch up to byte {} was sent (the state in {} does not match): \
+             nothing was appended; remove the state file to import the file as new",
+            file.display(),
+            p.bytes,
+            state_path.display()
+        );
+    }
     let resumed_at_line = (done.bytes > 0).then_some(done.lines + 1);
     let bar = indicatif::ProgressBar::new(size);
     bar.set_style(
@@ -105,16 +141,25 @@ pub async fn import(
 
     let started = Instant::now();
     let (mut first_position, mut imported, mut already) = (None, 0u64, 0u64);
-    let mut next = read_batch(&mut reader, &mut hasher, batch, &done)?;
     while let Some(current) = next.take() {
+        let sending = ImportState {
+            pending: Some(Pending {
+                bytes: current.after.bytes,
+                lines: current.after.lines,
+                events: current.after.events,
+                sha256: current.after.sha256.clone(),
+            }),
+            ..done.clone()
+        };
+        write_state(&state_path, &sending)?;
         // The next batch is read and hashed while this one is in flight.
         let send = send_batch(client, &current);
-        let read_next = async { read_batch(&mut reader, &mut hasher, batch, &current.after) };
+        let read_next = async { read_batch(&mut reader, &mut hasher, batch, &current.after, None) };
         let (sent, read) = tokio::join!(send, read_next);
         let (appended, replayed) = sent.with_context(|| {
             format!(
                 "importing lines {}..={} of {}",
-                done.lines + 1,
+                current.first_line,
                 current.after.lines,
                 file.display()
             )
@@ -153,28 +198,40 @@ pub async fn import(
 struct Batch {
     body: Vec<u8>,
     events: usize,
-    /// The line number of each event in the batch, to name a refused one.
+    /// The batch's first line.
     first_line: u64,
+    /// Each event's line, to name a refused one.
+    event_lines: Vec<u64>,
     key: String,
     after: ImportState,
 }
 
-/// Reads the next batch after `at` (`None` at the end of the file). A last line without its
-/// newline counts as a line.
+/// Reads the next batch after `at` (`None` at the end of the file): up to the next multiple of
+/// `batch` events from the file's start (or 8 MiB), or, given `end`, exactly up to that byte.
+/// A last line without its newline counts as a line.
 fn read_batch(
     reader: &mut BufReader<std::fs::File>,
     hasher: &mut Sha256,
     batch: usize,
     at: &ImportState,
+    end: Option<u64>,
 ) -> Result<Option<Batch>> {
     let mut body = Vec::with_capacity(256 * batch.min(100_000));
     body.push(b'[');
     let (mut events, mut bytes, mut lines) = (0usize, at.bytes, at.lines);
+    let mut event_lines = Vec::new();
     // Batches end at multiples of `batch` events from the file's start, whichever run reads
     // them, so a batch sent again has the same content and key.
     let room = batch - (at.events % batch as u64) as usize;
     let mut line = Vec::new();
-    while events < room && body.len() < MAX_BATCH_BYTES {
+    loop {
+        let full = match end {
+            Some(end) => bytes >= end,
+            None => events >= room || body.len() >= MAX_BATCH_BYTES,
+        };
+        if full {
+            break;
+        }
         line.clear();
         let read = reader.read_until(b'\n', &mut line)?;
         if read == 0 {
@@ -183,15 +240,26 @@ fn read_batch(
         hasher.update(&line);
         bytes += read as u64;
         lines += 1;
-        let text = line.trim_ascii();
+        let mut text = line.trim_ascii();
+        if lines == 1 {
+            text = text.strip_prefix("\u{feff}".as_bytes()).unwrap_or(text);
+        }
         if text.is_empty() {
             continue;
+        }
+        // One JSON object per line: checked here, so a line never becomes two events or
+        // half of one, and a bad one is named by its line.
+        match serde_json::from_slice::<&serde_json::value::RawValue>(text) {
+            Ok(raw) if raw.get().starts_with('{') => {}
+            Ok(_) => bail!("line {lines}: an event must be a JSON object"),
+            Err(e) => bail!("line {lines}: not JSON: {e}"),
         }
         if events > 0 {
             body.push(b',');
         }
         body.extend_from_slice(text);
         events += 1;
+        event_lines.push(lines);
     }
     body.push(b']');
     if events == 0 {
@@ -202,6 +270,7 @@ fn read_batch(
         body,
         events,
         first_line: at.lines + 1,
+        event_lines,
         key: format!("import-{}", &sha256[..40]),
         after: ImportState {
             batch,
@@ -210,6 +279,7 @@ fn read_batch(
             events: at.events + events as u64,
             sha256,
             last_position: at.last_position,
+            pending: None,
         },
     }))
 }
@@ -247,15 +317,13 @@ async fn send_batch(
 /// An error naming the line of the event Prism refused, when it names one.
 fn describe(e: prism_client::Error, batch: &Batch) -> anyhow::Error {
     if let prism_client::Error::Api { message, .. } = &e
-        && let Some(index) = message
+        && let Some(line) = message
             .strip_prefix("event ")
             .and_then(|rest| rest.split(':').next())
-            .and_then(|n| n.parse::<u64>().ok())
+            .and_then(|n| n.parse::<usize>().ok())
+            .and_then(|index| batch.event_lines.get(index))
     {
-        return anyhow::anyhow!(
-            "{e} (the event of the batch starting at line {}, event {index} of it)",
-            batch.first_line
-        );
+        return anyhow::anyhow!("line {line}: {e}");
     }
     anyhow::Error::new(e)
 }
@@ -312,6 +380,7 @@ fn write_state(path: &Path, state: &ImportState) -> Result<()> {
     let mut file = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("writing the import state in {}", dir.display()))?;
     serde_json::to_writer(&mut file, state)?;
+    file.as_file().sync_all()?;
     file.persist(path)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())

@@ -1,6 +1,6 @@
 //! `POST /events`: one atomic append over several streams.
 
-use super::streams::{append_error, idempotency_key, new_event, require_json};
+use super::streams::{append_error, decode_append, idempotency_key, new_event, record_append};
 use super::{ApiError, AppState};
 use crate::log::{ExpectedVersion, StreamAppend};
 use axum::Json;
@@ -20,9 +20,7 @@ use prism_client::wire::{AppendedAll, ErrorBody, StreamEvent, VersionConflict};
     request_body(content = Vec<StreamEvent>, content_type = "application/json",
         description = "The events, on any streams, appended atomically at consecutive positions \
             in array order (at most 10000, 16 MiB). An event's `expected_version` is checked \
-            against its stream after the array's earlier events. On the JetStream log, \
-            expected versions in such an append are checked through the log-wide last \
-            position, so such appends are serialized there."),
+            against its stream after the array's earlier events."),
     responses(
         (status = 201, description = "Appended, durably; or, with `Idempotent-Replayed: true`, \
             appended before by the same append, whose result this is.", body = AppendedAll),
@@ -55,21 +53,12 @@ pub async fn append_all(
     ),
     ApiError,
 > {
-    let body = body?;
-    require_json(&headers)?;
-    let events: Vec<StreamEvent> = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "the body must be a JSON array of {{\"stream\", \"type\", \"data\", \"metadata\"?, \
-             \"id\"?, \"expected_version\"?}} events: {e}"
-        ))
-    })?;
-    let most = state.limits.max_append_events;
-    if events.len() > most {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("{} events in one append; the limit is {most}", events.len()),
-        ));
-    }
+    let events: Vec<StreamEvent> = decode_append(
+        &state,
+        &headers,
+        body,
+        r#"{"stream", "type", "data", "metadata"?, "id"?, "expected_version"?}"#,
+    )?;
     let count = events.len() as u64;
     let parts = parts(events)?;
     let key = idempotency_key(&headers)?;
@@ -79,15 +68,9 @@ pub async fn append_all(
         .append_all(key, parts)
         .await
         .map_err(append_error)?;
-    if !appended.replayed {
-        state
-            .metrics
-            .appended(count, started.elapsed().as_secs_f64());
-    }
-    let replayed = if appended.replayed { "true" } else { "false" };
     Ok((
         StatusCode::CREATED,
-        [("idempotent-replayed", replayed)],
+        record_append(&state, &appended, count, started),
         Json(AppendedAll {
             first_position: appended.first_position,
             last_position: appended.last_position,

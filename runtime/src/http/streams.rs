@@ -65,20 +65,12 @@ pub async fn append(
     ),
     ApiError,
 > {
-    let body = body?;
-    require_json(&headers)?;
-    let events: Vec<EventIn> = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "the body must be a JSON array of {{\"type\", \"data\", \"metadata\"?}} events: {e}"
-        ))
-    })?;
-    let most = state.limits.max_append_events;
-    if events.len() > most {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("{} events in one append; the limit is {most}", events.len()),
-        ));
-    }
+    let events: Vec<EventIn> = decode_append(
+        &state,
+        &headers,
+        body,
+        r#"{"type", "data", "metadata"?, "id"?}"#,
+    )?;
     let events = events
         .into_iter()
         .enumerate()
@@ -90,26 +82,60 @@ pub async fn append(
     let key = idempotency_key(&headers)?;
     let (started, count) = (std::time::Instant::now(), events.len() as u64);
     match state.log.append_once(key, &stream, expected, events).await {
-        Ok(appended) => {
-            if !appended.replayed {
-                state
-                    .metrics
-                    .appended(count, started.elapsed().as_secs_f64());
-            }
-            let replayed = if appended.replayed { "true" } else { "false" };
-            Ok((
-                StatusCode::CREATED,
-                [("idempotent-replayed", replayed)],
-                Json(Appended {
-                    stream,
-                    first_position: appended.first_position,
-                    last_position: appended.last_position,
-                    stream_version: appended.stream_version,
-                }),
-            ))
-        }
+        Ok(appended) => Ok((
+            StatusCode::CREATED,
+            record_append(&state, &appended, count, started),
+            Json(Appended {
+                stream,
+                first_position: appended.first_position,
+                last_position: appended.last_position,
+                stream_version: appended.stream_version,
+            }),
+        )),
         Err(e) => Err(append_error(e)),
     }
+}
+
+/// An append's body: sent as JSON, an array of `T` (`shape` names its fields for the error),
+/// within the limit on events per append.
+pub(super) fn decode_append<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    shape: &str,
+) -> Result<Vec<T>, ApiError> {
+    let body = body?;
+    require_json(headers)?;
+    let events: Vec<T> = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be a JSON array of {shape} events: {e}"
+        ))
+    })?;
+    let most = state.limits.max_append_events;
+    if events.len() > most {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{} events in one append; the limit is {most}", events.len()),
+        ));
+    }
+    Ok(events)
+}
+
+/// Counts an append in the metrics (a retry answered from memory appended nothing); the
+/// answer's `Idempotent-Replayed` header.
+pub(super) fn record_append(
+    state: &AppState,
+    appended: &crate::log::Appended,
+    count: u64,
+    started: std::time::Instant,
+) -> [(&'static str, &'static str); 1] {
+    if !appended.replayed {
+        state
+            .metrics
+            .appended(count, started.elapsed().as_secs_f64());
+    }
+    let replayed = if appended.replayed { "true" } else { "false" };
+    [("idempotent-replayed", replayed)]
 }
 
 /// Refuses a body not sent as JSON (415).

@@ -1,7 +1,9 @@
 //! How the embedded log stores events: in chunks of up to [`CHUNK_EVENTS`] consecutive events
 //! (and about [`CHUNK_BYTES`]), one redb row each, keyed by the chunk's first position. A
 //! chunk holds fixed-size headers then every event's parts back to back, so a batch read copies
-//! each event with one `memcpy` and decodes nothing; positions follow from the key.
+//! each event with one `memcpy` and decodes no payload (only the fixed headers are read, and
+//! checked to add up); positions follow from the key. A commit group is split at those bounds,
+//! so no row grows without limit.
 //!
 //! Layout (little-endian): `layout: u8 = 1`, `count: u32`, then `count` headers of 32 bytes
 //! (`stream_version: u64`, `timestamp_ms: u64`, the lengths of stream, type, data and metadata

@@ -173,14 +173,33 @@ pub struct BatchRead {
 }
 
 impl BatchRead {
-    /// Every event from `from` on, up to `max_events` of them.
+    /// Every event from `from` on, up to `max_events` of them (and [`MAX_BYTES`]).
     pub fn from(from: u64, max_events: usize) -> BatchRead {
         BatchRead {
             from,
             until: u64::MAX,
             max_scanned: max_events,
             max_events,
-            max_bytes: usize::MAX,
+            max_bytes: MAX_BYTES,
         }
     }
+}
+
+/// Most bytes a batch holds (its offsets are 32-bit): a read stops at the event that reaches
+/// it, whatever its `max_bytes`.
+pub const MAX_BYTES: usize = 1 << 30;
+
+/// A log that reads batches: the read path every log implements (the embedded redb log today,
+/// a distributed one later), with nothing of its store in the signature.
+pub trait BatchReader {
+    /// Reads a batch into `out` (emptied first): the events from `read.from` on that `keep`
+    /// accepts (given each event's stream and type), within `read`'s limits. Returns the
+    /// position of the last event looked at, kept or not; `None` when none was (the reader is
+    /// at the head, or the read's limits allow nothing).
+    fn read_batch(
+        &self,
+        read: &BatchRead,
+        keep: &mut dyn FnMut(&str, &str) -> bool,
+        out: &mut FlatBatch,
+    ) -> Result<Option<u64>, super::ReadError>;
 }

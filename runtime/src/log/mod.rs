@@ -1,9 +1,9 @@
 //! The event log: an append-only sequence of immutable events in one redb file (`log.redb`).
 //!
 //! Every event gets a global, gapless position (1, 2, 3, ...) and a version within its stream
-//! (1, 2, 3, ... per stream). An append is one request of events for one stream, optionally
-//! guarded by the stream version the caller expects (optimistic concurrency); it either appends
-//! all its events or none.
+//! (1, 2, 3, ... per stream). An append is one request of events for one stream or several,
+//! each stream's part optionally guarded by the stream version the caller expects (optimistic
+//! concurrency); it either appends all its events or none.
 //!
 //! Appends go through one writer thread that **group-commits**: requests that arrive while a
 //! commit is in flight are validated one by one and committed together in the next durable
@@ -21,7 +21,7 @@ mod shared;
 mod writer;
 
 use chunk::Chunk;
-pub use flat::{BatchRead, FlatBatch, FlatHeader};
+pub use flat::{BatchRead, BatchReader, FlatBatch, FlatHeader};
 pub use migrate::{MigrateError, Opened};
 use schema::CHUNKS;
 pub use schema::{FORMAT, StoredEvent};
@@ -145,15 +145,21 @@ pub enum AppendError {
 /// Why a read of the log failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    /// redb failed to read.
+    /// The store behind the log failed to read.
     #[error("reading the event log failed: {0}")]
-    Storage(#[from] redb::Error),
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The log cannot be read now (it is being reopened after an I/O error).
     #[error("the event log is unavailable: {0}")]
     Unavailable(String),
     /// A stored event could not be decoded.
     #[error("event {position} in the log cannot be decoded: {reason}")]
     Corrupt { position: u64, reason: String },
+}
+
+impl From<redb::Error> for ReadError {
+    fn from(e: redb::Error) -> Self {
+        ReadError::Storage(Box::new(e))
+    }
 }
 
 /// Why the log could not be opened.
@@ -410,9 +416,18 @@ fn validate(parts: &[StreamAppend]) -> Result<(), AppendError> {
 fn read_head(db: &Database) -> Result<u64, redb::Error> {
     let txn = db.begin_read()?;
     let chunks = txn.open_table(CHUNKS)?;
-    Ok(chunks.last()?.map_or(0, |(first, row)| {
-        first.value() + Chunk::count_of(row.value()) - 1
-    }))
+    match chunks.last()? {
+        None => Ok(0),
+        // The head follows from the last chunk: a damaged one must not give a head below
+        // the events stored (appends would overwrite them).
+        Some((first, row)) => match Chunk::parse(row.value()) {
+            Ok(_) => Ok(first.value() + Chunk::count_of(row.value()) - 1),
+            Err(reason) => Err(redb::Error::Corrupted(format!(
+                "the log's last chunk (from position {}) is damaged: {reason}",
+                first.value()
+            ))),
+        },
+    }
 }
 
 /// Brings the log file at `path` to today's format, moving `step_events` events per

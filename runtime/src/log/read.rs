@@ -2,6 +2,7 @@
 //! events, over the chunked tables.
 
 use super::chunk::{Chunk, ChunkEvent};
+use super::flat::{BatchReader, MAX_BYTES};
 use super::schema::{CHUNKS, STREAM_INDEX, STREAMS};
 use super::{BatchRead, EventLog, FlatBatch, ReadError, RecordedEvent, StoredEvent};
 use redb::ReadableDatabase;
@@ -19,6 +20,9 @@ impl EventLog {
     where
         F: FnMut(u64, &StoredEvent<'_>) -> bool,
     {
+        if max == 0 {
+            return Ok(None);
+        }
         let mut count = 0;
         let mut damaged = None;
         let last = self.scan(from, |position, event| {
@@ -31,14 +35,12 @@ impl EventLog {
         })?;
         match damaged {
             Some(position) => Err(not_utf8(position)),
-            None => Ok(last.filter(|_| max > 0)),
+            None => Ok(last),
         }
     }
 
-    /// Reads a batch into `out` (emptied first): the events from `read.from` on that `keep`
-    /// accepts (given each event's stream and type), within `read`'s limits. Each event is one
-    /// copy of its stored bytes. Returns the position of the last event looked at, kept or not
-    /// (`None` when there is none: the reader is at the head).
+    /// [`BatchReader::read_batch`] with a filter of the caller's type; each event is one copy
+    /// of its stored bytes.
     pub fn read_batch<F>(
         &self,
         read: &BatchRead,
@@ -49,7 +51,7 @@ impl EventLog {
         F: FnMut(&str, &str) -> bool,
     {
         out.clear();
-        if read.from > read.until || read.max_scanned == 0 {
+        if read.from > read.until || read.max_scanned == 0 || read.max_events == 0 {
             return Ok(None);
         }
         let mut scanned = 0;
@@ -71,7 +73,7 @@ impl EventLog {
             }
             scanned < read.max_scanned
                 && out.len() < read.max_events
-                && out.byte_len() < read.max_bytes
+                && out.byte_len() < read.max_bytes.min(MAX_BYTES)
                 && position < read.until
         })?;
         match damaged {
@@ -162,12 +164,18 @@ impl EventLog {
         let txn = self.db.get()?.begin_read().map_err(redb::Error::from)?;
         let index = txn.open_table(STREAM_INDEX).map_err(redb::Error::from)?;
         let chunks = txn.open_table(CHUNKS).map_err(redb::Error::from)?;
-        let mut out = Vec::new();
-        let range = index
+        let mut positions = Vec::new();
+        for row in index
             .range((stream, from.max(1))..=(stream, u64::MAX))
-            .map_err(redb::Error::from)?;
-        for row in range.take(max) {
-            let position = row.map_err(redb::Error::from)?.1.value();
+            .map_err(redb::Error::from)?
+            .take(max)
+        {
+            positions.push(row.map_err(redb::Error::from)?.1.value());
+        }
+        // Positions ascend: each chunk is looked up and parsed once for all of its events.
+        let mut out = Vec::with_capacity(positions.len());
+        let mut i = 0;
+        while let Some(&position) = positions.get(i) {
             let corrupt = |reason: String| ReadError::Corrupt { position, reason };
             let (first, bytes) = chunks
                 .range(..=position)
@@ -175,13 +183,24 @@ impl EventLog {
                 .next_back()
                 .ok_or_else(|| corrupt("indexed but missing".into()))?
                 .map_err(redb::Error::from)?;
+            let first = first.value();
             let chunk = Chunk::parse(bytes.value()).map_err(corrupt)?;
-            let event = chunk
-                .events((position - first.value()) as usize)
-                .next()
-                .ok_or_else(|| corrupt("indexed but missing".into()))?;
-            let event = event.parts().ok_or_else(|| not_utf8(position))?;
-            out.push(RecordedEvent::from_stored(position, &event));
+            let end = first + Chunk::count_of(bytes.value());
+            let before = i;
+            for (k, event) in chunk.events((position - first) as usize).enumerate() {
+                let at = position + k as u64;
+                if positions.get(i) == Some(&at) {
+                    let event = event.parts().ok_or_else(|| not_utf8(at))?;
+                    out.push(RecordedEvent::from_stored(at, &event));
+                    i += 1;
+                }
+                if positions.get(i).is_none_or(|&next| next >= end) {
+                    break;
+                }
+            }
+            if i == before {
+                return Err(corrupt("indexed but missing".into()));
+            }
         }
         Ok(out)
     }
@@ -192,6 +211,17 @@ impl EventLog {
     ) -> Result<redb::ReadOnlyTable<K, V>, ReadError> {
         let txn = self.db.get()?.begin_read().map_err(redb::Error::from)?;
         Ok(txn.open_table(table).map_err(redb::Error::from)?)
+    }
+}
+
+impl BatchReader for EventLog {
+    fn read_batch(
+        &self,
+        read: &BatchRead,
+        keep: &mut dyn FnMut(&str, &str) -> bool,
+        out: &mut FlatBatch,
+    ) -> Result<Option<u64>, ReadError> {
+        EventLog::read_batch(self, read, keep, out)
     }
 }
 

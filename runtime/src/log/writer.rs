@@ -221,7 +221,7 @@ fn commit_group(
                         metadata: event.metadata.as_deref().unwrap_or(b"{}"),
                     };
                     if let Some((first, row)) = builder.push(next, &stored) {
-                        chunks.insert(first, row.as_slice())?;
+                        put_chunk(&mut chunks, first, &row)?;
                     }
                     index.insert((stream, version), next)?;
                     if remembers {
@@ -252,9 +252,24 @@ fn commit_group(
             outcomes.push(Ok(appended));
         }
         if let Some((first, row)) = builder.finish() {
-            chunks.insert(first, row.as_slice())?;
+            put_chunk(&mut chunks, first, &row)?;
         }
     }
     txn.commit()?;
     Ok((outcomes, next - 1))
+}
+
+/// Stores a new chunk; a row already there means the head was wrong, and nothing may be
+/// overwritten.
+fn put_chunk(
+    chunks: &mut redb::Table<u64, &[u8]>,
+    first: u64,
+    row: &[u8],
+) -> Result<(), redb::Error> {
+    if chunks.insert(first, row)?.is_some() {
+        return Err(redb::Error::Corrupted(format!(
+            "a chunk already starts at position {first}: the log's head was wrong"
+        )));
+    }
+    Ok(())
 }
