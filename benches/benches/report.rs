@@ -252,31 +252,35 @@ fn replay_figures(report: &mut Report, n: u64, dir: &std::path::Path) {
     }
 }
 
+/// Writes `events` events in the peers' JSONL shape, each on its own stream `<prefix><i>`.
+fn write_history(file: &std::path::Path, prefix: &str, events: u64) {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(file).unwrap());
+    for i in 0..events {
+        writeln!(
+            out,
+            r#"{{"stream":"{prefix}{i}","type":"OrderPlaced","data":{{"order":"{prefix}{i}","customer":"customer-{}","total":{}}}}}"#,
+            i % 100_000,
+            i % 997
+        )
+        .unwrap();
+    }
+}
+
 /// `prism import` of 1M events, each on its own stream (`order-<i>`), in the peers' JSONL
-/// shape, with the import's defaults.
+/// shape, with the import's defaults; then two imports of 500k events at once (what two
+/// batches in flight could give at most).
 async fn import_figure(report: &mut Report, dir: &std::path::Path) {
     const EVENTS: u64 = 1_000_000;
     println!("prism import");
     let file = dir.join("history.jsonl");
-    {
-        use std::io::Write as _;
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
-        for i in 0..EVENTS {
-            writeln!(
-                out,
-                r#"{{"stream":"order-{i}","type":"OrderPlaced","data":{{"order":"order-{i}","customer":"customer-{}","total":{}}}}}"#,
-                i % 100_000,
-                i % 997
-            )
-            .unwrap();
-        }
-    }
+    write_history(&file, "order-", EVENTS);
     let prism = Prism::start(&dir.join("import")).await;
-    let start_at = Instant::now();
     let batch = std::env::var("PRISM_BENCH_IMPORT_BATCH")
         .ok()
         .and_then(|b| b.parse().ok())
         .unwrap_or(10_000);
+    let start_at = Instant::now();
     prism::cli::import::import(&prism.api, &file, batch, None)
         .await
         .unwrap();
@@ -288,6 +292,27 @@ async fn import_figure(report: &mut Report, dir: &std::path::Path) {
         format!("{} events", human(per_second)),
         "≥ 300k events/s",
         per_second >= 3e5,
+    );
+    prism.server.stop().await;
+
+    let halves = [dir.join("half-a.jsonl"), dir.join("half-b.jsonl")];
+    write_history(&halves[0], "a-", EVENTS / 2);
+    write_history(&halves[1], "b-", EVENTS / 2);
+    let prism = Prism::start(&dir.join("import-2")).await;
+    let start_at = Instant::now();
+    let (a, b) = tokio::join!(
+        prism::cli::import::import(&prism.api, &halves[0], batch, None),
+        prism::cli::import::import(&prism.api, &halves[1], batch, None),
+    );
+    a.unwrap();
+    b.unwrap();
+    let took = start_at.elapsed();
+    assert_eq!(prism.api.projectors().await.unwrap().head, EVENTS);
+    report.add(
+        "two imports at once, 500k events each (the bound of two batches in flight)",
+        format!("{} events", human(rate(EVENTS, took))),
+        "(no target)",
+        true,
     );
     prism.server.stop().await;
 }

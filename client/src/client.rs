@@ -227,18 +227,21 @@ impl Client {
         key: Option<&str>,
     ) -> Result<(AppendedAll, bool), Error> {
         let body = serde_json::to_vec(events).map_err(|e| Error::Usage(e.to_string()))?;
-        self.append_all_json(body, key).await
+        self.append_all_json(body, key, None).await
     }
 
     /// [`append_all`](Self::append_all) with the body given as JSON text: an array of
-    /// [`StreamEvent`]s, sent as it is.
+    /// [`StreamEvent`]s, sent as it is; with `expected_head`, only if the log's last position
+    /// is that (else a 412 [`Error::Api`]).
     pub async fn append_all_json(
         &self,
         body: Vec<u8>,
         key: Option<&str>,
+        expected_head: Option<u64>,
     ) -> Result<(AppendedAll, bool), Error> {
         let mut request = self
             .at(Method::POST, &["events"])?
+            .query(&AppendAllParams { expected_head })
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
         if let Some(key) = key {

@@ -137,6 +137,57 @@ async fn an_append_over_several_streams_is_whole_and_in_order() {
     assert_eq!(log.head(), 9);
 }
 
+#[tokio::test]
+async fn an_expected_head_orders_appends_sent_back_to_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::open(&dir.path().join("log.redb")).unwrap();
+    let one = |t: &str| vec![part("s", None, vec![event(t, None)])];
+    // Sent together, each expecting the head the previous one leaves: they land in order.
+    let (a, b) = tokio::join!(
+        log.append_all_after(None, one("A"), Some(0)),
+        log.append_all_after(None, one("B"), Some(1)),
+    );
+    assert_eq!(
+        (a.unwrap().first_position, b.unwrap().first_position),
+        (1, 2)
+    );
+    // A wrong head appends nothing and says where the head is.
+    let err = log
+        .append_all_after(None, one("C"), Some(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AppendError::HeadMoved {
+                expected: 1,
+                actual: 2
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(log.head(), 2);
+    // A retry recognised by its key answers its first result whatever the head.
+    let first = log
+        .append_all_after(Some("k".into()), one("D"), Some(2))
+        .await
+        .unwrap();
+    let again = log
+        .append_all_after(Some("k".into()), one("D"), Some(2))
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.first_position, first.first_position);
+    assert_eq!(
+        contents(&log),
+        vec![
+            row(1, "s", 1, "A"),
+            row(2, "s", 2, "B"),
+            row(3, "s", 3, "D")
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_multi_stream_appends_stay_whole_and_gapless() {
     let dir = tempfile::tempdir().unwrap();
@@ -249,6 +300,24 @@ async fn post_events_appends_over_several_streams() {
         assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
         assert!(reply.body["error"].is_string());
     }
+    // `expected_head`: the log's last position, else 412 and nothing appended.
+    let head = |h: u64| {
+        client
+            .request("POST", &format!("/events?expected_head={h}"))
+            .header("content-type", "application/json")
+            .body(json!([{"stream": "order-5", "type": "T", "data": {}}]).to_string())
+    };
+    let refused = client.send(head(2)).await;
+    assert_eq!(refused.status, 412, "{}", refused.body);
+    assert!(
+        refused.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("head is at 3")
+    );
+    let taken = client.send(head(3)).await;
+    assert_eq!(taken.status, 201, "{}", taken.body);
+    assert_eq!(taken.body["first_position"], 4);
     // The typed client.
     let events: Vec<prism_client::wire::StreamEvent> = serde_json::from_value(json!([
         {"stream": "order-3", "type": "OrderPlaced", "data": {}},
@@ -258,7 +327,7 @@ async fn post_events_appends_over_several_streams() {
     let (appended, replayed) = client.api.append_all(&events, None).await.unwrap();
     assert_eq!(
         (appended.first_position, appended.last_position, replayed),
-        (4, 5, false)
+        (5, 6, false)
     );
     server.stop().await;
 }

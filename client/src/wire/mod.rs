@@ -19,7 +19,7 @@ pub use status::{
     RebuildProgress, State, Subscription, Unready, UnreadyProjector,
 };
 pub use streams::{
-    AppendParams, Appended, AppendedAll, Event, ListParams, NewEvent, ReadParams, StreamEvent,
-    StreamList, StreamPage, StreamVersion,
+    AppendAllParams, AppendParams, Appended, AppendedAll, Event, ListParams, NewEvent, ReadParams,
+    StreamEvent, StreamList, StreamPage, StreamVersion,
 };
 pub use views::{ChangeParams, Consistency, Entry, MAX_WAIT_MS, ScanPage, ScanParams};

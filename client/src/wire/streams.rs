@@ -78,6 +78,18 @@ pub struct AppendedAll {
     pub last_position: u64,
 }
 
+/// The query of `POST /events`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AppendAllParams {
+    /// Append only if the log's last position is exactly this (0: an empty log); otherwise 412
+    /// and nothing is appended. Lets a client send appends back to back without waiting for
+    /// each answer, each expecting the position the previous one ends at, and still have them
+    /// land in its order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_head: Option<u64>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AppendParams {

@@ -293,7 +293,7 @@ async fn send_batch(
     let mut wait = Duration::from_millis(100);
     loop {
         match client
-            .append_all_json(batch.body.clone(), Some(&batch.key))
+            .append_all_json(batch.body.clone(), Some(&batch.key), None)
             .await
         {
             Ok(answer) => return Ok(answer),

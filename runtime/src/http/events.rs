@@ -1,5 +1,6 @@
 //! `POST /events`: one atomic append over several streams.
 
+use super::extract::Query;
 use super::streams::{append_error, decode_append, idempotency_key, new_event, record_append};
 use super::{ApiError, AppState};
 use crate::log::{ExpectedVersion, StreamAppend};
@@ -8,15 +9,15 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
-use prism_client::wire::{AppendedAll, ErrorBody, StreamEvent, VersionConflict};
+use prism_client::wire::{AppendAllParams, AppendedAll, ErrorBody, StreamEvent, VersionConflict};
 
 /// `POST /events`: appends a JSON array of events, each naming its stream, atomically.
 #[utoipa::path(
     post,
     path = "/events",
     tag = "streams",
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the append safe to \
-        retry, as for `POST /streams/{stream}/events`.")),
+    params(AppendAllParams, ("Idempotency-Key" = Option<String>, Header, description = "Makes \
+        the append safe to retry, as for `POST /streams/{stream}/events`.")),
     request_body(content = Vec<StreamEvent>, content_type = "application/json",
         description = "The events, on any streams, appended atomically at consecutive positions \
             in array order (at most 10000, 16 MiB). An event's `expected_version` is checked \
@@ -28,6 +29,8 @@ use prism_client::wire::{AppendedAll, ErrorBody, StreamEvent, VersionConflict};
             an object, or a name is empty or too long.", body = ErrorBody),
         (status = 409, description = "A stream is not at an event's `expected_version`; nothing \
             was appended.", body = VersionConflict),
+        (status = 412, description = "The log's last position is not `expected_head`; nothing \
+            was appended.", body = ErrorBody),
         (status = 422, description = "The `Idempotency-Key`, or some of the events' ids, were \
             used by a different append within the idempotency window; nothing was appended.",
             body = ErrorBody),
@@ -43,6 +46,7 @@ use prism_client::wire::{AppendedAll, ErrorBody, StreamEvent, VersionConflict};
 )]
 pub async fn append_all(
     State(state): State<AppState>,
+    Query(params): Query<AppendAllParams>,
     headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<
@@ -65,7 +69,7 @@ pub async fn append_all(
     let started = std::time::Instant::now();
     let appended = state
         .log
-        .append_all(key, parts)
+        .append_all_after(key, parts, params.expected_head)
         .await
         .map_err(append_error)?;
     Ok((

@@ -202,6 +202,9 @@ pub(super) fn append_error(e: AppendError) -> ApiError {
                 actual_version: actual,
             },
         ),
+        e @ AppendError::HeadMoved { .. } => {
+            ApiError::new(StatusCode::PRECONDITION_FAILED, e.to_string())
+        }
         AppendError::Invalid(message) => ApiError::bad_request(message),
         AppendError::Duplicate(message) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message),
         e @ (AppendError::Busy | AppendError::Closed | AppendError::Unavailable(_)) => {

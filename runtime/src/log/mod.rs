@@ -119,6 +119,9 @@ pub enum AppendError {
         expected: u64,
         actual: u64,
     },
+    /// The log's head was not the one the append expected; nothing was appended.
+    #[error("the log's head is at {actual}, not the expected {expected}; nothing was appended")]
+    HeadMoved { expected: u64, actual: u64 },
     /// The request is malformed (empty stream name, no events, a name too long...).
     #[error("{0}")]
     Invalid(String),
@@ -199,6 +202,8 @@ pub struct StreamAppend {
 struct AppendRequest {
     key: Option<String>,
     parts: Vec<StreamAppend>,
+    /// Append only if the log's head is this position.
+    expected_head: Option<u64>,
     reply: oneshot::Sender<Result<Appended, AppendError>>,
 }
 
@@ -341,6 +346,20 @@ impl EventLog {
         key: Option<String>,
         parts: Vec<StreamAppend>,
     ) -> Result<Appended, AppendError> {
+        self.append_all_after(key, parts, None).await
+    }
+
+    /// [`append_all`](Self::append_all), only if the log's head is then `expected_head`
+    /// (when given): appends sent back to back in a known order without waiting for each
+    /// other, each expecting the head the previous one leaves, land in that order or are
+    /// refused ([`AppendError::HeadMoved`]). A retry recognised by its key or ids answers its
+    /// first result whatever the head (the precondition is not part of the append).
+    pub async fn append_all_after(
+        &self,
+        key: Option<String>,
+        parts: Vec<StreamAppend>,
+        expected_head: Option<u64>,
+    ) -> Result<Appended, AppendError> {
         validate(&parts)?;
         if let Some(key) = &key {
             idempotency::validate_id("an idempotency key", key).map_err(AppendError::Invalid)?;
@@ -350,7 +369,12 @@ impl EventLog {
             .queue
             .as_ref()
             .expect("the queue lives as long as the log")
-            .try_send(AppendRequest { key, parts, reply })
+            .try_send(AppendRequest {
+                key,
+                parts,
+                expected_head,
+                reply,
+            })
             .map_err(|e| match e {
                 mpsc::TrySendError::Full(_) => AppendError::Busy,
                 mpsc::TrySendError::Disconnected(_) => AppendError::Closed,

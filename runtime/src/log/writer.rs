@@ -176,6 +176,15 @@ fn commit_group(
                     }
                 }
             }
+            if let Some(expected) = request.expected_head
+                && expected != next - 1
+            {
+                outcomes.push(Err(AppendError::HeadMoved {
+                    expected,
+                    actual: next - 1,
+                }));
+                continue;
+            }
             // Every part's expected version first, against its stream after the earlier parts:
             // a refused request writes nothing.
             let mut versions: Vec<(&str, u64)> = Vec::with_capacity(parts.len());
