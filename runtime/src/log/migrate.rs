@@ -233,7 +233,7 @@ mod tests {
         let fresh = vec![event("1"), event("2")];
         let stale = vec![event("3")];
         {
-            let db = crate::store::open_database(&path).unwrap();
+            let db = crate::store::open_database(&path, crate::store::LOG_CACHE_BYTES).unwrap();
             let txn = db.begin_write().unwrap();
             {
                 let mut events = txn.open_table(EVENTS).unwrap();

@@ -283,7 +283,7 @@ impl EventLog {
             path: path.display().to_string(),
             source,
         };
-        let db = crate::store::open_database(path).map_err(fail)?;
+        let db = crate::store::open_database(path, crate::store::LOG_CACHE_BYTES).map_err(fail)?;
         migrate::migrate(&db, migrate::STEP_EVENTS, None).map_err(|source| OpenError::Migrate {
             path: path.display().to_string(),
             source,
@@ -463,7 +463,7 @@ pub fn migrate_partially(
     step_events: usize,
     max_steps: usize,
 ) -> Result<Opened, anyhow::Error> {
-    let db = crate::store::open_database(path)?;
+    let db = crate::store::open_database(path, crate::store::LOG_CACHE_BYTES)?;
     Ok(migrate::migrate(&db, step_events, Some(max_steps))?)
 }
 

@@ -99,7 +99,10 @@ impl Shared {
                 }
             }
         }
-        let db = Arc::new(crate::store::open_database(&self.path)?);
+        let db = Arc::new(crate::store::open_database(
+            &self.path,
+            crate::store::LOG_CACHE_BYTES,
+        )?);
         *slot = Some(db.clone());
         Ok(db)
     }

@@ -77,7 +77,7 @@ impl Catalog {
     /// Opens the catalog of the data dir `dir`.
     pub fn open(dir: &DataDir, keep: usize) -> Result<Catalog, redb::Error> {
         std::fs::create_dir_all(dir.modules()).map_err(redb::Error::Io)?;
-        let db = crate::store::open_database(&dir.catalog())?;
+        let db = crate::store::open_database(&dir.catalog(), crate::store::CATALOG_CACHE_BYTES)?;
         let txn = db.begin_write()?;
         txn.open_table(DEPLOYMENTS)?;
         txn.open_table(HISTORY)?;

@@ -126,7 +126,7 @@ impl ViewStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| fail(e.into()))?;
         }
-        let db = open_database(path).map_err(fail)?;
+        let db = open_database(path, VIEW_CACHE_BYTES).map_err(fail)?;
         let txn = db.begin_write().map_err(|e| fail(e.into()))?;
         txn.open_table(VIEW).map_err(|e| fail(e.into()))?;
         txn.open_table(META).map_err(|e| fail(e.into()))?;
@@ -170,7 +170,7 @@ impl ViewStore {
         // The failed database must be closed before the file can be opened again; until that
         // works the slot stays empty and every operation says the view is unavailable.
         drop(slot.take());
-        let db = open_database(&self.path)?;
+        let db = open_database(&self.path, VIEW_CACHE_BYTES)?;
         *slot = Some(Arc::new(db));
         tracing::info!(path = %self.path.display(), "reopened a view file after a failed write");
         Ok(())
@@ -380,10 +380,22 @@ const ALREADY_OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(3)
 
 /// Opens (or creates) a redb file; a damaged file is an error, never a panic. A file that is
 /// open elsewhere is waited for a moment, then reported.
-pub fn open_database(path: &Path) -> Result<Database, redb::Error> {
+/// redb's page cache for the event log. redb's default is 1 GiB for every file it opens: with a
+/// log and a dozen views, resident memory without a useful bound. Pages beyond it are read
+/// again from the OS's page cache.
+pub const LOG_CACHE_BYTES: usize = 256 << 20;
+
+/// redb's page cache for each view file (see [`LOG_CACHE_BYTES`]).
+pub const VIEW_CACHE_BYTES: usize = 64 << 20;
+
+/// redb's page cache for the catalog.
+pub const CATALOG_CACHE_BYTES: usize = 16 << 20;
+
+/// Opens (or creates) a redb file with a page cache of `cache_bytes`, checking every page.
+pub fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, redb::Error> {
     let deadline = std::time::Instant::now() + ALREADY_OPEN_WAIT;
     loop {
-        match open_once(path) {
+        match open_once(path, cache_bytes) {
             Err(redb::Error::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
@@ -392,12 +404,13 @@ pub fn open_database(path: &Path) -> Result<Database, redb::Error> {
     }
 }
 
-fn open_once(path: &Path) -> Result<Database, redb::Error> {
+fn open_once(path: &Path, cache_bytes: usize) -> Result<Database, redb::Error> {
     // Every page's checksum is verified on open: a file damaged at rest (a flipped byte in a
     // data page) is refused as corrupted instead of trusted, or panicking at read time.
     let open = || {
         Database::builder()
             .set_check_integrity_on_open(true)
+            .set_cache_size(cache_bytes)
             .create(path)
     };
     match std::panic::catch_unwind(open) {
