@@ -169,9 +169,9 @@ pub async fn import(
         write_state(&state_path, &after)?;
         first_position.get_or_insert(appended.first_position);
         if replayed {
-            already += current.events as u64;
+            already += current.event_lines.len() as u64;
         } else {
-            imported += current.events as u64;
+            imported += current.event_lines.len() as u64;
         }
         done = after;
         bar.set_position(done.bytes);
@@ -197,7 +197,6 @@ pub async fn import(
 /// One batch: the JSON array to send and where the file stands after it.
 struct Batch {
     body: Vec<u8>,
-    events: usize,
     /// The batch's first line.
     first_line: u64,
     /// Each event's line, to name a refused one.
@@ -268,7 +267,6 @@ fn read_batch(
     let sha256 = hex::encode(hasher.clone().finalize());
     Ok(Some(Batch {
         body,
-        events,
         first_line: at.lines + 1,
         event_lines,
         key: format!("import-{}", &sha256[..40]),

@@ -39,7 +39,7 @@ struct LegacyEvent<'a> {
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error(transparent)]
-    Storage(#[from] redb::Error),
+    Storage(redb::Error),
     #[error(
         "the log was written in format {0}, newer than this Prism knows ({FORMAT}): use a newer Prism"
     )]
@@ -48,23 +48,8 @@ pub enum MigrateError {
     Corrupt { position: u64, reason: String },
 }
 
-impl From<redb::TransactionError> for MigrateError {
-    fn from(e: redb::TransactionError) -> Self {
-        MigrateError::Storage(e.into())
-    }
-}
-impl From<redb::TableError> for MigrateError {
-    fn from(e: redb::TableError) -> Self {
-        MigrateError::Storage(e.into())
-    }
-}
-impl From<redb::StorageError> for MigrateError {
-    fn from(e: redb::StorageError) -> Self {
-        MigrateError::Storage(e.into())
-    }
-}
-impl From<redb::CommitError> for MigrateError {
-    fn from(e: redb::CommitError) -> Self {
+impl<E: Into<redb::Error>> From<E> for MigrateError {
+    fn from(e: E) -> Self {
         MigrateError::Storage(e.into())
     }
 }

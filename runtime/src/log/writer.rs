@@ -161,10 +161,11 @@ fn commit_group(
                 || parts
                     .iter()
                     .any(|p| p.events.iter().any(|e| e.id.is_some()));
-            let digest = idempotency::digest(parts);
-            if remembers {
+            // The request's hash is needed only to remember it: not on the common append.
+            let digest = remembers.then(|| idempotency::digest(parts));
+            if let Some(digest) = &digest {
                 let oldest_ms = timestamp_ms.saturating_sub(window_ms);
-                match idempotency::seen(&remembered, key, parts, &digest, oldest_ms)? {
+                match idempotency::seen(&remembered, key, parts, digest, oldest_ms)? {
                     idempotency::Seen::New => {}
                     idempotency::Seen::Before(appended) => {
                         outcomes.push(Ok(appended));
@@ -246,14 +247,14 @@ fn commit_group(
                 stream_version: versions.last().map_or(0, |(_, v)| *v),
                 replayed: false,
             };
-            if remembers {
+            if let Some(digest) = &digest {
                 idempotency::remember(
                     &mut remembered,
                     &mut expiry,
                     timestamp_ms,
                     key,
                     parts,
-                    &digest,
+                    digest,
                     &appended,
                     &event_versions,
                 )?;
