@@ -196,7 +196,9 @@ async fn kills_in_every_phase_lose_nothing_and_views_stay_exact() {
             Phase::Deploy => 5000,
             Phase::Swap => 2500,
             Phase::Rebuild | Phase::Verify => 1500,
-            Phase::Promotion | Phase::CatchUp => 5000,
+            Phase::Promotion => 5000,
+            // A catch-up kill waits for its moment, which the work below signals.
+            Phase::CatchUp => 30_000,
             _ => 400,
         };
         let landed = std::sync::Arc::new(parking_lot::Mutex::new(None));
@@ -227,14 +229,31 @@ async fn kills_in_every_phase_lose_nothing_and_views_stay_exact() {
                             return;
                         };
                         let target = status["head"].as_u64().unwrap_or(0) * depth / 100;
-                        let _ = api
-                            .deploy("rebuilt", other_tally(&status), &Default::default())
-                            .await;
+                        let before = status["generation"].as_u64();
+                        // The deploy answers once the new code is compiled and its rebuild
+                        // started, which a debug build under load can take seconds to do: the
+                        // rebuild's progress is watched meanwhile, not after.
+                        // (It ends with the server's kill, if not before.)
+                        {
+                            let client = client.clone();
+                            let module = other_tally(&status);
+                            tokio::spawn(async move {
+                                let _ = client
+                                    .api
+                                    .deploy("rebuilt", module, &Default::default())
+                                    .await;
+                            });
+                        }
                         loop {
                             let Some(status) = status_of(&client, "rebuilt").await else {
                                 return;
                             };
                             let rebuild = &status["rebuild"];
+                            if rebuild.is_null() && status["generation"].as_u64() != before {
+                                // The rebuild finished between two looks: kill now anyway.
+                                let _ = now_tx.send(());
+                                break;
+                            }
                             let (applied, checkpoint) =
                                 (rebuild["applied"].as_u64(), rebuild["checkpoint"].as_u64());
                             if let (Some(applied), Some(checkpoint)) = (applied, checkpoint)
