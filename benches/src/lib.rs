@@ -7,16 +7,32 @@ pub mod server;
 
 use prism::log::{EventLog, ExpectedVersion, NewEvent};
 
-/// Distinct customers of the `order-totals` workload (the "1M customers").
+/// Distinct customers of the `order-totals` workload by default (the "1M customers").
 pub const CUSTOMERS: u64 = 1_000_000;
 
+/// Distinct customers of the `order-totals` workload: [`CUSTOMERS`], or
+/// `PRISM_BENCH_CUSTOMERS` (how a replay scales with the number of keys it updates).
+pub fn customers() -> u64 {
+    static CHOSEN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        std::env::var("PRISM_BENCH_CUSTOMERS")
+            .ok()
+            .map(|n| {
+                n.parse()
+                    .expect("PRISM_BENCH_CUSTOMERS is a number of customers")
+            })
+            .filter(|&n| n > 0)
+            .unwrap_or(CUSTOMERS)
+    })
+}
+
 /// Event `i` of the benchmark log: (stream, event), ~100-byte JSON payloads over 10 000
-/// streams: half `OrderPlaced` (customers spread over [`CUSTOMERS`]), a quarter account events,
+/// streams: half `OrderPlaced` (customers spread over [`customers()`]), a quarter account events,
 /// a quarter `OrderCancelled`.
 pub fn event(i: u64) -> (String, NewEvent) {
     let n = i % 10_000;
     // A cheap scramble so customers are spread, not sequential.
-    let customer = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % CUSTOMERS;
+    let customer = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % customers();
     let (stream, event_type, data) = match i % 4 {
         0 | 1 => (
             format!("order-{n}"),
