@@ -99,6 +99,12 @@ fn other_tally(status: &serde_json::Value) -> Vec<u8> {
     artifacts::read(next)
 }
 
+/// Whether a rebuild deployed over generation `before` has finished: a new generation serves
+/// and no rebuild runs.
+fn serves_new_generation(status: &serde_json::Value, before: Option<u64>) -> bool {
+    status["generation"].as_u64() != before && status["rebuild"].is_null()
+}
+
 /// Every tenth event poisons the `poison` projector.
 fn poisoned(id: u64) -> bool {
     id % 10 == 7
@@ -249,7 +255,7 @@ async fn kills_in_every_phase_lose_nothing_and_views_stay_exact() {
                                 return;
                             };
                             let rebuild = &status["rebuild"];
-                            if rebuild.is_null() && status["generation"].as_u64() != before {
+                            if serves_new_generation(&status, before) {
                                 // The rebuild finished between two looks: kill now anyway.
                                 let _ = now_tx.send(());
                                 break;
@@ -281,9 +287,7 @@ async fn kills_in_every_phase_lose_nothing_and_views_stay_exact() {
                                 let Some(status) = status_of(&client, "rebuilt").await else {
                                     return;
                                 };
-                                if status["generation"].as_u64() != before
-                                    && status["rebuild"].is_null()
-                                {
+                                if serves_new_generation(&status, before) {
                                     let _ = now_tx.send(());
                                     break;
                                 }
