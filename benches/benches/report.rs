@@ -408,6 +408,24 @@ async fn append_figures(report: &mut Report, dir: &std::path::Path) {
             );
         }
     }
+    // (d) the same single-event appends from wrk, a separate light client process, so that
+    // the figure is the server's rather than that of 64 reqwest clients sharing its cores.
+    let script = dir.join("append.lua");
+    std::fs::write(
+        &script,
+        "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n\
+         wrk.body = '[{\"type\":\"T\",\"data\":{\"n\":1}}]'\n",
+    )
+    .unwrap();
+    let url = prism.api.url("/streams/wrk-single/events");
+    if let Some((per_second, p99)) = wrk(&url, 64, Some(&script)) {
+        report.add(
+            "64 single-event durable appends, wrk 2 threads × 64 connections (events/s, p99)",
+            format!("{} events, p99 {}", human(per_second), ms(p99)),
+            "≥ 30k events/s",
+            per_second >= 3e4,
+        );
+    }
     prism.server.stop().await;
 }
 
@@ -421,29 +439,52 @@ async fn freshness_and_query_figures(report: &mut Report, dir: &std::path::Path)
             &DEFAULTS,
         )
         .await;
-    // Open loop: one append every 1/rate s for 3 s over HTTP; the latency of each is from its
-    // acknowledgement to the projector's commit that makes it visible to view queries (observed
-    // on the checkpoint watch, so no polling load skews it).
+    // One append every 1/rate s for 3 s over HTTP, sent by 64 clients that each take the
+    // next scheduled append (sent at its time, or at once when behind); the latency of each is
+    // from its acknowledgement to the projector's commit that makes it visible to view queries
+    // (observed on the checkpoint watch, so no polling load skews it). A task per append
+    // instead opened a connection per append once the server fell a little behind, until the
+    // connection limit refused them; the figure measured here starts at the acknowledgement,
+    // so how appends queue before it does not enter it.
     let generation = prism.server.registry().get("counter").unwrap().serving();
     for per_second in [1_000u64, 10_000] {
         let interval = Duration::from_secs_f64(1.0 / per_second as f64);
         let count = per_second * 3;
         let start_at = tokio::time::Instant::now();
-        let mut tasks = Vec::new();
-        for i in 0..count {
-            tokio::time::sleep_until(start_at + interval * i as u32).await;
-            let prism = prism.clone();
-            let mut status = generation.watch();
-            tasks.push(tokio::spawn(async move {
-                let event = NewEvent::new("T", &json!({})).unwrap();
-                // A server that cannot keep up refuses appends (503): counted, not a panic.
-                let appended = prism.api.append("fresh", &[event], None).await.ok()?;
-                let acked = Instant::now();
-                let position = appended.last_position;
-                status.wait_for(|s| s.checkpoint >= position).await.unwrap();
-                Some(acked.elapsed())
+        let next = Arc::new(AtomicU64::new(0));
+        let mut senders = Vec::new();
+        for _ in 0..64 {
+            let (prism, next, generation) = (prism.clone(), next.clone(), generation.clone());
+            senders.push(tokio::spawn(async move {
+                let mut waits = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        return waits;
+                    }
+                    tokio::time::sleep_until(start_at + interval * i as u32).await;
+                    let event = NewEvent::new("T", &json!({})).unwrap();
+                    // A server that cannot keep up refuses appends (503): counted, not a panic.
+                    let Ok(appended) = prism.api.append("fresh", &[event], None).await else {
+                        waits.push(tokio::spawn(async { None }));
+                        continue;
+                    };
+                    let acked = Instant::now();
+                    let position = appended.last_position;
+                    let mut status = generation.watch();
+                    waits.push(tokio::spawn(async move {
+                        status.wait_for(|s| s.checkpoint >= position).await.unwrap();
+                        Some(acked.elapsed())
+                    }));
+                }
             }));
         }
+        let mut tasks = Vec::new();
+        for sender in senders {
+            tasks.extend(sender.await.unwrap());
+        }
+        // The rate the appends were acknowledged at, to show the schedule was kept.
+        let sent = rate(count, start_at.elapsed());
         let mut latencies = Vec::new();
         let mut refused = 0;
         for task in tasks {
@@ -466,10 +507,18 @@ async fn freshness_and_query_figures(report: &mut Report, dir: &std::path::Path)
             percentile(&mut latencies, 0.99),
             percentile(&mut latencies, 0.999),
         );
-        let pass = per_second != 10_000 || p99 <= Duration::from_millis(2);
+        // Within 5% of the schedule, or the figure is not at the rate it claims.
+        let kept = sent >= 0.95 * per_second as f64;
+        let pass = kept && (per_second != 10_000 || p99 <= Duration::from_millis(2));
         report.add(
             format!("append acked → visible in view at {per_second} events/s (p50 / p99 / p999)"),
-            format!("{} / {} / {}", ms(p50), ms(p99), ms(p999)),
+            format!(
+                "{} / {} / {} (appended at {})",
+                ms(p50),
+                ms(p99),
+                ms(p999),
+                human(sent)
+            ),
             if per_second == 10_000 {
                 "p99 ≤ 2 ms"
             } else {
@@ -482,12 +531,12 @@ async fn freshness_and_query_figures(report: &mut Report, dir: &std::path::Path)
     // Queries: with wrk (a separate, light client process) when installed, else 32 in-process
     // clients for 5 s.
     let url = prism.api.url("/projectors/counter/view/type/T");
-    if let Some((per_second, p99)) = wrk(&url) {
+    if let Some((per_second, p99)) = wrk(&url, 32, None) {
         report.add(
             "view GET by key, loopback, wrk 2 threads × 32 connections (req/s, p99)",
             format!("{:.0} req/s, p99 {}", per_second, ms(p99)),
-            "≥ 40k req/s, p99 ≤ 5 ms",
-            per_second >= 40_000.0 && p99 <= Duration::from_millis(5),
+            "≥ 50k req/s, p99 ≤ 5 ms",
+            per_second >= 50_000.0 && p99 <= Duration::from_millis(5),
         );
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -522,21 +571,29 @@ async fn freshness_and_query_figures(report: &mut Report, dir: &std::path::Path)
     report.add(
         "view GET by key, loopback, 32 in-process reqwest clients (req/s, p99)",
         format!("{:.0} req/s, p99 {}", per_second, ms(p99)),
-        "≥ 40k req/s, p99 ≤ 5 ms",
-        per_second >= 40_000.0 && p99 <= Duration::from_millis(5),
+        "≥ 50k req/s, p99 ≤ 5 ms",
+        per_second >= 50_000.0 && p99 <= Duration::from_millis(5),
     );
     if let Ok(prism) = Arc::try_unwrap(prism) {
         prism.server.stop().await;
     }
 }
 
-/// Runs wrk against `url` for 5 s; (requests/s, p99 latency), or `None` without wrk.
-fn wrk(url: &str) -> Option<(f64, Duration)> {
-    let output = std::process::Command::new("wrk")
-        .args(["-t2", "-c32", "-d5s", "--latency", url])
-        .output()
-        .ok()?;
+/// Runs wrk (2 threads, `connections` connections) against `url` for 5 s, with the Lua
+/// `script` when given; (requests/s, p99 latency), or `None` without wrk or when a request was
+/// not answered 2xx.
+fn wrk(url: &str, connections: usize, script: Option<&std::path::Path>) -> Option<(f64, Duration)> {
+    let mut command = std::process::Command::new("wrk");
+    command.args(["-t2", &format!("-c{connections}"), "-d5s", "--latency"]);
+    if let Some(script) = script {
+        command.arg("-s").arg(script);
+    }
+    let output = command.arg(url).output().ok()?;
     let text = String::from_utf8_lossy(&output.stdout);
+    if text.contains("Non-2xx") {
+        eprintln!("wrk saw answers other than 2xx:\n{text}");
+        return None;
+    }
     let per_second = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("Requests/sec:"))?

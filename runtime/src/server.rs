@@ -120,7 +120,7 @@ impl Server {
             .with_context(|| format!("listening on {}", config.listen))?;
         let addr = listener.local_addr()?;
         let closing = tokio::sync::watch::Sender::new(false);
-        let app = router(AppState {
+        let app = router(AppState::from(crate::http::Shared {
             log,
             registry: registry.clone(),
             limits: config.limits,
@@ -129,7 +129,7 @@ impl Server {
             metrics: crate::http::Metrics::default(),
             closing: closing.subscribe(),
             subscribers: Arc::new(tokio::sync::Semaphore::new(config.limits.max_subscribers)),
-        });
+        }));
         if !addr.ip().is_loopback() && config.tokens.admin.is_none() {
             tracing::warn!(%addr, "listening beyond loopback without an admin token: anyone who can reach this address can deploy and delete projectors (set --admin-token)");
         }

@@ -13,7 +13,7 @@
 //! token when the API needs one. `/openapi.json` states each route's role from [`role`].
 
 use super::{ApiError, AppState};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -136,12 +136,9 @@ impl Tokens {
     }
 }
 
-/// Refuses a request without a token that grants its route's role.
-pub async fn require_token(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// Passes `request` on to `next` when it carries a token that grants its route's role;
+/// refuses it 401 otherwise.
+pub async fn authorized(state: &AppState, request: Request, next: Next) -> Response {
     let role = role(request.method(), request.uri().path());
     if state.tokens.grants(role, request.headers()) {
         return next.run(request).await;
@@ -183,10 +180,10 @@ async fn discard(body: axum::body::Body, limit: usize) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
 }
 
-/// Answers 408 when a request takes longer than the configured timeout.
-pub async fn timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// `answer`, or 408 when it takes longer than the configured timeout.
+pub async fn within_time(state: &AppState, answer: impl Future<Output = Response>) -> Response {
     let limit = state.limits.request_timeout;
-    match tokio::time::timeout(limit, next.run(request)).await {
+    match tokio::time::timeout(limit, answer).await {
         Ok(response) => response,
         Err(_) => ApiError::new(
             StatusCode::REQUEST_TIMEOUT,

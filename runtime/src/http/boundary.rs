@@ -14,10 +14,9 @@
 //!
 //! Refusals answer 403 with the JSON error.
 
-use super::{ApiError, AppState};
-use axum::extract::{Request, State};
+use super::ApiError;
+use axum::extract::Request;
 use axum::http::{Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 /// Which `Host` and `Origin` names are accepted beyond IP addresses and `localhost`.
@@ -38,15 +37,20 @@ impl AllowedHosts {
 
     /// Whether the authority `host[:port]` may name Prism.
     pub fn allows(&self, authority: &str) -> bool {
-        let authority = authority.trim().to_ascii_lowercase();
-        let host = host_of(&authority);
+        let authority = authority.trim();
+        let host = host_of(authority);
         host.parse::<std::net::IpAddr>().is_ok()
-            || host == "localhost"
-            || host.ends_with(".localhost")
-            || self
-                .0
-                .iter()
-                .any(|allowed| allowed == "*" || *allowed == authority || *allowed == host)
+            || host.eq_ignore_ascii_case("localhost")
+            || host
+                .len()
+                .checked_sub(".localhost".len())
+                .and_then(|at| host.get(at..))
+                .is_some_and(|end| end.eq_ignore_ascii_case(".localhost"))
+            || self.0.iter().any(|allowed| {
+                allowed == "*"
+                    || allowed.eq_ignore_ascii_case(authority)
+                    || allowed.eq_ignore_ascii_case(host)
+            })
     }
 }
 
@@ -71,37 +75,35 @@ fn refused(message: String) -> Response {
     ApiError::new(StatusCode::FORBIDDEN, message).into_response()
 }
 
-/// Refuses requests from outside the boundary (see the module docs).
-pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// The 403 answer to a request from outside the boundary (see the module docs), `None` for
+/// one inside it.
+pub fn refusal(allowed_hosts: &AllowedHosts, request: &Request) -> Option<Response> {
     let host = request
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| request.uri().authority().map(|a| a.to_string()))
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
         .unwrap_or_default();
-    if !state.allowed_hosts.allows(&host) {
-        return refused(format!(
+    if !allowed_hosts.allows(host) {
+        return Some(refused(format!(
             "the Host {host:?} does not name this Prism: use its IP address or localhost, or add \
              the name to allowed_hosts (--allowed-host)"
-        ));
+        )));
     }
     let mutating = !matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
     );
-    if let Some(origin) = request.headers().get(header::ORIGIN).filter(|_| mutating) {
-        let origin = origin.to_str().unwrap_or_default();
-        let same = origin_authority(origin).is_some_and(|authority| {
-            authority.eq_ignore_ascii_case(&host) || state.allowed_hosts.allows_origin(authority)
-        });
-        if !same {
-            return refused(format!(
-                "a request from the web page at {origin:?} may not change this Prism"
-            ));
-        }
-    }
-    next.run(request).await
+    let origin = request.headers().get(header::ORIGIN).filter(|_| mutating)?;
+    let origin = origin.to_str().unwrap_or_default();
+    let same = origin_authority(origin).is_some_and(|authority| {
+        authority.eq_ignore_ascii_case(host) || allowed_hosts.allows_origin(authority)
+    });
+    (!same).then(|| {
+        refused(format!(
+            "a request from the web page at {origin:?} may not change this Prism"
+        ))
+    })
 }
 
 impl AllowedHosts {

@@ -9,7 +9,6 @@ use crate::projector::ProjectorLabels;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::http::{HeaderValue, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -21,7 +20,7 @@ use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    method: String,
+    method: &'static str,
     route: String,
     status: u16,
 }
@@ -59,34 +58,45 @@ impl Metrics {
     }
 }
 
-/// Counts every request by method, matched route and status.
-pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    // Known methods by name; any other is one label, not a new series each.
-    let method = match *request.method() {
-        Method::GET
-        | Method::POST
-        | Method::PUT
-        | Method::DELETE
-        | Method::PATCH
-        | Method::HEAD
-        | Method::OPTIONS => request.method().to_string(),
-        _ => "other".to_string(),
-    };
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let response = next.run(request).await;
-    state
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            method,
-            route,
-            status: response.status().as_u16(),
-        })
-        .inc();
-    response
+/// A request being counted by method, matched route and status ([`Counted::answered`]).
+pub struct Counted {
+    method: &'static str,
+    route: String,
+}
+
+impl Counted {
+    /// Takes `request`'s labels before it is handled.
+    pub fn new(request: &Request) -> Counted {
+        // Known methods by name; any other is one label, not a new series each.
+        let method = match *request.method() {
+            Method::GET => "GET",
+            Method::POST => "POST",
+            Method::PUT => "PUT",
+            Method::DELETE => "DELETE",
+            Method::PATCH => "PATCH",
+            Method::HEAD => "HEAD",
+            Method::OPTIONS => "OPTIONS",
+            _ => "other",
+        };
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or("unmatched", |p| p.as_str())
+            .to_string();
+        Counted { method, route }
+    }
+
+    /// Counts the request with its answer's status.
+    pub fn answered(self, metrics: &Metrics, response: &Response) {
+        metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                method: self.method,
+                route: self.route,
+                status: response.status().as_u16(),
+            })
+            .inc();
+    }
 }
 
 /// `GET /metrics`.

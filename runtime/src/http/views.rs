@@ -63,8 +63,12 @@ pub async fn get(
     }
     let generation = state.projector(&name)?.serving();
     wait(&consistency, &generation).await?;
-    let (snapshot, value) =
-        blocking(generation.clone(), move |snapshot| snapshot.get(&key)).await?;
+    // Read on the async worker, not through `spawn_blocking`: a point read is a few B-tree
+    // pages, nearly always in redb's cache (microseconds), and the hand-off to a blocking
+    // thread and back cost more than the read — two thread wake-ups per request, half the
+    // server's time under load. Scans, which may read a thousand entries, still go off it.
+    let snapshot = generation.store.snapshot()?;
+    let value = snapshot.get(&key)?;
     let Some(value) = value else {
         return Err(ApiError::not_found("no such key in the view"));
     };
