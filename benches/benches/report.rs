@@ -100,6 +100,21 @@ fn rss() -> u64 {
         * 4096
 }
 
+/// CPU time this process has used (user + system), from `/proc/self/stat`.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th
+    // and 13th, in clock ticks (100 a second on Linux).
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
 fn replay_figures(report: &mut Report, n: u64, dir: &std::path::Path) {
     println!("replay ({n} events, 100-byte payloads, 10k streams)");
     let log_path = dir.join("replay-log.redb");
@@ -451,6 +466,7 @@ async fn freshness_and_query_figures(report: &mut Report, dir: &std::path::Path)
         let interval = Duration::from_secs_f64(1.0 / per_second as f64);
         let count = per_second * 3;
         let start_at = tokio::time::Instant::now();
+        let cpu_before = cpu_time();
         let next = Arc::new(AtomicU64::new(0));
         let mut senders = Vec::new();
         for _ in 0..64 {
@@ -485,6 +501,8 @@ async fn freshness_and_query_figures(report: &mut Report, dir: &std::path::Path)
         }
         // The rate the appends were acknowledged at, to show the schedule was kept.
         let sent = rate(count, start_at.elapsed());
+        // Cores this process (clients, server, projector) kept busy meanwhile, of the machine's.
+        let cores = (cpu_time() - cpu_before).as_secs_f64() / start_at.elapsed().as_secs_f64();
         let mut latencies = Vec::new();
         let mut refused = 0;
         for task in tasks {
@@ -513,11 +531,12 @@ async fn freshness_and_query_figures(report: &mut Report, dir: &std::path::Path)
         report.add(
             format!("append acked → visible in view at {per_second} events/s (p50 / p99 / p999)"),
             format!(
-                "{} / {} / {} (appended at {})",
+                "{} / {} / {} (appended at {}; the process busy {cores:.1} of {} cores)",
                 ms(p50),
                 ms(p99),
                 ms(p999),
-                human(sent)
+                human(sent),
+                std::thread::available_parallelism().map_or(0, |n| n.get())
             ),
             if per_second == 10_000 {
                 "p99 ≤ 2 ms"
