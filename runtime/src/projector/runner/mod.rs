@@ -226,6 +226,9 @@ impl Runner {
             running.proven = Some((old_code, old_instance));
         }
         running.unrecorded = true;
+        // Whether the new code scans is learned from its own batches (the old code's scans
+        // would otherwise keep it from holding writes until the next restart).
+        running.scans = false;
         self.publish_code(running);
         if let Some(taken) = taken {
             let _ = taken.send(());
@@ -401,6 +404,7 @@ impl Runner {
                             let error = self.describe_failure(e).to_string();
                             tracing::warn!(module = %failed.record.module, %error, "reload failed its first batch; keeping the previous module");
                             running.unrecorded = true;
+                            running.scans = false;
                             self.publish_code(running);
                             self.report(RunnerEvent::TrialFailed {
                                 record: failed.record,
