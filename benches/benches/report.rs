@@ -305,13 +305,24 @@ async fn import_figure(report: &mut Report, dir: &std::path::Path) {
     let took = start_at.elapsed();
     assert_eq!(prism.api.projectors().await.unwrap().head, EVENTS);
     let per_second = rate(EVENTS, took);
+    // The stream index is written off the append path: stopping waits for the rest of it.
+    let stopping = Instant::now();
+    prism.server.stop().await;
+    let indexed_after = stopping.elapsed();
+    let log = EventLog::open(&dir.join("import").join("log.redb")).unwrap();
+    assert_eq!(log.stream_version("order-999999").unwrap(), 1);
+    assert_eq!(log.streams(Some("order-99999"), 2).unwrap().len(), 2);
+    drop(log);
     report.add(
         "`prism import` of 1M events over 1M streams",
-        format!("{} events", human(per_second)),
+        format!(
+            "{} events (stopped, its stream index complete, {} after the last ack)",
+            human(per_second),
+            ms(indexed_after)
+        ),
         "≥ 300k events/s",
         per_second >= 3e5,
     );
-    prism.server.stop().await;
 
     let halves = [dir.join("half-a.jsonl"), dir.join("half-b.jsonl")];
     write_history(&halves[0], "a-", EVENTS / 2);

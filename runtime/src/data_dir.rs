@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! <root>/log.redb                          the event log
+//! <root>/log-index.redb                    its streams' index, derived from it (rebuilt if lost)
 //! <root>/catalog.redb                      what is deployed
 //! <root>/modules/<sha256>.wasm             uploaded module components, content-addressed
 //! <root>/cache/<sha256>.cwasm              compiled artifacts Prism produced

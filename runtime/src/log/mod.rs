@@ -10,10 +10,15 @@
 //! (`fsync`ed) transaction. An append is acknowledged only after that commit returns, so an
 //! acknowledged event survives a crash. Readers (projectors, HTTP) read committed snapshots and
 //! wait for new events on [`EventLog::subscribe`], a watch of the head position.
+//!
+//! Each stream's version and the positions of its events are an index derived from the log,
+//! kept off the durable append in a file of its own ([`index`]); reads see an append in it as
+//! soon as it is acknowledged.
 
 mod chunk;
 mod flat;
 mod idempotency;
+mod index;
 mod migrate;
 mod read;
 mod schema;
@@ -212,6 +217,7 @@ struct AppendRequest {
 #[derive(Clone)]
 pub struct EventLog {
     db: Arc<shared::Shared>,
+    index: Arc<index::StreamIndex>,
     writer: Arc<Writer>,
     head: watch::Receiver<u64>,
 }
@@ -240,10 +246,12 @@ impl Default for LogOptions {
     }
 }
 
-/// The writer thread's queue; dropping it closes the queue and waits for the thread.
+/// The writer thread's queue; dropping it closes the queue and waits for the thread, then
+/// for the stream indexer to index what the writer appended last.
 struct Writer {
     queue: Option<mpsc::SyncSender<AppendRequest>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    indexer: Option<index::Indexer>,
 }
 
 impl Drop for Writer {
@@ -252,6 +260,7 @@ impl Drop for Writer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        drop(self.indexer.take());
     }
 }
 
@@ -289,19 +298,40 @@ impl EventLog {
             source,
         })?;
         let head = read_head(&db).map_err(fail)?;
+        let index_path = index::path_of(path);
+        let index = Arc::new(index::StreamIndex::open(&index_path, &db, head).map_err(
+            |source| OpenError::Database {
+                path: index_path.display().to_string(),
+                source,
+            },
+        )?);
+        let indexing = index.clone();
+        let indexer = index::Indexer {
+            index: index.clone(),
+            thread: Some(
+                std::thread::Builder::new()
+                    .name("prism-log-index".into())
+                    .spawn(move || indexing.run())
+                    .map_err(OpenError::Spawn)?,
+            ),
+        };
         let db = Arc::new(shared::Shared::new(path.to_path_buf(), db));
         let (head_tx, head_rx) = watch::channel(head);
         let (queue, requests) = mpsc::sync_channel(queue.max(1));
-        let writer_db = db.clone();
+        let (writer_db, writer_index) = (db.clone(), index.clone());
         let thread = std::thread::Builder::new()
             .name("prism-log-writer".into())
-            .spawn(move || writer::write_loop(&writer_db, requests, head_tx, head, window))
+            .spawn(move || {
+                writer::write_loop(&writer_db, &writer_index, requests, head_tx, head, window)
+            })
             .map_err(OpenError::Spawn)?;
         Ok(EventLog {
             db,
+            index,
             writer: Arc::new(Writer {
                 queue: Some(queue),
                 thread: Some(thread),
+                indexer: Some(indexer),
             }),
             head: head_rx,
         })

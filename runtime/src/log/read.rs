@@ -3,7 +3,7 @@
 
 use super::chunk::{Chunk, ChunkEvent};
 use super::flat::{BatchReader, MAX_BYTES};
-use super::schema::{CHUNKS, STREAM_INDEX, STREAMS};
+use super::schema::CHUNKS;
 use super::{BatchRead, EventLog, FlatBatch, ReadError, RecordedEvent, StoredEvent};
 use redb::ReadableDatabase;
 
@@ -125,11 +125,7 @@ impl EventLog {
 
     /// The stream's version (its number of events; 0 when it does not exist).
     pub fn stream_version(&self, stream: &str) -> Result<u64, ReadError> {
-        let streams = self.read_table(STREAMS)?;
-        Ok(streams
-            .get(stream)
-            .map_err(redb::Error::from)?
-            .map_or(0, |v| v.value()))
+        Ok(self.index.read()?.version(stream)?)
     }
 
     /// Up to `max` stream names after `after` (all when `None`), in name order, with their
@@ -139,19 +135,7 @@ impl EventLog {
         after: Option<&str>,
         max: usize,
     ) -> Result<Vec<(String, u64)>, ReadError> {
-        use std::ops::Bound;
-        let streams = self.read_table(STREAMS)?;
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut out = Vec::new();
-        for row in streams
-            .range::<&str>((start, Bound::Unbounded))
-            .map_err(redb::Error::from)?
-            .take(max)
-        {
-            let (name, version) = row.map_err(redb::Error::from)?;
-            out.push((name.value().to_string(), version.value()));
-        }
-        Ok(out)
+        Ok(self.index.read()?.streams(after, max)?)
     }
 
     /// Reads up to `max` events of `stream`, from stream version `from` on.
@@ -161,17 +145,11 @@ impl EventLog {
         from: u64,
         max: usize,
     ) -> Result<Vec<RecordedEvent>, ReadError> {
+        // The positions first (the index's lock is held only for them); every indexed event
+        // is committed in the log, so a read of the log begun after sees them all.
+        let positions = self.index.read()?.positions(stream, from, max)?;
         let txn = self.db.get()?.begin_read().map_err(redb::Error::from)?;
-        let index = txn.open_table(STREAM_INDEX).map_err(redb::Error::from)?;
         let chunks = txn.open_table(CHUNKS).map_err(redb::Error::from)?;
-        let mut positions = Vec::new();
-        for row in index
-            .range((stream, from.max(1))..=(stream, u64::MAX))
-            .map_err(redb::Error::from)?
-            .take(max)
-        {
-            positions.push(row.map_err(redb::Error::from)?.1.value());
-        }
         // Positions ascend: each chunk is looked up and parsed once for all of its events.
         let mut out = Vec::with_capacity(positions.len());
         let mut i = 0;

@@ -2,10 +2,11 @@
 //! idempotency checks of its appends.
 
 use super::chunk::ChunkBuilder;
-use super::schema::{CHUNKS, STREAM_INDEX, STREAMS, StoredEvent};
+use super::index::StreamIndex;
+use super::schema::{CHUNKS, StoredEvent};
 use super::shared::Shared;
 use super::{AppendError, AppendRequest, Appended, ExpectedVersion, MAX_GROUP, idempotency};
-use redb::{Database, ReadableTable};
+use redb::Database;
 use rustc_hash::FxHashMap;
 use std::sync::mpsc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,6 +16,7 @@ use tokio::sync::watch;
 /// then answers each and publishes the new head.
 pub(super) fn write_loop(
     shared: &Shared,
+    index: &StreamIndex,
     requests: mpsc::Receiver<AppendRequest>,
     head_tx: watch::Sender<u64>,
     mut head: u64,
@@ -39,7 +41,7 @@ pub(super) fn write_loop(
         if shared.trouble().is_some() && last_probe.elapsed() >= std::time::Duration::from_secs(1) {
             last_probe = std::time::Instant::now();
             if let Some(db) = shared.probe() {
-                head = reread_head(&db, head, &head_tx, shared);
+                head = reread_head(&db, head, &head_tx, shared, index);
             }
         }
         let Some(first) = first else { continue };
@@ -70,10 +72,12 @@ pub(super) fn write_loop(
                 continue;
             }
         };
-        let committed = commit_group(&db, &group, head, window);
+        let committed = commit_group(&db, index, &group, head, window);
         drop(db);
         match committed {
-            Ok((outcomes, new_head)) => {
+            Ok((outcomes, new_head, entries)) => {
+                // Indexed before anyone learns of the append (see `index`).
+                index.add(entries);
                 head = new_head;
                 head_tx.send_replace(head);
                 for (request, outcome) in group.into_iter().zip(outcomes) {
@@ -93,7 +97,7 @@ pub(super) fn write_loop(
                         .send(Err(AppendError::Unavailable(e.to_string())));
                 }
                 match shared.reopen() {
-                    Ok(db) => head = reread_head(&db, head, &head_tx, shared),
+                    Ok(db) => head = reread_head(&db, head, &head_tx, shared, index),
                     Err(e) => {
                         tracing::error!(error = %e, "reopening the event log failed; the probe tries again every second")
                     }
@@ -110,10 +114,23 @@ pub(super) fn write_loop(
 }
 
 /// The head read again from a reopened log (a commit reported as failed may have reached the
-/// file), published if it moved.
-fn reread_head(db: &Database, head: u64, head_tx: &watch::Sender<u64>, shared: &Shared) -> u64 {
+/// file), published if it moved; the events it gained go to the stream index.
+fn reread_head(
+    db: &Database,
+    head: u64,
+    head_tx: &watch::Sender<u64>,
+    shared: &Shared,
+    index: &StreamIndex,
+) -> u64 {
     match super::read_head(db) {
         Ok(reread) => {
+            if reread > head
+                && let Err(e) = index.add_from_log(db, head + 1, reread)
+            {
+                tracing::error!(error = %e, "indexing the events of a commit reported failed failed");
+                shared.set_trouble(Some(format!("the event log cannot be read: {e}")));
+                return head;
+            }
             if reread != head {
                 head_tx.send_replace(reread);
             }
@@ -128,13 +145,21 @@ fn reread_head(db: &Database, head: u64, head_tx: &watch::Sender<u64>, shared: &
 }
 
 type Outcomes = Vec<Result<Appended, AppendError>>;
+/// `(stream, version, position)` of each event appended, for the stream index.
+type Entries = Vec<(String, u64, u64)>;
 
 fn commit_group(
     db: &Database,
+    index: &StreamIndex,
     group: &[AppendRequest],
     head: u64,
     window: std::time::Duration,
-) -> Result<(Outcomes, u64), redb::Error> {
+) -> Result<(Outcomes, u64, Entries), redb::Error> {
+    // Stream versions as the index has them (committed appends, in memory or in its file),
+    // then as this group's earlier appends leave them.
+    let versions_read = index.read()?;
+    let mut latest: FxHashMap<&str, u64> = FxHashMap::default();
+    let mut entries = Vec::new();
     let timestamp_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -144,8 +169,6 @@ fn commit_group(
     {
         let mut chunks = txn.open_table(CHUNKS)?;
         let mut builder = ChunkBuilder::default();
-        let mut streams = txn.open_table(STREAMS)?;
-        let mut index = txn.open_table(STREAM_INDEX)?;
         let mut remembered = txn.open_table(idempotency::REMEMBERED)?;
         let mut expiry = txn.open_table(idempotency::EXPIRY)?;
         let window_ms = window.as_millis() as u64;
@@ -189,13 +212,13 @@ fn commit_group(
             // Every part's expected version first, against its stream after the earlier parts:
             // a refused request writes nothing.
             let mut versions: Vec<(&str, u64)> = Vec::with_capacity(parts.len());
-            let mut latest: FxHashMap<&str, u64> = FxHashMap::default();
+            let mut request_latest: FxHashMap<&str, u64> = FxHashMap::default();
             let mut conflict = None;
             for part in parts {
                 let stream = part.stream.as_str();
-                let actual = match latest.get(stream) {
+                let actual = match request_latest.get(stream).or_else(|| latest.get(stream)) {
                     Some(v) => *v,
-                    None => streams.get(stream)?.map_or(0, |v| v.value()),
+                    None => versions_read.version(stream)?,
                 };
                 if let ExpectedVersion::Exact(expected) = part.expected
                     && expected != actual
@@ -209,7 +232,7 @@ fn commit_group(
                 }
                 let end = actual + part.events.len() as u64;
                 versions.push((stream, end));
-                latest.insert(stream, end);
+                request_latest.insert(stream, end);
             }
             if let Some(conflict) = conflict {
                 outcomes.push(Err(conflict));
@@ -233,13 +256,13 @@ fn commit_group(
                     if let Some((first, row)) = builder.push(next, &stored) {
                         put_chunk(&mut chunks, first, &row)?;
                     }
-                    index.insert((stream, version), next)?;
+                    entries.push((part.stream.clone(), version, next));
                     if remembers {
                         event_versions.push(version);
                     }
                     next += 1;
                 }
-                streams.insert(stream, version)?;
+                latest.insert(stream, version);
             }
             let appended = Appended {
                 first_position,
@@ -265,8 +288,9 @@ fn commit_group(
             put_chunk(&mut chunks, first, &row)?;
         }
     }
+    drop(versions_read);
     txn.commit()?;
-    Ok((outcomes, next - 1))
+    Ok((outcomes, next - 1, entries))
 }
 
 /// Stores a new chunk; a row already there means the head was wrong, and nothing may be

@@ -1,0 +1,431 @@
+//! The stream index: each stream's version and the positions of its events, derived from the
+//! log and kept off the durable append.
+//!
+//! Inserting a new stream's version and first position into two B-trees of a million random
+//! names was most of an import's time (`benches/REPORT.md`): the append's transaction copied a
+//! leaf per insert. So the log's writer commits only the events (in chunks) and hands each
+//! appended event's `(stream, version, position)` to [`StreamIndex::add`], before it
+//! acknowledges the append; the indexer thread writes them, sorted and many appends at once,
+//! into a file of its own (`<log>-index.redb`, so that its transactions never wait for the
+//! writer's nor the writer's for its), and drops them from memory once committed.
+//!
+//! Every read merges the two: what is in memory, then the file. Both are read under the lock
+//! that the indexer takes to drop entries, after their commit, so a reader sees an entry in
+//! one or the other, never in neither. The file's `indexed` position says how far it goes; its
+//! commits are `fsync`ed only every second and at close, so after a crash the file may end
+//! before the log's head: opening indexes the rest from the log's chunks before any append.
+//! A file that is missing or ahead of the log (a log restored from a backup) is rebuilt from
+//! the log, which is how a log written before the index moved here gets its index.
+
+use super::chunk::Chunk;
+use super::schema::{CHUNKS, STREAM_INDEX, STREAMS};
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use rustc_hash::FxHashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The last position the file indexes.
+const INDEXED: &str = "indexed";
+
+/// Most appended events waiting in memory to be indexed; past it the writer waits for the
+/// indexer (a bound on memory: an entry costs its stream name and some 40 bytes).
+const MAX_PENDING: usize = 1 << 20;
+
+/// Events indexed in one transaction when rebuilding from the log.
+const REBUILD_STEP: usize = 200_000;
+
+/// The index file's page cache.
+const INDEX_CACHE_BYTES: usize = 64 << 20;
+
+/// How often the indexer makes its commits durable.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// The index's file next to the log's: `log.redb` → `log-index.redb`.
+pub(super) fn path_of(log: &Path) -> PathBuf {
+    let stem = log
+        .file_stem()
+        .map_or_else(|| "log".to_string(), |s| s.to_string_lossy().into_owned());
+    log.with_file_name(format!("{stem}-index.redb"))
+}
+
+/// Appended events not yet in the file, by stream: `(version, position)` ascending.
+#[derive(Default)]
+struct Pending {
+    streams: FxHashMap<String, Vec<(u64, u64)>>,
+    events: usize,
+    closing: bool,
+}
+
+pub(super) struct StreamIndex {
+    path: PathBuf,
+    /// Replaced when a failed write (a full disk) made redb refuse the file until reopened.
+    db: RwLock<Option<Arc<Database>>>,
+    pending: Mutex<Pending>,
+    /// Signalled when entries arrive (the indexer waits for them), leave (a writer waiting for
+    /// room), or the log closes.
+    changed: Condvar,
+}
+
+/// A consistent view of the index: the file as of a read transaction and what was in memory
+/// when it began (see the module docs).
+pub(super) struct IndexRead<'a> {
+    pending: MutexGuard<'a, Pending>,
+    txn: redb::ReadTransaction,
+}
+
+impl StreamIndex {
+    /// Opens (or creates, or rebuilds) the index of the log in `log`, whose last position is
+    /// `head`, and brings it up to `head`.
+    pub(super) fn open(path: &Path, log: &Database, head: u64) -> Result<StreamIndex, redb::Error> {
+        let db = crate::store::open_database(path, INDEX_CACHE_BYTES)?;
+        let mut indexed = {
+            let txn = db.begin_write()?;
+            let indexed = {
+                let meta = txn.open_table(META)?;
+                txn.open_table(STREAMS)?;
+                txn.open_table(STREAM_INDEX)?;
+                meta.get(INDEXED)?.map_or(0, |v| v.value())
+            };
+            txn.commit()?;
+            indexed
+        };
+        if indexed > head {
+            tracing::warn!(
+                indexed,
+                head,
+                "the stream index is ahead of the log: rebuilding it"
+            );
+            let txn = db.begin_write()?;
+            txn.delete_table(STREAMS)?;
+            txn.delete_table(STREAM_INDEX)?;
+            txn.open_table(META)?.insert(INDEXED, 0)?;
+            txn.open_table(STREAMS)?;
+            txn.open_table(STREAM_INDEX)?;
+            txn.commit()?;
+            indexed = 0;
+        }
+        if indexed < head {
+            let started = Instant::now();
+            let from = indexed;
+            while indexed < head {
+                let entries = read_entries(log, indexed + 1, REBUILD_STEP)?;
+                let Some(&(_, _, last)) = entries.last() else {
+                    break;
+                };
+                write_entries(&db, entries, last, Durability::Immediate)?;
+                indexed = last;
+            }
+            tracing::info!(from, to = indexed, took = ?started.elapsed(), "indexed the log's streams");
+        }
+        Ok(StreamIndex {
+            path: path.to_path_buf(),
+            db: RwLock::new(Some(Arc::new(db))),
+            pending: Mutex::new(Pending::default()),
+            changed: Condvar::new(),
+        })
+    }
+
+    /// Takes the entries of appended (committed) events; waits while too many wait already.
+    pub(super) fn add(&self, entries: impl IntoIterator<Item = (String, u64, u64)>) {
+        let mut pending = self.pending.lock();
+        while pending.events >= MAX_PENDING && !pending.closing {
+            self.changed.wait(&mut pending);
+        }
+        for (stream, version, position) in entries {
+            pending
+                .streams
+                .entry(stream)
+                .or_default()
+                .push((version, position));
+            pending.events += 1;
+        }
+        self.changed.notify_all();
+    }
+
+    /// Takes the entries of events `from..=to` from the log itself: appends whose commit was
+    /// reported failed but reached the file (found when the writer reopens it).
+    pub(super) fn add_from_log(
+        &self,
+        log: &Database,
+        from: u64,
+        to: u64,
+    ) -> Result<(), redb::Error> {
+        let mut from = from;
+        while from <= to {
+            let mut entries = read_entries(log, from, REBUILD_STEP)?;
+            entries.retain(|e| e.2 <= to);
+            let Some(&(_, _, last)) = entries.last() else {
+                break;
+            };
+            self.add(entries);
+            from = last + 1;
+        }
+        Ok(())
+    }
+
+    /// A consistent view for reads (and for the writer's version checks).
+    pub(super) fn read(&self) -> Result<IndexRead<'_>, redb::Error> {
+        let pending = self.pending.lock();
+        let txn = self.db()?.begin_read()?;
+        Ok(IndexRead { pending, txn })
+    }
+
+    /// Asks the indexer to index what is left and stop.
+    pub(super) fn close(&self) {
+        self.pending.lock().closing = true;
+        self.changed.notify_all();
+    }
+
+    /// The indexer: waits for entries, writes them sorted in one transaction, then drops
+    /// them from memory; until closed and empty.
+    pub(super) fn run(&self) {
+        let mut last_sync = Instant::now();
+        loop {
+            let (entries, closing) = {
+                let mut pending = self.pending.lock();
+                while pending.events == 0 && !pending.closing {
+                    self.changed.wait_for(&mut pending, SYNC_EVERY);
+                    if pending.events == 0 {
+                        break;
+                    }
+                }
+                let entries: Vec<(String, u64, u64)> = pending
+                    .streams
+                    .iter()
+                    .flat_map(|(stream, at)| at.iter().map(|&(v, p)| (stream.clone(), v, p)))
+                    .collect();
+                (entries, pending.closing)
+            };
+            if entries.is_empty() {
+                if closing {
+                    return;
+                }
+                continue;
+            }
+            let last = entries.iter().map(|e| e.2).max().unwrap_or(0);
+            let durable = closing || last_sync.elapsed() >= SYNC_EVERY;
+            let durability = if durable {
+                Durability::Immediate
+            } else {
+                Durability::None
+            };
+            let written = self
+                .db()
+                .and_then(|db| write_entries(&db, entries, last, durability));
+            if let Err(e) = written {
+                // The entries stay in memory (reads still see them); the appends wait once
+                // too many do. Tried again in a second, on the file opened again: redb refuses
+                // a database whose write failed until then.
+                tracing::error!(error = %e, "writing the stream index failed; trying again in a second");
+                std::thread::sleep(Duration::from_secs(1));
+                if let Err(e) = self.reopen() {
+                    tracing::error!(error = %e, "reopening the stream index failed");
+                }
+                continue;
+            }
+            if durable {
+                last_sync = Instant::now();
+            }
+            let mut pending = self.pending.lock();
+            let mut dropped = 0;
+            pending.streams.retain(|_, at| {
+                let keep = at.partition_point(|&(_, p)| p <= last);
+                dropped += keep;
+                at.drain(..keep);
+                !at.is_empty()
+            });
+            pending.events -= dropped;
+            self.changed.notify_all();
+        }
+    }
+}
+
+impl StreamIndex {
+    /// Closes the file (once the reads in progress are done) and opens it again.
+    fn reopen(&self) -> Result<(), redb::Error> {
+        let mut slot = self.db.write();
+        if let Some(mut old) = slot.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => break drop(db),
+                    Err(_) if Instant::now() >= deadline => {
+                        return Err(redb::Error::Corrupted(
+                            "the stream index could not be closed to be reopened".into(),
+                        ));
+                    }
+                    Err(still) => {
+                        old = still;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+        }
+        *slot = Some(Arc::new(crate::store::open_database(
+            &self.path,
+            INDEX_CACHE_BYTES,
+        )?));
+        Ok(())
+    }
+
+    /// The open file, unless a reopening failed.
+    fn db(&self) -> Result<Arc<Database>, redb::Error> {
+        self.db.read().clone().ok_or_else(|| {
+            redb::Error::Corrupted(format!(
+                "{} could not be opened again after a failed write",
+                self.path.display()
+            ))
+        })
+    }
+}
+
+impl IndexRead<'_> {
+    /// The stream's version (0 when it does not exist).
+    pub(super) fn version(&self, stream: &str) -> Result<u64, redb::Error> {
+        if let Some(&(version, _)) = self.pending.streams.get(stream).and_then(|at| at.last()) {
+            return Ok(version);
+        }
+        Ok(self
+            .txn
+            .open_table(STREAMS)?
+            .get(stream)?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// The positions of up to `max` events of `stream` from version `from` on, ascending.
+    pub(super) fn positions(
+        &self,
+        stream: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<u64>, redb::Error> {
+        let from = from.max(1);
+        let index = self.txn.open_table(STREAM_INDEX)?;
+        let mut out = Vec::new();
+        let mut next = from;
+        for row in index.range((stream, from)..=(stream, u64::MAX))?.take(max) {
+            let (key, position) = row?;
+            next = key.value().1 + 1;
+            out.push(position.value());
+        }
+        // In memory: the versions the file does not have yet (an entry may be in both while
+        // the indexer drops it).
+        if let Some(at) = self.pending.streams.get(stream) {
+            let start = at.partition_point(|&(v, _)| v < next);
+            out.extend(at[start..].iter().map(|&(_, p)| p).take(max - out.len()));
+        }
+        Ok(out)
+    }
+
+    /// Up to `max` stream names after `after`, in name order, with their versions.
+    pub(super) fn streams(
+        &self,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<(String, u64)>, redb::Error> {
+        use std::ops::Bound;
+        let table = self.txn.open_table(STREAMS)?;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut filed = Vec::new();
+        for row in table.range::<&str>((start, Bound::Unbounded))?.take(max) {
+            let (name, version) = row?;
+            filed.push((name.value().to_string(), version.value()));
+        }
+        let mut held: Vec<(String, u64)> = self
+            .pending
+            .streams
+            .iter()
+            .filter(|(name, _)| after.is_none_or(|a| name.as_str() > a))
+            .filter_map(|(name, at)| Some((name.clone(), at.last()?.0)))
+            .collect();
+        held.sort_unstable();
+        // Merged by name; a stream in both has its newer version in memory.
+        let mut out: Vec<(String, u64)> =
+            itertools::Itertools::merge_join_by(filed.into_iter(), held, |a, b| a.0.cmp(&b.0))
+                .map(|pair| match pair {
+                    itertools::EitherOrBoth::Left(s) | itertools::EitherOrBoth::Right(s) => s,
+                    itertools::EitherOrBoth::Both(_, newer) => newer,
+                })
+                .take(max)
+                .collect();
+        out.truncate(max);
+        Ok(out)
+    }
+}
+
+/// Up to `max` entries `(stream, version, position)` of the log from `from` on.
+fn read_entries(
+    log: &Database,
+    from: u64,
+    max: usize,
+) -> Result<Vec<(String, u64, u64)>, redb::Error> {
+    let txn = log.begin_read()?;
+    let chunks = txn.open_table(CHUNKS)?;
+    let start = match chunks.range(..=from)?.next_back() {
+        Some(row) => row?.0.value(),
+        None => from,
+    };
+    let mut out = Vec::new();
+    for row in chunks.range(start..)? {
+        let (first, bytes) = row?;
+        let first = first.value();
+        let chunk = Chunk::parse(bytes.value()).map_err(redb::Error::Corrupted)?;
+        let skip = from.saturating_sub(first) as usize;
+        for (i, event) in chunk.events(skip).enumerate() {
+            let position = first + (skip + i) as u64;
+            let parts = event.parts().ok_or_else(|| {
+                redb::Error::Corrupted(format!("the event at {position} is not UTF-8"))
+            })?;
+            out.push((parts.stream.to_string(), parts.stream_version, position));
+        }
+        if out.len() >= max {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `entries` (sorted here) and `indexed = last` in one transaction.
+fn write_entries(
+    db: &Database,
+    mut entries: Vec<(String, u64, u64)>,
+    last: u64,
+    durability: Durability,
+) -> Result<(), redb::Error> {
+    entries.sort_unstable();
+    let mut txn = db.begin_write()?;
+    txn.set_durability(durability)
+        .expect("no persistent savepoints are used");
+    {
+        let mut index = txn.open_table(STREAM_INDEX)?;
+        let mut streams = txn.open_table(STREAMS)?;
+        for (i, (stream, version, position)) in entries.iter().enumerate() {
+            index.insert((stream.as_str(), *version), *position)?;
+            // A stream's last entry holds its version.
+            if entries.get(i + 1).is_none_or(|next| next.0 != *stream) {
+                streams.insert(stream.as_str(), *version)?;
+            }
+        }
+        txn.open_table(META)?.insert(INDEXED, last)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// The indexer thread, stopped and drained when the log closes.
+pub(super) struct Indexer {
+    pub(super) index: Arc<StreamIndex>,
+    pub(super) thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Indexer {
+    fn drop(&mut self) {
+        self.index.close();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
