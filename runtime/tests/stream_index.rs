@@ -141,3 +141,100 @@ async fn an_index_behind_missing_or_ahead_of_the_log_is_brought_back_to_it() {
     append_rounds(&log, &mut after, 2, 12, 3).await;
     assert_index(&log, &after);
 }
+
+#[tokio::test]
+async fn closing_the_log_leaves_its_index_complete_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.redb");
+    let mut expected = BTreeMap::new();
+    let head = {
+        let log = EventLog::open(&path).unwrap();
+        append_rounds(&log, &mut expected, 30, 12, 1).await;
+        log.head()
+    };
+    // Read the file itself: opening the log would index what is missing and hide it.
+    let db = redb::Database::open(dir.path().join("log-index.redb")).unwrap();
+    let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let meta = txn
+        .open_table(redb::TableDefinition::<&str, u64>::new("meta"))
+        .unwrap();
+    assert_eq!(meta.get("indexed").unwrap().unwrap().value(), head);
+}
+
+#[tokio::test]
+async fn appends_committed_together_get_consecutive_versions_and_refused_ones_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::open(&dir.path().join("log.redb")).unwrap();
+    // Many appends at once land in the same group commits: 40 that take any version, and 40
+    // that expect the stream to be empty (at most one of them can be first).
+    let any = (0..40).map(|i| {
+        let log = log.clone();
+        async move { log.append("g", ExpectedVersion::Any, vec![event(i)]).await }
+    });
+    let empty = (100..140).map(|i| {
+        let log = log.clone();
+        async move {
+            log.append("g", ExpectedVersion::Exact(0), vec![event(i)])
+                .await
+        }
+    });
+    let (any, empty) = tokio::join!(
+        futures::future::join_all(any),
+        futures::future::join_all(empty)
+    );
+    assert!(any.iter().all(|r| r.is_ok()));
+    let won = empty.iter().filter(|r| r.is_ok()).count();
+    assert!(won <= 1);
+    let appended = 40 + won as u64;
+    assert_eq!(log.stream_version("g").unwrap(), appended);
+    let read = log.read_stream("g", 1, 1000).unwrap();
+    assert_eq!(
+        read.iter().map(|e| e.stream_version).collect::<Vec<_>>(),
+        (1..=appended).collect::<Vec<_>>()
+    );
+    // Every acknowledged append's event is there, at the version it was acknowledged with.
+    for result in any.iter().chain(&empty).flatten() {
+        let event = &read[result.stream_version as usize - 1];
+        assert_eq!(event.position, result.last_position);
+    }
+    // And the next append continues from there.
+    let next = log
+        .append("g", ExpectedVersion::Exact(appended), vec![event(999)])
+        .await
+        .unwrap();
+    assert_eq!(next.stream_version, appended + 1);
+}
+
+#[tokio::test]
+async fn the_index_of_another_log_as_long_is_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    {
+        let log = EventLog::open(&a.join("log.redb")).unwrap();
+        append_rounds(&log, &mut BTreeMap::new(), 5, 12, 1).await;
+    }
+    // Another log of the same length with other streams and versions.
+    let mut other = BTreeMap::new();
+    {
+        let log = EventLog::open(&b.join("log.redb")).unwrap();
+        for k in 0..120 {
+            let name = format!("s-{:03}", 100 + k % 7);
+            let held: &mut Vec<u64> = other.entry(name.clone()).or_default();
+            held.push(k);
+            log.append(&name, ExpectedVersion::Any, vec![event(k)])
+                .await
+                .unwrap();
+        }
+    }
+    // b's log with a's index.
+    copy(&a.join("log-index.redb"), &b.join("log-index.redb"));
+    let log = EventLog::open(&b.join("log.redb")).unwrap();
+    let listed = log.streams(None, 1000).unwrap();
+    let want: Vec<(String, u64)> = other
+        .iter()
+        .map(|(n, h)| (n.clone(), h.len() as u64))
+        .collect();
+    assert_eq!(listed, want);
+}

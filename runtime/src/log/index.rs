@@ -11,16 +11,19 @@
 //!
 //! Every read merges the two: what is in memory, then the file. Both are read under the lock
 //! that the indexer takes to drop entries, after their commit, so a reader sees an entry in
-//! one or the other, never in neither. The file's `indexed` position says how far it goes; its
-//! commits are `fsync`ed only every second and at close, so after a crash the file may end
-//! before the log's head: opening indexes the rest from the log's chunks before any append.
-//! A file that is missing or ahead of the log (a log restored from a backup) is rebuilt from
-//! the log, which is how a log written before the index moved here gets its index.
+//! one or the other, never in neither. The indexer's commits are `fsync`ed every second, when
+//! idle and at close; one that was not, rolled back by the reopening that follows a failed
+//! write, is indexed again from the log before any reader can look (`recover`). The file's `indexed` position says how far it
+//! goes; after a crash (or a close whose index writes failed) it may end before the log's
+//! head, and opening indexes the rest from the log's chunks before any append. A file that is
+//! missing or ahead of the log (a log restored from a backup) is rebuilt from the log, which
+//! is how a log written before the index moved here gets its index.
 
 use super::chunk::Chunk;
 use super::schema::{CHUNKS, STREAM_INDEX, STREAMS};
+use super::shared::Shared;
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use rustc_hash::FxHashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,11 +40,11 @@ const MAX_PENDING: usize = 1 << 20;
 /// Events indexed in one transaction when rebuilding from the log.
 const REBUILD_STEP: usize = 200_000;
 
-/// The index file's page cache.
-const INDEX_CACHE_BYTES: usize = 64 << 20;
-
 /// How often the indexer makes its commits durable.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// The index file's page cache.
+const INDEX_CACHE_BYTES: usize = 64 << 20;
 
 /// The index's file next to the log's: `log.redb` → `log-index.redb`.
 pub(super) fn path_of(log: &Path) -> PathBuf {
@@ -56,7 +59,10 @@ pub(super) fn path_of(log: &Path) -> PathBuf {
 struct Pending {
     streams: FxHashMap<String, Vec<(u64, u64)>>,
     events: usize,
+    /// The log is closing: the writer no longer waits for room.
     closing: bool,
+    /// The writer has stopped: the indexer writes what is left and stops.
+    finished: bool,
 }
 
 pub(super) struct StreamIndex {
@@ -92,11 +98,25 @@ impl StreamIndex {
             txn.commit()?;
             indexed
         };
-        if indexed > head {
+        // An index of another log (a log replaced by a different one, as long or longer) is
+        // told by its last entry: the log's event at `indexed` must be indexed at its place.
+        let other_log = indexed > 0
+            && indexed <= head
+            && !read_entries(log, indexed, 1)?
+                .iter()
+                .find(|e| e.2 == indexed)
+                .is_some_and(|(stream, version, _)| {
+                    db.begin_read()
+                        .ok()
+                        .and_then(|txn| txn.open_table(STREAM_INDEX).ok())
+                        .and_then(|t| t.get((stream.as_str(), *version)).ok().flatten())
+                        .is_some_and(|p| p.value() == indexed)
+                });
+        if indexed > head || other_log {
             tracing::warn!(
                 indexed,
                 head,
-                "the stream index is ahead of the log: rebuilding it"
+                "the stream index is not this log's: rebuilding it"
             );
             let txn = db.begin_write()?;
             txn.delete_table(STREAMS)?;
@@ -111,11 +131,15 @@ impl StreamIndex {
             let started = Instant::now();
             let from = indexed;
             while indexed < head {
-                let entries = read_entries(log, indexed + 1, REBUILD_STEP)?;
-                let Some(&(_, _, last)) = entries.last() else {
-                    break;
-                };
-                write_entries(&db, entries, last, Durability::Immediate)?;
+                let mut entries = read_entries(log, indexed + 1, REBUILD_STEP)?;
+                entries.retain(|e| e.2 <= head);
+                let last = entries.last().map_or(indexed, |e| e.2);
+                if last <= indexed {
+                    return Err(redb::Error::Corrupted(format!(
+                        "the log's head is {head} but no event follows position {indexed}"
+                    )));
+                }
+                write_entries(&db, entries, last, true)?;
                 indexed = last;
             }
             tracing::info!(from, to = indexed, took = ?started.elapsed(), "indexed the log's streams");
@@ -153,16 +177,10 @@ impl StreamIndex {
         from: u64,
         to: u64,
     ) -> Result<(), redb::Error> {
-        let mut from = from;
-        while from <= to {
-            let mut entries = read_entries(log, from, REBUILD_STEP)?;
-            entries.retain(|e| e.2 <= to);
-            let Some(&(_, _, last)) = entries.last() else {
-                break;
-            };
-            self.add(entries);
-            from = last + 1;
-        }
+        // Read whole first: a failure adds nothing (the writer then tries again from `from`).
+        let mut entries = read_entries(log, from, (to + 1 - from) as usize)?;
+        entries.retain(|e| e.2 <= to);
+        self.add(entries);
         Ok(())
     }
 
@@ -173,59 +191,74 @@ impl StreamIndex {
         Ok(IndexRead { pending, txn })
     }
 
-    /// Asks the indexer to index what is left and stop.
+    /// The log is closing: the writer's last appends no longer wait for room (the indexer
+    /// may be failing; what it does not write, the next open indexes from the log).
     pub(super) fn close(&self) {
         self.pending.lock().closing = true;
         self.changed.notify_all();
     }
 
-    /// The indexer: waits for entries, writes them sorted in one transaction, then drops
-    /// them from memory; until closed and empty.
-    pub(super) fn run(&self) {
+    /// The writer has stopped: the indexer writes what is left (trying a few times at most)
+    /// and stops.
+    pub(super) fn finish(&self) {
+        let mut pending = self.pending.lock();
+        pending.closing = true;
+        pending.finished = true;
+        self.changed.notify_all();
+    }
+
+    /// The indexer: waits for entries, writes them sorted in one transaction, then drops them
+    /// from memory; until finished. Its commits are made durable every [`SYNC_EVERY`], when
+    /// it has nothing else to do, and at the end: a commit that is not durable is rolled back by the reopening
+    /// that follows a failed write, and [`recover`](Self::recover) then takes its entries
+    /// from the log `log` again before anyone reads.
+    pub(super) fn run(&self, log: &Shared) {
+        let mut failures = 0;
         let mut last_sync = Instant::now();
+        // The last position written, and whether a durable commit holds it.
+        let (mut written, mut synced) = (0, true);
         loop {
-            let (entries, closing) = {
+            let (entries, finished) = {
                 let mut pending = self.pending.lock();
-                while pending.events == 0 && !pending.closing {
-                    self.changed.wait_for(&mut pending, SYNC_EVERY);
-                    if pending.events == 0 {
-                        break;
-                    }
+                // Idle with a commit not yet durable: made durable now (below), then waits.
+                while pending.events == 0 && !pending.finished && synced {
+                    self.changed.wait(&mut pending);
                 }
                 let entries: Vec<(String, u64, u64)> = pending
                     .streams
                     .iter()
                     .flat_map(|(stream, at)| at.iter().map(|&(v, p)| (stream.clone(), v, p)))
                     .collect();
-                (entries, pending.closing)
+                (entries, pending.finished)
             };
-            if entries.is_empty() {
-                if closing {
+            if entries.is_empty() && synced && finished {
+                return;
+            }
+            let last = entries.iter().map(|e| e.2).max().unwrap_or(written);
+            let durable = finished || entries.is_empty() || last_sync.elapsed() >= SYNC_EVERY;
+            let result = self
+                .db()
+                .and_then(|db| write_entries(&db, entries, last, durable));
+            if let Err(e) = result {
+                // The entries stay in memory (reads still see them); the appends wait once
+                // too many do. Tried again in a second, on the file opened again (redb refuses
+                // a database whose write failed until then). Once the log is closed, a few
+                // tries at most: the next open indexes the rest from the log.
+                failures += 1;
+                tracing::error!(error = %e, "writing the stream index failed; trying again in a second");
+                if finished && failures >= 3 {
                     return;
                 }
-                continue;
-            }
-            let last = entries.iter().map(|e| e.2).max().unwrap_or(0);
-            let durable = closing || last_sync.elapsed() >= SYNC_EVERY;
-            let durability = if durable {
-                Durability::Immediate
-            } else {
-                Durability::None
-            };
-            let written = self
-                .db()
-                .and_then(|db| write_entries(&db, entries, last, durability));
-            if let Err(e) = written {
-                // The entries stay in memory (reads still see them); the appends wait once
-                // too many do. Tried again in a second, on the file opened again: redb refuses
-                // a database whose write failed until then.
-                tracing::error!(error = %e, "writing the stream index failed; trying again in a second");
                 std::thread::sleep(Duration::from_secs(1));
-                if let Err(e) = self.reopen() {
-                    tracing::error!(error = %e, "reopening the stream index failed");
+                match self.recover(log, written) {
+                    Ok(()) => synced = true,
+                    Err(e) => tracing::error!(error = %e, "reopening the stream index failed"),
                 }
                 continue;
             }
+            failures = 0;
+            written = last;
+            synced = durable;
             if durable {
                 last_sync = Instant::now();
             }
@@ -240,6 +273,40 @@ impl StreamIndex {
             pending.events -= dropped;
             self.changed.notify_all();
         }
+    }
+
+    /// Opens the file again after a failed write and puts back in memory, from the log, the
+    /// entries through `written` that the reopening lost (commits that were not durable),
+    /// all under the lock readers take: none of them sees the file without those entries.
+    fn recover(&self, log: &Shared, written: u64) -> Result<(), redb::Error> {
+        let mut pending = self.pending.lock();
+        self.reopen()?;
+        let indexed = {
+            let txn = self.db()?.begin_read()?;
+            let meta = txn.open_table(META)?;
+            meta.get(INDEXED)?.map_or(0, |v| v.value())
+        };
+        if indexed >= written {
+            return Ok(());
+        }
+        let log = log
+            .get()
+            .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+        let mut lost = read_entries(&log, indexed + 1, (written - indexed) as usize)?;
+        lost.retain(|e| e.2 <= written);
+        tracing::warn!(
+            from = indexed + 1,
+            to = written,
+            "the stream index lost commits to a failed write: indexing them again from the log"
+        );
+        pending.events += lost.len();
+        for (stream, version, position) in lost {
+            let at = pending.streams.entry(stream).or_default();
+            // Older than what memory holds for the stream: before it, in order.
+            let i = at.partition_point(|&(v, _)| v < version);
+            at.insert(i, (version, position));
+        }
+        Ok(())
     }
 }
 
@@ -388,17 +455,20 @@ fn read_entries(
     Ok(out)
 }
 
-/// Writes `entries` (sorted here) and `indexed = last` in one transaction.
+/// Writes `entries` (sorted here) and `indexed = last` in one transaction, `fsync`ed when
+/// `durable`.
 fn write_entries(
     db: &Database,
     mut entries: Vec<(String, u64, u64)>,
     last: u64,
-    durability: Durability,
+    durable: bool,
 ) -> Result<(), redb::Error> {
     entries.sort_unstable();
     let mut txn = db.begin_write()?;
-    txn.set_durability(durability)
-        .expect("no persistent savepoints are used");
+    if !durable {
+        txn.set_durability(redb::Durability::None)
+            .expect("no persistent savepoints are used");
+    }
     {
         let mut index = txn.open_table(STREAM_INDEX)?;
         let mut streams = txn.open_table(STREAMS)?;
@@ -423,7 +493,7 @@ pub(super) struct Indexer {
 
 impl Drop for Indexer {
     fn drop(&mut self) {
-        self.index.close();
+        self.index.finish();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -256,6 +256,10 @@ struct Writer {
 
 impl Drop for Writer {
     fn drop(&mut self) {
+        // The writer must not wait for room in the index while it is being joined.
+        if let Some(indexer) = &self.indexer {
+            indexer.index.close();
+        }
         drop(self.queue.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -305,17 +309,17 @@ impl EventLog {
                 source,
             },
         )?);
-        let indexing = index.clone();
+        let db = Arc::new(shared::Shared::new(path.to_path_buf(), db));
+        let (indexing, indexed_log) = (index.clone(), db.clone());
         let indexer = index::Indexer {
             index: index.clone(),
             thread: Some(
                 std::thread::Builder::new()
                     .name("prism-log-index".into())
-                    .spawn(move || indexing.run())
+                    .spawn(move || indexing.run(&indexed_log))
                     .map_err(OpenError::Spawn)?,
             ),
         };
-        let db = Arc::new(shared::Shared::new(path.to_path_buf(), db));
         let (head_tx, head_rx) = watch::channel(head);
         let (queue, requests) = mpsc::sync_channel(queue.max(1));
         let (writer_db, writer_index) = (db.clone(), index.clone());

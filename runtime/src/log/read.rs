@@ -98,6 +98,9 @@ impl EventLog {
     where
         F: FnMut(u64, &ChunkEvent<'_>) -> bool,
     {
+        // Up to the published head: an event committed but not yet published is not yet in
+        // the stream index, nor acknowledged.
+        let head = self.head();
         let table = self.read_table(CHUNKS)?;
         let start = match table.range(..=from).map_err(redb::Error::from)?.next_back() {
             Some(row) => row.map_err(redb::Error::from)?.0.value(),
@@ -114,6 +117,9 @@ impl EventLog {
             let skip = from.saturating_sub(first) as usize;
             for (i, event) in chunk.events(skip).enumerate() {
                 let position = first + (skip + i) as u64;
+                if position > head {
+                    return Ok(last);
+                }
                 last = Some(position);
                 if !visit(position, &event) {
                     return Ok(last);
