@@ -4,6 +4,7 @@
 //! - `demo`: build everything, start Prism, deploy the examples, append a sample history, and
 //!   keep serving (the README's main-job command).
 //! - `ci`: what CI runs: format check, clippy, the whole test suite.
+//! - `bench-report`, `bench-scaling`: the benchmark report, and how replay scales.
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -42,6 +43,22 @@ enum Task {
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
     },
+    /// How replay scales: `event-counter` at each of `--events`, `order-totals` at each of
+    /// `--customers` (over `--order-events` events), each the median of `--repeat` runs.
+    BenchScaling {
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "1000000,10000000,50000000"
+        )]
+        events: Vec<u64>,
+        #[arg(long, value_delimiter = ',', default_value = "10000,1000000,10000000")]
+        customers: Vec<u64>,
+        #[arg(long, default_value_t = 10_000_000)]
+        order_events: u64,
+        #[arg(long, default_value_t = 3)]
+        repeat: u32,
+    },
 }
 
 fn main() -> Result<()> {
@@ -64,6 +81,55 @@ fn main() -> Result<()> {
                 .status()?;
             if !status.success() {
                 bail!("the benchmark report failed: {status}");
+            }
+            Ok(())
+        }
+        Task::BenchScaling {
+            events,
+            customers,
+            order_events,
+            repeat,
+        } => {
+            let mut rows = Vec::new();
+            let runs = events.iter().map(|&n| ("event-counter", n, None)).chain(
+                customers
+                    .iter()
+                    .map(|&c| ("order-totals", order_events, Some(c))),
+            );
+            for (projector, n, customers) in runs {
+                eprintln!("xtask: {projector}, {n} events, customers {customers:?}");
+                let mut command = Command::new(env!("CARGO"));
+                command
+                    .args(["bench", "-p", "prism-benches", "--bench", "report"])
+                    .env("PRISM_BENCH_ONLY", "replay")
+                    .env("PRISM_BENCH_REPLAY", projector)
+                    .env("PRISM_BENCH_EVENTS", n.to_string())
+                    .env("PRISM_BENCH_REPEAT", repeat.to_string())
+                    .current_dir(&root);
+                if let Some(customers) = customers {
+                    command.env("PRISM_BENCH_CUSTOMERS", customers.to_string());
+                }
+                let output = command.output()?;
+                let text = String::from_utf8_lossy(&output.stdout);
+                print!("{text}");
+                if !output.status.success() {
+                    bail!("the benchmark report failed: {}", output.status);
+                }
+                let peak = text
+                    .lines()
+                    .find(|l| l.contains("peak RSS"))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                for line in text.lines().filter(|l| l.starts_with("| replay")) {
+                    rows.push(format!("{line} {n} events | {peak} |"));
+                }
+            }
+            println!(
+                "\n| figure | value | target | | events | memory |\n|---|---|---|---|---|---|"
+            );
+            for row in rows {
+                println!("{row}");
             }
             Ok(())
         }
