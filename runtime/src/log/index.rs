@@ -22,7 +22,7 @@
 use super::chunk::Chunk;
 use super::schema::{CHUNKS, STREAM_INDEX, STREAMS};
 use super::shared::Shared;
-use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use rustc_hash::FxHashMap;
 use std::path::{Path, PathBuf};
@@ -66,9 +66,9 @@ struct Pending {
 }
 
 pub(super) struct StreamIndex {
-    path: PathBuf,
-    /// Replaced when a failed write (a full disk) made redb refuse the file until reopened.
-    db: RwLock<Option<Arc<Database>>>,
+    /// Its file, reopened after a failed write (redb refuses a database whose write failed
+    /// until then), as the log's own.
+    file: Shared,
     pending: Mutex<Pending>,
     /// Signalled when entries arrive (the indexer waits for them), leave (a writer waiting for
     /// room), or the log closes.
@@ -145,8 +145,7 @@ impl StreamIndex {
             tracing::info!(from, to = indexed, took = ?started.elapsed(), "indexed the log's streams");
         }
         Ok(StreamIndex {
-            path: path.to_path_buf(),
-            db: RwLock::new(Some(Arc::new(db))),
+            file: Shared::new(path.to_path_buf(), db, INDEX_CACHE_BYTES),
             pending: Mutex::new(Pending::default()),
             changed: Condvar::new(),
         })
@@ -280,7 +279,7 @@ impl StreamIndex {
     /// all under the lock readers take: none of them sees the file without those entries.
     fn recover(&self, log: &Shared, written: u64) -> Result<(), redb::Error> {
         let mut pending = self.pending.lock();
-        self.reopen()?;
+        self.file.reopen()?;
         let indexed = {
             let txn = self.db()?.begin_read()?;
             let meta = txn.open_table(META)?;
@@ -311,41 +310,11 @@ impl StreamIndex {
 }
 
 impl StreamIndex {
-    /// Closes the file (once the reads in progress are done) and opens it again.
-    fn reopen(&self) -> Result<(), redb::Error> {
-        let mut slot = self.db.write();
-        if let Some(mut old) = slot.take() {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                match Arc::try_unwrap(old) {
-                    Ok(db) => break drop(db),
-                    Err(_) if Instant::now() >= deadline => {
-                        return Err(redb::Error::Corrupted(
-                            "the stream index could not be closed to be reopened".into(),
-                        ));
-                    }
-                    Err(still) => {
-                        old = still;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                }
-            }
-        }
-        *slot = Some(Arc::new(crate::store::open_database(
-            &self.path,
-            INDEX_CACHE_BYTES,
-        )?));
-        Ok(())
-    }
-
-    /// The open file, unless a reopening failed.
+    /// The open file, unless it could not be opened again after a failed write.
     fn db(&self) -> Result<Arc<Database>, redb::Error> {
-        self.db.read().clone().ok_or_else(|| {
-            redb::Error::Corrupted(format!(
-                "{} could not be opened again after a failed write",
-                self.path.display()
-            ))
-        })
+        self.file
+            .get()
+            .map_err(|e| redb::Error::Corrupted(format!("the stream index: {e}")))
     }
 }
 

@@ -309,7 +309,11 @@ impl EventLog {
                 source,
             },
         )?);
-        let db = Arc::new(shared::Shared::new(path.to_path_buf(), db));
+        let db = Arc::new(shared::Shared::new(
+            path.to_path_buf(),
+            db,
+            crate::store::LOG_CACHE_BYTES,
+        ));
         let (indexing, indexed_log) = (index.clone(), db.clone());
         let indexer = index::Indexer {
             index: index.clone(),

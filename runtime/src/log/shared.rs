@@ -12,15 +12,18 @@ use std::time::{Duration, Instant};
 
 pub(super) struct Shared {
     path: PathBuf,
+    /// redb's page cache for the file, kept when it is reopened.
+    cache_bytes: usize,
     db: RwLock<Option<Arc<Database>>>,
     /// Why appends fail, while they do (shown by `/ready`).
     trouble: Mutex<Option<String>>,
 }
 
 impl Shared {
-    pub(super) fn new(path: PathBuf, db: Database) -> Shared {
+    pub(super) fn new(path: PathBuf, db: Database, cache_bytes: usize) -> Shared {
         Shared {
             path,
+            cache_bytes,
             db: RwLock::new(Some(Arc::new(db))),
             trouble: Mutex::new(None),
         }
@@ -99,10 +102,7 @@ impl Shared {
                 }
             }
         }
-        let db = Arc::new(crate::store::open_database(
-            &self.path,
-            crate::store::LOG_CACHE_BYTES,
-        )?);
+        let db = Arc::new(crate::store::open_database(&self.path, self.cache_bytes)?);
         *slot = Some(db.clone());
         Ok(db)
     }
