@@ -59,7 +59,13 @@ fn assert_index(log: &EventLog, expected: &BTreeMap<String, Vec<u64>>) {
     assert_eq!(listed, want);
     // Paged listing: after a name, a few at a time.
     let page = log.streams(Some("s-004"), 3).unwrap();
-    assert_eq!(page, want[5..8].to_vec());
+    let after: Vec<(String, u64)> = want
+        .iter()
+        .filter(|(name, _)| name.as_str() > "s-004")
+        .take(3)
+        .cloned()
+        .collect();
+    assert_eq!(page, after);
     for (name, held) in expected {
         assert_eq!(log.stream_version(name).unwrap(), held.len() as u64);
         let read = log.read_stream(name, 1, 100_000).unwrap();
@@ -230,11 +236,5 @@ async fn the_index_of_another_log_as_long_is_not_trusted() {
     }
     // b's log with a's index.
     copy(&a.join("log-index.redb"), &b.join("log-index.redb"));
-    let log = EventLog::open(&b.join("log.redb")).unwrap();
-    let listed = log.streams(None, 1000).unwrap();
-    let want: Vec<(String, u64)> = other
-        .iter()
-        .map(|(n, h)| (n.clone(), h.len() as u64))
-        .collect();
-    assert_eq!(listed, want);
+    assert_index(&EventLog::open(&b.join("log.redb")).unwrap(), &other);
 }
