@@ -19,7 +19,7 @@
 //! missing or ahead of the log (a log restored from a backup) is rebuilt from the log, which
 //! is how a log written before the index moved here gets its index.
 
-use super::chunk::Chunk;
+use super::read::walk_chunks;
 use super::schema::{CHUNKS, STREAM_INDEX, STREAMS};
 use super::shared::Shared;
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -57,7 +57,9 @@ pub(super) fn path_of(log: &Path) -> PathBuf {
 /// Appended events not yet in the file, by stream: `(version, position)` ascending.
 #[derive(Default)]
 struct Pending {
-    streams: FxHashMap<String, Vec<(u64, u64)>>,
+    /// Names shared with the indexer's copy of what it writes (a count, not a copy, per
+    /// entry under the lock).
+    streams: FxHashMap<Arc<str>, Vec<(u64, u64)>>,
     events: usize,
     /// The log is closing: the writer no longer waits for room.
     closing: bool,
@@ -158,11 +160,14 @@ impl StreamIndex {
             self.changed.wait(&mut pending);
         }
         for (stream, version, position) in entries {
-            pending
-                .streams
-                .entry(stream)
-                .or_default()
-                .push((version, position));
+            match pending.streams.get_mut(stream.as_str()) {
+                Some(at) => at.push((version, position)),
+                None => {
+                    pending
+                        .streams
+                        .insert(stream.into(), vec![(version, position)]);
+                }
+            }
             pending.events += 1;
         }
         self.changed.notify_all();
@@ -223,7 +228,7 @@ impl StreamIndex {
                 while pending.events == 0 && !pending.finished && synced {
                     self.changed.wait(&mut pending);
                 }
-                let entries: Vec<(String, u64, u64)> = pending
+                let entries: Vec<(Arc<str>, u64, u64)> = pending
                     .streams
                     .iter()
                     .flat_map(|(stream, at)| at.iter().map(|&(v, p)| (stream.clone(), v, p)))
@@ -300,7 +305,7 @@ impl StreamIndex {
         );
         pending.events += lost.len();
         for (stream, version, position) in lost {
-            let at = pending.streams.entry(stream).or_default();
+            let at = pending.streams.entry(stream.into()).or_default();
             // Older than what memory holds for the stream: before it, in order.
             let i = at.partition_point(|&(v, _)| v < version);
             at.insert(i, (version, position));
@@ -370,14 +375,21 @@ impl IndexRead<'_> {
             let (name, version) = row?;
             filed.push((name.value().to_string(), version.value()));
         }
-        let mut held: Vec<(String, u64)> = self
+        // The `max` first names held in memory after `after`: picked, not sorted whole (an
+        // import holds up to a million names, and the writer waits on this lock).
+        let mut held: Vec<(&str, u64)> = self
             .pending
             .streams
             .iter()
-            .filter(|(name, _)| after.is_none_or(|a| name.as_str() > a))
-            .filter_map(|(name, at)| Some((name.clone(), at.last()?.0)))
+            .filter(|(name, _)| after.is_none_or(|a| &***name > a))
+            .filter_map(|(name, at)| Some((&**name, at.last()?.0)))
             .collect();
+        if held.len() > max && max > 0 {
+            held.select_nth_unstable(max - 1);
+            held.truncate(max);
+        }
         held.sort_unstable();
+        let held = held.into_iter().map(|(name, v)| (name.to_string(), v));
         // Merged by name; a stream in both has its newer version in memory.
         let mut out: Vec<(String, u64)> =
             itertools::Itertools::merge_join_by(filed.into_iter(), held, |a, b| a.0.cmp(&b.0))
@@ -400,35 +412,32 @@ fn read_entries(
 ) -> Result<Vec<(String, u64, u64)>, redb::Error> {
     let txn = log.begin_read()?;
     let chunks = txn.open_table(CHUNKS)?;
-    let start = match chunks.range(..=from)?.next_back() {
-        Some(row) => row?.0.value(),
-        None => from,
-    };
     let mut out = Vec::new();
-    for row in chunks.range(start..)? {
-        let (first, bytes) = row?;
-        let first = first.value();
-        let chunk = Chunk::parse(bytes.value()).map_err(redb::Error::Corrupted)?;
-        let skip = from.saturating_sub(first) as usize;
-        for (i, event) in chunk.events(skip).enumerate() {
-            let position = first + (skip + i) as u64;
-            let parts = event.parts().ok_or_else(|| {
-                redb::Error::Corrupted(format!("the event at {position} is not UTF-8"))
-            })?;
+    let mut damaged = None;
+    if max > 0 {
+        walk_chunks(&chunks, from, u64::MAX, |position, event| {
+            let Some(parts) = event.parts() else {
+                damaged = Some(position);
+                return false;
+            };
             out.push((parts.stream.to_string(), parts.stream_version, position));
-        }
-        if out.len() >= max {
-            break;
-        }
+            out.len() < max
+        })
+        .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
     }
-    Ok(out)
+    match damaged {
+        Some(position) => Err(redb::Error::Corrupted(format!(
+            "the event at {position} is not UTF-8"
+        ))),
+        None => Ok(out),
+    }
 }
 
 /// Writes `entries` (sorted here) and `indexed = last` in one transaction, `fsync`ed when
 /// `durable`.
-fn write_entries(
+fn write_entries<S: AsRef<str> + Ord>(
     db: &Database,
-    mut entries: Vec<(String, u64, u64)>,
+    mut entries: Vec<(S, u64, u64)>,
     last: u64,
     durable: bool,
 ) -> Result<(), redb::Error> {
@@ -442,10 +451,14 @@ fn write_entries(
         let mut index = txn.open_table(STREAM_INDEX)?;
         let mut streams = txn.open_table(STREAMS)?;
         for (i, (stream, version, position)) in entries.iter().enumerate() {
-            index.insert((stream.as_str(), *version), *position)?;
+            let stream = stream.as_ref();
+            index.insert((stream, *version), *position)?;
             // A stream's last entry holds its version.
-            if entries.get(i + 1).is_none_or(|next| next.0 != *stream) {
-                streams.insert(stream.as_str(), *version)?;
+            if entries
+                .get(i + 1)
+                .is_none_or(|next| next.0.as_ref() != stream)
+            {
+                streams.insert(stream, *version)?;
             }
         }
         txn.open_table(META)?.insert(INDEXED, last)?;

@@ -92,41 +92,14 @@ impl EventLog {
         Ok(events)
     }
 
-    /// Walks the chunks from the one holding `from`, handing `visit` each event from `from` on
-    /// until it returns false; returns the last position handed.
-    fn scan<F>(&self, from: u64, mut visit: F) -> Result<Option<u64>, ReadError>
+    /// Walks the log up to its published head (an event committed but not yet published is
+    /// not yet in the stream index, nor acknowledged): see [`walk_chunks`].
+    fn scan<F>(&self, from: u64, visit: F) -> Result<Option<u64>, ReadError>
     where
         F: FnMut(u64, &ChunkEvent<'_>) -> bool,
     {
-        // Up to the published head: an event committed but not yet published is not yet in
-        // the stream index, nor acknowledged.
         let head = self.head();
-        let table = self.read_table(CHUNKS)?;
-        let start = match table.range(..=from).map_err(redb::Error::from)?.next_back() {
-            Some(row) => row.map_err(redb::Error::from)?.0.value(),
-            None => from,
-        };
-        let mut last = None;
-        for row in table.range(start..).map_err(redb::Error::from)? {
-            let (first, bytes) = row.map_err(redb::Error::from)?;
-            let first = first.value();
-            let chunk = Chunk::parse(bytes.value()).map_err(|reason| ReadError::Corrupt {
-                position: first,
-                reason,
-            })?;
-            let skip = from.saturating_sub(first) as usize;
-            for (i, event) in chunk.events(skip).enumerate() {
-                let position = first + (skip + i) as u64;
-                if position > head {
-                    return Ok(last);
-                }
-                last = Some(position);
-                if !visit(position, &event) {
-                    return Ok(last);
-                }
-            }
-        }
-        Ok(last)
+        walk_chunks(&self.read_table(CHUNKS)?, from, head, visit)
     }
 
     /// The stream's version (its number of events; 0 when it does not exist).
@@ -214,4 +187,44 @@ pub(super) fn not_utf8(position: u64) -> ReadError {
         position,
         reason: "its stream name or type is not UTF-8".into(),
     }
+}
+
+/// Walks the chunks of `table` from the one holding `from`, handing `visit` each event from
+/// `from` through `until` until it returns false; returns the last position handed. The one
+/// walk over the chunks, for the log's reads and for indexing its streams (which runs before
+/// the log is open).
+pub(super) fn walk_chunks<F>(
+    table: &impl redb::ReadableTable<u64, &'static [u8]>,
+    from: u64,
+    until: u64,
+    mut visit: F,
+) -> Result<Option<u64>, ReadError>
+where
+    F: FnMut(u64, &ChunkEvent<'_>) -> bool,
+{
+    let start = match table.range(..=from).map_err(redb::Error::from)?.next_back() {
+        Some(row) => row.map_err(redb::Error::from)?.0.value(),
+        None => from,
+    };
+    let mut last = None;
+    for row in table.range(start..).map_err(redb::Error::from)? {
+        let (first, bytes) = row.map_err(redb::Error::from)?;
+        let first = first.value();
+        let chunk = Chunk::parse(bytes.value()).map_err(|reason| ReadError::Corrupt {
+            position: first,
+            reason,
+        })?;
+        let skip = from.saturating_sub(first) as usize;
+        for (i, event) in chunk.events(skip).enumerate() {
+            let position = first + (skip + i) as u64;
+            if position > until {
+                return Ok(last);
+            }
+            last = Some(position);
+            if !visit(position, &event) {
+                return Ok(last);
+            }
+        }
+    }
+    Ok(last)
 }

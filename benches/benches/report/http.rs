@@ -1,17 +1,8 @@
-//! The end-to-end benchmark report: every figure of Prism's performance targets, measured on
-//! this machine, printed as one table (figure, value, target, pass/fail).
-//!
-//! `cargo xtask bench-report [--events N]` runs it (default 1M events; the report in
-//! `benches/REPORT.md` uses 10M). Everything runs in release, on real files, with real
-//! servers on loopback where a figure is about HTTP. Clients share the machine with the server,
-//! so HTTP figures are conservative.
+//! The HTTP figures: `prism import`, appends, append-to-visible freshness, view GETs, reloads
+//! and restarts, against a real server on loopback.
 
-use prism::engine::{Engine, Sandbox};
+use super::{Report, cpu_time, human, ms, percentile, rate, rss};
 use prism::log::EventLog;
-use prism::projector::{State, catch_up};
-use prism::store::ViewStore;
-use prism_benches::native::{self, Native};
-use prism_benches::rival;
 use prism_benches::server::{DEFAULTS, Prism};
 use prism_client::wire::NewEvent;
 use prism_test_artifacts as artifacts;
@@ -20,293 +11,6 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-struct Row {
-    figure: String,
-    value: String,
-    target: &'static str,
-    pass: bool,
-}
-
-struct Report {
-    rows: Vec<Row>,
-}
-
-impl Report {
-    fn add(&mut self, figure: impl Into<String>, value: String, target: &'static str, pass: bool) {
-        let row = Row {
-            figure: figure.into(),
-            value,
-            target,
-            pass,
-        };
-        println!(
-            "  {}: {} (target {}) {}",
-            row.figure,
-            row.value,
-            row.target,
-            verdict(row.pass)
-        );
-        self.rows.push(row);
-    }
-
-    fn print(&self) {
-        println!("\n| figure | value | target | |\n|---|---|---|---|");
-        for row in &self.rows {
-            println!(
-                "| {} | {} | {} | {} |",
-                row.figure,
-                row.value,
-                row.target,
-                verdict(row.pass)
-            );
-        }
-    }
-}
-
-fn verdict(pass: bool) -> &'static str {
-    if pass { "pass" } else { "FAIL" }
-}
-
-fn rate(n: u64, took: Duration) -> f64 {
-    n as f64 / took.as_secs_f64()
-}
-
-fn human(per_second: f64) -> String {
-    if per_second >= 1e6 {
-        format!("{:.2}M/s", per_second / 1e6)
-    } else {
-        format!("{:.0}k/s", per_second / 1e3)
-    }
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
-
-/// Resident memory of this process, in bytes (Linux).
-fn rss() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 4096
-}
-
-/// CPU time this process has used (user + system), from `/proc/self/stat`.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may hold spaces): utime and stime are the 12th
-    // and 13th, in clock ticks (100 a second on Linux).
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let ticks: u64 = after
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|t| t.parse::<u64>().ok())
-        .sum();
-    Duration::from_millis(ticks * 10)
-}
-
-fn replay_figures(report: &mut Report, n: u64, dir: &std::path::Path) {
-    println!("replay ({n} events, 100-byte payloads, 10k streams)");
-    let log_path = dir.join("replay-log.redb");
-    let filled = Instant::now();
-    prism_benches::fill(&EventLog::open(&log_path).unwrap(), n);
-    println!(
-        "  (log filled in {:.1} s, {} MiB)",
-        filled.elapsed().as_secs_f64(),
-        std::fs::metadata(&log_path).map_or(0, |m| m.len() >> 20)
-    );
-    // Every replay opens the log afresh: each starts with redb's cache cold (and the OS's page
-    // cache warm), so no run profits from the one before it.
-    let open_log = || EventLog::open(&log_path).unwrap();
-    let engine = Engine::new(None, Sandbox::default()).unwrap();
-    let projectors: [(&str, &str, &dyn Native, &'static str, f64); 3] = [
-        (
-            "event-counter",
-            artifacts::EVENT_COUNTER,
-            &native::EventCounter,
-            "≥ 3M events/s",
-            3e6,
-        ),
-        (
-            "order-totals",
-            artifacts::ORDER_TOTALS,
-            &native::OrderTotals,
-            "≥ 1M events/s",
-            1e6,
-        ),
-        (
-            "account-balances",
-            artifacts::ACCOUNT_BALANCES,
-            &native::AccountBalances,
-            "(no target)",
-            0.0,
-        ),
-    ];
-    // `PRISM_BENCH_REPLAY=order-totals` replays one example only (for profiling).
-    let only = std::env::var("PRISM_BENCH_REPLAY").ok();
-    let repeat: usize = std::env::var("PRISM_BENCH_REPEAT")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(1)
-        .max(1);
-    for (name, path, native, target, goal) in projectors {
-        if only.as_deref().is_some_and(|only| only != name) {
-            continue;
-        }
-        let module = engine.compile(&artifacts::read(path)).unwrap().module;
-        let wasm_view = dir.join(format!("{name}-wasm.redb"));
-        // `PRISM_BENCH_REPEAT=3`: the Wasm replay that many times (each into a new view, from a
-        // log opened afresh), reported as the median, for the scaling rows.
-        let mut rates = Vec::new();
-        let mut peak = 0;
-        let mut before = 0;
-        let mut log = None;
-        for _ in 0..repeat {
-            let _ = std::fs::remove_file(&wasm_view);
-            let store = Arc::new(ViewStore::open(&wasm_view).unwrap());
-            let instance = engine.instantiate(&module, name, "").unwrap();
-            drop(log.take());
-            let opened = open_log();
-            // Peak resident memory during the replay (the catch-up cache's budget is 256 MiB).
-            before = rss();
-            let done = Arc::new(AtomicBool::new(false));
-            let sampler = {
-                let done = done.clone();
-                std::thread::spawn(move || {
-                    let mut peak = 0;
-                    while !done.load(Ordering::Relaxed) {
-                        peak = peak.max(rss());
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    peak
-                })
-            };
-            let start = Instant::now();
-            let status = catch_up(&engine, &module, instance, &opened, store);
-            rates.push(rate(n, start.elapsed()));
-            done.store(true, Ordering::Relaxed);
-            peak = peak.max(sampler.join().unwrap());
-            assert_eq!(
-                (status.state, status.checkpoint),
-                (State::Live, n),
-                "{status:?}"
-            );
-            log = Some(opened);
-        }
-        let runs = rates.clone();
-        rates.sort_by(f64::total_cmp);
-        let wasm = rates[rates.len() / 2];
-        println!(
-            "  ({name}: peak RSS {} MiB, {} MiB before the replay{})",
-            peak >> 20,
-            before >> 20,
-            if runs.len() > 1 {
-                format!(
-                    "; runs {}",
-                    runs.iter()
-                        .map(|r| human(*r))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            } else {
-                String::new()
-            }
-        );
-
-        let native_view = dir.join(format!("{name}-native.redb"));
-        let store = ViewStore::open(&native_view).unwrap();
-        drop(log);
-        let log = open_log();
-        let start = Instant::now();
-        assert_eq!(native::replay(native, &log, &store).unwrap(), n);
-        let native_rate = rate(n, start.elapsed());
-        // The baseline really did the same work: the views are identical.
-        let same = {
-            let wasm_store = ViewStore::open(&wasm_view).unwrap();
-            let (a, b) = (wasm_store.snapshot().unwrap(), store.snapshot().unwrap());
-            let (mut x, mut y) = (Vec::new(), Vec::new());
-            a.for_each(|k, v| x.push((k.to_string(), v.to_vec())))
-                .unwrap();
-            b.for_each(|k, v| y.push((k.to_string(), v.to_vec())))
-                .unwrap();
-            x == y
-        };
-        assert!(
-            same,
-            "{name}: the native baseline's view differs from the Wasm one"
-        );
-        drop(log);
-        let rival_rate = (name == "order-totals").then(|| {
-            // The same projection without Prism, over the same log; its tables must say
-            // exactly what Prism's view says.
-            let mut conn = rival::open(&dir.join("rival.sqlite")).unwrap();
-            let log = open_log();
-            let start = Instant::now();
-            assert_eq!(rival::replay(&log, &mut conn).unwrap(), n);
-            let took = start.elapsed();
-            let wasm_store = ViewStore::open(&wasm_view).unwrap();
-            rival::compare(&conn, &wasm_store.snapshot().unwrap())
-                .expect("the rival's tables equal Prism's view");
-            rate(n, took)
-        });
-        let figure = if name == "order-totals" {
-            format!(
-                "replay `{name}` (customers up to {})",
-                prism_benches::customers()
-            )
-        } else {
-            format!("replay `{name}`")
-        };
-        let value = if runs.len() > 1 {
-            format!(
-                "{} events (median of {}: {})",
-                human(wasm),
-                runs.len(),
-                runs.iter()
-                    .map(|r| human(*r))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        } else {
-            format!("{} events", human(wasm))
-        };
-        report.add(figure, value, target, wasm >= goal);
-        let ratio = wasm / native_rate;
-        report.add(
-            format!(
-                "Wasm / native, `{name}` (native {} events)",
-                human(native_rate)
-            ),
-            format!("{ratio:.2}"),
-            "≥ 0.6",
-            ratio >= 0.6,
-        );
-        if let Some(rival_rate) = rival_rate {
-            let ratio = wasm / rival_rate;
-            report.add(
-                format!(
-                    "Prism ÷ rusqlite rival, `{name}` (rival {} events, views equal)",
-                    human(rival_rate)
-                ),
-                format!("{ratio:.2}"),
-                "≥ 5",
-                ratio >= 5.0,
-            );
-        }
-        let _ = std::fs::remove_file(wasm_view);
-        let _ = std::fs::remove_file(native_view);
-    }
-}
 
 /// Writes `events` events in the peers' JSONL shape, each on its own stream `<prefix><i>`.
 fn write_history(file: &std::path::Path, prefix: &str, events: u64) {
@@ -326,7 +30,7 @@ fn write_history(file: &std::path::Path, prefix: &str, events: u64) {
 /// `prism import` of 1M events, each on its own stream (`order-<i>`), in the peers' JSONL
 /// shape, with the import's defaults; then two imports of 500k events at once (what two
 /// batches in flight could give at most).
-async fn import_figure(report: &mut Report, dir: &std::path::Path) {
+pub(super) async fn import_figure(report: &mut Report, dir: &std::path::Path) {
     const EVENTS: u64 = 1_000_000;
     println!("prism import");
     let file = dir.join("history.jsonl");
@@ -384,7 +88,7 @@ async fn import_figure(report: &mut Report, dir: &std::path::Path) {
     prism.server.stop().await;
 }
 
-async fn append_figures(report: &mut Report, dir: &std::path::Path) {
+pub(super) async fn append_figures(report: &mut Report, dir: &std::path::Path) {
     println!("appends over HTTP");
     let prism = Prism::start(&dir.join("append")).await;
     // (a) batched: 1000 events per request, 4 clients.
@@ -493,7 +197,7 @@ async fn append_figures(report: &mut Report, dir: &std::path::Path) {
     prism.server.stop().await;
 }
 
-async fn freshness_and_query_figures(report: &mut Report, dir: &std::path::Path) {
+pub(super) async fn freshness_and_query_figures(report: &mut Report, dir: &std::path::Path) {
     println!("freshness and queries");
     let prism = Arc::new(Prism::start(&dir.join("fresh")).await);
     prism
@@ -686,7 +390,7 @@ fn wrk(url: &str, connections: usize, script: Option<&std::path::Path>) -> Optio
     Some((per_second, p99))
 }
 
-async fn reload_and_restart_figures(report: &mut Report, dir: &std::path::Path) {
+pub(super) async fn reload_and_restart_figures(report: &mut Report, dir: &std::path::Path) {
     println!("reload, restart and memory");
     let data = dir.join("many");
     let prism = Prism::start(&data).await;
@@ -742,38 +446,4 @@ async fn reload_and_restart_figures(report: &mut Report, dir: &std::path::Path) 
         took <= Duration::from_secs(1),
     );
     prism.server.stop().await;
-}
-
-fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    let n: u64 = std::env::var("PRISM_BENCH_EVENTS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1_000_000);
-    let dir = tempfile::tempdir().unwrap();
-    let mut report = Report { rows: Vec::new() };
-    // `PRISM_BENCH_ONLY=replay|import|http` measures one part (for profiling).
-    let only = std::env::var("PRISM_BENCH_ONLY").ok();
-    if !matches!(only.as_deref(), Some("import" | "http")) {
-        replay_figures(&mut report, n, dir.path());
-    }
-    if only.as_deref() == Some("replay") {
-        report.print();
-        return;
-    }
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        if only.as_deref() != Some("http") {
-            import_figure(&mut report, dir.path()).await;
-        }
-        if only.as_deref() == Some("import") {
-            return;
-        }
-        append_figures(&mut report, dir.path()).await;
-        freshness_and_query_figures(&mut report, dir.path()).await;
-        reload_and_restart_figures(&mut report, dir.path()).await;
-    });
-    report.print();
 }
