@@ -21,11 +21,19 @@ pub struct Prism {
 }
 
 impl Prism {
-    /// Starts Prism on `127.0.0.1:0` over `dir`.
+    /// Starts Prism on `127.0.0.1:0` over `dir`, with the defaults (the catch-up cache's
+    /// budget from `PRISM_BENCH_VIEW_CACHE_BYTES` when set).
     pub async fn start(dir: &std::path::Path) -> Prism {
-        let server = Server::start(ServerConfig::new(dir, "127.0.0.1:0".parse().unwrap()))
-            .await
-            .unwrap();
+        let mut config = ServerConfig::new(dir, "127.0.0.1:0".parse().unwrap());
+        // `PRISM_BENCH_VIEW_CACHE_BYTES=0` turns the catch-up cache off (every batch commits),
+        // to measure what it does to a figure in the same sitting.
+        if let Some(bytes) = std::env::var("PRISM_BENCH_VIEW_CACHE_BYTES")
+            .ok()
+            .and_then(|b| b.parse().ok())
+        {
+            config.view_cache_bytes = bytes;
+        }
+        let server = Server::start(config).await.unwrap();
         let api = Client::new(&format!("http://{}", server.addr())).unwrap();
         Prism { server, api }
     }
