@@ -4,7 +4,7 @@
 //! the sandbox and the boundary crossing are missing. Their logic mirrors
 //! `example-projectors/*/src/lib.rs` line for line.
 
-use prism::log::EventLog;
+use prism::log::{BatchRead, EventLog, FlatBatch};
 use prism::store::{BatchView, CacheBudget, StoreError, ViewStore, WriteBack};
 use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
@@ -163,23 +163,28 @@ pub fn replay(
     // The runner's catch-up cache, with its policy: hold while a full batch or more behind,
     // commit what is held when the budget fills or the interval passes, and near the head.
     let mut held = Some(WriteBack::new(Arc::new(CacheBudget::default())));
+    let mut flat = FlatBatch::default();
     loop {
         let mut view = View {
             batch: BatchView::with_cache(store.snapshot()?, held.take().expect("held")),
             cache: FxHashMap::default(),
         };
         let mut failed = None;
+        // Read as the runner reads: the filter applied by the log's batch reader, into a
+        // batch reused from read to read.
         let last = log
-            .visit_from(checkpoint + 1, 1024, |_, event| {
-                if (types.is_empty() || types.contains(&event.event_type))
-                    && let Err(e) =
-                        projector.apply(event.stream, event.event_type, event.data, &mut view)
-                {
-                    failed = Some(e);
-                }
-                true
-            })
+            .read_batch(
+                &BatchRead::from(checkpoint + 1, 1024),
+                |_, t| types.is_empty() || types.contains(&t),
+                &mut flat,
+            )
             .expect("reading the log");
+        for i in 0..flat.len() {
+            let event = flat.event(i).expect("an event of the batch");
+            if let Err(e) = projector.apply(event.stream, event.event_type, event.data, &mut view) {
+                failed = Some(e);
+            }
+        }
         if let Some(e) = failed {
             panic!("native projector failed: {e}");
         }

@@ -1,21 +1,25 @@
-//! The event log: an append-only sequence of immutable events in one redb file (`log.redb`).
+//! The event log: an append-only sequence of immutable events.
 //!
 //! Every event gets a global, gapless position (1, 2, 3, ...) and a version within its stream
 //! (1, 2, 3, ... per stream). An append is one request of events for one stream or several,
 //! each stream's part optionally guarded by the stream version the caller expects (optimistic
 //! concurrency); it either appends all its events or none.
 //!
-//! Appends go through one writer thread that **group-commits**: requests that arrive while a
-//! commit is in flight are validated one by one and committed together in the next durable
-//! (`fsync`ed) transaction. An append is acknowledged only after that commit returns, so an
-//! acknowledged event survives a crash. Readers (projectors, HTTP) read committed snapshots and
-//! wait for new events on [`EventLog::subscribe`], a watch of the head position.
+//! Everything above the log holds an [`EventLog`], which checks each append and hands it to
+//! the store behind it, a [`LogStore`]. The embedded store, [`RedbLog`], keeps the events in
+//! one redb file (`log.redb`) and appends through one writer thread that **group-commits**:
+//! requests that arrive while a commit is in flight are validated one by one and committed
+//! together in the next durable (`fsync`ed) transaction. An append is acknowledged only after
+//! that commit returns, so an acknowledged event survives a crash. Readers (projectors, HTTP)
+//! read committed snapshots in the flat batch layout ([`BatchReader`]) and wait for new events
+//! on [`EventLog::subscribe`], a watch of the head position.
 //!
 //! Each stream's version and the positions of its events are an index derived from the log,
 //! kept off the durable append in a file of its own ([`index`]); reads see an append in it as
 //! soon as it is acknowledged.
 
 mod chunk;
+mod embedded;
 mod flat;
 mod idempotency;
 mod index;
@@ -23,19 +27,19 @@ mod migrate;
 mod read;
 mod schema;
 mod shared;
+mod store;
 mod writer;
 
-use chunk::Chunk;
+use embedded::AppendRequest;
+pub use embedded::RedbLog;
 pub use flat::{BatchRead, BatchReader, FlatBatch, FlatHeader};
 pub use migrate::{MigrateError, Opened};
-use schema::CHUNKS;
 pub use schema::{FORMAT, StoredEvent};
+pub use store::{Append, LogStore};
 
-use redb::{Database, ReadableDatabase, ReadableTable};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::mpsc;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 /// Longest stream name or event type accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 256;
@@ -204,25 +208,13 @@ pub struct StreamAppend {
     pub events: Vec<NewEvent>,
 }
 
-struct AppendRequest {
-    key: Option<String>,
-    parts: Vec<StreamAppend>,
-    /// Append only if the log's head is this position.
-    expected_head: Option<u64>,
-    reply: oneshot::Sender<Result<Appended, AppendError>>,
-}
-
-/// The event log. Cheap to clone; all clones share one database and one writer. When the last
-/// clone is dropped, the writer finishes its pending appends and the file is closed.
+/// The event log: what everything above the log holds. Cheap to clone; all clones share one
+/// store ([`LogStore`]). Appends are checked here, the same way for every store.
 #[derive(Clone)]
 pub struct EventLog {
-    db: Arc<shared::Shared>,
-    index: Arc<index::StreamIndex>,
-    writer: Arc<Writer>,
-    head: watch::Receiver<u64>,
+    store: Arc<dyn LogStore>,
 }
 
-/// Append requests waiting for the writer by default; more are refused ([`AppendError::Busy`]).
 pub const APPEND_QUEUE: usize = 4096;
 
 /// How long idempotency keys and event ids are remembered by default.
@@ -246,31 +238,9 @@ impl Default for LogOptions {
     }
 }
 
-/// The writer thread's queue; dropping it closes the queue and waits for the thread, then
-/// for the stream indexer to index what the writer appended last.
-struct Writer {
-    queue: Option<mpsc::SyncSender<AppendRequest>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    indexer: Option<index::Indexer>,
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        // The writer must not wait for room in the index while it is being joined.
-        if let Some(indexer) = &self.indexer {
-            indexer.index.close();
-        }
-        drop(self.queue.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-        drop(self.indexer.take());
-    }
-}
-
 impl EventLog {
-    /// Opens (or creates) the log file at `path` and starts its writer thread, with room for
-    /// [`APPEND_QUEUE`] waiting appends.
+    /// Opens (or creates) the embedded log file at `path` and starts its writer thread, with
+    /// room for [`APPEND_QUEUE`] waiting appends.
     pub fn open(path: &Path) -> Result<EventLog, OpenError> {
         EventLog::open_with_queue(path, APPEND_QUEUE)
     }
@@ -290,59 +260,14 @@ impl EventLog {
 
     /// Like [`open`](Self::open), with `options`.
     pub fn open_with(path: &Path, options: LogOptions) -> Result<EventLog, OpenError> {
-        let queue = options.queue;
-        let window = options.idempotency_window;
-        let fail = |source: redb::Error| OpenError::Database {
-            path: path.display().to_string(),
-            source,
-        };
-        let db = crate::store::open_database(path, crate::store::LOG_CACHE_BYTES).map_err(fail)?;
-        migrate::migrate(&db, migrate::STEP_EVENTS, None).map_err(|source| OpenError::Migrate {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let head = read_head(&db).map_err(fail)?;
-        let index_path = index::path_of(path);
-        let index = Arc::new(index::StreamIndex::open(&index_path, &db, head).map_err(
-            |source| OpenError::Database {
-                path: index_path.display().to_string(),
-                source,
-            },
-        )?);
-        let db = Arc::new(shared::Shared::new(
-            path.to_path_buf(),
-            db,
-            crate::store::LOG_CACHE_BYTES,
-        ));
-        let (indexing, indexed_log) = (index.clone(), db.clone());
-        let indexer = index::Indexer {
-            index: index.clone(),
-            thread: Some(
-                std::thread::Builder::new()
-                    .name("prism-log-index".into())
-                    .spawn(move || indexing.run(&indexed_log))
-                    .map_err(OpenError::Spawn)?,
-            ),
-        };
-        let (head_tx, head_rx) = watch::channel(head);
-        let (queue, requests) = mpsc::sync_channel(queue.max(1));
-        let (writer_db, writer_index) = (db.clone(), index.clone());
-        let thread = std::thread::Builder::new()
-            .name("prism-log-writer".into())
-            .spawn(move || {
-                writer::write_loop(&writer_db, &writer_index, requests, head_tx, head, window)
-            })
-            .map_err(OpenError::Spawn)?;
-        Ok(EventLog {
-            db,
-            index,
-            writer: Arc::new(Writer {
-                queue: Some(queue),
-                thread: Some(thread),
-                indexer: Some(indexer),
-            }),
-            head: head_rx,
-        })
+        Ok(EventLog::new(RedbLog::open(path, options)?))
+    }
+
+    /// The log kept by `store`.
+    pub fn new(store: impl LogStore) -> EventLog {
+        EventLog {
+            store: Arc::new(store),
+        }
     }
 
     /// Appends `events` to `stream` atomically, once durable.
@@ -402,37 +327,109 @@ impl EventLog {
         if let Some(key) = &key {
             idempotency::validate_id("an idempotency key", key).map_err(AppendError::Invalid)?;
         }
-        let (reply, answer) = oneshot::channel();
-        self.writer
-            .queue
-            .as_ref()
-            .expect("the queue lives as long as the log")
-            .try_send(AppendRequest {
+        self.store
+            .append(store::Append {
                 key,
                 parts,
                 expected_head,
-                reply,
             })
-            .map_err(|e| match e {
-                mpsc::TrySendError::Full(_) => AppendError::Busy,
-                mpsc::TrySendError::Disconnected(_) => AppendError::Closed,
-            })?;
-        answer.await.map_err(|_| AppendError::Closed)?
+            .await
     }
 
     /// Why appends fail, while they do (a full disk, an I/O error); `None` when they work.
     pub fn trouble(&self) -> Option<String> {
-        self.db.trouble()
+        self.store.trouble()
     }
 
     /// The position of the last committed event (0 when the log is empty).
     pub fn head(&self) -> u64 {
-        *self.head.borrow()
+        self.store.head()
     }
 
     /// A watch of the head position; it changes after every commit.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.head.clone()
+        self.store.subscribe()
+    }
+
+    /// [`BatchReader::read_batch`] with a filter of the caller's type.
+    pub fn read_batch<F>(
+        &self,
+        read: &BatchRead,
+        mut keep: F,
+        out: &mut FlatBatch,
+    ) -> Result<Option<u64>, ReadError>
+    where
+        F: FnMut(&str, &str) -> bool,
+    {
+        self.store.read_batch(read, &mut keep, out)
+    }
+
+    /// Visits up to `max` events from position `from` on, in order, until `visit` returns
+    /// false; returns the position of the last one visited (`None` when there are none).
+    pub fn visit_from<F>(
+        &self,
+        from: u64,
+        max: usize,
+        mut visit: F,
+    ) -> Result<Option<u64>, ReadError>
+    where
+        F: FnMut(u64, &StoredEvent<'_>) -> bool,
+    {
+        let mut batch = FlatBatch::default();
+        let last = self.read_batch(&BatchRead::from(from, max), |_, _| true, &mut batch)?;
+        for (i, header) in batch.headers.iter().enumerate() {
+            let event = batch.event(i).expect("a batch's own event");
+            if !visit(header.position, &event) {
+                return Ok(Some(header.position));
+            }
+        }
+        Ok(last)
+    }
+
+    /// Reads up to `max` events from position `from` on.
+    pub fn read_from(&self, from: u64, max: usize) -> Result<Vec<RecordedEvent>, ReadError> {
+        let mut events = Vec::new();
+        self.visit_from(from, max, |position, e| {
+            events.push(RecordedEvent::from_stored(position, e));
+            true
+        })?;
+        Ok(events)
+    }
+
+    /// The stream's version (its number of events; 0 when it does not exist).
+    pub fn stream_version(&self, stream: &str) -> Result<u64, ReadError> {
+        self.store.stream_version(stream)
+    }
+
+    /// Up to `max` stream names after `after` (all when `None`), in name order, with their
+    /// versions.
+    pub fn streams(
+        &self,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<(String, u64)>, ReadError> {
+        self.store.streams(after, max)
+    }
+
+    /// Reads up to `max` events of `stream`, from stream version `from` on.
+    pub fn read_stream(
+        &self,
+        stream: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
+        self.store.read_stream(stream, from, max)
+    }
+}
+
+impl BatchReader for EventLog {
+    fn read_batch(
+        &self,
+        read: &BatchRead,
+        keep: &mut dyn FnMut(&str, &str) -> bool,
+        out: &mut FlatBatch,
+    ) -> Result<Option<u64>, ReadError> {
+        self.store.read_batch(read, keep, out)
     }
 }
 
@@ -472,24 +469,6 @@ fn validate(parts: &[StreamAppend]) -> Result<(), AppendError> {
         }
     }
     Ok(())
-}
-
-/// The position of the last event in the log (0 when empty).
-fn read_head(db: &Database) -> Result<u64, redb::Error> {
-    let txn = db.begin_read()?;
-    let chunks = txn.open_table(CHUNKS)?;
-    match chunks.last()? {
-        None => Ok(0),
-        // The head follows from the last chunk: a damaged one must not give a head below
-        // the events stored (appends would overwrite them).
-        Some((first, row)) => match Chunk::parse(row.value()) {
-            Ok(_) => Ok(first.value() + Chunk::count_of(row.value()) - 1),
-            Err(reason) => Err(redb::Error::Corrupted(format!(
-                "the log's last chunk (from position {}) is damaged: {reason}",
-                first.value()
-            ))),
-        },
-    }
 }
 
 /// Brings the log file at `path` to today's format, moving `step_events` events per

@@ -2,43 +2,12 @@
 //! events, over the chunked tables.
 
 use super::chunk::{Chunk, ChunkEvent};
-use super::flat::{BatchReader, MAX_BYTES};
+use super::flat::MAX_BYTES;
 use super::schema::CHUNKS;
-use super::{BatchRead, EventLog, FlatBatch, ReadError, RecordedEvent, StoredEvent};
+use super::{BatchRead, FlatBatch, ReadError, RecordedEvent, RedbLog};
 use redb::ReadableDatabase;
 
-impl EventLog {
-    /// Visits up to `max` events from position `from` on, in order, borrowing each from the
-    /// database, until `visit` returns false; returns the position of the last one visited
-    /// (`None` when there are none).
-    pub fn visit_from<F>(
-        &self,
-        from: u64,
-        max: usize,
-        mut visit: F,
-    ) -> Result<Option<u64>, ReadError>
-    where
-        F: FnMut(u64, &StoredEvent<'_>) -> bool,
-    {
-        if max == 0 {
-            return Ok(None);
-        }
-        let mut count = 0;
-        let mut damaged = None;
-        let last = self.scan(from, |position, event| {
-            let Some(event) = event.parts() else {
-                damaged = Some(position);
-                return false;
-            };
-            count += 1;
-            visit(position, &event) && count < max
-        })?;
-        match damaged {
-            Some(position) => Err(not_utf8(position)),
-            None => Ok(last),
-        }
-    }
-
+impl RedbLog {
     /// [`BatchReader::read_batch`] with a filter of the caller's type; each event is one copy
     /// of its stored bytes.
     pub fn read_batch<F>(
@@ -82,23 +51,13 @@ impl EventLog {
         }
     }
 
-    /// Reads up to `max` events from position `from` on.
-    pub fn read_from(&self, from: u64, max: usize) -> Result<Vec<RecordedEvent>, ReadError> {
-        let mut events = Vec::new();
-        self.visit_from(from, max, |position, e| {
-            events.push(RecordedEvent::from_stored(position, e));
-            true
-        })?;
-        Ok(events)
-    }
-
     /// Walks the log up to its published head (an event committed but not yet published is
     /// not yet in the stream index, nor acknowledged): see [`walk_chunks`].
     fn scan<F>(&self, from: u64, visit: F) -> Result<Option<u64>, ReadError>
     where
         F: FnMut(u64, &ChunkEvent<'_>) -> bool,
     {
-        let head = self.head();
+        let head = *self.head.borrow();
         walk_chunks(&self.read_table(CHUNKS)?, from, head, visit)
     }
 
@@ -168,17 +127,6 @@ impl EventLog {
     ) -> Result<redb::ReadOnlyTable<K, V>, ReadError> {
         let txn = self.db.get()?.begin_read().map_err(redb::Error::from)?;
         Ok(txn.open_table(table).map_err(redb::Error::from)?)
-    }
-}
-
-impl BatchReader for EventLog {
-    fn read_batch(
-        &self,
-        read: &BatchRead,
-        keep: &mut dyn FnMut(&str, &str) -> bool,
-        out: &mut FlatBatch,
-    ) -> Result<Option<u64>, ReadError> {
-        EventLog::read_batch(self, read, keep, out)
     }
 }
 

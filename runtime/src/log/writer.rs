@@ -122,7 +122,7 @@ fn reread_head(
     shared: &Shared,
     index: &StreamIndex,
 ) -> u64 {
-    match super::read_head(db) {
+    match super::embedded::read_head(db) {
         Ok(reread) => {
             if reread > head
                 && let Err(e) = index.add_from_log(db, head + 1, reread)
@@ -178,8 +178,8 @@ fn commit_group(
             timestamp_ms.saturating_sub(window_ms),
         )?;
         for request in group {
-            let parts = request.parts.as_slice();
-            let key = request.key.as_deref();
+            let parts = request.append.parts.as_slice();
+            let key = request.append.key.as_deref();
             let remembers = key.is_some()
                 || parts
                     .iter()
@@ -200,7 +200,7 @@ fn commit_group(
                     }
                 }
             }
-            if let Some(expected) = request.expected_head
+            if let Some(expected) = request.append.expected_head
                 && expected != next - 1
             {
                 outcomes.push(Err(AppendError::HeadMoved {
