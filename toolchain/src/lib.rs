@@ -20,6 +20,7 @@
 //! generated from the WIT by wit-bindgen's C generator, clang, `wasm-ld` and wasi-libc.
 
 pub mod c;
+pub mod nats;
 
 pub use c::CToolchain;
 

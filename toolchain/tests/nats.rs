@@ -1,0 +1,54 @@
+//! The nats-server the JetStream tests use is found (or installed under `target/`), is recent
+//! enough, and runs JetStream: started here on a free port, its greeting read from the socket.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn a_recent_nats_server_is_found_or_installed_and_runs_jetstream() {
+    let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let binary = prism_toolchain::nats::nats_server(target).unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let mut server = Command::new(&binary)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(store.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stream = loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(stream) => break stream,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("nats-server did not listen on {port}: {e}"),
+        }
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut greeting = String::new();
+    BufReader::new(stream).read_line(&mut greeting).unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    // `INFO {...}`: the server's version and whether JetStream is on.
+    let info: serde_json::Value =
+        serde_json::from_str(greeting.strip_prefix("INFO ").expect(&greeting).trim()).unwrap();
+    assert_eq!(info["jetstream"], true, "{info}");
+    let version = info["version"].as_str().unwrap();
+    let numbers: Vec<u32> = version
+        .split(['.', '-'])
+        .take(3)
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(
+        (numbers[0], numbers[1], numbers[2]) >= prism_toolchain::nats::NATS_SERVER_MIN,
+        "{version}"
+    );
+}
