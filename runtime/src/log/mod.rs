@@ -23,6 +23,7 @@ mod embedded;
 mod flat;
 mod idempotency;
 mod index;
+pub mod jetstream;
 mod migrate;
 mod read;
 mod schema;

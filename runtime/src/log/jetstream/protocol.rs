@@ -1,0 +1,275 @@
+//! The JetStream requests Prism's log is built on, written against the server's protocol
+//! (async-nats 0.51 has no helper for them): the events stream, atomic batch publish (ADR-50)
+//! and batch direct get (ADR-31). Facts checked on nats-server 2.15.1: `../shared/SCALEOUT.md`.
+//!
+//! Layout: one stream, [`STREAM`], on subjects `prism.ev.<hex of the stream name>`; a log
+//! position is the stream's sequence, so positions mean the same on both logs.
+
+use anyhow::{Context, Result, bail};
+use async_nats::jetstream::{self, stream};
+use async_nats::{Client, HeaderMap, StatusCode};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Deserialize;
+use std::time::Duration;
+
+/// The JetStream stream holding every event.
+pub const STREAM: &str = "PRISM_EVENTS";
+
+/// The subject of a Prism stream's events: its name in lowercase hex (any byte string is a
+/// legal subject token that way).
+pub fn subject_of(stream: &str) -> String {
+    format!("prism.ev.{}", hex::encode(stream.as_bytes()))
+}
+
+/// The Prism stream a subject belongs to, if it is one of [`subject_of`]'s.
+pub fn stream_of(subject: &str) -> Option<String> {
+    let name = hex::decode(subject.strip_prefix("prism.ev.")?).ok()?;
+    String::from_utf8(name).ok()
+}
+
+/// Creates the events stream with `replicas`, or checks the one there: atomic publish and
+/// direct gets allowed, deletes and purges denied, no limits that would drop events.
+pub async fn ensure_stream(js: &jetstream::Context, replicas: usize) -> Result<()> {
+    let wanted = stream::Config {
+        name: STREAM.into(),
+        subjects: vec!["prism.ev.>".into()],
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        allow_direct: true,
+        allow_atomic_publish: true,
+        deny_delete: true,
+        deny_purge: true,
+        ..Default::default()
+    };
+    let mut stream = js
+        .get_or_create_stream(wanted)
+        .await
+        .context("creating or finding the JetStream stream")?;
+    let info = stream.info().await.context("reading the stream's state")?;
+    let config = &info.config;
+    let mut wrong = Vec::new();
+    if config.subjects != ["prism.ev.>"] {
+        wrong.push(format!(
+            "subjects {:?} (wanted [\"prism.ev.>\"])",
+            config.subjects
+        ));
+    }
+    for (set, what) in [
+        (config.allow_direct, "allow_direct"),
+        (config.allow_atomic_publish, "allow_atomic"),
+        (config.deny_delete, "deny_delete"),
+        (config.deny_purge, "deny_purge"),
+    ] {
+        if !set {
+            wrong.push(format!("{what} is off"));
+        }
+    }
+    if config.max_messages > 0 || config.max_bytes > 0 || config.max_age > Duration::ZERO {
+        wrong.push("it has limits that drop messages".into());
+    }
+    let deleted = info.state.deleted_count.unwrap_or(0);
+    if info.state.messages > 0 && (info.state.first_sequence != 1 || deleted > 0) {
+        wrong.push(format!(
+            "messages are missing (first sequence {}, {deleted} deleted)",
+            info.state.first_sequence
+        ));
+    }
+    if !wrong.is_empty() {
+        bail!(
+            "the JetStream stream {STREAM} cannot hold Prism's log: {}",
+            wrong.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// One message of an append: its subject, headers and payload.
+pub struct Outbound {
+    pub subject: String,
+    pub headers: HeaderMap,
+    pub payload: Bytes,
+}
+
+/// Why an atomic publish stored nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The first message's subject was not at the expected last sequence (JetStream error
+    /// 10071).
+    #[error("wrong last subject sequence: {0}")]
+    WrongLastSequence(String),
+    /// The server refused the batch for another reason.
+    #[error("JetStream refused the append: {code} {description}")]
+    Refused { code: u64, description: String },
+    /// No answer: the append may or may not have been stored.
+    #[error("the append's outcome is unknown: {0}")]
+    Unknown(String),
+}
+
+#[derive(Deserialize)]
+struct Ack {
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    count: Option<u64>,
+    error: Option<ApiError>,
+}
+
+#[derive(Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    err_code: u64,
+    #[serde(default)]
+    description: String,
+}
+
+/// Stores `messages` atomically at consecutive sequences (all or none), the first only if its
+/// subject's last sequence is `expected_last_subject_sequence` (0: the subject has no message)
+/// when given. Returns the sequences of the first and last message.
+pub async fn publish_atomic(
+    client: &Client,
+    messages: Vec<Outbound>,
+    expected_last_subject_sequence: Option<u64>,
+    timeout: Duration,
+) -> Result<(u64, u64), PublishError> {
+    let count = messages.len() as u64;
+    assert!(count > 0, "an append has at least one message");
+    let batch = client
+        .new_inbox()
+        .rsplit('.')
+        .next()
+        .unwrap_or("b")
+        .to_string();
+    let inbox = client.new_inbox();
+    let mut answers = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| PublishError::Unknown(e.to_string()))?;
+    for (i, message) in messages.into_iter().enumerate() {
+        let sequence = i as u64 + 1;
+        let mut headers = message.headers;
+        headers.insert("Nats-Batch-Id", batch.as_str());
+        headers.insert("Nats-Batch-Sequence", sequence.to_string().as_str());
+        if sequence == 1
+            && let Some(expected) = expected_last_subject_sequence
+        {
+            headers.insert(
+                "Nats-Expected-Last-Subject-Sequence",
+                expected.to_string().as_str(),
+            );
+        }
+        if sequence == count {
+            headers.insert("Nats-Batch-Commit", "1");
+        }
+        // Every message carries the inbox: a refused batch is answered at once, whichever
+        // message the server refuses it on.
+        client
+            .publish_with_reply_and_headers(
+                message.subject,
+                inbox.clone(),
+                headers,
+                message.payload,
+            )
+            .await
+            .map_err(|e| PublishError::Unknown(e.to_string()))?;
+    }
+    client
+        .flush()
+        .await
+        .map_err(|e| PublishError::Unknown(e.to_string()))?;
+    loop {
+        let answer = tokio::time::timeout(timeout, answers.next())
+            .await
+            .map_err(|_| PublishError::Unknown(format!("no answer within {timeout:?}")))?
+            .ok_or_else(|| PublishError::Unknown("the connection closed".into()))?;
+        if answer.status == Some(StatusCode::NO_RESPONDERS) {
+            return Err(PublishError::Unknown("no JetStream server answered".into()));
+        }
+        if answer.payload.is_empty() {
+            // A flow-control acknowledgement of a message before the commit.
+            continue;
+        }
+        let ack: Ack = serde_json::from_slice(&answer.payload)
+            .map_err(|e| PublishError::Unknown(format!("an unreadable answer: {e}")))?;
+        if let Some(error) = ack.error {
+            return Err(match error.err_code {
+                10071 => PublishError::WrongLastSequence(error.description),
+                code => PublishError::Refused {
+                    code,
+                    description: error.description,
+                },
+            });
+        }
+        if count > 1 && ack.count != Some(count) {
+            return Err(PublishError::Unknown(format!(
+                "the batch's acknowledgement counts {:?} messages, not {count}",
+                ack.count
+            )));
+        }
+        return Ok((ack.seq + 1 - count, ack.seq));
+    }
+}
+
+/// A stored message read back: its sequence, subject, headers and payload.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub sequence: u64,
+    pub subject: String,
+    pub headers: HeaderMap,
+    pub payload: Bytes,
+}
+
+/// Up to `max` messages from sequence `from` on (fewer when `max_bytes` is reached), by one
+/// batch direct get; any replica may answer. An empty answer means nothing at `from` yet.
+pub async fn direct_get_batch(
+    client: &Client,
+    from: u64,
+    max: usize,
+    max_bytes: usize,
+    timeout: Duration,
+) -> Result<Vec<Stored>> {
+    let inbox = client.new_inbox();
+    let mut answers = client.subscribe(inbox.clone()).await?;
+    let request = serde_json::json!({"seq": from, "batch": max, "max_bytes": max_bytes});
+    client
+        .publish_with_reply(
+            format!("$JS.API.DIRECT.GET.{STREAM}"),
+            inbox,
+            request.to_string().into(),
+        )
+        .await?;
+    client.flush().await?;
+    let mut out = Vec::new();
+    loop {
+        let message = tokio::time::timeout(timeout, answers.next())
+            .await
+            .context("no answer to a direct get")?
+            .context("the connection closed")?;
+        match message.status {
+            // The end of the batch (204), or nothing at `from` (404).
+            Some(status) if status == StatusCode::NOT_FOUND || status.as_u16() == 204 => {
+                return Ok(out);
+            }
+            Some(status) if status != StatusCode::OK => {
+                bail!("direct get from {from}: {status} {:?}", message.description)
+            }
+            _ => {}
+        }
+        let headers = message
+            .headers
+            .context("a stored message without headers")?;
+        let header = |name: &str| -> Result<String> {
+            Ok(headers
+                .get(name)
+                .with_context(|| format!("a stored message without {name}"))?
+                .as_str()
+                .to_string())
+        };
+        out.push(Stored {
+            sequence: header("Nats-Sequence")?.parse()?,
+            subject: header("Nats-Subject")?,
+            payload: message.payload,
+            headers,
+        });
+    }
+}

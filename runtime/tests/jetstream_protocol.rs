@@ -1,0 +1,159 @@
+//! The JetStream requests the log is built on, against a real nats-server 2.15.1: the events
+//! stream is created and checked, atomic batches land whole at consecutive sequences or not
+//! at all, the expected last subject sequence guards an append, and batch direct gets read
+//! back exactly what was stored.
+
+mod common;
+
+use async_nats::HeaderMap;
+use common::nats::NatsServer;
+use prism::log::jetstream::protocol::{
+    Outbound, PublishError, STREAM, direct_get_batch, ensure_stream, publish_atomic, stream_of,
+    subject_of,
+};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn message(stream: &str, data: &str) -> Outbound {
+    let mut headers = HeaderMap::new();
+    headers.insert("Prism-Type", "T");
+    Outbound {
+        subject: subject_of(stream),
+        headers,
+        payload: data.to_string().into(),
+    }
+}
+
+#[test]
+fn subjects_name_streams_reversibly() {
+    for name in ["order-1", "a.b c>*", "ü/日本", "x"] {
+        let subject = subject_of(name);
+        assert!(subject.starts_with("prism.ev."));
+        assert!(!subject["prism.ev.".len()..].contains(['.', ' ', '*', '>']));
+        assert_eq!(stream_of(&subject).as_deref(), Some(name));
+    }
+    assert_eq!(stream_of("prism.ev.zz"), None);
+    assert_eq!(stream_of("other.616263"), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn atomic_batches_land_whole_and_read_back() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    ensure_stream(&js, 1).await.unwrap();
+    // Again: the stream there is accepted as it is.
+    ensure_stream(&js, 1).await.unwrap();
+
+    // A batch of three on a new subject (expected last sequence 0), then one of two.
+    let first = publish_atomic(
+        &client,
+        vec![message("a", "1"), message("a", "2"), message("a", "3")],
+        Some(0),
+        WAIT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(first, (1, 3));
+    let second = publish_atomic(
+        &client,
+        vec![message("b", "4"), message("a", "5")],
+        Some(0),
+        WAIT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(second, (4, 5));
+
+    // A stale expectation stores nothing, and says so.
+    let stale = publish_atomic(
+        &client,
+        vec![message("a", "x"), message("a", "y")],
+        Some(3),
+        WAIT,
+    )
+    .await;
+    assert!(
+        matches!(stale, Err(PublishError::WrongLastSequence(_))),
+        "{stale:?}"
+    );
+    // The right one (a's last message is at 5) lands after it, with no gap.
+    let third = publish_atomic(&client, vec![message("a", "6")], Some(5), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(third, (6, 6));
+
+    // Eight writers at once, batches of 1-4: every batch contiguous, no sequence lost.
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let client = client.clone();
+        writers.push(tokio::spawn(async move {
+            let mut landed = Vec::new();
+            for i in 0..10 {
+                let n = 1 + (w + i) % 4;
+                let batch = (0..n).map(|k| message(&format!("w{w}"), &format!("{w}:{i}:{k}")));
+                let (from, to) = publish_atomic(&client, batch.collect(), None, WAIT)
+                    .await
+                    .unwrap();
+                assert_eq!(to + 1 - from, n as u64);
+                landed.push((from, to, w, i));
+            }
+            landed
+        }));
+    }
+    let mut landed = Vec::new();
+    for writer in writers {
+        landed.extend(writer.await.unwrap());
+    }
+    landed.sort();
+    let mut next = 7;
+    for &(from, to, _, _) in &landed {
+        assert_eq!(from, next, "{landed:?}");
+        next = to + 1;
+    }
+
+    // Read back in pieces: exactly what each batch stored, where it said.
+    let mut read = Vec::new();
+    let mut from = 1;
+    loop {
+        let got = direct_get_batch(&client, from, 7, 1 << 20, WAIT)
+            .await
+            .unwrap();
+        let Some(last) = got.last() else { break };
+        from = last.sequence + 1;
+        read.extend(got);
+    }
+    assert_eq!(read.len() as u64, next - 1);
+    let text = |i: usize| String::from_utf8(read[i].payload.to_vec()).unwrap();
+    assert_eq!(
+        (0..6).map(text).collect::<Vec<_>>(),
+        ["1", "2", "3", "4", "5", "6"]
+    );
+    assert_eq!(stream_of(&read[3].subject).as_deref(), Some("b"));
+    assert_eq!(read[0].headers.get("Prism-Type").unwrap().as_str(), "T");
+    for &(from, to, w, i) in &landed {
+        for (k, sequence) in (from..=to).enumerate() {
+            let stored = &read[sequence as usize - 1];
+            assert_eq!(stored.sequence, sequence);
+            assert_eq!(stream_of(&stored.subject), Some(format!("w{w}")));
+            assert_eq!(stored.payload, format!("{w}:{i}:{k}").as_bytes());
+        }
+    }
+    // Past the end: nothing.
+    assert!(
+        direct_get_batch(&client, next, 10, 1 << 20, WAIT)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let info = js
+        .get_stream(STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(info.state.last_sequence, next - 1);
+}
