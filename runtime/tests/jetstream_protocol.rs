@@ -8,8 +8,8 @@ mod common;
 use async_nats::HeaderMap;
 use common::nats::NatsServer;
 use prism::log::jetstream::protocol::{
-    Outbound, PublishError, STREAM, direct_get_batch, ensure_stream, publish_atomic, stream_of,
-    subject_of,
+    Expect, Outbound, PublishError, STREAM, direct_get_batch, ensure_stream, publish_atomic,
+    stream_of, subject_of,
 };
 use std::time::Duration;
 
@@ -50,7 +50,7 @@ async fn atomic_batches_land_whole_and_read_back() {
     let first = publish_atomic(
         &client,
         vec![message("a", "1"), message("a", "2"), message("a", "3")],
-        Some(0),
+        Expect::LastSubjectSequence(0),
         WAIT,
     )
     .await
@@ -59,7 +59,7 @@ async fn atomic_batches_land_whole_and_read_back() {
     let second = publish_atomic(
         &client,
         vec![message("b", "4"), message("a", "5")],
-        Some(0),
+        Expect::LastSubjectSequence(0),
         WAIT,
     )
     .await
@@ -70,7 +70,7 @@ async fn atomic_batches_land_whole_and_read_back() {
     let stale = publish_atomic(
         &client,
         vec![message("a", "x"), message("a", "y")],
-        Some(3),
+        Expect::LastSubjectSequence(3),
         WAIT,
     )
     .await;
@@ -78,10 +78,27 @@ async fn atomic_batches_land_whole_and_read_back() {
         matches!(stale, Err(PublishError::WrongLastSequence(_))),
         "{stale:?}"
     );
+    // The stream-wide expectation (what a multi-stream append or an expected head uses).
+    let moved = publish_atomic(
+        &client,
+        vec![message("c", "z")],
+        Expect::LastSequence(4),
+        WAIT,
+    )
+    .await;
+    assert!(
+        matches!(moved, Err(PublishError::WrongLastSequence(_))),
+        "{moved:?}"
+    );
     // The right one (a's last message is at 5) lands after it, with no gap.
-    let third = publish_atomic(&client, vec![message("a", "6")], Some(5), WAIT)
-        .await
-        .unwrap();
+    let third = publish_atomic(
+        &client,
+        vec![message("a", "6")],
+        Expect::LastSubjectSequence(5),
+        WAIT,
+    )
+    .await
+    .unwrap();
     assert_eq!(third, (6, 6));
 
     // Eight writers at once, batches of 1-4: every batch contiguous, no sequence lost.
@@ -93,7 +110,7 @@ async fn atomic_batches_land_whole_and_read_back() {
             for i in 0..10 {
                 let n = 1 + (w + i) % 4;
                 let batch = (0..n).map(|k| message(&format!("w{w}"), &format!("{w}:{i}:{k}")));
-                let (from, to) = publish_atomic(&client, batch.collect(), None, WAIT)
+                let (from, to) = publish_atomic(&client, batch.collect(), Expect::Nothing, WAIT)
                     .await
                     .unwrap();
                 assert_eq!(to + 1 - from, n as u64);
@@ -117,7 +134,7 @@ async fn atomic_batches_land_whole_and_read_back() {
     let mut read = Vec::new();
     let mut from = 1;
     loop {
-        let got = direct_get_batch(&client, from, 7, 1 << 20, WAIT)
+        let got = direct_get_batch(&client, from, None, 7, 1 << 20, WAIT)
             .await
             .unwrap();
         let Some(last) = got.last() else { break };
@@ -142,7 +159,7 @@ async fn atomic_batches_land_whole_and_read_back() {
     }
     // Past the end: nothing.
     assert!(
-        direct_get_batch(&client, next, 10, 1 << 20, WAIT)
+        direct_get_batch(&client, next, None, 10, 1 << 20, WAIT)
             .await
             .unwrap()
             .is_empty()

@@ -123,13 +123,24 @@ struct ApiError {
     description: String,
 }
 
-/// Stores `messages` atomically at consecutive sequences (all or none), the first only if its
-/// subject's last sequence is `expected_last_subject_sequence` (0: the subject has no message)
-/// when given. Returns the sequences of the first and last message.
+/// What an append expects of the stream before it; checked by the server on the batch's first
+/// message (the only one where such a header is honoured).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Nothing.
+    Nothing,
+    /// The first message's subject's last sequence (0: the subject has no message).
+    LastSubjectSequence(u64),
+    /// The stream's last sequence (0: the stream is empty).
+    LastSequence(u64),
+}
+
+/// Stores `messages` atomically at consecutive sequences (all or none), if the stream is as
+/// `expect` says. Returns the sequences of the first and last message.
 pub async fn publish_atomic(
     client: &Client,
     messages: Vec<Outbound>,
-    expected_last_subject_sequence: Option<u64>,
+    expect: Expect,
     timeout: Duration,
 ) -> Result<(u64, u64), PublishError> {
     let count = messages.len() as u64;
@@ -150,13 +161,17 @@ pub async fn publish_atomic(
         let mut headers = message.headers;
         headers.insert("Nats-Batch-Id", batch.as_str());
         headers.insert("Nats-Batch-Sequence", sequence.to_string().as_str());
-        if sequence == 1
-            && let Some(expected) = expected_last_subject_sequence
-        {
-            headers.insert(
-                "Nats-Expected-Last-Subject-Sequence",
-                expected.to_string().as_str(),
-            );
+        if sequence == 1 {
+            match expect {
+                Expect::Nothing => {}
+                Expect::LastSubjectSequence(n) => headers.insert(
+                    "Nats-Expected-Last-Subject-Sequence",
+                    n.to_string().as_str(),
+                ),
+                Expect::LastSequence(n) => {
+                    headers.insert("Nats-Expected-Last-Sequence", n.to_string().as_str())
+                }
+            }
         }
         if sequence == count {
             headers.insert("Nats-Batch-Commit", "1");
@@ -219,18 +234,23 @@ pub struct Stored {
     pub payload: Bytes,
 }
 
-/// Up to `max` messages from sequence `from` on (fewer when `max_bytes` is reached), by one
-/// batch direct get; any replica may answer. An empty answer means nothing at `from` yet.
+/// Up to `max` messages from sequence `from` on (fewer when `max_bytes` is reached), only
+/// those on `subject` when given, by one batch direct get; any replica may answer. A short
+/// answer means "ask again", an empty one nothing at or after `from` yet.
 pub async fn direct_get_batch(
     client: &Client,
     from: u64,
+    subject: Option<&str>,
     max: usize,
     max_bytes: usize,
     timeout: Duration,
 ) -> Result<Vec<Stored>> {
     let inbox = client.new_inbox();
     let mut answers = client.subscribe(inbox.clone()).await?;
-    let request = serde_json::json!({"seq": from, "batch": max, "max_bytes": max_bytes});
+    let mut request = serde_json::json!({"seq": from, "batch": max, "max_bytes": max_bytes});
+    if let Some(subject) = subject {
+        request["next_by_subj"] = subject.into();
+    }
     client
         .publish_with_reply(
             format!("$JS.API.DIRECT.GET.{STREAM}"),
