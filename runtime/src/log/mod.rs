@@ -106,7 +106,7 @@ pub struct RecordedEvent {
 }
 
 impl RecordedEvent {
-    fn from_stored(position: u64, e: &StoredEvent<'_>) -> Self {
+    pub(crate) fn from_stored(position: u64, e: &StoredEvent<'_>) -> Self {
         RecordedEvent {
             position,
             stream: e.stream.to_string(),

@@ -1,5 +1,8 @@
 //! NATS JetStream as the store behind the event log (issue 14, in progress): the wire protocol
 //! that async-nats has no helper for ([`protocol`]), checked against a real nats-server. The
-//! [`LogStore`](super::LogStore) over it comes next.
+//! store over it, [`JetStreamLog`], is in progress.
 
 pub mod protocol;
+mod store;
+
+pub use store::JetStreamLog;
