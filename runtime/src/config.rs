@@ -15,6 +15,8 @@
 //! keep_modules = 3
 //! view_cache_bytes = 268435456
 //! view_cache_interval_ms = 1000
+//! event_log = "nats://127.0.0.1:4222"   # absent: the embedded log in the data dir
+//! event_log_replicas = 1
 //!
 //! [limits]
 //! max_module_bytes = 67108864
@@ -84,6 +86,12 @@ pub struct Config {
     pub view_cache_bytes: usize,
     /// How long, in milliseconds, a cached view write waits at most before it commits.
     pub view_cache_interval_ms: u64,
+    /// Where the events are: absent for the embedded log in the data dir, or NATS JetStream at
+    /// `nats://HOST:PORT[,nats://HOST:PORT…]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_log: Option<String>,
+    /// Replicas of the JetStream stream when Prism creates it (3 in a cluster).
+    pub event_log_replicas: usize,
     pub limits: RequestLimits,
     pub sandbox: Sandbox,
     #[serde(skip_serializing_if = "Tokens::is_empty")]
@@ -112,6 +120,8 @@ impl Default for Config {
             keep_modules: crate::projector::catalog::KEEP_MODULES,
             view_cache_bytes: crate::store::CACHE_BYTES,
             view_cache_interval_ms: crate::store::CACHE_INTERVAL.as_millis() as u64,
+            event_log: None,
+            event_log_replicas: 1,
             limits: RequestLimits::default(),
             sandbox: Sandbox::default(),
             tokens: Tokens::default(),
@@ -135,8 +145,17 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
-    /// Refuses settings that cannot be meant: an empty token (it would let every request in).
+    /// Refuses settings that cannot be meant: an empty token (it would let every request in),
+    /// an event log that is not a NATS address.
     pub fn check(&self) -> anyhow::Result<()> {
+        if let Some(urls) = &self.event_log
+            && !urls.split(',').all(|url| url.trim().starts_with("nats://"))
+        {
+            anyhow::bail!(
+                "event_log {urls:?}: expected nats://HOST:PORT (comma-separated for several servers), \
+                 or no event_log for the embedded log"
+            );
+        }
         self.tokens.check().map_err(anyhow::Error::msg)
     }
 
@@ -174,6 +193,8 @@ impl Config {
         config.keep_modules = self.keep_modules;
         config.view_cache_bytes = self.view_cache_bytes;
         config.view_cache_interval = std::time::Duration::from_millis(self.view_cache_interval_ms);
+        config.event_log = self.event_log.clone();
+        config.event_log_replicas = self.event_log_replicas;
         // Uploads are compiled by this executable's `compile-worker`, within bounds.
         config.compile_worker = std::env::current_exe().ok();
         config

@@ -51,6 +51,11 @@ pub struct ServerConfig {
     /// How long a cached write waits at most before it commits. Default
     /// [`CACHE_INTERVAL`](crate::store::CACHE_INTERVAL).
     pub view_cache_interval: std::time::Duration,
+    /// Where the events are: `None` for the embedded log in the data dir, or NATS JetStream
+    /// at these `nats://` addresses (comma-separated).
+    pub event_log: Option<String>,
+    /// Replicas of the JetStream stream when Prism creates it.
+    pub event_log_replicas: usize,
 }
 
 impl ServerConfig {
@@ -71,6 +76,8 @@ impl ServerConfig {
             keep_modules: crate::projector::catalog::KEEP_MODULES,
             view_cache_bytes: crate::store::CACHE_BYTES,
             view_cache_interval: crate::store::CACHE_INTERVAL,
+            event_log: None,
+            event_log_replicas: 1,
         }
     }
 }
@@ -96,6 +103,7 @@ impl Server {
             idempotency_window: config.idempotency_window,
         };
         let worker = config.compile_worker.clone();
+        let (event_log, replicas) = (config.event_log.clone(), config.event_log_replicas);
         let options = RegistryOptions {
             spawner: config.spawner.clone(),
             view_sync_interval: config.view_sync_interval,
@@ -108,7 +116,13 @@ impl Server {
         let (log, registry) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let dir = DataDir::create(&root)
                 .with_context(|| format!("creating the data dir {}", root.display()))?;
-            let log = EventLog::open_with(&dir.log(), log_options)?;
+            let log = match &event_log {
+                None => EventLog::open_with(&dir.log(), log_options)?,
+                Some(urls) => EventLog::new(
+                    crate::log::jetstream::JetStreamLog::connect(urls, replicas)
+                        .with_context(|| format!("opening the event log at {urls}"))?,
+                ),
+            };
             let engine = Engine::with_compile_worker(Some(dir.cache()), sandbox, worker)
                 .map_err(|e| anyhow::anyhow!("starting the WebAssembly engine: {e:#}"))?;
             let registry = Registry::open(&dir, engine, log.clone(), options)?;

@@ -58,6 +58,15 @@ pub struct ServeArgs {
     #[arg(long, env = "PRISM_APPEND_QUEUE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     append_queue: Option<usize>,
+    /// Where the events are: NATS JetStream at `nats://HOST:PORT[,…]` [default: the embedded
+    /// log in the data dir].
+    #[arg(long, env = "PRISM_EVENT_LOG")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_log: Option<String>,
+    /// Replicas of the JetStream stream when Prism creates it [default: 1].
+    #[arg(long, env = "PRISM_EVENT_LOG_REPLICAS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_log_replicas: Option<usize>,
     /// Seconds the log remembers appends' idempotency keys and event ids [default: 86400].
     #[arg(long, env = "PRISM_IDEMPOTENCY_WINDOW_SECS")]
     #[serde(skip_serializing_if = "Option::is_none")]
