@@ -255,11 +255,16 @@ async fn append(inner: Arc<Inner>, append: Append) -> Result<Appended, AppendErr
         }
     }
     loop {
-        // The head first: the versions read after it are current as long as it has not moved,
-        // which the stream-wide expectation makes the server check.
-        let head = read_head(&inner.client)
-            .await
-            .map_err(|e| AppendError::Unavailable(e.to_string()))?;
+        // The head first, when the stream-wide expectation is needed: the versions read after
+        // it are current as long as it has not moved, which the server then checks. One
+        // stream's append needs only its subject's last sequence.
+        let head = if streams.len() > 1 || append.expected_head.is_some() {
+            read_head(&inner.client)
+                .await
+                .map_err(|e| AppendError::Unavailable(e.to_string()))?
+        } else {
+            0
+        };
         if let Some(expected) = append.expected_head
             && expected != head
         {
