@@ -103,11 +103,20 @@ fn version_of(binary: &Path) -> Result<(u32, u32, u32)> {
 }
 
 fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
-    let version = text.trim().rsplit(' ').next()?.strip_prefix('v')?;
+    release(text.trim().rsplit(' ').next()?.strip_prefix('v')?)
+}
+
+/// The release a server version names (`2.15.1`, as a server's `INFO` gives it).
+pub fn release(version: &str) -> Option<(u32, u32, u32)> {
     // A pre-release or build suffix (`2.15.1-beta.1`) does not change the release it names.
     let version = version.split(['-', '+']).next()?;
     let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
     Some((parts.next()??, parts.next()??, parts.next()??))
+}
+
+/// Whether a server of `version` (as its `INFO` gives it) is recent enough for Prism.
+pub fn supported(version: &str) -> bool {
+    release(version).is_some_and(recent)
 }
 
 fn recent(version: (u32, u32, u32)) -> bool {
@@ -133,5 +142,7 @@ mod tests {
         assert_eq!(parse_version("garbage"), None);
         assert!(recent((2, 15, 1)) && recent((2, 16, 0)) && recent((3, 0, 0)));
         assert!(!recent((2, 9, 10)) && !recent((2, 15, 0)) && !recent((1, 99, 99)));
+        assert!(supported("2.15.1") && supported("2.16.0-beta.2"));
+        assert!(!supported("2.9.10") && !supported("v2.15.1") && !supported(""));
     }
 }

@@ -2,7 +2,6 @@
 //! group-commits, with its stream index in a file beside it (`log-index.redb`, [`index`]).
 
 use super::chunk::Chunk;
-use super::flat::{BatchRead, BatchReader, FlatBatch};
 use super::schema::CHUNKS;
 use super::store::{Append, LogStore};
 use super::{
@@ -159,17 +158,6 @@ impl LogStore for RedbLog {
         max: usize,
     ) -> Result<Vec<RecordedEvent>, ReadError> {
         RedbLog::read_stream(self, stream, from, max)
-    }
-}
-
-impl BatchReader for RedbLog {
-    fn read_batch(
-        &self,
-        read: &BatchRead,
-        keep: &mut dyn FnMut(&str, &str) -> bool,
-        out: &mut FlatBatch,
-    ) -> Result<Option<u64>, ReadError> {
-        RedbLog::read_batch(self, read, keep, out)
     }
 }
 

@@ -4,21 +4,17 @@
 use super::chunk::{Chunk, ChunkEvent};
 use super::flat::MAX_BYTES;
 use super::schema::CHUNKS;
-use super::{BatchRead, FlatBatch, ReadError, RecordedEvent, RedbLog};
+use super::{BatchRead, BatchReader, FlatBatch, ReadError, RecordedEvent, RedbLog};
 use redb::ReadableDatabase;
 
-impl RedbLog {
-    /// [`BatchReader::read_batch`] with a filter of the caller's type; each event is one copy
-    /// of its stored bytes.
-    pub fn read_batch<F>(
+impl BatchReader for RedbLog {
+    /// Each event is one copy of its stored bytes.
+    fn read_batch(
         &self,
         read: &BatchRead,
-        mut keep: F,
+        keep: &mut dyn FnMut(&str, &str) -> bool,
         out: &mut FlatBatch,
-    ) -> Result<Option<u64>, ReadError>
-    where
-        F: FnMut(&str, &str) -> bool,
-    {
+    ) -> Result<Option<u64>, ReadError> {
         out.clear();
         if read.from > read.until || read.max_scanned == 0 || read.max_events == 0 {
             return Ok(None);
@@ -50,7 +46,9 @@ impl RedbLog {
             None => Ok(last),
         }
     }
+}
 
+impl RedbLog {
     /// Walks the log up to its published head (an event committed but not yet published is
     /// not yet in the stream index, nor acknowledged): see [`walk_chunks`].
     fn scan<F>(&self, from: u64, visit: F) -> Result<Option<u64>, ReadError>
@@ -62,13 +60,13 @@ impl RedbLog {
     }
 
     /// The stream's version (its number of events; 0 when it does not exist).
-    pub fn stream_version(&self, stream: &str) -> Result<u64, ReadError> {
+    pub(super) fn stream_version(&self, stream: &str) -> Result<u64, ReadError> {
         Ok(self.index.read()?.version(stream)?)
     }
 
     /// Up to `max` stream names after `after` (all when `None`), in name order, with their
     /// versions.
-    pub fn streams(
+    pub(super) fn streams(
         &self,
         after: Option<&str>,
         max: usize,
@@ -77,7 +75,7 @@ impl RedbLog {
     }
 
     /// Reads up to `max` events of `stream`, from stream version `from` on.
-    pub fn read_stream(
+    pub(super) fn read_stream(
         &self,
         stream: &str,
         from: u64,

@@ -18,6 +18,7 @@ use crate::log::{
 };
 use anyhow::Context;
 use async_nats::HeaderMap;
+use async_nats::jetstream::stream::Stream;
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +33,8 @@ const MAX_GET: usize = 1000;
 
 struct Inner {
     client: async_nats::Client,
+    /// The events stream's handle: its info and direct gets without looking it up again.
+    events: Stream,
     head: watch::Sender<u64>,
 }
 
@@ -52,31 +55,26 @@ impl JetStreamLog {
             .enable_all()
             .build()?;
         let urls = urls.to_string();
-        let (client, head) = wait(runtime.handle(), async move {
+        let (client, events, head) = wait(runtime.handle(), async move {
             let client = async_nats::connect(urls.as_str())
                 .await
                 .with_context(|| format!("connecting to NATS at {urls}"))?;
             let version = client.server_info().version;
-            let numbers: Vec<u32> = version
-                .split(['.', '-'])
-                .take(3)
-                .filter_map(|p| p.parse().ok())
-                .collect();
-            if numbers.len() < 3
-                || (numbers[0], numbers[1], numbers[2]) < prism_toolchain::nats::NATS_SERVER_MIN
-            {
+            if !prism_toolchain::nats::supported(&version) {
                 anyhow::bail!(
                     "NATS at {urls} runs nats-server {version}; Prism's JetStream log needs 2.15.1 or later"
                 );
             }
             let js = async_nats::jetstream::new(client.clone());
             protocol::ensure_stream(&js, replicas).await?;
-            let head = read_head(&client).await?;
-            Ok::<_, anyhow::Error>((client, head))
+            let events = js.get_stream(protocol::STREAM).await?;
+            let head = read_head(&events).await?;
+            Ok::<_, anyhow::Error>((client, events, head))
         })?;
         let (sender, receiver) = watch::channel(head);
         let inner = Arc::new(Inner {
             client,
+            events,
             head: sender,
         });
         runtime.spawn(poll_head(Arc::downgrade(&inner)));
@@ -124,17 +122,15 @@ fn wait<T: Send + 'static>(
     receiver.recv().expect("the JetStream runtime stopped")
 }
 
-async fn read_head(client: &async_nats::Client) -> anyhow::Result<u64> {
-    let js = async_nats::jetstream::new(client.clone());
-    let info = js.get_stream(protocol::STREAM).await?.get_info().await?;
-    Ok(info.state.last_sequence)
+async fn read_head(events: &Stream) -> anyhow::Result<u64> {
+    Ok(events.get_info().await?.state.last_sequence)
 }
 
 async fn poll_head(inner: std::sync::Weak<Inner>) {
     loop {
         tokio::time::sleep(HEAD_POLL).await;
         let Some(inner) = inner.upgrade() else { return };
-        if let Ok(head) = read_head(&inner.client).await {
+        if let Ok(head) = read_head(&inner.events).await {
             inner
                 .head
                 .send_if_modified(|h| std::mem::replace(h, (*h).max(head)) < head);
@@ -212,12 +208,7 @@ fn decode(message: &Stored) -> Result<Decoded<'_>, ReadError> {
 }
 
 /// The last message of `stream`: its sequence and the stream's version (0, 0 when none).
-async fn last_of(client: &async_nats::Client, stream: &str) -> Result<(u64, u64), AppendError> {
-    let js = async_nats::jetstream::new(client.clone());
-    let events = js
-        .get_stream(protocol::STREAM)
-        .await
-        .map_err(|e| AppendError::Unavailable(e.to_string()))?;
+async fn last_of(events: &Stream, stream: &str) -> Result<(u64, u64), AppendError> {
     match events.direct_get_last_for_subject(subject_of(stream)).await {
         Ok(message) => {
             let version = message
@@ -259,7 +250,7 @@ async fn append(inner: Arc<Inner>, append: Append) -> Result<Appended, AppendErr
         // it are current as long as it has not moved, which the server then checks. One
         // stream's append needs only its subject's last sequence.
         let head = if streams.len() > 1 || append.expected_head.is_some() {
-            read_head(&inner.client)
+            read_head(&inner.events)
                 .await
                 .map_err(|e| AppendError::Unavailable(e.to_string()))?
         } else {
@@ -275,7 +266,7 @@ async fn append(inner: Arc<Inner>, append: Append) -> Result<Appended, AppendErr
         }
         let mut last = Vec::new();
         for stream in &streams {
-            last.push(last_of(&inner.client, stream).await?);
+            last.push(last_of(&inner.events, stream).await?);
         }
         let mut versions: Vec<u64> = last.iter().map(|l| l.1).collect();
         let mut messages = Vec::new();
@@ -360,9 +351,9 @@ impl LogStore for JetStreamLog {
     }
 
     fn stream_version(&self, stream: &str) -> Result<u64, ReadError> {
-        let (client, stream) = (self.inner.client.clone(), stream.to_string());
+        let (events, stream) = (self.inner.events.clone(), stream.to_string());
         self.read(async move {
-            last_of(&client, &stream)
+            last_of(&events, &stream)
                 .await
                 .map(|l| l.1)
                 .map_err(anyhow::Error::from)
@@ -370,13 +361,11 @@ impl LogStore for JetStreamLog {
     }
 
     fn streams(&self, after: Option<&str>, max: usize) -> Result<Vec<(String, u64)>, ReadError> {
-        let client = self.inner.client.clone();
+        let events = self.inner.events.clone();
         let mut all = self
             .read(async move {
                 use futures::TryStreamExt;
-                let js = async_nats::jetstream::new(client);
-                let stream = js.get_stream(protocol::STREAM).await?;
-                let subjects: Vec<(String, usize)> = stream
+                let subjects: Vec<(String, usize)> = events
                     .info_with_subjects("prism.ev.>")
                     .await?
                     .try_collect()
