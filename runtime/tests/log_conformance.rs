@@ -552,8 +552,6 @@ conformance!(
     ]
 );
 
-// Every case but idempotency, which the JetStream log does not have yet (issue 14, in
-// progress): it refuses keys and event ids with a clear error instead.
 conformance!(
     jetstream,
     |_| {
@@ -569,6 +567,7 @@ conformance!(
         streams_are_read_and_listed,
         reads_start_at_a_position_and_stop_at_limits,
         the_head_is_watched,
+        retries_append_once,
         an_append_can_expect_the_head,
         bad_appends_are_refused_whole,
     ]

@@ -45,6 +45,15 @@ pub fn nats_server(dir: &Path) -> Result<PathBuf> {
             return Ok(candidate);
         }
     }
+    // Test binaries start servers in parallel: one installs while the others wait, then find it.
+    std::fs::create_dir_all(dir)?;
+    let lock = std::fs::File::create(dir.join("nats-server-venv.lock"))?;
+    lock.lock()
+        .context("waiting for another nats-server install")?;
+    if version_of(&installed).is_ok_and(recent) {
+        return Ok(installed);
+    }
+    let _ = std::fs::remove_dir_all(&venv);
     install(&venv).with_context(|| {
         format!(
             "no nats-server {} or later found (PRISM_NATS_SERVER, PATH) and installing one failed: \

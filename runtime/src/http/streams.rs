@@ -207,9 +207,10 @@ pub(super) fn append_error(e: AppendError) -> ApiError {
         }
         AppendError::Invalid(message) => ApiError::bad_request(message),
         AppendError::Duplicate(message) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message),
-        e @ (AppendError::Busy | AppendError::Closed | AppendError::Unavailable(_)) => {
-            ApiError::unavailable(e.to_string(), 1)
-        }
+        e @ (AppendError::Busy
+        | AppendError::Closed
+        | AppendError::Unavailable(_)
+        | AppendError::Unknown(_)) => ApiError::unavailable(e.to_string(), 1),
         e => ApiError::internal(&e),
     }
 }

@@ -142,6 +142,10 @@ pub enum AppendError {
     /// log recovers by itself when writing works again.
     #[error("the event log cannot write now ({0}); nothing was appended: try again later")]
     Unavailable(String),
+    /// No answer came from the log's servers in time: the append may or may not have been
+    /// stored. Sent again with the same idempotency key or event ids, it is stored at most once.
+    #[error("{0}")]
+    Unknown(String),
     /// The log's writer has stopped (Prism is shutting down).
     #[error("the event log is closed")]
     Closed,

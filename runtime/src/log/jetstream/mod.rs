@@ -2,7 +2,10 @@
 //! that async-nats has no helper for ([`protocol`]), checked against a real nats-server. The
 //! store over it, [`JetStreamLog`], is in progress.
 
+mod append;
+mod claims;
+pub mod message;
 pub mod protocol;
 mod store;
 
-pub use store::JetStreamLog;
+pub use store::{JetStreamLog, JetStreamOptions};

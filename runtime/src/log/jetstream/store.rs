@@ -6,36 +6,116 @@
 //! the server's. The NATS client runs on a small runtime of its own, so that the log's
 //! blocking reads can be called from any thread and its appends awaited on any runtime.
 //!
-//! In progress (issue 14): idempotency keys and event ids are refused with a clear error until
-//! they share the embedded log's mechanism; stream reads and listing ask the server (its
-//! per-subject index) rather than a node-local index; the head is polled (100 ms) and moved by
-//! this node's own appends, not yet pushed by a republish.
+//! Appends: [`append`](super::append); idempotency keys and event ids: [`claims`](super::claims).
+//!
+//! In progress (issue 14): stream reads and listing ask the server (its per-subject index)
+//! rather than a node-local index; the head is polled (100 ms) and moved by this node's own
+//! appends, not yet pushed by a republish.
 
-use super::protocol::{self, Expect, Outbound, PublishError, Stored, subject_of};
+use super::claims;
+use super::message::{self, decode};
+use super::protocol::{self, subject_of};
 use crate::log::{
-    Append, AppendError, Appended, BatchRead, BatchReader, ExpectedVersion, FlatBatch, LogStore,
-    ReadError, RecordedEvent, StoredEvent,
+    Append, AppendError, Appended, BatchRead, BatchReader, FlatBatch, LogStore, ReadError,
+    RecordedEvent, StoredEvent,
 };
 use anyhow::Context;
-use async_nats::HeaderMap;
 use async_nats::jetstream::stream::Stream;
 use futures::future::BoxFuture;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// How long a request to the server may take before its outcome is unknown.
-const TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the head is read from the server (besides this node's own appends).
 const HEAD_POLL: Duration = Duration::from_millis(100);
 /// Most messages one batch direct get asks for.
 const MAX_GET: usize = 1000;
 
-struct Inner {
-    client: async_nats::Client,
+/// How to reach the servers and what to expect of them.
+#[derive(Debug, Clone)]
+pub struct JetStreamOptions {
+    /// `nats://host:port`, comma-separated (any of a cluster's servers).
+    pub urls: String,
+    /// How many servers keep each event (1, or 3 in a cluster; 5 at most).
+    pub replicas: usize,
+    /// How long idempotency keys and event ids are remembered.
+    pub idempotency_window: Duration,
+    /// How long a request to the server may take before its outcome is unknown.
+    pub request_timeout: Duration,
+    /// How long an append of unknown outcome keeps trying to learn it before answering
+    /// [`AppendError::Unknown`](crate::log::AppendError::Unknown).
+    pub resolve_within: Duration,
+    /// A NATS credentials file (JWT and NKey seed), if the servers require one.
+    pub credentials: Option<PathBuf>,
+    /// PEM root certificates to trust (and TLS required), if the servers use a private CA.
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate and its key (PEM), if the servers require mutual TLS.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+}
+
+impl JetStreamOptions {
+    /// The defaults for servers at `urls`, keeping each event on `replicas` servers.
+    pub fn new(urls: &str, replicas: usize) -> JetStreamOptions {
+        JetStreamOptions {
+            urls: urls.to_string(),
+            replicas,
+            idempotency_window: crate::log::IDEMPOTENCY_WINDOW,
+            request_timeout: Duration::from_secs(5),
+            resolve_within: Duration::from_secs(30),
+            credentials: None,
+            tls_ca: None,
+            tls_client: None,
+        }
+    }
+
+    async fn connect(&self) -> anyhow::Result<async_nats::Client> {
+        let mut options = async_nats::ConnectOptions::new()
+            .name("prism")
+            .request_timeout(Some(self.request_timeout));
+        if let Some(path) = &self.credentials {
+            options = options
+                .credentials_file(path)
+                .await
+                .with_context(|| format!("reading the NATS credentials {}", path.display()))?;
+        }
+        if let Some(ca) = &self.tls_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let Some((cert, key)) = &self.tls_client {
+            options = options
+                .add_client_certificate(cert.clone(), key.clone())
+                .require_tls(true);
+        }
+        let urls: Vec<async_nats::ServerAddr> = self
+            .urls
+            .split(',')
+            .map(|u| u.trim().parse())
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("reading the NATS urls {:?}", self.urls))?;
+        options
+            .connect(urls)
+            .await
+            .with_context(|| format!("connecting to NATS at {}", self.urls))
+    }
+}
+
+pub(super) struct Inner {
+    pub client: async_nats::Client,
     /// The events stream's handle: its info and direct gets without looking it up again.
-    events: Stream,
+    pub events: Stream,
+    /// Idempotency keys and event ids.
+    pub claims: async_nats::jetstream::kv::Store,
+    pub options: JetStreamOptions,
     head: watch::Sender<u64>,
+}
+
+impl Inner {
+    /// The log holds events up to `position` (at least).
+    pub fn moved(&self, position: u64) {
+        self.head
+            .send_if_modified(|h| std::mem::replace(h, (*h).max(position)) < position);
+    }
 }
 
 /// The event log in NATS JetStream.
@@ -46,19 +126,25 @@ pub struct JetStreamLog {
 }
 
 impl JetStreamLog {
-    /// Connects to the servers at `urls` (`nats://host:port`, comma-separated), checks their
-    /// version and the events stream (creating it with `replicas` when missing).
+    /// Connects to the servers at `urls` (`nats://host:port`, comma-separated) with the
+    /// default options: [`connect_with`](Self::connect_with).
     pub fn connect(urls: &str, replicas: usize) -> anyhow::Result<JetStreamLog> {
+        Self::connect_with(JetStreamOptions::new(urls, replicas))
+    }
+
+    /// Connects to the servers, checks their version and the events stream (creating it, and
+    /// the claims bucket, when missing).
+    pub fn connect_with(options: JetStreamOptions) -> anyhow::Result<JetStreamLog> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("prism-jetstream")
             .enable_all()
             .build()?;
-        let urls = urls.to_string();
-        let (client, events, head) = wait(runtime.handle(), async move {
-            let client = async_nats::connect(urls.as_str())
-                .await
-                .with_context(|| format!("connecting to NATS at {urls}"))?;
+        let opened = options.clone();
+        let (client, events, claims, head) = wait(runtime.handle(), async move {
+            let options = opened;
+            let urls = &options.urls;
+            let client = options.connect().await?;
             let version = client.server_info().version;
             if !prism_toolchain::nats::supported(&version) {
                 anyhow::bail!(
@@ -66,15 +152,18 @@ impl JetStreamLog {
                 );
             }
             let js = async_nats::jetstream::new(client.clone());
-            protocol::ensure_stream(&js, replicas).await?;
+            protocol::ensure_stream(&js, options.replicas).await?;
             let events = js.get_stream(protocol::STREAM).await?;
+            let claims = claims::bucket(&js, options.replicas, options.idempotency_window).await?;
             let head = read_head(&events).await?;
-            Ok::<_, anyhow::Error>((client, events, head))
+            Ok::<_, anyhow::Error>((client, events, claims, head))
         })?;
         let (sender, receiver) = watch::channel(head);
         let inner = Arc::new(Inner {
             client,
             events,
+            claims,
+            options,
             head: sender,
         });
         runtime.spawn(poll_head(Arc::downgrade(&inner)));
@@ -122,7 +211,7 @@ fn wait<T: Send + 'static>(
     receiver.recv().expect("the JetStream runtime stopped")
 }
 
-async fn read_head(events: &Stream) -> anyhow::Result<u64> {
+pub(super) async fn read_head(events: &Stream) -> anyhow::Result<u64> {
     Ok(events.get_info().await?.state.last_sequence)
 }
 
@@ -131,89 +220,18 @@ async fn poll_head(inner: std::sync::Weak<Inner>) {
         tokio::time::sleep(HEAD_POLL).await;
         let Some(inner) = inner.upgrade() else { return };
         if let Ok(head) = read_head(&inner.events).await {
-            inner
-                .head
-                .send_if_modified(|h| std::mem::replace(h, (*h).max(head)) < head);
+            inner.moved(head);
         }
     }
 }
 
-/// The payload of an event: its type, metadata and data, lengths first.
-fn encode(event_type: &str, metadata: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(6 + event_type.len() + metadata.len() + data.len());
-    out.extend_from_slice(&(event_type.len() as u16).to_le_bytes());
-    out.extend_from_slice(event_type.as_bytes());
-    out.extend_from_slice(&(metadata.len() as u32).to_le_bytes());
-    out.extend_from_slice(metadata);
-    out.extend_from_slice(data);
-    out
-}
-
-/// A stored message as an event of the log.
-struct Decoded<'a> {
-    position: u64,
-    stream: String,
-    event: StoredEvent<'a>,
-}
-
-fn decode(message: &Stored) -> Result<Decoded<'_>, ReadError> {
-    let position = message.sequence;
-    let corrupt = |reason: &str| ReadError::Corrupt {
-        position,
-        reason: reason.into(),
-    };
-    let stream =
-        protocol::stream_of(&message.subject).ok_or_else(|| corrupt("not an event's subject"))?;
-    let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_string());
-    let stream_version = header("Prism-Version")
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| corrupt("no Prism-Version"))?;
-    let timestamp_ms = header("Nats-Time-Stamp")
-        .and_then(|t| humantime::parse_rfc3339_weak(&t).ok())
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_millis() as u64);
-    let bytes = &message.payload[..];
-    let type_len = u16::from_le_bytes(
-        bytes
-            .get(..2)
-            .ok_or_else(|| corrupt("short"))?
-            .try_into()
-            .unwrap(),
-    ) as usize;
-    let rest = bytes.get(2..).ok_or_else(|| corrupt("short"))?;
-    let event_type = std::str::from_utf8(rest.get(..type_len).ok_or_else(|| corrupt("short"))?)
-        .map_err(|_| corrupt("its type is not UTF-8"))?;
-    let rest = &rest[type_len..];
-    let meta_len = u32::from_le_bytes(
-        rest.get(..4)
-            .ok_or_else(|| corrupt("short"))?
-            .try_into()
-            .unwrap(),
-    ) as usize;
-    let rest = &rest[4..];
-    let metadata = rest.get(..meta_len).ok_or_else(|| corrupt("short"))?;
-    let data = &rest[meta_len..];
-    Ok(Decoded {
-        position,
-        stream,
-        event: StoredEvent {
-            stream: "",
-            stream_version,
-            event_type,
-            timestamp_ms,
-            data,
-            metadata,
-        },
-    })
-}
-
 /// The last message of `stream`: its sequence and the stream's version (0, 0 when none).
-async fn last_of(events: &Stream, stream: &str) -> Result<(u64, u64), AppendError> {
+pub(super) async fn last_of(events: &Stream, stream: &str) -> Result<(u64, u64), AppendError> {
     match events.direct_get_last_for_subject(subject_of(stream)).await {
         Ok(message) => {
             let version = message
                 .headers
-                .get("Prism-Version")
+                .get(message::VERSION)
                 .and_then(|v| v.as_str().parse().ok())
                 .ok_or_else(|| {
                     AppendError::Storage(format!("the last event of {stream:?} has no version"))
@@ -227,114 +245,11 @@ async fn last_of(events: &Stream, stream: &str) -> Result<(u64, u64), AppendErro
     }
 }
 
-async fn append(inner: Arc<Inner>, append: Append) -> Result<Appended, AppendError> {
-    if append.key.is_some()
-        || append
-            .parts
-            .iter()
-            .flat_map(|p| &p.events)
-            .any(|e| e.id.is_some())
-    {
-        return Err(AppendError::Invalid(
-            "idempotency keys and event ids are not supported on the JetStream log yet".into(),
-        ));
-    }
-    let mut streams: Vec<&str> = Vec::new();
-    for part in &append.parts {
-        if !streams.contains(&part.stream.as_str()) {
-            streams.push(&part.stream);
-        }
-    }
-    loop {
-        // The head first, when the stream-wide expectation is needed: the versions read after
-        // it are current as long as it has not moved, which the server then checks. One
-        // stream's append needs only its subject's last sequence.
-        let head = if streams.len() > 1 || append.expected_head.is_some() {
-            read_head(&inner.events)
-                .await
-                .map_err(|e| AppendError::Unavailable(e.to_string()))?
-        } else {
-            0
-        };
-        if let Some(expected) = append.expected_head
-            && expected != head
-        {
-            return Err(AppendError::HeadMoved {
-                expected,
-                actual: head,
-            });
-        }
-        let mut last = Vec::new();
-        for stream in &streams {
-            last.push(last_of(&inner.events, stream).await?);
-        }
-        let mut versions: Vec<u64> = last.iter().map(|l| l.1).collect();
-        let mut messages = Vec::new();
-        for part in &append.parts {
-            let i = streams
-                .iter()
-                .position(|s| *s == part.stream)
-                .expect("listed");
-            if let ExpectedVersion::Exact(expected) = part.expected
-                && expected != versions[i]
-            {
-                return Err(AppendError::VersionConflict {
-                    stream: part.stream.clone(),
-                    expected,
-                    actual: versions[i],
-                });
-            }
-            for event in &part.events {
-                versions[i] += 1;
-                let mut headers = HeaderMap::new();
-                headers.insert("Prism-Version", versions[i].to_string().as_str());
-                let metadata = event.metadata.as_deref().unwrap_or(b"{}");
-                messages.push(Outbound {
-                    subject: subject_of(&part.stream),
-                    headers,
-                    payload: encode(&event.event_type, metadata, &event.data).into(),
-                });
-            }
-        }
-        let expect = match (append.expected_head, streams.len()) {
-            (Some(head), _) => Expect::LastSequence(head),
-            (None, 1) => Expect::LastSubjectSequence(last[0].0),
-            (None, _) => Expect::LastSequence(head),
-        };
-        match protocol::publish_atomic(&inner.client, messages, expect, TIMEOUT).await {
-            Ok((first, last_position)) => {
-                inner.head.send_if_modified(|h| {
-                    std::mem::replace(h, (*h).max(last_position)) < last_position
-                });
-                let stream = &append.parts.last().expect("an append has parts").stream;
-                let i = streams.iter().position(|s| s == stream).expect("listed");
-                return Ok(Appended {
-                    first_position: first,
-                    last_position,
-                    stream_version: versions[i],
-                    replayed: false,
-                });
-            }
-            // Someone appended in between: read again (a stale exact version then answers a
-            // conflict, an expected head a moved head).
-            Err(PublishError::WrongLastSequence(_)) => continue,
-            Err(PublishError::Refused { code, description }) => {
-                return Err(AppendError::Storage(format!(
-                    "JetStream error {code}: {description}"
-                )));
-            }
-            Err(PublishError::Unknown(why)) => {
-                return Err(AppendError::Unavailable(format!(
-                    "{why}; the append may or may not have been stored"
-                )));
-            }
-        }
-    }
-}
-
 impl LogStore for JetStreamLog {
     fn append(&self, request: Append) -> BoxFuture<'static, Result<Appended, AppendError>> {
-        let done = self.handle().spawn(append(self.inner.clone(), request));
+        let done = self
+            .handle()
+            .spawn(super::append::append(self.inner.clone(), request));
         Box::pin(async move { done.await.map_err(|_| AppendError::Closed)? })
     }
 
@@ -388,6 +303,7 @@ impl LogStore for JetStreamLog {
         max: usize,
     ) -> Result<Vec<RecordedEvent>, ReadError> {
         let (client, subject) = (self.inner.client.clone(), subject_of(stream));
+        let timeout = self.inner.options.request_timeout;
         let from = from.max(1);
         let mut out = Vec::new();
         let mut at = 1;
@@ -396,7 +312,7 @@ impl LogStore for JetStreamLog {
         while out.len() < max {
             let (client, subject) = (client.clone(), subject.clone());
             let got = self.read(async move {
-                protocol::direct_get_batch(&client, at, Some(&subject), MAX_GET, 8 << 20, TIMEOUT)
+                protocol::direct_get_batch(&client, at, Some(&subject), MAX_GET, 8 << 20, timeout)
                     .await
             })?;
             let Some(last) = got.last() else { break };
@@ -433,8 +349,9 @@ impl BatchReader for JetStreamLog {
             .min(MAX_GET)
             .min(usize::try_from(span).unwrap_or(usize::MAX));
         let (client, from, max_bytes) = (self.inner.client.clone(), read.from, read.max_bytes);
+        let timeout = self.inner.options.request_timeout;
         let got = self.read(async move {
-            protocol::direct_get_batch(&client, from, None, ask, max_bytes.min(64 << 20), TIMEOUT)
+            protocol::direct_get_batch(&client, from, None, ask, max_bytes.min(64 << 20), timeout)
                 .await
         })?;
         let mut last = None;

@@ -1,0 +1,292 @@
+//! An append to the JetStream log: checked against each stream's last message, published
+//! atomically with an expectation the server checks (the first stream's last sequence, or the
+//! log's when several streams or an expected head are involved), so a racing writer cannot slip
+//! in between the check and the publish.
+//!
+//! Every append carries an id (`Prism-Append-Id` on its first message). When a publish's
+//! outcome is unknown (a timeout, a leader change), the append looks for its id on the first
+//! stream's messages after the last one it saw, and publishes again only with an expectation
+//! that fails if the first publish landed meanwhile: an append is stored at most once, and an
+//! acknowledged one is never stored twice. Across calls (a client retrying with its
+//! idempotency key or event ids) the same search runs from the [`claims`] the first call left.
+
+use super::claims::{self, Claim, Claimed};
+use super::message::{self, APPEND_ID};
+use super::protocol::{self, Expect, PublishError, subject_of};
+use super::store::{Inner, last_of, read_head};
+use crate::log::{Append, AppendError, Appended, ExpectedVersion};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Where an append of this call, or of an earlier one, may already be.
+struct Search {
+    append_id: String,
+    /// The first stream's subject.
+    subject: String,
+    /// Its messages up to this sequence hold no message of the append.
+    searched: u64,
+    /// Whether the append may be on the log: after an unknown outcome, or when an earlier
+    /// call made it.
+    maybe_there: bool,
+    /// Whether a find is an earlier call's append (answered as `replayed`).
+    earlier: bool,
+}
+
+pub async fn append(inner: Arc<Inner>, append: Append) -> Result<Appended, AppendError> {
+    let first_stream = append.parts[0].stream.clone();
+    let (floor, _) = last_of(&inner.events, &first_stream).await?;
+    let mut search = Search {
+        append_id: nuid::next().to_string(),
+        subject: subject_of(&first_stream),
+        searched: floor,
+        maybe_there: false,
+        earlier: false,
+    };
+    let mut own = Vec::new();
+    if claims::retryable(append.key.as_deref(), &append.parts) {
+        let claim = Claim {
+            append_id: search.append_id.clone(),
+            digest: claims::digest(&append.parts),
+            floor,
+            index: 0,
+        };
+        match claims::claim(&inner.claims, append.key.as_deref(), &append.parts, &claim).await? {
+            Claimed::Own(names) => own = names,
+            Claimed::Earlier(before) => {
+                search.append_id = before.append_id;
+                search.searched = before.floor;
+                search.maybe_there = true;
+                search.earlier = true;
+            }
+        }
+    }
+    let result = publish(&inner, &append, &mut search).await;
+    if let Err(
+        AppendError::VersionConflict { .. }
+        | AppendError::HeadMoved { .. }
+        | AppendError::Invalid(_),
+    ) = &result
+    {
+        // Refused for good: the key and ids are free again, as on the embedded log.
+        claims::release(&inner.claims, &own).await;
+    }
+    result
+}
+
+async fn publish(
+    inner: &Inner,
+    append: &Append,
+    search: &mut Search,
+) -> Result<Appended, AppendError> {
+    let mut streams: Vec<&str> = Vec::new();
+    for part in &append.parts {
+        if !streams.contains(&part.stream.as_str()) {
+            streams.push(&part.stream);
+        }
+    }
+    let count: u64 = append.parts.iter().map(|p| p.events.len() as u64).sum();
+    let deadline = Instant::now() + inner.options.resolve_within;
+    loop {
+        match attempt(inner, append, &streams, count, search).await {
+            Ok(appended) => return Ok(appended),
+            Err(Attempt::Refused(e)) => return Err(e),
+            Err(Attempt::Again) => continue,
+            // The server could not be asked, or did not answer: once the append may be on the
+            // log, keep asking until it is found or surely not there, within the deadline.
+            Err(Attempt::Unknown(why)) => {
+                if !search.maybe_there {
+                    return Err(AppendError::Unavailable(why));
+                }
+                if Instant::now() >= deadline {
+                    return Err(AppendError::Unknown(format!(
+                        "{why}; the append may or may not have been stored: send it again with \
+                         the same idempotency key or event ids to store it at most once"
+                    )));
+                }
+                tokio::time::sleep(inner.options.request_timeout / 4).await;
+            }
+        }
+    }
+}
+
+/// How an attempt ended, when it did not append.
+enum Attempt {
+    /// With this refusal.
+    Refused(AppendError),
+    /// The log moved under it: read again.
+    Again,
+    /// Without an answer from the server.
+    Unknown(String),
+}
+
+impl From<AppendError> for Attempt {
+    fn from(e: AppendError) -> Self {
+        match e {
+            AppendError::Unavailable(why) => Attempt::Unknown(why),
+            e => Attempt::Refused(e),
+        }
+    }
+}
+
+async fn attempt(
+    inner: &Inner,
+    append: &Append,
+    streams: &[&str],
+    count: u64,
+    search: &mut Search,
+) -> Result<Appended, Attempt> {
+    // The head first, when the stream-wide expectation is needed: the versions read after it
+    // are current as long as it has not moved, which the server then checks. One stream's
+    // append needs only its subject's last sequence.
+    let head = if streams.len() > 1 || append.expected_head.is_some() {
+        read_head(&inner.events)
+            .await
+            .map_err(|e| Attempt::Unknown(e.to_string()))?
+    } else {
+        0
+    };
+    let mut last = Vec::new();
+    for stream in streams {
+        last.push(last_of(&inner.events, stream).await?);
+    }
+    // Is the append there already? Only the first stream's messages after the last searched
+    // can hold it; the publish below expects no more than what was searched.
+    if search.maybe_there && last[0].0 > search.searched {
+        if let Some(found) = find(inner, search, last[0].0, count).await? {
+            return Ok(found);
+        }
+        search.searched = last[0].0;
+    }
+    search.searched = search.searched.max(last[0].0);
+    if let Some(expected) = append.expected_head
+        && expected != head
+    {
+        return Err(Attempt::Refused(AppendError::HeadMoved {
+            expected,
+            actual: head,
+        }));
+    }
+    let mut versions: Vec<u64> = last.iter().map(|l| l.1).collect();
+    let mut messages = Vec::with_capacity(count as usize);
+    for part in &append.parts {
+        let i = streams
+            .iter()
+            .position(|s| *s == part.stream)
+            .expect("listed");
+        if let ExpectedVersion::Exact(expected) = part.expected
+            && expected != versions[i]
+        {
+            return Err(Attempt::Refused(AppendError::VersionConflict {
+                stream: part.stream.clone(),
+                expected,
+                actual: versions[i],
+            }));
+        }
+        for event in &part.events {
+            versions[i] += 1;
+            let metadata = event.metadata.as_deref().unwrap_or(b"{}");
+            let mut outbound = message::outbound(
+                &part.stream,
+                versions[i],
+                &event.event_type,
+                metadata,
+                &event.data,
+            );
+            if messages.is_empty() {
+                outbound
+                    .headers
+                    .insert(APPEND_ID, search.append_id.as_str());
+            }
+            messages.push(outbound);
+        }
+    }
+    let expect = match (append.expected_head, streams.len()) {
+        (Some(head), _) => Expect::LastSequence(head),
+        (None, 1) => Expect::LastSubjectSequence(last[0].0),
+        (None, _) => Expect::LastSequence(head),
+    };
+    match protocol::publish_atomic(
+        &inner.client,
+        messages,
+        expect,
+        inner.options.request_timeout,
+    )
+    .await
+    {
+        Ok((first, last_position)) => {
+            inner.moved(last_position);
+            let stream = &append.parts.last().expect("an append has parts").stream;
+            let i = streams.iter().position(|s| s == stream).expect("listed");
+            Ok(Appended {
+                first_position: first,
+                last_position,
+                stream_version: versions[i],
+                replayed: false,
+            })
+        }
+        // Someone appended in between: read again (a stale exact version then answers a
+        // conflict, an expected head a moved head).
+        Err(PublishError::WrongLastSequence(_)) => Err(Attempt::Again),
+        Err(PublishError::Refused { code, description }) => Err(Attempt::Refused(
+            AppendError::Storage(format!("JetStream error {code}: {description}")),
+        )),
+        Err(PublishError::Unknown(why)) => {
+            search.maybe_there = true;
+            Err(Attempt::Unknown(why))
+        }
+    }
+}
+
+/// Looks for the append's first message on its subject after `search.searched`, up to
+/// `until`: the append's result when it is there.
+async fn find(
+    inner: &Inner,
+    search: &Search,
+    until: u64,
+    count: u64,
+) -> Result<Option<Appended>, Attempt> {
+    let mut from = search.searched + 1;
+    while from <= until {
+        let got = protocol::direct_get_batch(
+            &inner.client,
+            from,
+            Some(&search.subject),
+            1000,
+            8 << 20,
+            inner.options.request_timeout,
+        )
+        .await
+        .map_err(|e| Attempt::Unknown(e.to_string()))?;
+        let Some(last) = got.last() else { break };
+        from = last.sequence + 1;
+        for stored in got.iter().take_while(|m| m.sequence <= until) {
+            if message::header(stored, APPEND_ID).as_deref() == Some(search.append_id.as_str()) {
+                let first_position = stored.sequence;
+                let last_position = first_position + count - 1;
+                // The last event is the last part's stream's: its version is the result's.
+                let last_event = inner
+                    .events
+                    .direct_get(last_position)
+                    .await
+                    .map_err(|e| Attempt::Unknown(e.to_string()))?;
+                let stream_version = last_event
+                    .headers
+                    .get(message::VERSION)
+                    .and_then(|v| v.as_str().parse().ok())
+                    .ok_or_else(|| {
+                        Attempt::Refused(AppendError::Storage(format!(
+                            "the event at {last_position} has no version"
+                        )))
+                    })?;
+                inner.moved(last_position);
+                return Ok(Some(Appended {
+                    first_position,
+                    last_position,
+                    stream_version,
+                    replayed: search.earlier,
+                }));
+            }
+        }
+    }
+    Ok(None)
+}
