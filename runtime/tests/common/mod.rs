@@ -4,6 +4,7 @@
 
 pub mod nats;
 pub mod process;
+pub mod proxy;
 
 use prism::server::{Server, ServerConfig};
 use prism_client::wire::{DeployParams, NewEvent, ScanParams};
