@@ -18,6 +18,12 @@
 //! event_log = "nats://127.0.0.1:4222"   # absent: the embedded log in the data dir
 //! event_log_replicas = 1
 //!
+//! [nats]                        # the JetStream log's servers' security, each optional
+//! credentials = "prism.creds"
+//! tls_ca = "ca.pem"
+//! tls_cert = "client.pem"
+//! tls_key = "client-key.pem"
+//!
 //! [limits]
 //! max_module_bytes = 67108864
 //! max_append_events = 10000
@@ -47,6 +53,7 @@
 
 use crate::engine::Sandbox;
 use crate::http::{RequestLimits, Tokens};
+use crate::log::jetstream::NatsSecurity;
 use crate::server::ServerConfig;
 use anyhow::Context;
 use figment::Figment;
@@ -94,6 +101,8 @@ pub struct Config {
     pub event_log_replicas: usize,
     pub limits: RequestLimits,
     pub sandbox: Sandbox,
+    #[serde(skip_serializing_if = "NatsSecurity::is_empty")]
+    pub nats: NatsSecurity,
     #[serde(skip_serializing_if = "Tokens::is_empty")]
     pub tokens: Tokens,
 }
@@ -124,6 +133,7 @@ impl Default for Config {
             event_log_replicas: 1,
             limits: RequestLimits::default(),
             sandbox: Sandbox::default(),
+            nats: NatsSecurity::default(),
             tokens: Tokens::default(),
         }
     }
@@ -156,6 +166,7 @@ impl Config {
                  or no event_log for the embedded log"
             );
         }
+        self.nats.check()?;
         self.tokens.check().map_err(anyhow::Error::msg)
     }
 
@@ -164,6 +175,10 @@ impl Config {
     pub fn to_toml_masked(&self) -> String {
         let mut shown = self.clone();
         shown.tokens = Tokens::default();
+        shown.event_log = shown
+            .event_log
+            .as_deref()
+            .map(crate::log::jetstream::masked);
         let mut text = toml::to_string(&shown).expect("the config serializes");
         let set: Vec<&str> = self
             .tokens
@@ -195,6 +210,7 @@ impl Config {
         config.view_cache_interval = std::time::Duration::from_millis(self.view_cache_interval_ms);
         config.event_log = self.event_log.clone();
         config.event_log_replicas = self.event_log_replicas;
+        config.nats = self.nats.clone();
         // Uploads are compiled by this executable's `compile-worker`, within bounds.
         config.compile_worker = std::env::current_exe().ok();
         config

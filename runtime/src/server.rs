@@ -5,6 +5,7 @@ use crate::engine::Engine;
 use crate::engine::Sandbox;
 use crate::http::{AppState, RequestLimits, router};
 use crate::log::EventLog;
+use crate::log::jetstream::{JetStreamLog, JetStreamOptions, NatsSecurity};
 use crate::projector::{Registry, RegistryOptions, Spawner};
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -56,6 +57,8 @@ pub struct ServerConfig {
     pub event_log: Option<String>,
     /// Replicas of the JetStream stream when Prism creates it.
     pub event_log_replicas: usize,
+    /// The JetStream log's servers' security.
+    pub nats: NatsSecurity,
 }
 
 impl ServerConfig {
@@ -78,6 +81,7 @@ impl ServerConfig {
             view_cache_interval: crate::store::CACHE_INTERVAL,
             event_log: None,
             event_log_replicas: 1,
+            nats: NatsSecurity::default(),
         }
     }
 }
@@ -103,7 +107,11 @@ impl Server {
             idempotency_window: config.idempotency_window,
         };
         let worker = config.compile_worker.clone();
-        let (event_log, replicas) = (config.event_log.clone(), config.event_log_replicas);
+        let jetstream = config.event_log.as_deref().map(|urls| JetStreamOptions {
+            idempotency_window: config.idempotency_window,
+            security: config.nats.clone(),
+            ..JetStreamOptions::new(urls, config.event_log_replicas)
+        });
         let options = RegistryOptions {
             spawner: config.spawner.clone(),
             view_sync_interval: config.view_sync_interval,
@@ -116,12 +124,15 @@ impl Server {
         let (log, registry) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let dir = DataDir::create(&root)
                 .with_context(|| format!("creating the data dir {}", root.display()))?;
-            let log = match &event_log {
+            let log = match jetstream {
                 None => EventLog::open_with(&dir.log(), log_options)?,
-                Some(urls) => EventLog::new(
-                    crate::log::jetstream::JetStreamLog::connect(urls, replicas)
-                        .with_context(|| format!("opening the event log at {urls}"))?,
-                ),
+                Some(options) => {
+                    let urls = crate::log::jetstream::masked(&options.urls);
+                    EventLog::new(
+                        JetStreamLog::connect_with(options)
+                            .with_context(|| format!("opening the event log at {urls}"))?,
+                    )
+                }
             };
             let engine = Engine::with_compile_worker(Some(dir.cache()), sandbox, worker)
                 .map_err(|e| anyhow::anyhow!("starting the WebAssembly engine: {e:#}"))?;

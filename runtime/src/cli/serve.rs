@@ -58,8 +58,9 @@ pub struct ServeArgs {
     #[arg(long, env = "PRISM_APPEND_QUEUE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     append_queue: Option<usize>,
-    /// Where the events are: NATS JetStream at `nats://HOST:PORT[,…]` [default: the embedded
-    /// log in the data dir].
+    /// Where the events are: NATS JetStream at `nats://HOST:PORT[,…]` (a user and password
+    /// or a token as `nats://USER:PASS@HOST:PORT`; see also the `--nats-*` flags) [default:
+    /// the embedded log in the data dir].
     #[arg(long, env = "PRISM_EVENT_LOG")]
     #[serde(skip_serializing_if = "Option::is_none")]
     event_log: Option<String>,
@@ -77,6 +78,29 @@ pub struct ServeArgs {
     sandbox: SandboxArgs,
     #[command(flatten)]
     tokens: TokenArgs,
+    #[command(flatten)]
+    nats: NatsArgs,
+}
+
+/// The `[nats]` flags: the JetStream log's servers' security.
+#[derive(clap::Args, Serialize)]
+struct NatsArgs {
+    /// A NATS credentials file (user JWT and NKey seed) for the JetStream log's servers.
+    #[arg(long, env = "PRISM_NATS_CREDENTIALS")]
+    #[serde(rename = "credentials", skip_serializing_if = "Option::is_none")]
+    nats_credentials: Option<PathBuf>,
+    /// PEM root certificates the NATS servers' certificates must chain to (TLS required).
+    #[arg(long, env = "PRISM_NATS_TLS_CA")]
+    #[serde(rename = "tls_ca", skip_serializing_if = "Option::is_none")]
+    nats_tls_ca: Option<PathBuf>,
+    /// A PEM client certificate for mutual TLS with the NATS servers (with --nats-tls-key).
+    #[arg(long, env = "PRISM_NATS_TLS_CERT")]
+    #[serde(rename = "tls_cert", skip_serializing_if = "Option::is_none")]
+    nats_tls_cert: Option<PathBuf>,
+    /// The client certificate's PEM key.
+    #[arg(long, env = "PRISM_NATS_TLS_KEY")]
+    #[serde(rename = "tls_key", skip_serializing_if = "Option::is_none")]
+    nats_tls_key: Option<PathBuf>,
 }
 
 /// The `[limits]` flags.

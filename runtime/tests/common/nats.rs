@@ -14,6 +14,11 @@ pub struct NatsServer {
 impl NatsServer {
     /// A single nats-server with JetStream, accepting connections.
     pub fn start() -> NatsServer {
+        NatsServer::start_with(&[])
+    }
+
+    /// [`start`](Self::start) with more arguments for nats-server (TLS, users...).
+    pub fn start_with(args: &[&str]) -> NatsServer {
         let binary =
             prism_toolchain::nats::nats_server(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")))
                 .expect("a nats-server for the JetStream tests");
@@ -26,6 +31,7 @@ impl NatsServer {
         let child = Command::new(binary)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(store.path())
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -227,6 +227,14 @@ async fn attempt(
         // Someone appended in between: read again (a stale exact version then answers a
         // conflict, an expected head a moved head).
         Err(PublishError::WrongLastSequence(_)) => Err(Attempt::Again),
+        // More messages than the server takes in one atomic batch.
+        Err(PublishError::Refused { code: 10199, .. }) => {
+            Err(Attempt::Refused(AppendError::Invalid(format!(
+                "an append of {count} events is more than the JetStream servers take in one \
+                 atomic batch (their limits.batch.max_msgs, 1000 by default): append fewer \
+                 events at a time, or raise that limit"
+            ))))
+        }
         Err(PublishError::Refused { code, description }) => Err(Attempt::Refused(
             AppendError::Storage(format!("JetStream error {code}: {description}")),
         )),

@@ -5,7 +5,9 @@
 mod append;
 mod claims;
 pub mod message;
+mod options;
 pub mod protocol;
 mod store;
 
-pub use store::{JetStreamLog, JetStreamOptions};
+pub use options::{JetStreamOptions, NatsSecurity, masked};
+pub use store::JetStreamLog;

@@ -14,15 +14,14 @@
 
 use super::claims;
 use super::message::{self, decode};
+use super::options::JetStreamOptions;
 use super::protocol::{self, subject_of};
 use crate::log::{
     Append, AppendError, Appended, BatchRead, BatchReader, FlatBatch, LogStore, ReadError,
     RecordedEvent, StoredEvent,
 };
-use anyhow::Context;
 use async_nats::jetstream::stream::Stream;
 use futures::future::BoxFuture;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -31,74 +30,6 @@ use tokio::sync::watch;
 const HEAD_POLL: Duration = Duration::from_millis(100);
 /// Most messages one batch direct get asks for.
 const MAX_GET: usize = 1000;
-
-/// How to reach the servers and what to expect of them.
-#[derive(Debug, Clone)]
-pub struct JetStreamOptions {
-    /// `nats://host:port`, comma-separated (any of a cluster's servers).
-    pub urls: String,
-    /// How many servers keep each event (1, or 3 in a cluster; 5 at most).
-    pub replicas: usize,
-    /// How long idempotency keys and event ids are remembered.
-    pub idempotency_window: Duration,
-    /// How long a request to the server may take before its outcome is unknown.
-    pub request_timeout: Duration,
-    /// How long an append of unknown outcome keeps trying to learn it before answering
-    /// [`AppendError::Unknown`](crate::log::AppendError::Unknown).
-    pub resolve_within: Duration,
-    /// A NATS credentials file (JWT and NKey seed), if the servers require one.
-    pub credentials: Option<PathBuf>,
-    /// PEM root certificates to trust (and TLS required), if the servers use a private CA.
-    pub tls_ca: Option<PathBuf>,
-    /// A client certificate and its key (PEM), if the servers require mutual TLS.
-    pub tls_client: Option<(PathBuf, PathBuf)>,
-}
-
-impl JetStreamOptions {
-    /// The defaults for servers at `urls`, keeping each event on `replicas` servers.
-    pub fn new(urls: &str, replicas: usize) -> JetStreamOptions {
-        JetStreamOptions {
-            urls: urls.to_string(),
-            replicas,
-            idempotency_window: crate::log::IDEMPOTENCY_WINDOW,
-            request_timeout: Duration::from_secs(5),
-            resolve_within: Duration::from_secs(30),
-            credentials: None,
-            tls_ca: None,
-            tls_client: None,
-        }
-    }
-
-    async fn connect(&self) -> anyhow::Result<async_nats::Client> {
-        let mut options = async_nats::ConnectOptions::new()
-            .name("prism")
-            .request_timeout(Some(self.request_timeout));
-        if let Some(path) = &self.credentials {
-            options = options
-                .credentials_file(path)
-                .await
-                .with_context(|| format!("reading the NATS credentials {}", path.display()))?;
-        }
-        if let Some(ca) = &self.tls_ca {
-            options = options.add_root_certificates(ca.clone()).require_tls(true);
-        }
-        if let Some((cert, key)) = &self.tls_client {
-            options = options
-                .add_client_certificate(cert.clone(), key.clone())
-                .require_tls(true);
-        }
-        let urls: Vec<async_nats::ServerAddr> = self
-            .urls
-            .split(',')
-            .map(|u| u.trim().parse())
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("reading the NATS urls {:?}", self.urls))?;
-        options
-            .connect(urls)
-            .await
-            .with_context(|| format!("connecting to NATS at {}", self.urls))
-    }
-}
 
 pub(super) struct Inner {
     pub client: async_nats::Client,
@@ -141,9 +72,9 @@ impl JetStreamLog {
             .enable_all()
             .build()?;
         let opened = options.clone();
-        let (client, events, claims, head) = wait(runtime.handle(), async move {
+        let opening = wait(runtime.handle(), async move {
             let options = opened;
-            let urls = &options.urls;
+            let urls = super::options::masked(&options.urls);
             let client = options.connect().await?;
             let version = client.server_info().version;
             if !prism_toolchain::nats::supported(&version) {
@@ -157,7 +88,15 @@ impl JetStreamLog {
             let claims = claims::bucket(&js, options.replicas, options.idempotency_window).await?;
             let head = read_head(&events).await?;
             Ok::<_, anyhow::Error>((client, events, claims, head))
-        })?;
+        });
+        let (client, events, claims, head) = match opening {
+            Ok(opened) => opened,
+            Err(e) => {
+                // Without waiting: this may be called on an async worker.
+                runtime.shutdown_background();
+                return Err(e);
+            }
+        };
         let (sender, receiver) = watch::channel(head);
         let inner = Arc::new(Inner {
             client,
