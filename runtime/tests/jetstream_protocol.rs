@@ -174,3 +174,38 @@ async fn atomic_batches_land_whole_and_read_back() {
         .clone();
     assert_eq!(info.state.last_sequence, next - 1);
 }
+
+/// Another node's appends move this node's head through the heads the server republishes: its
+/// poll is set to an hour here, so nothing else could.
+#[tokio::test(flavor = "multi_thread")]
+async fn heads_are_republished_to_every_node() {
+    use prism::log::jetstream::{JetStreamLog, JetStreamOptions};
+    use prism::log::{EventLog, ExpectedVersion, NewEvent};
+    let server = NatsServer::start();
+    let open = || {
+        let options = JetStreamOptions {
+            head_poll: Duration::from_secs(3600),
+            ..JetStreamOptions::new(&server.url(), 1)
+        };
+        EventLog::new(JetStreamLog::connect_with(options).unwrap())
+    };
+    let (writer, watcher) = (open(), open());
+    let mut head = watcher.subscribe();
+    for n in 1..=3u64 {
+        let event = NewEvent {
+            event_type: "T".into(),
+            data: b"{}".to_vec(),
+            metadata: None,
+            id: None,
+        };
+        writer
+            .append("s", ExpectedVersion::Any, vec![event])
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(30), head.wait_for(|h| *h >= n))
+            .await
+            .expect("the watching node's head followed the other's append")
+            .unwrap();
+    }
+    assert_eq!(watcher.head(), 3);
+}

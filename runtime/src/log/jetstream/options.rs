@@ -56,6 +56,8 @@ pub struct JetStreamOptions {
     /// How long an append of unknown outcome keeps trying to learn it before answering
     /// [`AppendError::Unknown`](crate::log::AppendError::Unknown).
     pub resolve_within: Duration,
+    /// How often the head is read from the server, in case a republished head was missed.
+    pub head_poll: Duration,
     pub security: NatsSecurity,
 }
 
@@ -68,6 +70,7 @@ impl JetStreamOptions {
             idempotency_window: crate::log::IDEMPOTENCY_WINDOW,
             request_timeout: Duration::from_secs(5),
             resolve_within: Duration::from_secs(30),
+            head_poll: Duration::from_secs(1),
             security: NatsSecurity::default(),
         }
     }

@@ -16,6 +16,10 @@ use std::time::Duration;
 /// The JetStream stream holding every event.
 pub const STREAM: &str = "PRISM_EVENTS";
 
+/// Where the server republishes each stored event's headers (its sequence among them): how
+/// every node learns that the log moved without asking.
+pub const HEADS: &str = "prism.head.>";
+
 /// The subject of a Prism stream's events: its name in lowercase hex (any byte string is a
 /// legal subject token that way).
 pub fn subject_of(stream: &str) -> String {
@@ -40,13 +44,32 @@ pub async fn ensure_stream(js: &jetstream::Context, replicas: usize) -> Result<(
         allow_atomic_publish: true,
         deny_delete: true,
         deny_purge: true,
+        republish: Some(stream::Republish {
+            source: "prism.ev.>".into(),
+            destination: HEADS.into(),
+            headers_only: true,
+        }),
         ..Default::default()
     };
+    let republish = wanted.republish.clone();
     let mut stream = js
         .get_or_create_stream(wanted)
         .await
         .context("creating or finding the JetStream stream")?;
-    let info = stream.info().await.context("reading the stream's state")?;
+    let mut info = stream
+        .info()
+        .await
+        .context("reading the stream's state")?
+        .clone();
+    if info.config.republish != republish {
+        // A stream made before heads were republished: add it.
+        let mut config = info.config.clone();
+        config.republish = republish;
+        info = js
+            .update_stream(config)
+            .await
+            .context("adding the republished heads to the JetStream stream")?;
+    }
     let config = &info.config;
     let mut wrong = Vec::new();
     if config.subjects != ["prism.ev.>"] {

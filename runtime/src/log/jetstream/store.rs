@@ -8,9 +8,9 @@
 //!
 //! Appends: [`append`](super::append); idempotency keys and event ids: [`claims`](super::claims).
 //!
-//! In progress (issue 14): stream reads and listing ask the server (its per-subject index)
-//! rather than a node-local index; the head is polled (100 ms) and moved by this node's own
-//! appends, not yet pushed by a republish.
+//! The head moves with this node's appends and with the sequences the server republishes for
+//! every stored event (any node's), and is read from the server every second in case one was
+//! missed. Stream reads and listing ask the server (its per-subject index).
 
 use super::claims;
 use super::message::{self, decode};
@@ -26,8 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// How often the head is read from the server (besides this node's own appends).
-const HEAD_POLL: Duration = Duration::from_millis(100);
 /// Most messages one batch direct get asks for.
 const MAX_GET: usize = 1000;
 
@@ -72,6 +70,7 @@ impl JetStreamLog {
             .enable_all()
             .build()?;
         let opened = options.clone();
+        let options_poll = options.head_poll;
         let opening = wait(runtime.handle(), async move {
             let options = opened;
             let urls = super::options::masked(&options.urls);
@@ -105,7 +104,8 @@ impl JetStreamLog {
             options,
             head: sender,
         });
-        runtime.spawn(poll_head(Arc::downgrade(&inner)));
+        runtime.spawn(follow_heads(Arc::downgrade(&inner)));
+        runtime.spawn(poll_head(Arc::downgrade(&inner), options_poll));
         Ok(JetStreamLog {
             inner,
             runtime: Some(runtime),
@@ -154,9 +154,32 @@ pub(super) async fn read_head(events: &Stream) -> anyhow::Result<u64> {
     Ok(events.get_info().await?.state.last_sequence)
 }
 
-async fn poll_head(inner: std::sync::Weak<Inner>) {
+/// Moves the head as the server republishes each stored event's sequence.
+async fn follow_heads(inner: std::sync::Weak<Inner>) {
+    use futures::StreamExt;
+    let Some(client) = inner.upgrade().map(|i| i.client.clone()) else {
+        return;
+    };
+    let Ok(mut heads) = client.subscribe(protocol::HEADS).await else {
+        tracing::warn!("cannot follow the log's republished heads: polling only");
+        return;
+    };
+    while let Some(message) = heads.next().await {
+        let Some(inner) = inner.upgrade() else { return };
+        if let Some(sequence) = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Sequence"))
+            .and_then(|v| v.as_str().parse().ok())
+        {
+            inner.moved(sequence);
+        }
+    }
+}
+
+async fn poll_head(inner: std::sync::Weak<Inner>, every: Duration) {
     loop {
-        tokio::time::sleep(HEAD_POLL).await;
+        tokio::time::sleep(every).await;
         let Some(inner) = inner.upgrade() else { return };
         if let Ok(head) = read_head(&inner.events).await {
             inner.moved(head);
