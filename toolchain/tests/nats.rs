@@ -44,3 +44,22 @@ fn a_recent_nats_server_is_found_or_installed_and_runs_jetstream() {
     let version = info["version"].as_str().unwrap();
     assert!(prism_toolchain::nats::supported(version), "{version}");
 }
+
+/// A three-server cluster comes up with a JetStream meta leader, survives a SIGKILL of one
+/// server and takes it back on the same port; `sync_interval: always` shows in its config.
+#[test]
+fn a_cluster_starts_loses_a_server_and_takes_it_back() {
+    let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let binary = prism_toolchain::nats::nats_server(target).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut servers = prism_toolchain::nats::Servers::start(&binary, dir.path(), 3, true).unwrap();
+    assert_eq!(servers.urls().split(',').count(), 3);
+    let config = std::fs::read_to_string(dir.path().join("n0.conf")).unwrap();
+    assert!(config.contains("sync_interval: always"), "{config}");
+    // No stream yet: nobody leads one.
+    assert_eq!(servers.stream_leader("PRISM_EVENTS"), None);
+    servers.kill(1);
+    assert!(TcpStream::connect(("127.0.0.1", servers.port(1))).is_err());
+    servers.restart(1).unwrap();
+    assert!(TcpStream::connect(("127.0.0.1", servers.port(1))).is_ok());
+}

@@ -7,9 +7,11 @@
 //! so HTTP figures are conservative.
 //!
 //! The figures are measured by part: `replay` (log → projector → view, Wasm against native and
-//! the rusqlite rival) and `http` (import, appends, freshness, queries, reloads, restarts).
+//! the rusqlite rival), `http` (import, appends, freshness, queries, reloads, restarts) and
+//! `jetstream` (the JetStream log against the embedded one: appends, replay, a leader kill).
 
 mod http;
+mod jetstream;
 mod replay;
 
 use std::time::Duration;
@@ -118,9 +120,15 @@ fn main() {
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().unwrap();
     let mut report = Report { rows: Vec::new() };
-    // `PRISM_BENCH_ONLY=replay|import|http` measures one part (for profiling).
+    // `PRISM_BENCH_ONLY=replay|import|http|jetstream` measures one part (for profiling).
     let only = std::env::var("PRISM_BENCH_ONLY").ok();
-    if !matches!(only.as_deref(), Some("import" | "http")) {
+    if only.as_deref() == Some("jetstream") {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(jetstream::jetstream_figures(&mut report, n, dir.path()));
+        report.print();
+        return;
+    }
+    if !matches!(only.as_deref(), Some("import" | "http" | "jetstream")) {
         replay::replay_figures(&mut report, n, dir.path());
     }
     if only.as_deref() == Some("replay") {
@@ -138,6 +146,7 @@ fn main() {
         http::append_figures(&mut report, dir.path()).await;
         http::freshness_and_query_figures(&mut report, dir.path()).await;
         http::reload_and_restart_figures(&mut report, dir.path()).await;
+        jetstream::jetstream_figures(&mut report, n, dir.path()).await;
     });
     report.print();
 }

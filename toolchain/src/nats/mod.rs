@@ -11,6 +11,10 @@
 //!
 //! and otherwise fails saying what to install.
 
+mod servers;
+
+pub use servers::Servers;
+
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,0 +1,204 @@
+//! nats-server processes on loopback for tests, benchmarks and demos: one server or a cluster,
+//! each with its own store directory (kept across a restart), the durability chosen
+//! (`sync_interval: always`, or the server's default), killed with SIGKILL and restarted on
+//! the same ports; which server leads a stream read from the monitoring endpoint.
+
+use anyhow::{Context, Result, bail};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Running nats-servers, killed when dropped.
+pub struct Servers {
+    binary: PathBuf,
+    nodes: Vec<Node>,
+}
+
+struct Node {
+    port: u16,
+    monitor: u16,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+/// A free loopback port (free when asked; the server binds it right after).
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Servers {
+    /// Starts `count` servers with JetStream (a cluster named `prism` when more than one) under
+    /// `dir`, fsyncing every write when `sync_always`, and waits until they accept clients (and
+    /// a cluster has a JetStream meta leader).
+    pub fn start(binary: &Path, dir: &Path, count: usize, sync_always: bool) -> Result<Servers> {
+        let ports = (0..count)
+            .map(|_| Ok((free_port()?, free_port()?, free_port()?)))
+            .collect::<Result<Vec<_>>>()?;
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, _, route)| format!("\"nats://127.0.0.1:{route}\""))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, (port, monitor, route)) in ports.iter().enumerate() {
+            let store = dir.join(format!("n{i}"));
+            std::fs::create_dir_all(&store)?;
+            let sync = if sync_always {
+                "sync_interval: always"
+            } else {
+                ""
+            };
+            let cluster = if count > 1 {
+                format!(
+                    "cluster {{\n  name: prism\n  listen: 127.0.0.1:{route}\n  routes: [{}]\n}}\n",
+                    routes.join(", ")
+                )
+            } else {
+                String::new()
+            };
+            let config = dir.join(format!("n{i}.conf"));
+            std::fs::write(
+                &config,
+                format!(
+                    "server_name: n{i}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor}\n\
+                     jetstream {{\n  store_dir: \"{}\"\n  {sync}\n}}\n{cluster}",
+                    store.display()
+                ),
+            )?;
+            nodes.push(Node {
+                port: *port,
+                monitor: *monitor,
+                config,
+                child: None,
+            });
+        }
+        let mut servers = Servers {
+            binary: binary.to_path_buf(),
+            nodes,
+        };
+        for i in 0..count {
+            servers.spawn(i)?;
+        }
+        for i in 0..count {
+            servers.wait_ready(i)?;
+        }
+        Ok(servers)
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<()> {
+        let node = &mut self.nodes[i];
+        let child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(&node.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until server `i` accepts clients and, in a cluster, knows a meta leader.
+    fn wait_ready(&self, i: usize) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = std::net::TcpStream::connect(("127.0.0.1", self.nodes[i].port)).is_ok()
+                && (self.nodes.len() == 1
+                    || self.jsz(i, "").is_ok_and(|jsz| {
+                        jsz["meta_cluster"]["leader"]
+                            .as_str()
+                            .is_some_and(|l| !l.is_empty())
+                    }));
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("nats-server n{i} was not ready within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every server's client address, comma-separated.
+    pub fn urls(&self) -> String {
+        (0..self.nodes.len())
+            .map(|i| self.url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Server `i`'s client address.
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[i].port)
+    }
+
+    /// Server `i`'s client port.
+    pub fn port(&self, i: usize) -> u16 {
+        self.nodes[i].port
+    }
+
+    /// Kills server `i` with SIGKILL (no shutdown of any kind) and waits for it to be gone.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts server `i` again, on its ports and store, and waits until it is ready.
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        self.kill(i);
+        self.spawn(i)?;
+        self.wait_ready(i)
+    }
+
+    /// Which server leads `stream` (by the monitoring endpoint of any live server), if one
+    /// does.
+    pub fn stream_leader(&self, stream: &str) -> Option<usize> {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].child.is_none() {
+                continue;
+            }
+            let Ok(jsz) = self.jsz(i, "?streams=true") else {
+                continue;
+            };
+            for account in jsz["account_details"].as_array().into_iter().flatten() {
+                for detail in account["stream_detail"].as_array().into_iter().flatten() {
+                    if detail["name"] == stream
+                        && let Some(leader) = detail["cluster"]["leader"].as_str()
+                    {
+                        return leader.strip_prefix('n')?.parse().ok();
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Server `i`'s `/jsz` (with `query`), as JSON.
+    fn jsz(&self, i: usize, query: &str) -> Result<serde_json::Value> {
+        let mut socket = std::net::TcpStream::connect(("127.0.0.1", self.nodes[i].monitor))?;
+        socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            socket,
+            "GET /jsz{query} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+        )?;
+        let mut answer = String::new();
+        socket.read_to_string(&mut answer)?;
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body)
+            .context("an HTTP answer without a body")?;
+        Ok(serde_json::from_str(body)?)
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
