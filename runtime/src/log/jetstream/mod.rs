@@ -7,6 +7,7 @@ mod claims;
 pub mod message;
 mod options;
 pub mod protocol;
+mod readahead;
 mod store;
 
 pub use options::{JetStreamOptions, NatsSecurity, masked};

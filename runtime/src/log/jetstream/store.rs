@@ -16,6 +16,7 @@ use super::claims;
 use super::message::{self, decode};
 use super::options::JetStreamOptions;
 use super::protocol::{self, subject_of};
+use super::readahead::{self, ReadAhead, Source};
 use crate::log::{
     Append, AppendError, Appended, BatchRead, BatchReader, FlatBatch, LogStore, ReadError,
     RecordedEvent, StoredEvent,
@@ -27,7 +28,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// Most messages one batch direct get asks for.
-const MAX_GET: usize = 1000;
+const MAX_GET: usize = readahead::BATCH;
 
 pub(super) struct Inner {
     pub client: async_nats::Client,
@@ -37,6 +38,7 @@ pub(super) struct Inner {
     pub claims: async_nats::jetstream::kv::Store,
     pub options: JetStreamOptions,
     head: watch::Sender<u64>,
+    read_ahead: ReadAhead,
 }
 
 impl Inner {
@@ -103,6 +105,7 @@ impl JetStreamLog {
             claims,
             options,
             head: sender,
+            read_ahead: ReadAhead::default(),
         });
         runtime.spawn(follow_heads(Arc::downgrade(&inner)));
         runtime.spawn(poll_head(Arc::downgrade(&inner), options_poll));
@@ -139,7 +142,7 @@ impl Drop for JetStreamLog {
 }
 
 /// Runs `future` on `handle`'s runtime and blocks this thread until it is done.
-fn wait<T: Send + 'static>(
+pub(super) fn wait<T: Send + 'static>(
     handle: &tokio::runtime::Handle,
     future: impl std::future::Future<Output = T> + Send + 'static,
 ) -> T {
@@ -310,12 +313,22 @@ impl BatchReader for JetStreamLog {
             .max_scanned
             .min(MAX_GET)
             .min(usize::try_from(span).unwrap_or(usize::MAX));
-        let (client, from, max_bytes) = (self.inner.client.clone(), read.from, read.max_bytes);
-        let timeout = self.inner.options.request_timeout;
-        let got = self.read(async move {
-            protocol::direct_get_batch(&client, from, None, ask, max_bytes.min(64 << 20), timeout)
-                .await
-        })?;
+        let source = Source {
+            runtime: self.handle(),
+            client: &self.inner.client,
+            timeout: self.inner.options.request_timeout,
+        };
+        let got = self
+            .inner
+            .read_ahead
+            .read(
+                &source,
+                read.from,
+                read.until,
+                ask,
+                read.max_bytes.min(64 << 20),
+            )
+            .map_err(|e| ReadError::Storage(e.into()))?;
         let mut last = None;
         for message in &got {
             let decoded = decode(message)?;
