@@ -69,7 +69,7 @@ impl JetStreamOptions {
         }
     }
 
-    async fn connect(&self) -> anyhow::Result<async_nats::Client> {
+    pub(super) async fn connect(&self) -> anyhow::Result<async_nats::Client> {
         let mut options = async_nats::ConnectOptions::new()
             .name("prism")
             .request_timeout(Some(self.request_timeout));
