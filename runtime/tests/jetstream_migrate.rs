@@ -301,6 +301,20 @@ async fn migrate_copies_the_log_at_the_same_positions_and_prism_resumes_on_jetst
     assert_eq!(jetstream(&url).head(), 20);
 }
 
+#[test]
+fn migrate_s_help_says_what_is_not_copied() {
+    let help = Command::new(env!("CARGO_BIN_EXE_prism"))
+        .args(["log", "migrate", "--help"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("Stop Prism first"), "{text}");
+    assert!(
+        text.contains("Not copied: the idempotency keys and event ids"),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn migrate_refuses_a_target_holding_other_events_and_copies_nothing() {
     let data = tempfile::tempdir().unwrap();
@@ -463,4 +477,68 @@ fn a_large_log_copies_in_batches_with_progress() {
     assert!(reports.windows(2).all(|w| w[0].0 < w[1].0));
     assert_eq!(reports.last(), Some(&(EVENTS, EVENTS)));
     assert_eq!(all(&jetstream(&nats.url())), all(&log));
+}
+
+/// A writer appending to the target between two batches stops the copy with a clear error
+/// after the batches that landed (the next batch's expected last sequence fails); a rerun then
+/// refuses the target, which no longer holds a copy of the log.
+#[test]
+fn a_writer_racing_the_copy_stops_it() {
+    let data = tempfile::tempdir().unwrap();
+    let log = embedded(data.path());
+    let events = (0..1200)
+        .map(|i| NewEvent {
+            event_type: "Counted".into(),
+            data: format!(r#"{{"i":{i}}}"#).into_bytes(),
+            metadata: None,
+            id: None,
+        })
+        .collect();
+    futures::executor::block_on(log.append("counter", ExpectedVersion::Any, events)).unwrap();
+
+    let nats = NatsServer::start();
+    let writer = jetstream(&nats.url());
+    let options = JetStreamOptions::new(&nats.url(), 1);
+    let error = jetstream::copy_log(&log, &options, |at, _| {
+        if at == jetstream::BATCH_EVENTS as u64 {
+            let racing = NewEvent {
+                event_type: "Racing".into(),
+                data: b"{}".to_vec(),
+                metadata: None,
+                id: None,
+            };
+            futures::executor::block_on(writer.append(
+                "elsewhere",
+                ExpectedVersion::Any,
+                vec![racing],
+            ))
+            .unwrap();
+        }
+    })
+    .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        matches!(
+            error,
+            jetstream::CopyError::Raced {
+                expected: 500,
+                head: 501,
+                copied_until: 500
+            }
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains("something else appended to JetStream during the copy"),
+        "{message}"
+    );
+    assert_eq!(writer.head(), 501);
+    assert_eq!(all(&writer)[..500], all(&log)[..500]);
+
+    let again = jetstream::copy_log(&log, &options, |_, _| {}).unwrap_err();
+    assert!(
+        matches!(again, jetstream::CopyError::Diverged { position: 501, .. }),
+        "{again}"
+    );
+    assert_eq!(writer.head(), 501);
 }

@@ -421,3 +421,102 @@ impl Target {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> RecordedEvent {
+        RecordedEvent {
+            position: 7,
+            stream: "order-1".into(),
+            stream_version: 2,
+            event_type: "OrderPlaced".into(),
+            timestamp_ms: 1_000,
+            data: br#"{"n":1}"#.to_vec(),
+            metadata: b"{}".to_vec(),
+        }
+    }
+
+    #[test]
+    fn every_field_of_an_event_is_compared() {
+        let ours = event();
+        assert_eq!(difference(&ours, Some(&event())), None);
+        assert_eq!(
+            difference(&ours, None).as_deref(),
+            Some("JetStream has no event there")
+        );
+        type Change = fn(&mut RecordedEvent);
+        let changes: [(&str, Change); 7] = [
+            ("position", |e| e.position += 1),
+            ("stream", |e| e.stream.push('x')),
+            ("stream version", |e| e.stream_version += 1),
+            ("type", |e| e.event_type.push('x')),
+            ("data", |e| e.data.push(b' ')),
+            ("metadata", |e| e.metadata = br#"{"a":1}"#.to_vec()),
+            ("timestamp", |e| e.timestamp_ms += 1),
+        ];
+        for (field, change) in changes {
+            let mut theirs = event();
+            change(&mut theirs);
+            let found = difference(&ours, Some(&theirs)).expect(field);
+            assert!(
+                found.starts_with(&format!("it differs in its {field}:")),
+                "{found}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_batch_keeps_each_event_s_version_and_timestamp() {
+        let mut batch = FlatBatch::default();
+        let e = event();
+        batch.push(
+            7,
+            &StoredEvent {
+                stream: &e.stream,
+                stream_version: e.stream_version,
+                event_type: &e.event_type,
+                timestamp_ms: e.timestamp_ms,
+                data: &e.data,
+                metadata: &e.metadata,
+            },
+        );
+        let out = messages(&batch);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].subject, protocol::subject_of("order-1"));
+        assert_eq!(out[0].headers.get(message::VERSION).unwrap().as_str(), "2");
+        assert_eq!(out[0].headers.get(message::TIME).unwrap().as_str(), "1000");
+        let stored = protocol::Stored {
+            sequence: 7,
+            subject: out[0].subject.clone(),
+            headers: out[0].headers.clone(),
+            payload: out[0].payload.clone(),
+        };
+        let decoded = decode(&stored).unwrap();
+        let back = RecordedEvent::from_stored(
+            7,
+            &StoredEvent {
+                stream: &decoded.stream,
+                ..decoded.event
+            },
+        );
+        assert_eq!(back, e);
+        assert_eq!(
+            Copied {
+                already: 3,
+                copied: 2
+            }
+            .positions(),
+            Some((4, 5))
+        );
+        assert_eq!(
+            Copied {
+                already: 3,
+                copied: 0
+            }
+            .positions(),
+            None
+        );
+    }
+}
