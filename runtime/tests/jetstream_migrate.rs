@@ -481,7 +481,8 @@ fn a_large_log_copies_in_batches_with_progress() {
 
 /// A writer appending to the target between two batches stops the copy with a clear error
 /// after the batches that landed (the next batch's expected last sequence fails); a rerun then
-/// refuses the target, which no longer holds a copy of the log.
+/// refuses the target, which no longer holds a copy of the log. One appending after the last
+/// batch fails the copy too (the target's head is read again at the end).
 #[test]
 fn a_writer_racing_the_copy_stops_it() {
     let data = tempfile::tempdir().unwrap();
@@ -541,4 +542,37 @@ fn a_writer_racing_the_copy_stops_it() {
         "{again}"
     );
     assert_eq!(writer.head(), 501);
+
+    // After the last batch: the copy landed whole, but the target is no longer only it.
+    let nats = NatsServer::start();
+    let writer = jetstream(&nats.url());
+    let options = JetStreamOptions::new(&nats.url(), 1);
+    let error = jetstream::copy_log(&log, &options, |at, of| {
+        if at == of {
+            let racing = NewEvent {
+                event_type: "Racing".into(),
+                data: b"{}".to_vec(),
+                metadata: None,
+                id: None,
+            };
+            futures::executor::block_on(writer.append(
+                "elsewhere",
+                ExpectedVersion::Any,
+                vec![racing],
+            ))
+            .unwrap();
+        }
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            jetstream::CopyError::Raced {
+                expected: 1200,
+                head: 1201,
+                copied_until: 1200
+            }
+        ),
+        "{error}"
+    );
 }

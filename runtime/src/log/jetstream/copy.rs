@@ -22,12 +22,15 @@ use super::protocol::{self, Expect, Outbound, PublishError};
 use super::store::{JetStreamOptions, read_head};
 use crate::log::{BatchRead, EventLog, FlatBatch, ReadError, RecordedEvent, StoredEvent};
 use async_nats::jetstream::stream::Stream;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Most events one atomic batch carries (the server allows 1000 by default).
 pub const BATCH_EVENTS: usize = 500;
 /// A batch takes no more events once theirs reach this many bytes.
 pub const BATCH_BYTES: usize = 4 << 20;
+
+/// The pause before publishing again a batch that surely did not land.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// What a copy did: the target holds the source's events `1..=already + copied`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,8 +105,8 @@ pub enum CopyError {
 /// missing), resuming after the events the target already holds; calls `progress` with the
 /// last position copied and the source's head after each batch.
 ///
-/// Blocks the calling thread (the source's reads block, and the client runs on a small runtime
-/// of its own): call it off async workers. The source must not be appended to meanwhile
+/// Blocks the calling thread, which drives the client's runtime: call it outside any Tokio
+/// runtime (from `spawn_blocking` in async code). The source must not be appended to meanwhile
 /// (`prism log migrate` opens it exclusively).
 pub fn copy_log(
     from: &EventLog,
@@ -175,6 +178,17 @@ pub fn copy_log(
         let last = runtime.block_on(target.publish(&batch, next))?;
         progress(last, source_head);
         next = last + 1;
+    }
+    // Nothing else appended after the last batch either: the target is the log's copy.
+    let head = runtime
+        .block_on(target.head())
+        .map_err(|e| target.error(e))?;
+    if head != source_head {
+        return Err(CopyError::Raced {
+            expected: source_head,
+            head,
+            copied_until: source_head,
+        });
     }
     Ok(Copied {
         already,
@@ -373,11 +387,13 @@ impl Target {
                     reason: why,
                 });
             }
+            tokio::time::sleep(RETRY_PAUSE).await;
         }
     }
 
-    /// Whether the batch `first..=last_event.position` is on the target (`false`: surely not,
-    /// publish it again), reading the head until it answers or `deadline` passes.
+    /// Whether the batch `first..=last_event.position` is on the target, and nothing after it
+    /// (`false`: surely not there, publish it again; anything else on the target is a race),
+    /// reading the head until it answers or `deadline` passes.
     async fn landed(
         &self,
         first: u64,
@@ -403,8 +419,18 @@ impl Target {
             .await;
             match found {
                 Ok((head, _)) if head == first - 1 => return Ok(false),
-                Ok((_, Some(Some(theirs)))) if difference(last_event, Some(&theirs)).is_none() => {
-                    return Ok(true);
+                Ok((head, Some(Some(theirs))))
+                    if difference(last_event, Some(&theirs)).is_none() =>
+                {
+                    if head == last {
+                        return Ok(true);
+                    }
+                    // The batch landed, and something else appended after it.
+                    return Err(CopyError::Raced {
+                        expected: last,
+                        head,
+                        copied_until: last,
+                    });
                 }
                 Ok((head, _)) => {
                     return Err(CopyError::Raced {
