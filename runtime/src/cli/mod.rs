@@ -1,9 +1,11 @@
 //! The `prism` command: `serve` runs Prism ([`serve`]); the remote commands talk to a running
 //! one through the typed client ([`remote`]); `new`, `build` and `test` are the authoring kit
-//! ([`kit`]). `main.rs` only parses and calls [`run`].
+//! ([`kit`]); `log` works on a stopped Prism's event log ([`log`]). `main.rs` only parses and
+//! calls [`run`].
 
 pub mod import;
 mod kit;
+mod log;
 mod remote;
 mod serve;
 
@@ -91,6 +93,9 @@ pub enum Command {
         #[arg(long, env = "PRISM_DATA_DIR", default_value = "prism-data")]
         data_dir: PathBuf,
     },
+    /// Commands on a data dir's event log, with Prism stopped.
+    #[command(subcommand)]
+    Log(LogCommand),
     /// Upload a compiled projector (`.wasm`) as NAME, or redeploy a stored module by hash.
     ///
     /// Redeploying a projector is a hot reload: with the same view schema version the new code
@@ -276,6 +281,32 @@ pub enum Command {
     },
 }
 
+/// `prism log`'s commands.
+#[derive(Subcommand)]
+pub enum LogCommand {
+    /// Copy the data dir's event log (log.redb) into NATS JetStream at the same positions, so
+    /// the data dir's views and checkpoints carry over to `prism serve --event-log URLS`.
+    ///
+    /// Stop Prism first: the log is opened exclusively. Every event keeps its position, stream,
+    /// version, type, data, metadata and timestamp; events go in atomic batches, each expecting
+    /// JetStream's last position to be the one before it. Safe to run again: when JetStream
+    /// already holds the log's first events (its first and last held are compared, field by
+    /// field) the copy goes on after them; a JetStream holding other events, or more, is
+    /// refused and nothing is copied. Not copied: the idempotency keys and event ids the log
+    /// remembers, so a retry of an append made before the copy is not recognised after it.
+    Migrate {
+        /// The data dir whose log to copy.
+        #[arg(long = "from", value_name = "DATA_DIR")]
+        data_dir: PathBuf,
+        /// The NATS servers: `nats://HOST:PORT`, comma-separated.
+        #[arg(long = "to", value_name = "URLS")]
+        urls: String,
+        /// Replicas of the JetStream stream when it is created (1, or 3 in a cluster).
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+    },
+}
+
 /// Runs `cli`'s command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::CompileWorker {
@@ -306,6 +337,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(kit::test(&fixture, expect.as_deref(), wasm, dir, &config))
         }
         Command::Repair { data_dir } => kit::repair(&data_dir),
+        Command::Log(LogCommand::Migrate {
+            data_dir,
+            urls,
+            replicas,
+        }) => log::migrate(&data_dir, &urls, replicas),
         remote => {
             serve::init_tracing(crate::config::LogFormat::Text);
             runtime.block_on(remote::run(remote))

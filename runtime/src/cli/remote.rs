@@ -196,6 +196,7 @@ pub async fn run(command: Command) -> Result<()> {
         | Command::Build { .. }
         | Command::Test { .. }
         | Command::Repair { .. }
+        | Command::Log(_)
         | Command::CompileWorker { .. } => unreachable!("local commands are run by cli::run"),
     }
 }
