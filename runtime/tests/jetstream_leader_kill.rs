@@ -41,8 +41,8 @@ const GIVE_UP: Duration = Duration::from_secs(60);
 enum Outcome {
     /// 201 with these positions and stream version.
     Acked { first: u64, last: u64, version: u64 },
-    /// Refused with nothing appended: 409, or a 503 saying so.
-    Refused(u16),
+    /// Refused with nothing appended: 409, or a 503 saying so (and why).
+    Refused(u16, String),
     /// No final answer: a client timeout, a transport error, a 503 of unknown outcome, a 500.
     Unknown(String),
 }
@@ -88,6 +88,7 @@ async fn acknowledged_appends_survive_a_kill_of_the_stream_leader() {
 
     // The load, the kill, the restart.
     let stop = Arc::new(AtomicBool::new(false));
+    let load = Instant::now();
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| tokio::spawn(write(w, client.base.clone(), stop.clone())))
         .collect();
@@ -108,10 +109,9 @@ async fn acknowledged_appends_survive_a_kill_of_the_stream_leader() {
     for writer in writers {
         sent.extend(writer.await.unwrap());
     }
-    let load = killed.elapsed() + Duration::from_secs(1);
+    let load = load.elapsed();
 
-    // The fault happened under load: appends were acknowledged before the kill and after the
-    // restart.
+    // Figures for the report (not assertions), printed before the checks.
     let acked_at: Vec<(Instant, Instant)> = sent
         .iter()
         .filter(|s| matches!(s.outcome, Outcome::Acked { .. }))
@@ -123,6 +123,52 @@ async fn acknowledged_appends_survive_a_kill_of_the_stream_leader() {
         .filter(|(_, e)| *e >= killed && *e < restarted)
         .count();
     let after = acked_at.iter().filter(|(s, _)| *s > restarted).count();
+    let mut ends: Vec<Instant> = acked_at.iter().map(|(_, e)| *e).collect();
+    ends.sort();
+    let (gap, gap_from) = ends
+        .windows(2)
+        .map(|w| (w[1] - w[0], w[0]))
+        .max()
+        .expect("acknowledgements");
+    let count = |f: &dyn Fn(&Sent) -> bool| sent.iter().filter(|s| f(s)).count();
+    let retried: Vec<&Sent> = sent.iter().filter(|s| s.keyed && s.attempts > 1).collect();
+    println!(
+        "leader kill: cluster and examples ready in {ready:.1?}; load {load:.1?}; server n{leader} \
+         (the stream's leader) killed, n{new_leader} leads after {elected:.1?}, n{leader} \
+         restarted after {:.1?}",
+        restarted - killed
+    );
+    println!(
+        "appends: {} sent, {} acknowledged ({before} before the kill, {during} while a server \
+         was down, {after} sent after the restart), {} refused with 409, {} refused with 503 \
+         (nothing appended), {} unknown; keyed appends sent more than once: {} ({} attempts)",
+        sent.len(),
+        acked_at.len(),
+        count(&|s| matches!(s.outcome, Outcome::Refused(409, _))),
+        count(&|s| matches!(s.outcome, Outcome::Refused(503, _))),
+        count(&|s| matches!(s.outcome, Outcome::Unknown(_))),
+        retried.len(),
+        retried.iter().map(|s| s.attempts).sum::<u32>(),
+    );
+    let mut reasons: Vec<&str> = sent
+        .iter()
+        .filter_map(|s| match &s.outcome {
+            Outcome::Refused(503, why) | Outcome::Unknown(why) => Some(why.as_str()),
+            _ => None,
+        })
+        .collect();
+    reasons.sort();
+    reasons.dedup();
+    for why in reasons {
+        println!("  answered: {why}");
+    }
+    println!(
+        "longest pause between acknowledgements: {gap:.2?}, from {:+.2} s after the kill",
+        signed_secs(gap_from, killed),
+    );
+
+    // The fault happened under load: appends were acknowledged before the kill and after the
+    // restart.
     assert!(before > 0, "no append was acknowledged before the kill");
     assert!(
         after > 0,
@@ -132,6 +178,15 @@ async fn acknowledged_appends_survive_a_kill_of_the_stream_leader() {
     // The log, read back from JetStream by a client of its own.
     let (head, events) = read_log(&urls).await;
     let uids = check_log(&sent, head, &events);
+    for s in &sent {
+        if let Outcome::Unknown(why) = &s.outcome {
+            let landed = s.uids().all(|u| uids.contains(u));
+            println!(
+                "  unknown outcome on {} after {} attempts (landed: {landed}): {why}",
+                s.stream, s.attempts
+            );
+        }
+    }
 
     // Every view equals the one computed here from the events read back.
     let expected = model(&events);
@@ -146,50 +201,9 @@ async fn acknowledged_appends_survive_a_kill_of_the_stream_leader() {
         assert_eq!(view.len(), want.len(), "{name} has keys the model has not");
     }
     server.stop().await;
-
-    // Figures for the report (not assertions).
-    let mut ends: Vec<Instant> = acked_at.iter().map(|(_, e)| *e).collect();
-    ends.sort();
-    let (gap, gap_from) = ends
-        .windows(2)
-        .map(|w| (w[1] - w[0], w[0]))
-        .max()
-        .expect("acknowledgements");
-    let count = |f: &dyn Fn(&Sent) -> bool| sent.iter().filter(|s| f(s)).count();
     println!(
-        "leader kill: cluster and examples ready in {ready:?}; load {load:?}; server n{leader} \
-         (stream leader) killed, n{new_leader} leads after {elected:?}, restarted after {:?}",
-        restarted - killed
-    );
-    println!(
-        "appends: {} sent, {} acknowledged ({before} before the kill, {during} while a server \
-         was down, {after} sent after the restart), {} refused with 409, {} refused with 503 \
-         (nothing appended), {} unknown; keyed appends sent more than once: {} ({} attempts); \
-         {} events in the log",
-        sent.len(),
-        acked_at.len(),
-        count(&|s| matches!(s.outcome, Outcome::Refused(409))),
-        count(&|s| matches!(s.outcome, Outcome::Refused(503))),
-        count(&|s| matches!(s.outcome, Outcome::Unknown(_))),
-        count(&|s| s.keyed && s.attempts > 1),
-        sent.iter()
-            .filter(|s| s.keyed && s.attempts > 1)
-            .map(|s| s.attempts)
-            .sum::<u32>(),
+        "{} events in the log, all checked; the test took {:.1?}",
         events.len(),
-    );
-    for s in &sent {
-        if let Outcome::Unknown(why) = &s.outcome {
-            let landed = s.uids().all(|u| uids.contains(u));
-            println!(
-                "  unknown outcome on {} after {} attempts (landed: {landed}): {why}",
-                s.stream, s.attempts
-            );
-        }
-    }
-    println!(
-        "longest pause between acknowledgements: {gap:?}, from {:+.3} s after the kill; total {:?}",
-        signed_secs(gap_from, killed),
         began.elapsed()
     );
 }
@@ -242,21 +256,23 @@ async fn write(w: usize, base: String, stop: Arc<AtomicBool>) -> Vec<Sent> {
                 Answer::Acked(outcome) => break outcome,
                 Answer::Conflict(actual) => {
                     versions[s] = actual;
-                    break Outcome::Refused(409);
+                    break Outcome::Refused(409, String::new());
                 }
                 Answer::Unknown(why) if key.is_none() || started.elapsed() > GIVE_UP => {
                     break Outcome::Unknown(why);
                 }
-                Answer::NothingAppended if key.is_none() => break Outcome::Refused(503),
+                Answer::NothingAppended(why) if key.is_none() => {
+                    break Outcome::Refused(503, why);
+                }
                 // The same append again, under the same key.
-                Answer::Unknown(_) | Answer::NothingAppended => {}
+                Answer::Unknown(_) | Answer::NothingAppended(_) => {}
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         if let Outcome::Acked { version, .. } = outcome {
             versions[s] = version;
         }
-        if !matches!(outcome, Outcome::Acked { .. } | Outcome::Refused(409)) {
+        if !matches!(outcome, Outcome::Acked { .. } | Outcome::Refused(409, _)) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         out.push(Sent {
@@ -322,8 +338,8 @@ enum Answer {
     Acked(Outcome),
     /// 409: the stream was at this version.
     Conflict(u64),
-    /// A 503 saying nothing was appended.
-    NothingAppended,
+    /// A 503 saying nothing was appended (and why).
+    NothingAppended(String),
     Unknown(String),
 }
 
@@ -363,7 +379,7 @@ async fn append(
             e.contains("nothing was appended") && !e.contains("may or may not")
         }) =>
         {
-            Answer::NothingAppended
+            Answer::NothingAppended(body["error"].as_str().unwrap().to_string())
         }
         _ => Answer::Unknown(format!("{status} {body}")),
     }
@@ -440,7 +456,7 @@ fn check_log(sent: &[Sent], head: u64, events: &[RecordedEvent]) -> HashSet<Stri
                     assert_eq!(e.stream_version, version - count + 1 + j as u64);
                 }
             }
-            Outcome::Refused(_) => assert!(
+            Outcome::Refused(..) => assert!(
                 found.iter().all(Option::is_none),
                 "a refused append is in the log: {s:?}"
             ),
@@ -490,15 +506,16 @@ fn model(events: &[RecordedEvent]) -> HashMap<&'static str, Map<String, Value>> 
         let amount = || data["amount"].as_i64().unwrap();
         match e.event_type.as_str() {
             "OrderPlaced" => {
-                let order = text("order_id");
-                if orders.contains_key(&order) {
-                    *orders_ignored.get_or_insert(0) += 1;
-                } else {
-                    let total = data["total_cents"].as_i64().unwrap();
-                    let c = customers.entry(text("customer")).or_default();
-                    c.0 += 1;
-                    c.1 += total;
-                    orders.insert(order, (text("customer"), total, false));
+                use std::collections::btree_map::Entry;
+                match orders.entry(text("order_id")) {
+                    Entry::Occupied(_) => *orders_ignored.get_or_insert(0) += 1,
+                    Entry::Vacant(order) => {
+                        let total = data["total_cents"].as_i64().unwrap();
+                        let c = customers.entry(text("customer")).or_default();
+                        c.0 += 1;
+                        c.1 += total;
+                        order.insert((text("customer"), total, false));
+                    }
                 }
             }
             "OrderCancelled" => match orders.get_mut(&text("order_id")) {
@@ -512,10 +529,12 @@ fn model(events: &[RecordedEvent]) -> HashMap<&'static str, Map<String, Value>> 
                 _ => *orders_ignored.get_or_insert(0) += 1,
             },
             "AccountOpened" => {
-                if accounts.contains_key(&text("account")) {
-                    account_stats.get_or_insert((0, 0)).1 += 1;
-                } else {
-                    accounts.insert(text("account"), (text("owner"), 0, 0));
+                use std::collections::btree_map::Entry;
+                match accounts.entry(text("account")) {
+                    Entry::Occupied(_) => account_stats.get_or_insert((0, 0)).1 += 1,
+                    Entry::Vacant(account) => {
+                        account.insert((text("owner"), 0, 0));
+                    }
                 }
             }
             "Deposited" => move_money(
