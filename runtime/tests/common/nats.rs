@@ -1,5 +1,6 @@
-//! A real nats-server with JetStream for the tests: found or installed by
-//! `prism_toolchain::nats` (under `target/tmp`), started on a free loopback port, killed when
+//! Real nats-servers with JetStream for the tests, found or installed by
+//! `prism_toolchain::nats` (under `target/tmp`): one on a free loopback port ([`NatsServer`]), or
+//! a cluster of three ([`NatsCluster`]) whose servers can be killed and restarted. Killed when
 //! dropped.
 
 use std::process::{Child, Command, Stdio};
