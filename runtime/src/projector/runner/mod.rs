@@ -26,6 +26,11 @@
 //! commits them, and the error policy decides the rest: `stop` faults the projector with its
 //! checkpoint just before the failing event; `skip` records the event as a dead letter in the
 //! same transaction as the checkpoint that passes it, and goes on.
+//!
+//! A failed read of the log (a JetStream server away during a leader election, a log file being
+//! reopened) is not the projector's fault: a follower reads again after a pause, doubling from
+//! 50 ms to 1 s while reads fail, and handles its messages in between. Only a corrupt event
+//! faults it. A replay (`stop_at` set, someone waiting for it) fails on the first failed read.
 
 mod commit;
 
