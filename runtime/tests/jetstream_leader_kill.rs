@@ -60,6 +60,8 @@ struct Sent {
     /// `{"type", "data"}`, each data with its `uid`.
     events: Vec<Value>,
     attempts: u32,
+    /// What the attempts before the last were answered (a keyed writer's retries).
+    retried_on: Vec<String>,
     /// When its first attempt was sent and its last answered.
     started: Instant,
     ended: Instant,
@@ -154,21 +156,28 @@ async fn acknowledged_appends_survive_a_kill_of_the_stream_leader() {
         retried.len(),
         retried.iter().map(|s| s.attempts).sum::<u32>(),
     );
-    let mut reasons: Vec<&str> = sent
-        .iter()
-        .filter_map(|s| match &s.outcome {
+    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in &sent {
+        let last = match &s.outcome {
             Outcome::Refused(503, why) | Outcome::Unknown(why) => Some(why.as_str()),
             _ => None,
-        })
-        .collect();
-    reasons.sort();
-    reasons.dedup();
-    for why in reasons {
-        println!("  answered: {why}");
+        };
+        for why in s.retried_on.iter().map(String::as_str).chain(last) {
+            *reasons.entry(why).or_default() += 1;
+        }
+    }
+    for (why, times) in &reasons {
+        println!("  answered {times}×: {why}");
     }
     println!(
         "longest pause between acknowledgements: {gap:.2?}, from {:+.2} s after the kill",
         signed_secs(gap_from, killed),
+    );
+
+    // A retry of the same append under its key is never taken for a different append.
+    assert!(
+        !reasons.keys().any(|why| why.starts_with("422")),
+        "a keyed retry was refused as a different append"
     );
 
     // The fault happened under load: appends were acknowledged before the kill and after the
@@ -257,7 +266,7 @@ async fn write(w: usize, base: String, stop: Arc<AtomicBool>) -> Vec<Sent> {
             .collect();
         let key = keyed.then(|| format!("w{w}-{n}"));
         let (expected, started) = (versions[s], Instant::now());
-        let mut attempts = 0;
+        let (mut attempts, mut retried_on) = (0, Vec::new());
         let outcome = loop {
             attempts += 1;
             let answer = append(&http, &base, &streams[s], expected, key.as_deref(), &events);
@@ -274,7 +283,7 @@ async fn write(w: usize, base: String, stop: Arc<AtomicBool>) -> Vec<Sent> {
                     break Outcome::Refused(503, why);
                 }
                 // The same append again, under the same key.
-                Answer::Unknown(_) | Answer::NothingAppended(_) => {}
+                Answer::Unknown(why) | Answer::NothingAppended(why) => retried_on.push(why),
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
@@ -290,6 +299,7 @@ async fn write(w: usize, base: String, stop: Arc<AtomicBool>) -> Vec<Sent> {
             expected,
             events,
             attempts,
+            retried_on,
             started,
             ended: Instant::now(),
             outcome,
