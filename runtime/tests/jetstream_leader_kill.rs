@@ -98,6 +98,7 @@ async fn acknowledged_appends_survive_a_kill_of_the_stream_leader() {
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| tokio::spawn(write(w, client.base.clone(), stop.clone())))
         .collect();
+    let reader = tokio::spawn(read_stream_meanwhile(client.base.clone(), stop.clone()));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let leader = tokio::task::block_in_place(|| cluster.stream_leader(STREAM));
     let killed = Instant::now();
@@ -116,6 +117,7 @@ async fn acknowledged_appends_survive_a_kill_of_the_stream_leader() {
         sent.extend(writer.await.unwrap());
     }
     let load = load.elapsed();
+    let reads = reader.await.unwrap();
 
     // Figures for the report (not assertions), printed before the checks.
     let acked_at: Vec<(Instant, Instant)> = sent
@@ -173,6 +175,7 @@ async fn acknowledged_appends_survive_a_kill_of_the_stream_leader() {
         "longest pause between acknowledgements: {gap:.2?}, from {:+.2} s after the kill",
         signed_secs(gap_from, killed),
     );
+    println!("stream reads meanwhile (GET /streams/order-w0a): {reads:?}");
 
     // A retry of the same append under its key is never taken for a different append.
     assert!(
@@ -307,6 +310,30 @@ async fn write(w: usize, base: String, stop: Arc<AtomicBool>) -> Vec<Sent> {
         n += 1;
     }
     out
+}
+
+/// Reads a stream over HTTP every 100 ms until `stop`: how many reads got each answer (a
+/// figure, not a check).
+async fn read_stream_meanwhile(base: String, stop: Arc<AtomicBool>) -> BTreeMap<String, usize> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut answers = BTreeMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        let answer = match http
+            .get(format!("{base}/streams/order-w0a?limit=10"))
+            .send()
+            .await
+        {
+            Ok(reply) => reply.status().as_u16().to_string(),
+            Err(e) if e.is_timeout() => "timeout".into(),
+            Err(_) => "transport error".into(),
+        };
+        *answers.entry(answer).or_default() += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    answers
 }
 
 /// The `c`th event a writer makes for its stream `s`: orders (some cancelled, some placed
