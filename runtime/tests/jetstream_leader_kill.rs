@@ -26,7 +26,7 @@ mod common;
 use common::nats::NatsCluster;
 use prism::log::jetstream::JetStreamLog;
 use prism::log::{EventLog, RecordedEvent};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -214,7 +214,7 @@ async fn acknowledged_appends_survive_a_kill_of_the_stream_leader() {
     // Prism again: every view, resumed from its checkpoint, equals the one computed here from
     // the events read back.
     let (server, client) = common::start_with(dir.path(), configure).await;
-    let expected = model(&events);
+    let expected = common::model::views(&events);
     for (name, _) in common::examples() {
         let status = client.wait_caught_up(name).await;
         assert_eq!(status["checkpoint"], head, "{name}: {status}");
@@ -554,151 +554,28 @@ fn check_log(sent: &[Sent], head: u64, events: &[RecordedEvent]) -> HashSet<Stri
     at.into_keys().collect()
 }
 
-/// The whole views the three examples must hold after `events`, computed here.
-fn model(events: &[RecordedEvent]) -> HashMap<&'static str, Map<String, Value>> {
-    let mut counter: BTreeMap<String, u64> = BTreeMap::new();
-    // order → (customer, total, cancelled); customer → (orders, total, cancelled).
-    let mut orders: BTreeMap<String, (String, i64, bool)> = BTreeMap::new();
-    let mut customers: BTreeMap<String, (u64, i64, u64)> = BTreeMap::new();
-    let mut orders_ignored: Option<u64> = None;
-    // account → (owner, balance, rejected overdrafts); stats (rejected, ignored).
-    let mut accounts: BTreeMap<String, (String, i64, u64)> = BTreeMap::new();
-    let mut account_stats: Option<(u64, u64)> = None;
-    for e in events {
-        let data: Value = serde_json::from_slice(&e.data).unwrap();
-        let category = e.stream.split_once('-').map_or(&*e.stream, |(c, _)| c);
-        for key in [
-            "total".to_string(),
-            format!("type/{}", e.event_type),
-            format!("category/{category}"),
-        ] {
-            *counter.entry(key).or_default() += 1;
-        }
-        let text = |field: &str| data[field].as_str().unwrap().to_string();
-        let amount = || data["amount"].as_i64().unwrap();
-        match e.event_type.as_str() {
-            "OrderPlaced" => {
-                use std::collections::btree_map::Entry;
-                match orders.entry(text("order_id")) {
-                    Entry::Occupied(_) => *orders_ignored.get_or_insert(0) += 1,
-                    Entry::Vacant(order) => {
-                        let total = data["total_cents"].as_i64().unwrap();
-                        let c = customers.entry(text("customer")).or_default();
-                        c.0 += 1;
-                        c.1 += total;
-                        order.insert((text("customer"), total, false));
-                    }
-                }
-            }
-            "OrderCancelled" => match orders.get_mut(&text("order_id")) {
-                Some(order) if !order.2 => {
-                    let c = customers.get_mut(&order.0).unwrap();
-                    c.0 -= 1;
-                    c.1 -= order.1;
-                    c.2 += 1;
-                    order.2 = true;
-                }
-                _ => *orders_ignored.get_or_insert(0) += 1,
-            },
-            "AccountOpened" => {
-                use std::collections::btree_map::Entry;
-                match accounts.entry(text("account")) {
-                    Entry::Occupied(_) => account_stats.get_or_insert((0, 0)).1 += 1,
-                    Entry::Vacant(account) => {
-                        account.insert((text("owner"), 0, 0));
-                    }
-                }
-            }
-            "Deposited" => move_money(
-                &mut accounts,
-                &mut account_stats,
-                None,
-                Some(text("account")),
-                amount(),
-            ),
-            "Withdrawn" => move_money(
-                &mut accounts,
-                &mut account_stats,
-                Some(text("account")),
-                None,
-                amount(),
-            ),
-            "TransferMade" => move_money(
-                &mut accounts,
-                &mut account_stats,
-                Some(text("from")),
-                Some(text("to")),
-                amount(),
-            ),
-            _ => {}
+/// The test's model of the examples, on the shared history, gives the hand-computed views.
+#[test]
+fn the_model_of_the_examples_gives_the_hand_computed_views() {
+    let mut events = Vec::new();
+    let mut versions: HashMap<&str, u64> = HashMap::new();
+    for (stream, appended) in common::history() {
+        for event in appended.as_array().unwrap() {
+            let version = versions.entry(stream).or_default();
+            *version += 1;
+            events.push(RecordedEvent {
+                position: events.len() as u64 + 1,
+                stream: stream.to_string(),
+                stream_version: *version,
+                event_type: event["type"].as_str().unwrap().to_string(),
+                timestamp_ms: 0,
+                data: event["data"].to_string().into_bytes(),
+                metadata: b"{}".to_vec(),
+            });
         }
     }
-    let mut order_view: Map<String, Value> = orders
-        .into_iter()
-        .map(|(id, (customer, total, cancelled))| {
-            let value = json!({"customer": customer, "total_cents": total, "cancelled": cancelled});
-            (format!("order/{id}"), value)
-        })
-        .chain(
-            customers
-                .into_iter()
-                .map(|(id, (orders, total, cancelled))| {
-                    let value =
-                        json!({"orders": orders, "total_cents": total, "cancelled": cancelled});
-                    (format!("customer/{id}"), value)
-                }),
-        )
-        .collect();
-    if let Some(ignored) = orders_ignored {
-        order_view.insert("stats".into(), json!({"ignored": ignored}));
-    }
-    let mut account_view: Map<String, Value> = accounts
-        .into_iter()
-        .map(|(id, (owner, balance, rejected))| {
-            let value =
-                json!({"owner": owner, "balance": balance, "rejected_overdrafts": rejected});
-            (format!("account/{id}"), value)
-        })
-        .collect();
-    if let Some((rejected, ignored)) = account_stats {
-        let value = json!({"rejected_overdrafts": rejected, "ignored": ignored});
-        account_view.insert("stats".into(), value);
-    }
-    HashMap::from([
-        (
-            "event-counter",
-            counter.into_iter().map(|(k, v)| (k, json!(v))).collect(),
-        ),
-        ("order-totals", order_view),
-        ("account-balances", account_view),
-    ])
-}
-
-/// account-balances' rule: money moves out of `from` and into `to` (either may be absent),
-/// unless an account is unknown or the amount is not positive (ignored), or `from` holds less
-/// (a rejected overdraft).
-fn move_money(
-    accounts: &mut BTreeMap<String, (String, i64, u64)>,
-    stats: &mut Option<(u64, u64)>,
-    from: Option<String>,
-    to: Option<String>,
-    amount: i64,
-) {
-    let unknown = |id: &Option<String>| id.as_ref().is_some_and(|id| !accounts.contains_key(id));
-    if unknown(&from) || unknown(&to) || amount <= 0 || from.is_some() && from == to {
-        stats.get_or_insert((0, 0)).1 += 1;
-        return;
-    }
-    if let Some(from) = &from {
-        let account = accounts.get_mut(from).unwrap();
-        if account.1 < amount {
-            account.2 += 1;
-            stats.get_or_insert((0, 0)).0 += 1;
-            return;
-        }
-        account.1 -= amount;
-    }
-    if let Some(to) = &to {
-        accounts.get_mut(to).unwrap().1 += amount;
+    let views = common::model::views(&events);
+    for (name, _) in common::examples() {
+        assert_eq!(views[name], common::expected_view(name), "{name}");
     }
 }
