@@ -2,6 +2,7 @@
 //! event history with the exact views the example projectors must derive from it.
 #![allow(dead_code)]
 
+pub mod model;
 pub mod nats;
 pub mod process;
 pub mod proxy;

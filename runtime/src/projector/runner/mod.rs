@@ -26,6 +26,11 @@
 //! commits them, and the error policy decides the rest: `stop` faults the projector with its
 //! checkpoint just before the failing event; `skip` records the event as a dead letter in the
 //! same transaction as the checkpoint that passes it, and goes on.
+//!
+//! A failed read of the log (a JetStream server away during a leader election, a log file being
+//! reopened) is not the projector's fault: a follower reads again after a pause, doubling from
+//! 50 ms to 1 s while reads fail, and handles its messages in between. Only a corrupt event
+//! faults it. A replay (`stop_at` set, someone waiting for it) fails on the first failed read.
 
 mod commit;
 
@@ -33,16 +38,20 @@ use super::control::{Code, Control, Report, Reports, RunnerEvent, Swap};
 use super::error::RetryError;
 use super::{ErrorPolicy, Fault, State, Status};
 use crate::engine::{ApplyError, Engine, EventBatch, Instance, InstanceError, Subscription};
-use crate::log::{BatchRead, EventLog, FlatBatch};
+use crate::log::{BatchRead, EventLog, FlatBatch, ReadError};
 use crate::store::{BatchView, CacheBudget, DeadLetter, ViewStore, WriteBack};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 /// Most events read from the log per batch.
 pub const MAX_BATCH_EVENTS: usize = 1024;
 /// Most payload bytes per batch (a batch always holds at least one event).
 pub const MAX_BATCH_BYTES: usize = 4 << 20;
+/// The first pause before a follower reads the log again after a failed read; it doubles
+/// while reads fail, up to [`READ_PAUSE_MAX`].
+const READ_PAUSE_MIN: Duration = Duration::from_millis(50);
+const READ_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 /// Where a runner stops by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,6 +286,8 @@ impl Runner {
         // limit, or to apply the events before a poison event on their own; raised again as
         // batches pass.
         let mut batch_limit = MAX_BATCH_EVENTS;
+        // The pause after the last failed read of the log, while reads fail.
+        let mut read_pause: Option<Duration> = None;
         self.set(|s| {
             s.checkpoint = applied;
             s.applied = applied;
@@ -313,14 +324,31 @@ impl Runner {
                 max_events: batch_limit,
                 max_bytes: MAX_BATCH_BYTES,
             };
-            let last = self
-                .log
-                .read_batch(
-                    &read,
-                    |stream, t| subscription.matches(stream, t),
-                    &mut flat,
-                )
-                .map_err(|e| Fault::message(e.to_string()))?;
+            let read = self.log.read_batch(
+                &read,
+                |stream, t| subscription.matches(stream, t),
+                &mut flat,
+            );
+            let last = match read {
+                Ok(last) => {
+                    read_pause = None;
+                    last
+                }
+                // The log could not be read now (a server away, a file being reopened): not
+                // the projector's fault. A follower reads again after a pause (messages are
+                // handled in between); a replay, which someone waits for, fails.
+                Err(e)
+                    if self.stop_at == StopAt::Never && !matches!(e, ReadError::Corrupt { .. }) =>
+                {
+                    let pause = read_pause
+                        .map_or(READ_PAUSE_MIN, |p: Duration| (p * 2).min(READ_PAUSE_MAX));
+                    tracing::warn!(error = %e, pause_ms = pause.as_millis() as u64, "reading the event log failed; reading again after a pause");
+                    read_pause = Some(pause);
+                    std::thread::sleep(pause);
+                    continue;
+                }
+                Err(e) => return Err(Fault::message(e.to_string())),
+            };
             batch.load(&mut flat);
             let Some(last) = last else {
                 // Caught up: what is held commits before anyone hears of it.
