@@ -16,17 +16,23 @@ pub struct Servers {
 }
 
 struct Node {
+    /// Where its log (stderr) goes, appended to across restarts.
+    log: PathBuf,
     port: u16,
     monitor: u16,
     config: PathBuf,
     child: Option<Child>,
 }
 
-/// A free loopback port (free when asked; the server binds it right after).
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// `n` distinct free loopback ports (held together while chosen, so none comes twice).
+fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
 }
 
 impl Servers {
@@ -34,9 +40,10 @@ impl Servers {
     /// `dir`, fsyncing every write when `sync_always`, and waits until they accept clients (and
     /// a cluster has a JetStream meta leader).
     pub fn start(binary: &Path, dir: &Path, count: usize, sync_always: bool) -> Result<Servers> {
-        let ports = (0..count)
-            .map(|_| Ok((free_port()?, free_port()?, free_port()?)))
-            .collect::<Result<Vec<_>>>()?;
+        let free = free_ports(3 * count)?;
+        let ports: Vec<(u16, u16, u16)> = (0..count)
+            .map(|i| (free[i], free[count + i], free[2 * count + i]))
+            .collect();
         let routes: Vec<String> = ports
             .iter()
             .map(|(_, _, route)| format!("\"nats://127.0.0.1:{route}\""))
@@ -58,16 +65,20 @@ impl Servers {
             } else {
                 String::new()
             };
+            // `limits.batch.max_msgs` (default 1000; `/jsz` shows it as
+            // `limits.max_batch_size`) raised to Prism's default most events per append, as a
+            // production setup would.
             let config = dir.join(format!("n{i}.conf"));
             std::fs::write(
                 &config,
                 format!(
                     "server_name: n{i}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor}\n\
-                     jetstream {{\n  store_dir: \"{}\"\n  {sync}\n}}\n{cluster}",
-                    store.display()
+                     jetstream {{\n  store_dir: {store:?}\n  {sync}\n  \
+                     limits {{ batch {{ max_msgs: 10000 }} }}\n}}\n{cluster}",
                 ),
             )?;
             nodes.push(Node {
+                log: dir.join(format!("n{i}.log")),
                 port: *port,
                 monitor: *monitor,
                 config,
@@ -89,11 +100,15 @@ impl Servers {
 
     fn spawn(&mut self, i: usize) -> Result<()> {
         let node = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)?;
         let child = Command::new(&self.binary)
             .arg("-c")
             .arg(&node.config)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", self.binary.display()))?;
         node.child = Some(child);
@@ -154,22 +169,27 @@ impl Servers {
         self.wait_ready(i)
     }
 
-    /// Which server leads `stream` (by the monitoring endpoint of any live server), if one
-    /// does.
+    /// Whether server `i` runs (it was not killed, or was restarted).
+    pub fn alive(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
+    }
+
+    /// Which running server leads `stream`, as a running server's monitoring endpoint says
+    /// now (`None` while none does: no stream yet, or an election under way).
     pub fn stream_leader(&self, stream: &str) -> Option<usize> {
-        for i in 0..self.nodes.len() {
-            if self.nodes[i].child.is_none() {
-                continue;
-            }
-            let Ok(jsz) = self.jsz(i, "?streams=true") else {
+        for i in (0..self.nodes.len()).filter(|&i| self.alive(i)) {
+            let Ok(jsz) = self.jsz(i, "?accounts=true&streams=true") else {
                 continue;
             };
             for account in jsz["account_details"].as_array().into_iter().flatten() {
                 for detail in account["stream_detail"].as_array().into_iter().flatten() {
                     if detail["name"] == stream
                         && let Some(leader) = detail["cluster"]["leader"].as_str()
+                        && let Some(j) = leader.strip_prefix('n').and_then(|n| n.parse().ok())
+                        && j < self.nodes.len()
+                        && self.alive(j)
                     {
-                        return leader.strip_prefix('n')?.parse().ok();
+                        return Some(j);
                     }
                 }
             }
@@ -179,18 +199,21 @@ impl Servers {
 
     /// Server `i`'s `/jsz` (with `query`), as JSON.
     fn jsz(&self, i: usize, query: &str) -> Result<serde_json::Value> {
-        let mut socket = std::net::TcpStream::connect(("127.0.0.1", self.nodes[i].monitor))?;
-        socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], self.nodes[i].monitor));
+        let mut socket = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
+        socket.set_read_timeout(Some(Duration::from_secs(2)))?;
         write!(
             socket,
             "GET /jsz{query} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
         )?;
         let mut answer = String::new();
         socket.read_to_string(&mut answer)?;
-        let body = answer
+        let (head, body) = answer
             .split_once("\r\n\r\n")
-            .map(|(_, body)| body)
             .context("an HTTP answer without a body")?;
+        if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+            bail!("/jsz{query} answered {head:?}");
+        }
         Ok(serde_json::from_str(body)?)
     }
 }

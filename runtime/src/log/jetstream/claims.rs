@@ -168,7 +168,12 @@ async fn create(
             let entry = bucket
                 .entry(name)
                 .await
-                .map_err(|e| AppendError::Unavailable(format!("reading a claim: {e}")))?
+                .map_err(|e| {
+                    AppendError::Unavailable(format!(
+                        "the idempotency keys' bucket {BUCKET} did not answer ({e}); nothing \
+                         was appended"
+                    ))
+                })?
                 .filter(|e| e.operation == kv::Operation::Put)
                 .ok_or_else(|| {
                     AppendError::Unavailable("a claim vanished while it was read".into())
@@ -177,7 +182,9 @@ async fn create(
                 .map(Err)
                 .map_err(|e| AppendError::Storage(format!("an unreadable claim {name}: {e}")))
         }
-        Err(e) => Err(AppendError::Unavailable(format!("claiming an append: {e}"))),
+        Err(e) => Err(AppendError::Unavailable(format!(
+            "the idempotency keys' bucket {BUCKET} did not answer ({e}); nothing was appended"
+        ))),
     }
 }
 

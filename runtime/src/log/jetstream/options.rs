@@ -53,6 +53,9 @@ pub struct JetStreamOptions {
     pub idempotency_window: Duration,
     /// How long a request to the server may take before its outcome is unknown.
     pub request_timeout: Duration,
+    /// How long a read waits for the server's next message before it gives up (and the
+    /// reader, a runner, asks again: any replica may answer a read).
+    pub read_timeout: Duration,
     /// How long an append of unknown outcome keeps trying to learn it before answering
     /// [`AppendError::Unknown`](crate::log::AppendError::Unknown).
     pub resolve_within: Duration,
@@ -69,6 +72,7 @@ impl JetStreamOptions {
             replicas,
             idempotency_window: crate::log::IDEMPOTENCY_WINDOW,
             request_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(1),
             resolve_within: Duration::from_secs(30),
             head_poll: Duration::from_secs(1),
             security: NatsSecurity::default(),

@@ -128,7 +128,8 @@ impl JetStreamLog {
         &self,
         read: impl std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
     ) -> Result<T, ReadError> {
-        wait(self.handle(), read).map_err(|e| ReadError::Storage(e.into()))
+        // The servers did not answer (a leader election, a lost connection): try again later.
+        wait(self.handle(), read).map_err(|e| ReadError::Unavailable(format!("{e:#}")))
     }
 }
 
@@ -268,7 +269,7 @@ impl LogStore for JetStreamLog {
         max: usize,
     ) -> Result<Vec<RecordedEvent>, ReadError> {
         let (client, subject) = (self.inner.client.clone(), subject_of(stream));
-        let timeout = self.inner.options.request_timeout;
+        let timeout = self.inner.options.read_timeout;
         let from = from.max(1);
         let mut out = Vec::new();
         let mut at = 1;
@@ -316,7 +317,7 @@ impl BatchReader for JetStreamLog {
         let source = Source {
             runtime: self.handle(),
             client: &self.inner.client,
-            timeout: self.inner.options.request_timeout,
+            timeout: self.inner.options.read_timeout,
         };
         let got = self
             .inner

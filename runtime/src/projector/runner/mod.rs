@@ -27,10 +27,11 @@
 //! checkpoint just before the failing event; `skip` records the event as a dead letter in the
 //! same transaction as the checkpoint that passes it, and goes on.
 //!
-//! A failed read of the log (a JetStream server away during a leader election, a log file being
-//! reopened) is not the projector's fault: a follower reads again after a pause, doubling from
-//! 50 ms to 1 s while reads fail, and handles its messages in between. Only a corrupt event
-//! faults it. A replay (`stop_at` set, someone waiting for it) fails on the first failed read.
+//! A log that cannot be read for now ([`ReadError::Unavailable`]: JetStream servers away during
+//! a leader election, a log file being reopened) is not the projector's fault: a follower reads
+//! again after a pause, doubling from 50 ms to 1 s while reads fail, and handles its messages in
+//! between. Other read errors (a corrupt event, a failing disk) fault it, and a replay (`stop_at`
+//! set, someone waiting for it) fails on the first failed read.
 
 mod commit;
 
@@ -334,12 +335,8 @@ impl Runner {
                     read_pause = None;
                     last
                 }
-                // The log could not be read now (a server away, a file being reopened): not
-                // the projector's fault. A follower reads again after a pause (messages are
-                // handled in between); a replay, which someone waits for, fails.
-                Err(e)
-                    if self.stop_at == StopAt::Never && !matches!(e, ReadError::Corrupt { .. }) =>
-                {
+                // Not the projector's fault: see the module's documentation.
+                Err(e @ ReadError::Unavailable(_)) if self.stop_at == StopAt::Never => {
                     let pause = read_pause
                         .map_or(READ_PAUSE_MIN, |p: Duration| (p * 2).min(READ_PAUSE_MAX));
                     tracing::warn!(error = %e, pause_ms = pause.as_millis() as u64, "reading the event log failed; reading again after a pause");
