@@ -12,8 +12,8 @@ use prism::log::jetstream::{JetStreamLog, JetStreamOptions};
 use prism::log::{AppendError, EventLog, ExpectedVersion, NewEvent};
 use std::time::Duration;
 
-/// A header on an append's last message: what the proxy waits for.
-const COMMIT: &str = "Nats-Batch-Commit";
+/// The header on an append's first message (here, its only one): what the proxy waits for.
+const COMMIT: &str = "Prism-Append-Id";
 
 fn event(data: &str) -> NewEvent {
     NewEvent {

@@ -149,7 +149,7 @@ pub(super) async fn jetstream_figures(report: &mut Report, n: u64, dir: &Path) {
             report.add(
                 format!("appends, {label} ÷ redb, {clients} clients × {batch} events"),
                 format!(
-                    "{:.2} ({} events/s, p99 {})",
+                    "{:.2} ({} events, p99 {})",
                     measured[i].rate / baseline[i].rate,
                     human(measured[i].rate),
                     ms(measured[i].p99)
@@ -204,7 +204,7 @@ fn replay_figures(report: &mut Report, n: u64, dir: &Path, binary: &Path) {
                 "replay `event-counter`, JetStream R{count} ÷ redb ({n} events; redb {})",
                 human(redb_rate)
             ),
-            format!("{:.2} ({} events/s)", js / redb_rate, human(js)),
+            format!("{:.2} ({} events)", js / redb_rate, human(js)),
             "(no target)",
             true,
         );

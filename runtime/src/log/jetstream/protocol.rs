@@ -182,8 +182,12 @@ pub async fn publish_atomic(
     for (i, message) in messages.into_iter().enumerate() {
         let sequence = i as u64 + 1;
         let mut headers = message.headers;
-        headers.insert("Nats-Batch-Id", batch.as_str());
-        headers.insert("Nats-Batch-Sequence", sequence.to_string().as_str());
+        // One message is atomic by itself: a plain publish, without the batch's staging
+        // (which costs a non-replicated stream milliseconds per commit, nats-server#7298).
+        if count > 1 {
+            headers.insert("Nats-Batch-Id", batch.as_str());
+            headers.insert("Nats-Batch-Sequence", sequence.to_string().as_str());
+        }
         if sequence == 1 {
             match expect {
                 Expect::Nothing => {}
@@ -196,7 +200,7 @@ pub async fn publish_atomic(
                 }
             }
         }
-        if sequence == count {
+        if sequence == count && count > 1 {
             headers.insert("Nats-Batch-Commit", "1");
         }
         // Every message carries the inbox: a refused batch is answered at once, whichever
