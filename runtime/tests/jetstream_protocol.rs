@@ -209,3 +209,46 @@ async fn heads_are_republished_to_every_node() {
     }
     assert_eq!(watcher.head(), 3);
 }
+
+/// Two nodes take turns appending to one stream with exact expected versions: each node's
+/// remembered last message of the stream is stale at every turn, and neither a false
+/// conflict nor a wrong version comes of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_remembered_version_is_checked_with_the_server() {
+    use prism::log::jetstream::JetStreamLog;
+    use prism::log::{EventLog, ExpectedVersion, NewEvent};
+    let server = NatsServer::start();
+    let nodes = [
+        EventLog::new(JetStreamLog::connect(&server.url(), 1).unwrap()),
+        EventLog::new(JetStreamLog::connect(&server.url(), 1).unwrap()),
+    ];
+    for version in 0..6u64 {
+        let event = NewEvent {
+            event_type: "T".into(),
+            data: format!("{{\"v\":{version}}}").into_bytes(),
+            metadata: None,
+            id: None,
+        };
+        let node = &nodes[version as usize % 2];
+        let appended = node
+            .append("s", ExpectedVersion::Exact(version), vec![event.clone()])
+            .await
+            .unwrap();
+        assert_eq!(appended.stream_version, version + 1);
+        // And the version the other node remembers is refused as stale.
+        let other = &nodes[1 - version as usize % 2];
+        assert!(
+            other
+                .append("s", ExpectedVersion::Exact(version), vec![event])
+                .await
+                .is_err()
+        );
+    }
+    let versions: Vec<u64> = nodes[0]
+        .read_stream("s", 1, 100)
+        .unwrap()
+        .iter()
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
+}

@@ -172,7 +172,7 @@ async fn an_unknown_outcome_is_said_and_a_keyed_retry_is_stored_once() {
         .append("s", ExpectedVersion::Any, vec![with_id])
         .await
         .unwrap();
-    assert!(retried.replayed);
+    assert!(retried.replayed, "{retried:?} {:?}", contents(&server));
     assert_eq!((retried.first_position, retried.stream_version), (4, 4));
 
     tokio::time::sleep(Duration::from_millis(500)).await;

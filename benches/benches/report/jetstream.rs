@@ -160,7 +160,13 @@ pub(super) async fn jetstream_figures(report: &mut Report, n: u64, dir: &Path) {
         }
     }
 
-    replay_figures(report, n.min(1_000_000), dir, &binary);
+    // On a thread of its own: the replay and its fill block, outside any async runtime.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| replay_figures(report, n.min(1_000_000), dir, &binary))
+            .join()
+            .unwrap()
+    });
     stall_figure(report, dir, &binary).await;
 }
 

@@ -18,6 +18,9 @@ use crate::log::{Append, AppendError, Appended, ExpectedVersion};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Streams whose last message a node remembers at most (all forgotten when full).
+const MAX_REMEMBERED: usize = 100_000;
+
 /// Where an append of this call, or of an earlier one, may already be.
 struct Search {
     append_id: String,
@@ -34,16 +37,21 @@ struct Search {
 
 pub async fn append(inner: Arc<Inner>, append: Append) -> Result<Appended, AppendError> {
     let first_stream = append.parts[0].stream.clone();
-    let (floor, _) = last_of(&inner.events, &first_stream).await?;
+    // Until its first publish, nothing of this append can be on the log: what is searched
+    // starts at the first stream's last message as its first attempt reads it.
     let mut search = Search {
         append_id: nuid::next().to_string(),
         subject: subject_of(&first_stream),
-        searched: floor,
+        searched: 0,
         maybe_there: false,
         earlier: false,
     };
     let mut own = Vec::new();
     if claims::retryable(append.key.as_deref(), &append.parts) {
+        // A claim says where a later call must look: after the first stream's last message
+        // now, read from the server.
+        let (floor, _) = last_of(&inner.events, &first_stream).await?;
+        search.searched = floor;
         let claim = Claim {
             append_id: search.append_id.clone(),
             digest: claims::digest(&append.parts),
@@ -86,9 +94,19 @@ async fn publish(
     }
     let count: u64 = append.parts.iter().map(|p| p.events.len() as u64).sum();
     let deadline = Instant::now() + inner.options.resolve_within;
+    // The first attempt of a plain one-stream append may trust this node's last look at the
+    // stream (the server checks it); every later one reads.
+    let mut cached = streams.len() == 1 && append.expected_head.is_none() && !search.maybe_there;
     loop {
-        match attempt(inner, append, &streams, count, search).await {
+        let tried = attempt(inner, append, &streams, count, search, cached).await;
+        let was_cached = std::mem::replace(&mut cached, false);
+        match tried {
             Ok(appended) => return Ok(appended),
+            // A refusal that rests on what this node remembered is checked with the server.
+            Err(Attempt::Refused(AppendError::VersionConflict { .. })) if was_cached => {
+                forget(inner, &streams);
+                continue;
+            }
             Err(Attempt::Refused(e)) => return Err(e),
             Err(Attempt::Again) => continue,
             // The server could not be asked, or did not answer: once the append may be on the
@@ -128,12 +146,21 @@ impl From<AppendError> for Attempt {
     }
 }
 
+/// Forgets what this node remembered of `streams`.
+fn forget(inner: &Inner, streams: &[&str]) {
+    let mut lasts = inner.lasts.lock();
+    for stream in streams {
+        lasts.remove(*stream);
+    }
+}
+
 async fn attempt(
     inner: &Inner,
     append: &Append,
     streams: &[&str],
     count: u64,
     search: &mut Search,
+    cached: bool,
 ) -> Result<Appended, Attempt> {
     // The head first, when the stream-wide expectation is needed: the versions read after it
     // are current as long as it has not moved, which the server then checks. One stream's
@@ -147,7 +174,16 @@ async fn attempt(
     };
     let mut last = Vec::new();
     for stream in streams {
-        last.push(last_of(&inner.events, stream).await?);
+        let remembered = cached
+            .then(|| inner.lasts.lock().get(*stream).copied())
+            .flatten();
+        match remembered {
+            Some(l) => last.push(l),
+            None => last.push(last_of(&inner.events, stream).await?),
+        }
+    }
+    if !cached && streams.len() == 1 {
+        remember(inner, streams, &[last[0].1], last[0].0);
     }
     // Is the append there already? Only the first stream's messages after the last searched
     // can hold it; the publish below expects no more than what was searched.
@@ -215,6 +251,7 @@ async fn attempt(
     {
         Ok((first, last_position)) => {
             inner.moved(last_position);
+            remember(inner, streams, &versions, last_position);
             let stream = &append.parts.last().expect("an append has parts").stream;
             let i = streams.iter().position(|s| s == stream).expect("listed");
             Ok(Appended {
@@ -226,7 +263,10 @@ async fn attempt(
         }
         // Someone appended in between: read again (a stale exact version then answers a
         // conflict, an expected head a moved head).
-        Err(PublishError::WrongLastSequence(_)) => Err(Attempt::Again),
+        Err(PublishError::WrongLastSequence(_)) => {
+            forget(inner, streams);
+            Err(Attempt::Again)
+        }
         // More messages than the server takes in one atomic batch.
         Err(PublishError::Refused { code: 10199, .. }) => {
             Err(Attempt::Refused(AppendError::Invalid(format!(
@@ -242,6 +282,21 @@ async fn attempt(
             search.maybe_there = true;
             Err(Attempt::Unknown(why))
         }
+    }
+}
+
+/// Remembers the stream's last message after a one-stream append (the next append to it
+/// from this node then needs no read first); forgets the streams of any other.
+fn remember(inner: &Inner, streams: &[&str], versions: &[u64], last_position: u64) {
+    let mut lasts = inner.lasts.lock();
+    if streams.len() == 1 {
+        if lasts.len() >= MAX_REMEMBERED && !lasts.contains_key(streams[0]) {
+            lasts.clear();
+        }
+        lasts.insert(streams[0].to_string(), (last_position, versions[0]));
+    } else {
+        drop(lasts);
+        forget(inner, streams);
     }
 }
 

@@ -39,6 +39,9 @@ pub(super) struct Inner {
     pub options: JetStreamOptions,
     head: watch::Sender<u64>,
     read_ahead: ReadAhead,
+    /// The last message (sequence, stream version) of streams this node appended to: the
+    /// expectation of its next one-stream append there, which the server checks.
+    pub lasts: parking_lot::Mutex<rustc_hash::FxHashMap<String, (u64, u64)>>,
 }
 
 impl Inner {
@@ -106,6 +109,7 @@ impl JetStreamLog {
             options,
             head: sender,
             read_ahead: ReadAhead::default(),
+            lasts: Default::default(),
         });
         runtime.spawn(follow_heads(Arc::downgrade(&inner)));
         runtime.spawn(poll_head(Arc::downgrade(&inner), options_poll));
