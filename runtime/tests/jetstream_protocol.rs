@@ -246,7 +246,17 @@ async fn a_stale_remembered_version_is_checked_with_the_server() {
     let refused = nodes[0]
         .append("s", ExpectedVersion::Exact(5), vec![stale])
         .await;
-    assert!(refused.is_err(), "{refused:?}");
+    assert!(
+        matches!(
+            refused,
+            Err(prism::log::AppendError::VersionConflict {
+                expected: 5,
+                actual: 6,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
     let versions: Vec<u64> = nodes[0]
         .read_stream("s", 1, 100)
         .unwrap()

@@ -1,5 +1,5 @@
-//! What every store behind the event log does: the embedded redb log ([`RedbLog`]) today, a
-//! distributed log (NATS JetStream) next. Everything above the log — runners, HTTP, verify,
+//! What every store behind the event log does: the embedded redb log ([`RedbLog`]) and NATS
+//! JetStream ([`JetStreamLog`](super::jetstream::JetStreamLog)). Everything above the log — runners, HTTP, verify,
 //! `prism test` — holds an [`EventLog`], which checks each append the same way whatever the
 //! store and reaches the store only through this trait.
 //!

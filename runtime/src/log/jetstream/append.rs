@@ -16,7 +16,10 @@ use super::protocol::{self, Expect, PublishError, subject_of};
 use super::store::{Inner, last_of, read_head};
 use crate::log::{Append, AppendError, Appended, ExpectedVersion};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Messages one search asks for at a time.
+const MAX_FIND: usize = 1000;
 
 /// Streams whose last message a node remembers at most (all forgotten when full).
 const MAX_REMEMBERED: usize = 100_000;
@@ -59,7 +62,13 @@ pub async fn append(inner: Arc<Inner>, append: Append) -> Result<Appended, Appen
             index: 0,
         };
         match claims::claim(&inner.claims, append.key.as_deref(), &append.parts, &claim).await? {
-            Claimed::Own(names) => own = names,
+            // Once the claim exists, a retry elsewhere may publish this same append: every
+            // attempt here searches first too (nothing to search while the stream has not
+            // moved past the floor).
+            Claimed::Own(names) => {
+                own = names;
+                search.maybe_there = true;
+            }
             Claimed::Earlier(before) => {
                 search.append_id = before.append_id;
                 search.searched = before.floor;
@@ -97,6 +106,7 @@ async fn publish(
     // The first attempt of a plain one-stream append may trust this node's last look at the
     // stream (the server checks it); every later one reads.
     let mut cached = streams.len() == 1 && append.expected_head.is_none() && !search.maybe_there;
+    let mut agains = 0u64;
     loop {
         let tried = attempt(inner, append, &streams, count, search, cached).await;
         let was_cached = std::mem::replace(&mut cached, false);
@@ -108,7 +118,22 @@ async fn publish(
                 continue;
             }
             Err(Attempt::Refused(e)) => return Err(e),
-            Err(Attempt::Again) => continue,
+            // The log moved under the attempt (racing writers) or the server could not take it
+            // yet (a leader change): again after a short pause, within the deadline.
+            Err(Attempt::Again) => {
+                agains += 1;
+                if Instant::now() >= deadline {
+                    let why = "the stream kept moving or the servers kept refusing for now";
+                    return Err(if search.maybe_there {
+                        AppendError::Unknown(format!("{why}; the append may have been stored"))
+                    } else {
+                        AppendError::Unavailable(format!("{why}; nothing was appended"))
+                    });
+                }
+                if agains > 3 {
+                    tokio::time::sleep(Duration::from_millis(agains.min(50))).await;
+                }
+            }
             // The server could not be asked, or did not answer: once the append may be on the
             // log, keep asking until it is found or surely not there, within the deadline.
             Err(Attempt::Unknown(why)) => {
@@ -275,6 +300,7 @@ async fn attempt(
                  events at a time, or raise that limit"
             ))))
         }
+        Err(PublishError::Transient { .. }) => Err(Attempt::Again),
         Err(PublishError::Refused { code, description }) => Err(Attempt::Refused(
             AppendError::Storage(format!("JetStream error {code}: {description}")),
         )),
@@ -310,17 +336,24 @@ async fn find(
 ) -> Result<Option<Appended>, Attempt> {
     let mut from = search.searched + 1;
     while from <= until {
-        let got = protocol::direct_get_batch(
+        // From a replica holding at least `until` (the leader's answer for the subject's last
+        // message): one behind would answer short, and "not there" must be sure.
+        let got = protocol::direct_get_batch_after(
             &inner.client,
             from,
             Some(&search.subject),
-            1000,
+            MAX_FIND,
             8 << 20,
+            until,
             inner.options.request_timeout,
         )
         .await
         .map_err(|e| Attempt::Unknown(e.to_string()))?;
-        let Some(last) = got.last() else { break };
+        let Some(last) = got.last() else {
+            // Nothing from `from` on the subject, from a replica holding `until`: `until` was
+            // the subject's last message, so there is nothing more to search.
+            break;
+        };
         from = last.sequence + 1;
         for stored in got.iter().take_while(|m| m.sequence <= until) {
             if message::header(stored, APPEND_ID).as_deref() == Some(search.append_id.as_str()) {

@@ -112,7 +112,15 @@ pub async fn claim(
                     index,
                     ..claim.clone()
                 };
-                match create(bucket, &name, &mine).await? {
+                let created = match create(bucket, &name, &mine).await {
+                    Ok(created) => created,
+                    Err(e) => {
+                        // Nothing will be appended: what this append claimed is free again.
+                        release(bucket, &own).await;
+                        return Err(e);
+                    }
+                };
+                match created {
                     Ok(revision) => {
                         own.push((name, revision));
                         new_ids += 1;

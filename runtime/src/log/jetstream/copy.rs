@@ -376,6 +376,7 @@ impl Target {
                 // Another writer, or this batch's earlier attempt whose answer was lost.
                 Err(PublishError::WrongLastSequence(why)) => why,
                 Err(PublishError::Unknown(why)) => why,
+                Err(PublishError::Transient { description, .. }) => description,
             };
             if self.landed(first, &last_event, deadline, &why).await? {
                 return Ok(last);

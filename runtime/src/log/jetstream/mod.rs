@@ -1,7 +1,7 @@
-//! NATS JetStream as the store behind the event log (issue 14, in progress): the wire protocol
-//! that async-nats has no helper for ([`protocol`]), checked against a real nats-server. The
-//! store over it, [`JetStreamLog`], is in progress. [`copy_log`] copies a log into it at the
-//! same positions (`prism log migrate`).
+//! NATS JetStream as the store behind the event log: [`JetStreamLog`] (appends in `append`,
+//! idempotency in `claims`, reads ahead in `readahead`), over the wire protocol async-nats has
+//! no helper for ([`protocol`]) and one message per event ([`message`]); [`copy_log`] copies
+//! an embedded log into it at the same positions (`prism log migrate`).
 
 mod append;
 mod claims;

@@ -117,10 +117,14 @@ pub struct Outbound {
 /// Why an atomic publish stored nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    /// The first message's subject was not at the expected last sequence (JetStream error
-    /// 10071).
+    /// The first message's subject, or the stream, was not at the expected last sequence
+    /// (JetStream errors 10071 and, inside an atomic batch, 10164).
     #[error("wrong last subject sequence: {0}")]
     WrongLastSequence(String),
+    /// The server refused it for now, storing nothing (a leader change under way, an
+    /// incomplete batch): the same publish may be sent again.
+    #[error("JetStream refused the append for now: {code} {description}")]
+    Transient { code: u64, description: String },
     /// The server refused the batch for another reason.
     #[error("JetStream refused the append: {code} {description}")]
     Refused { code: u64, description: String },
@@ -235,7 +239,13 @@ pub async fn publish_atomic(
             .map_err(|e| PublishError::Unknown(format!("an unreadable answer: {e}")))?;
         if let Some(error) = ack.error {
             return Err(match error.err_code {
-                10071 => PublishError::WrongLastSequence(error.description),
+                10071 | 10164 => PublishError::WrongLastSequence(error.description),
+                // Not ready after a leader change, an incomplete or abandoned batch, no
+                // JetStream leader: nothing was stored.
+                10163 | 10176 | 10008 | 10167 => PublishError::Transient {
+                    code: error.err_code,
+                    description: error.description,
+                },
                 code => PublishError::Refused {
                     code,
                     description: error.description,
@@ -272,11 +282,28 @@ pub async fn direct_get_batch(
     max_bytes: usize,
     timeout: Duration,
 ) -> Result<Vec<Stored>> {
+    direct_get_batch_after(client, from, subject, max, max_bytes, 0, timeout).await
+}
+
+/// [`direct_get_batch`] from a replica that holds at least the stream's messages up to
+/// `min_last` (one further behind refuses, and the read fails rather than answer short).
+pub async fn direct_get_batch_after(
+    client: &Client,
+    from: u64,
+    subject: Option<&str>,
+    max: usize,
+    max_bytes: usize,
+    min_last: u64,
+    timeout: Duration,
+) -> Result<Vec<Stored>> {
     let inbox = client.new_inbox();
     let mut answers = client.subscribe(inbox.clone()).await?;
     let mut request = serde_json::json!({"seq": from, "batch": max, "max_bytes": max_bytes});
     if let Some(subject) = subject {
         request["next_by_subj"] = subject.into();
+    }
+    if min_last > 0 {
+        request["min_last_seq"] = min_last.into();
     }
     client
         .publish_with_reply(

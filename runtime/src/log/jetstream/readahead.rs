@@ -30,12 +30,18 @@ pub struct Source<'a> {
     pub runtime: &'a Handle,
     pub client: &'a async_nats::Client,
     pub timeout: Duration,
+    /// The head as this node knows it: a replica that answers must hold at least the
+    /// messages up to it (or up to the read's first position, when that is lower), so a
+    /// short answer means the reader is at the head, not that a replica is behind.
+    pub head: u64,
 }
 
 fn start(source: &Source, from: u64, max: usize, max_bytes: usize) -> Read {
     let (client, timeout) = (source.client.clone(), source.timeout);
+    let min_last = source.head.min(from);
     source.runtime.spawn(async move {
-        protocol::direct_get_batch(&client, from, None, max, max_bytes, timeout).await
+        protocol::direct_get_batch_after(&client, from, None, max, max_bytes, min_last, timeout)
+            .await
     })
 }
 

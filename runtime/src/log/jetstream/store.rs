@@ -195,9 +195,15 @@ async fn poll_head(inner: std::sync::Weak<Inner>, every: Duration) {
     }
 }
 
-/// The last message of `stream`: its sequence and the stream's version (0, 0 when none).
+/// The last message of `stream`: its sequence and the stream's version (0, 0 when none). Asked
+/// of the stream's leader, not by a direct get: a replica may answer those from behind, and an
+/// append's versions must be current.
 pub(super) async fn last_of(events: &Stream, stream: &str) -> Result<(u64, u64), AppendError> {
-    match events.direct_get_last_for_subject(subject_of(stream)).await {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    match events
+        .get_last_raw_message_by_subject(&subject_of(stream))
+        .await
+    {
         Ok(message) => {
             let version = message
                 .headers
@@ -208,9 +214,7 @@ pub(super) async fn last_of(events: &Stream, stream: &str) -> Result<(u64, u64),
                 })?;
             Ok((message.sequence, version))
         }
-        Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => {
-            Ok((0, 0))
-        }
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok((0, 0)),
         Err(e) => Err(AppendError::Unavailable(e.to_string())),
     }
 }
@@ -322,6 +326,7 @@ impl BatchReader for JetStreamLog {
             runtime: self.handle(),
             client: &self.inner.client,
             timeout: self.inner.options.read_timeout,
+            head: *self.head.borrow(),
         };
         let got = self
             .inner
@@ -333,7 +338,7 @@ impl BatchReader for JetStreamLog {
                 ask,
                 read.max_bytes.min(64 << 20),
             )
-            .map_err(|e| ReadError::Storage(e.into()))?;
+            .map_err(|e| ReadError::Unavailable(format!("{e:#}")))?;
         let mut last = None;
         for message in &got {
             let decoded = decode(message)?;
