@@ -186,3 +186,44 @@ async fn an_unknown_outcome_is_said_and_a_keyed_retry_is_stored_once() {
         ]
     );
 }
+
+/// Two calls with one key at once: the first's publish waits in the proxy while a retry on
+/// another connection finds the claim, sees nothing stored and publishes the same append; when
+/// the first publish reaches the server it is refused (the stream moved), and the first call
+/// must then find the append by its id rather than publish a second copy.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_racing_the_first_attempt_stores_the_append_once() {
+    let server = NatsServer::start();
+    let proxy = Proxy::start(server.port).await;
+    // A publish that waits less than its timeout: refused when it arrives, not unknown.
+    let slow = EventLog::new(
+        JetStreamLog::connect_with(JetStreamOptions {
+            request_timeout: Duration::from_secs(10),
+            ..JetStreamOptions::new(&proxy.url(), 1)
+        })
+        .unwrap(),
+    );
+    let direct = EventLog::new(JetStreamLog::connect(&server.url(), 1).unwrap());
+    let keyed = |log: &EventLog| {
+        let log = log.clone();
+        async move {
+            log.append_once(
+                Some("the-key".into()),
+                "s",
+                ExpectedVersion::Any,
+                vec![event("once")],
+            )
+            .await
+        }
+    };
+    proxy.hold_requests_from(COMMIT);
+    let first = tokio::spawn(keyed(&slow));
+    // The first call's claim is made before its publish, which now waits in the proxy.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let retry = keyed(&direct).await.unwrap();
+    assert_eq!((retry.first_position, retry.stream_version), (1, 1));
+    proxy.hold_requests(false);
+    let first = first.await.unwrap().unwrap();
+    assert_eq!((first.first_position, first.stream_version), (1, 1));
+    assert_eq!(contents(&server), [row(1, "s", 1, "once")]);
+}
