@@ -53,20 +53,29 @@ pub async fn bucket(
     replicas: usize,
     window: Duration,
 ) -> anyhow::Result<kv::Store> {
-    if let Ok(store) = js.get_key_value(BUCKET).await {
-        return Ok(store);
+    let config = kv::Config {
+        bucket: BUCKET.into(),
+        description: "Prism: idempotency keys and event ids of appends".into(),
+        history: 1,
+        max_age: window,
+        num_replicas: replicas,
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    };
+    // As for the events stream: a cluster just formed may not place it yet.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(store) = js.get_key_value(BUCKET).await {
+            return Ok(store);
+        }
+        match js.create_key_value(config.clone()).await {
+            Ok(store) => return Ok(store),
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("10005") => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
-    Ok(js
-        .create_key_value(kv::Config {
-            bucket: BUCKET.into(),
-            description: "Prism: idempotency keys and event ids of appends".into(),
-            history: 1,
-            max_age: window,
-            num_replicas: replicas,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await?)
 }
 
 fn name(prefix: &str, id: &str) -> String {

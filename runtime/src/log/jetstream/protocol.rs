@@ -52,10 +52,21 @@ pub async fn ensure_stream(js: &jetstream::Context, replicas: usize) -> Result<(
         ..Default::default()
     };
     let republish = wanted.republish.clone();
-    let mut stream = js
-        .get_or_create_stream(wanted)
-        .await
-        .context("creating or finding the JetStream stream")?;
+    // A cluster that has just formed may not place a replicated stream yet (10005, "no
+    // suitable peers"): its peers report in within seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut stream = loop {
+        match js.get_or_create_stream(wanted.clone()).await {
+            Ok(stream) => break stream,
+            Err(e)
+                if std::time::Instant::now() < deadline
+                    && (e.to_string().contains("10005") || e.to_string().contains("timed out")) =>
+            {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e).context("creating or finding the JetStream stream"),
+        }
+    };
     let mut info = stream
         .info()
         .await
