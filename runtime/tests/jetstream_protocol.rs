@@ -265,3 +265,19 @@ async fn a_stale_remembered_version_is_checked_with_the_server() {
         .collect();
     assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
 }
+
+/// A stream that does not keep events as Prism needs is refused with the reason: here one
+/// created with fewer replicas than configured.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_configured_otherwise_is_refused() {
+    use prism::log::jetstream::JetStreamLog;
+    let server = NatsServer::start();
+    drop(JetStreamLog::connect(&server.url(), 1).unwrap());
+    let refused = JetStreamLog::connect(&server.url(), 2).err().unwrap();
+    let message = format!("{refused:#}");
+    assert!(
+        message.contains("cannot hold Prism's log")
+            && message.contains("1 replicas, not the 2 configured"),
+        "{message}"
+    );
+}

@@ -138,8 +138,9 @@ async fn an_unknown_outcome_is_said_and_a_keyed_retry_is_stored_once() {
     );
     proxy.cut();
     proxy.hold_requests(false);
+    // Stored once, at 2 (whether this retry's `replayed` says so is not asserted: under a
+    // loaded machine its own publish may time out and be found again — see issue 14's note).
     let retried = keyed("b").await.unwrap();
-    assert!(!retried.replayed, "it was not there: this retry stored it");
     assert_eq!((retried.first_position, retried.stream_version), (2, 2));
 
     // Late: the held append reaches the server when the proxy lets go, racing the retry. One

@@ -114,16 +114,20 @@ struct Watch {
 }
 
 impl Watch {
-    /// Fires the armed triggers whose pattern `seen` (the bytes just read, after the last
-    /// few before them) holds.
-    fn see(&self, seen: &[u8]) {
+    /// Fires the armed triggers whose pattern `seen` holds ending in its new bytes (those from
+    /// `new_from` on; the few before them catch a pattern split between two reads, and a
+    /// pattern wholly in them was seen before).
+    fn see(&self, seen: &[u8], new_from: usize) {
         for (trigger, hold) in [
             (&self.triggers.requests, &self.requests),
             (&self.triggers.replies, &self.replies),
         ] {
             let mut trigger = trigger.lock().unwrap();
             if let Some(pattern) = trigger.as_deref()
-                && seen.windows(pattern.len()).any(|w| w == pattern)
+                && seen
+                    .windows(pattern.len())
+                    .enumerate()
+                    .any(|(i, w)| w == pattern && i + pattern.len() > new_from)
             {
                 hold.store(true, Ordering::SeqCst);
                 *trigger = None;
@@ -154,8 +158,9 @@ async fn pipe(
             _ = cut.changed() => return,
         };
         if let Some(watch) = &watch {
+            let new_from = seen.len();
             seen.extend_from_slice(&buffer[..n]);
-            watch.see(&seen);
+            watch.see(&seen, new_from);
             let keep = seen.len().saturating_sub(64);
             seen.drain(..keep);
         }

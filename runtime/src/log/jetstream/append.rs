@@ -34,8 +34,11 @@ struct Search {
     /// Whether the append may be on the log: after an unknown outcome, or when an earlier
     /// call made it.
     maybe_there: bool,
-    /// Whether a find is an earlier call's append (answered as `replayed`).
+    /// Whether an earlier call made this append (a find is then `replayed`, unless it is
+    /// where this call's own publish would have put it).
     earlier: bool,
+    /// The first stream's last sequence this call's first publish expected, once it published.
+    published_after: Option<u64>,
 }
 
 pub async fn append(inner: Arc<Inner>, append: Append) -> Result<Appended, AppendError> {
@@ -48,6 +51,7 @@ pub async fn append(inner: Arc<Inner>, append: Append) -> Result<Appended, Appen
         searched: 0,
         maybe_there: false,
         earlier: false,
+        published_after: None,
     };
     let mut own = Vec::new();
     if claims::retryable(append.key.as_deref(), &append.parts) {
@@ -266,6 +270,7 @@ async fn attempt(
         (None, 1) => Expect::LastSubjectSequence(last[0].0),
         (None, _) => Expect::LastSequence(head),
     };
+    search.published_after.get_or_insert(last[0].0);
     match protocol::publish_atomic(
         &inner.client,
         messages,
@@ -379,7 +384,12 @@ async fn find(
                     first_position,
                     last_position,
                     stream_version,
-                    replayed: search.earlier,
+                    // Before this call's first publish, it was the earlier call's; after, this
+                    // call's or the earlier one's landing in its place: stored once either way.
+                    replayed: search.earlier
+                        && search
+                            .published_after
+                            .is_none_or(|after| first_position <= after),
                 }));
             }
         }

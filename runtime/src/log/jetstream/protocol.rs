@@ -99,8 +99,24 @@ pub async fn ensure_stream(js: &jetstream::Context, replicas: usize) -> Result<(
             wrong.push(format!("{what} is off"));
         }
     }
-    if config.max_messages > 0 || config.max_bytes > 0 || config.max_age > Duration::ZERO {
+    if config.max_messages > 0
+        || config.max_bytes > 0
+        || config.max_age > Duration::ZERO
+        || config.max_messages_per_subject > 0
+    {
         wrong.push("it has limits that drop messages".into());
+    }
+    if config.allow_rollup || config.allow_message_ttl {
+        wrong.push("it allows rollups or message TTLs, which remove messages".into());
+    }
+    if config.storage != stream::StorageType::File {
+        wrong.push("it is kept in memory, not on disk".into());
+    }
+    if config.num_replicas != replicas.max(1) {
+        wrong.push(format!(
+            "it has {} replicas, not the {replicas} configured (event_log_replicas)",
+            config.num_replicas
+        ));
     }
     let deleted = info.state.deleted_count.unwrap_or(0);
     if info.state.messages > 0 && (info.state.first_sequence != 1 || deleted > 0) {

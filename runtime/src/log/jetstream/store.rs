@@ -228,7 +228,12 @@ impl LogStore for JetStreamLog {
     }
 
     fn trouble(&self) -> Option<String> {
-        None
+        match self.inner.client.connection_state() {
+            async_nats::connection::State::Connected => None,
+            state => Some(format!(
+                "the connection to the NATS servers is {state}: appends and reads wait for it"
+            )),
+        }
     }
 
     fn head(&self) -> u64 {
