@@ -370,15 +370,11 @@ async fn find(
                     .direct_get(last_position)
                     .await
                     .map_err(|e| Attempt::Unknown(e.to_string()))?;
-                let stream_version = last_event
-                    .headers
-                    .get(message::VERSION)
-                    .and_then(|v| v.as_str().parse().ok())
-                    .ok_or_else(|| {
-                        Attempt::Refused(AppendError::Storage(format!(
-                            "the event at {last_position} has no version"
-                        )))
-                    })?;
+                let stream_version = message::version_of(&last_event.headers).ok_or_else(|| {
+                    Attempt::Refused(AppendError::Storage(format!(
+                        "the event at {last_position} has no version"
+                    )))
+                })?;
                 inner.moved(last_position);
                 return Ok(Some(Appended {
                     first_position,

@@ -52,6 +52,11 @@ pub struct Decoded<'a> {
     pub event: StoredEvent<'a>,
 }
 
+/// The stream version in an event's headers, if they hold a readable one.
+pub fn version_of(headers: &HeaderMap) -> Option<u64> {
+    headers.get(VERSION).and_then(|v| v.as_str().parse().ok())
+}
+
 /// A header's value, if the message has it.
 pub fn header(message: &Stored, name: &str) -> Option<String> {
     message.headers.get(name).map(|v| v.as_str().to_string())
@@ -64,9 +69,7 @@ pub fn decode(message: &Stored) -> Result<Decoded<'_>, ReadError> {
         reason: reason.into(),
     };
     let stream = stream_of(&message.subject).ok_or_else(|| corrupt("not an event's subject"))?;
-    let stream_version = header(message, VERSION)
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| corrupt("no Prism-Version"))?;
+    let stream_version = version_of(&message.headers).ok_or_else(|| corrupt("no Prism-Version"))?;
     let timestamp_ms = match header(message, TIME) {
         Some(ms) => ms.parse().map_err(|_| corrupt("a bad Prism-Time"))?,
         None => header(message, "Nats-Time-Stamp")

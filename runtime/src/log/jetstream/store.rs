@@ -205,13 +205,9 @@ pub(super) async fn last_of(events: &Stream, stream: &str) -> Result<(u64, u64),
         .await
     {
         Ok(message) => {
-            let version = message
-                .headers
-                .get(message::VERSION)
-                .and_then(|v| v.as_str().parse().ok())
-                .ok_or_else(|| {
-                    AppendError::Storage(format!("the last event of {stream:?} has no version"))
-                })?;
+            let version = message::version_of(&message.headers).ok_or_else(|| {
+                AppendError::Storage(format!("the last event of {stream:?} has no version"))
+            })?;
             Ok((message.sequence, version))
         }
         Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok((0, 0)),

@@ -34,13 +34,14 @@
 //! set, someone waiting for it) fails on the first failed read.
 
 mod commit;
+mod poison;
 
 use super::control::{Code, Control, Report, Reports, RunnerEvent, Swap};
 use super::error::RetryError;
-use super::{ErrorPolicy, Fault, State, Status};
+use super::{Fault, State, Status};
 use crate::engine::{ApplyError, Engine, EventBatch, Instance, InstanceError, Subscription};
 use crate::log::{BatchRead, EventLog, FlatBatch, ReadError};
-use crate::store::{BatchView, CacheBudget, DeadLetter, ViewStore, WriteBack};
+use crate::store::{BatchView, CacheBudget, ViewStore, WriteBack};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -494,81 +495,6 @@ impl Runner {
         }
     }
 
-    /// Applies the error policy to the event `error` names, the first of its batch: `stop`
-    /// faults the runner, `skip` dead-letters the event in the checkpoint's transaction.
-    /// Returns the new checkpoint, or the fault that stops the runner.
-    fn handle_poison(&mut self, running: &mut Running, error: ApplyError) -> Result<u64, Fault> {
-        let position = error.position();
-        let failure = self.describe_failure(error);
-        let (checkpoint, letter) = match running.code.record.on_error {
-            ErrorPolicy::Stop => (position - 1, None),
-            ErrorPolicy::Skip => {
-                let letter = DeadLetter {
-                    position,
-                    stream: failure.stream.clone().unwrap_or_default(),
-                    event_type: failure.event_type.clone().unwrap_or_default(),
-                    error: failure.message.clone(),
-                    module: running.code.module.hash.clone(),
-                };
-                (position, Some(letter))
-            }
-        };
-        // Durably, also when stopping: the fault is where a restart resumes. The held writes
-        // (the events before this one) commit with it.
-        self.commit_marking(running, checkpoint, letter.as_ref())?;
-        match letter {
-            None => Err(failure),
-            Some(_) => {
-                tracing::warn!(position, error = %failure, "skipped a failing event (dead letter)");
-                self.metrics.dead_letters.inc();
-                self.set(|s| s.dead_letters += 1);
-                Ok(checkpoint)
-            }
-        }
-    }
-
-    /// Applies the dead-lettered event at `position` again with the current code, on the current
-    /// view. On success its writes commit and the dead letter goes, in one transaction; on
-    /// failure the dead letter records the new error and the instance is replaced.
-    fn retry(&mut self, running: &mut Running, position: u64) -> Result<(), RetryError> {
-        let letter = self
-            .store
-            .dead_letter(position)?
-            .ok_or(RetryError::NoDeadLetter(position))?;
-        let mut batch = EventBatch::default();
-        self.log
-            .visit_from(position, 1, |p, event| {
-                batch.push(p, event);
-                false
-            })
-            .map_err(|e| RetryError::Internal(e.to_string()))?;
-        let view = BatchView::new(self.store.snapshot()?);
-        match running.instance.apply(&batch, view) {
-            (view, Ok(())) => {
-                self.store.commit_retry(&view.into_overlay(), position)?;
-                // Its writes belong to an earlier position than the feed's: subscribers re-read.
-                if let Some(feed) = &self.changes {
-                    feed.invalidate();
-                }
-                tracing::info!(position, "dead letter retried and applied");
-                Ok(())
-            }
-            (_, Err(error)) => {
-                running.instance = self
-                    .instantiate(&running.code)
-                    .map_err(|e| RetryError::Internal(e.to_string()))?;
-                let failure = self.describe_failure(error).to_string();
-                let letter = DeadLetter {
-                    error: failure.clone(),
-                    module: running.code.module.hash.clone(),
-                    ..letter
-                };
-                self.store.put_dead_letter(&letter)?;
-                Err(RetryError::Failed(failure))
-            }
-        }
-    }
-
     /// Sleeps until the head passes `checkpoint` or a message arrives.
     fn wait_for_events(&mut self, head: &mut watch::Receiver<u64>, checkpoint: u64) -> Wake {
         let mailbox = &mut self.mailbox;
@@ -586,22 +512,6 @@ impl Runner {
     /// Sleeps until a message arrives; `None` when every sender is gone.
     fn next_message(&mut self) -> Option<Control> {
         futures::executor::block_on(self.mailbox.recv())
-    }
-
-    /// A fault naming the failing event.
-    fn describe_failure(&self, error: ApplyError) -> Fault {
-        let position = error.position();
-        let event = self
-            .log
-            .read_from(position, 1)
-            .ok()
-            .and_then(|mut e| e.pop());
-        Fault {
-            message: error.to_string(),
-            position: Some(position),
-            stream: event.as_ref().map(|e| e.stream.clone()),
-            event_type: event.map(|e| e.event_type),
-        }
     }
 }
 
