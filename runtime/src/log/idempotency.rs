@@ -149,15 +149,18 @@ pub fn seen(
     if whole {
         return Ok(Seen::Before(appended(first, &before[before.len() - 1])));
     }
-    let ids: Vec<String> = known
-        .iter()
-        .take(5)
-        .map(|(id, _)| format!("{id:?}"))
-        .collect();
-    Ok(Seen::Conflict(format!(
+    Ok(Seen::Conflict(ids_used_before(
+        known.iter().map(|(id, _)| id.as_str()),
+    )))
+}
+
+/// Why an append whose events' ids (some of `ids`) were used by another append is refused.
+pub fn ids_used_before<'a>(ids: impl Iterator<Item = &'a str>) -> String {
+    let ids: Vec<String> = ids.take(5).map(|id| format!("{id:?}")).collect();
+    format!(
         "events with ids {} were appended before, not by this same append; nothing was appended",
         ids.join(", ")
-    )))
+    )
 }
 
 fn appended(first: &Remembered, last: &Remembered) -> Appended {

@@ -161,15 +161,9 @@ pub async fn claim(
             ..first.clone()
         }));
     }
-    let ids: Vec<String> = earlier
-        .iter()
-        .take(5)
-        .map(|(id, _)| format!("{id:?}"))
-        .collect();
-    Err(AppendError::Duplicate(format!(
-        "events with ids {} were appended before, not by this same append; nothing was appended",
-        ids.join(", ")
-    )))
+    Err(AppendError::Duplicate(
+        crate::log::idempotency::ids_used_before(earlier.iter().map(|(id, _)| id.as_str())),
+    ))
 }
 
 /// Creates `name` holding `claim`: its revision, or the claim already there.
