@@ -295,6 +295,12 @@ impl Client {
         self.call(self.at(Method::GET, &["projectors"])?).await
     }
 
+    /// The cluster as the node asked sees it: its live nodes and each projector's owner
+    /// (404 from a Prism running alone).
+    pub async fn cluster(&self) -> Result<ClusterStatus, Error> {
+        self.call(self.at(Method::GET, &["cluster"])?).await
+    }
+
     /// One projector's status.
     pub async fn projector(&self, name: &str) -> Result<Projector, Error> {
         self.call(self.at(Method::GET, &["projectors", name])?)

@@ -45,6 +45,13 @@
 //! compile_timeout_ms = 60000
 //! max_compile_memory_bytes = 4294967296
 //!
+//! [cluster]                     # a node of a cluster (needs event_log)
+//! node_id = "n1"
+//! advertise_url = "http://10.0.0.1:7070"
+//! token = "..."
+//! lease_ttl_ms = 6000
+//! lease_margin_ms = 1000
+//!
 //! [tokens]
 //! admin = "..."
 //! write = "..."
@@ -105,6 +112,96 @@ pub struct Config {
     pub nats: NatsSecurity,
     #[serde(skip_serializing_if = "Tokens::is_empty")]
     pub tokens: Tokens,
+    #[serde(skip_serializing_if = "ClusterSettings::is_unset")]
+    pub cluster: ClusterSettings,
+}
+
+/// The `[cluster]` table: this node's part in a cluster of Prism nodes sharing one JetStream
+/// log (none: Prism runs alone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// This node's id, unique in the cluster and the same across restarts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// Where the other nodes reach this one (`http://HOST:PORT`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise_url: Option<String>,
+    /// The secret the nodes present to each other (never printed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// How long, in milliseconds, a lease on a projector lives without renewal: how long a
+    /// dead node's projectors wait for another owner.
+    pub lease_ttl_ms: u64,
+    /// How long, in milliseconds, before its lease expires a node stops acting as owner
+    /// (more than the servers' clocks may drift apart over a TTL).
+    pub lease_margin_ms: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            node_id: None,
+            advertise_url: None,
+            token: None,
+            lease_ttl_ms: 6000,
+            lease_margin_ms: 1000,
+        }
+    }
+}
+
+impl ClusterSettings {
+    fn is_unset(&self) -> bool {
+        *self == ClusterSettings::default()
+    }
+
+    /// The node's options, when it joins a cluster; refuses an incomplete setting.
+    fn options(&self, replicas: usize) -> anyhow::Result<Option<crate::cluster::ClusterOptions>> {
+        let Some(node_id) = &self.node_id else {
+            anyhow::ensure!(
+                self.advertise_url.is_none() && self.token.is_none(),
+                "[cluster] advertise_url and token need node_id (--node-id)"
+            );
+            return Ok(None);
+        };
+        anyhow::ensure!(
+            !node_id.is_empty()
+                && node_id.len() <= 64
+                && node_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "node id {node_id:?}: use 1 to 64 letters, digits, '-' or '_'"
+        );
+        let Some(url) = &self.advertise_url else {
+            anyhow::bail!(
+                "a cluster node needs --advertise-url http://HOST:PORT (where the other nodes reach it)"
+            );
+        };
+        anyhow::ensure!(
+            url.starts_with("http://")
+                && url
+                    .parse::<axum::http::Uri>()
+                    .is_ok_and(|u| u.authority().is_some()),
+            "advertise_url {url:?}: expected http://HOST:PORT"
+        );
+        let token = self.token.clone().unwrap_or_default();
+        anyhow::ensure!(
+            !token.is_empty(),
+            "a cluster node needs --cluster-token (the same secret on every node)"
+        );
+        anyhow::ensure!(
+            self.lease_margin_ms < self.lease_ttl_ms && self.lease_ttl_ms >= 600,
+            "[cluster] lease_ttl_ms must be at least 600 and more than lease_margin_ms"
+        );
+        Ok(Some(crate::cluster::ClusterOptions {
+            node_id: node_id.clone(),
+            advertise_url: url.clone(),
+            token,
+            lease_ttl: std::time::Duration::from_millis(self.lease_ttl_ms),
+            lease_margin: std::time::Duration::from_millis(self.lease_margin_ms),
+            replicas,
+        }))
+    }
 }
 
 /// How logs are written to stderr.
@@ -135,6 +232,7 @@ impl Default for Config {
             sandbox: Sandbox::default(),
             nats: NatsSecurity::default(),
             tokens: Tokens::default(),
+            cluster: ClusterSettings::default(),
         }
     }
 }
@@ -167,6 +265,12 @@ impl Config {
             );
         }
         self.nats.check()?;
+        self.cluster.options(self.event_log_replicas)?;
+        if self.cluster.node_id.is_some() && self.event_log.is_none() {
+            anyhow::bail!(
+                "a cluster node needs the JetStream event log: --event-log nats://HOST:PORT"
+            );
+        }
         self.tokens.check().map_err(anyhow::Error::msg)
     }
 
@@ -175,6 +279,7 @@ impl Config {
     pub fn to_toml_masked(&self) -> String {
         let mut shown = self.clone();
         shown.tokens = Tokens::default();
+        let cluster_token = shown.cluster.token.take().is_some();
         shown.event_log = shown
             .event_log
             .as_deref()
@@ -191,6 +296,9 @@ impl Config {
                 "\n# [tokens]: {} set (not shown)\n",
                 set.join(", ")
             ));
+        }
+        if cluster_token {
+            text.push_str("\n# [cluster] token set (not shown)\n");
         }
         text
     }
@@ -211,6 +319,8 @@ impl Config {
         config.event_log = self.event_log.clone();
         config.event_log_replicas = self.event_log_replicas;
         config.nats = self.nats.clone();
+        // Checked by `check`.
+        config.cluster = self.cluster.options(self.event_log_replicas).ok().flatten();
         // Uploads are compiled by this executable's `compile-worker`, within bounds.
         config.compile_worker = std::env::current_exe().ok();
         config

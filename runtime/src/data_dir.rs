@@ -3,6 +3,8 @@
 //! ```text
 //! <root>/log.redb                          the event log
 //! <root>/log-index.redb                    its streams' index, derived from it (rebuilt if lost)
+//! <root>/event-log                         which log the views follow ([`DataDir::bind_log`])
+//! <root>/jetstream-index.redb              on JetStream, the node's stream index (rebuilt if lost)
 //! <root>/catalog.redb                      what is deployed
 //! <root>/modules/<sha256>.wasm             uploaded module components, content-addressed
 //! <root>/cache/<sha256>.cwasm              compiled artifacts Prism produced
@@ -55,6 +57,64 @@ impl DataDir {
         self.root.join("log.redb")
     }
 
+    /// Which event log the data dir's views and checkpoints follow.
+    pub fn event_log(&self) -> PathBuf {
+        self.root.join("event-log")
+    }
+
+    /// The node's index of a JetStream log's streams.
+    pub fn jetstream_index(&self) -> PathBuf {
+        self.root.join("jetstream-index.redb")
+    }
+
+    /// Checks that the data dir's views and checkpoints follow `log` ([`EMBEDDED`], or a
+    /// JetStream log's identity): positions in checkpoints mean events of one log only, so a
+    /// data dir started on another log would serve views of events that are not there. A data
+    /// dir that names no log yet is bound to `log`, unless it holds an embedded log and `log`
+    /// is another (a data dir from before logs were named).
+    pub fn bind_log(&self, log: &str) -> anyhow::Result<()> {
+        let bound = self
+            .followed_log()
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", self.event_log().display()))?;
+        match bound {
+            Some(bound) if bound == log => Ok(()),
+            Some(bound) => anyhow::bail!(
+                "the data dir {} follows {bound}, not {log}: its checkpoints are positions in \
+                 that log. Start Prism on that log, or with another data dir (`prism log \
+                 migrate` moves a data dir from its embedded log to JetStream). If that log was \
+                 replaced (a stream deleted and created again), its views must be rebuilt: \
+                 start on a new data dir and deploy again. If it was restored from a backup \
+                 holding the same events, delete {} and start again",
+                self.root.display(),
+                self.event_log().display()
+            ),
+            None if log != EMBEDDED && self.log().exists() => anyhow::bail!(
+                "the data dir {} holds an embedded event log ({}) that its views follow: copy \
+                 it with `prism log migrate --from {} --to URLS` first (which also records a \
+                 copy made before), or start with another data dir",
+                self.root.display(),
+                self.log().display(),
+                self.root.display()
+            ),
+            None => self.rebind_log(log).map_err(Into::into),
+        }
+    }
+
+    /// The log the data dir's views and checkpoints follow, if it names one.
+    pub fn followed_log(&self) -> std::io::Result<Option<String>> {
+        match std::fs::read_to_string(self.event_log()) {
+            Ok(log) => Ok(Some(log.trim().to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records that the data dir's views and checkpoints now follow `log` (after
+    /// `prism log migrate` copied its embedded log there, at the same positions).
+    pub fn rebind_log(&self, log: &str) -> std::io::Result<()> {
+        write_atomic(&self.event_log(), format!("{log}\n").as_bytes())
+    }
+
     /// The catalog of deployments.
     pub fn catalog(&self) -> PathBuf {
         self.root.join("catalog.redb")
@@ -103,6 +163,9 @@ impl DataDir {
             .tempdir_in(self.tmp())
     }
 }
+
+/// The name of the embedded event log, as [`DataDir::bind_log`] records it.
+pub const EMBEDDED: &str = "the embedded log (log.redb)";
 
 /// Whether `hash` looks like a sha256 in hex (so it is safe in a path).
 pub fn valid_hash(hash: &str) -> bool {
@@ -172,6 +235,27 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left, vec![std::ffi::OsString::from("abc.wasm")]);
+    }
+
+    #[test]
+    fn a_data_dir_follows_one_log() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = DataDir::create(root.path()).unwrap();
+        dir.bind_log(EMBEDDED).unwrap();
+        dir.bind_log(EMBEDDED).unwrap();
+        let other = dir.bind_log("stream X").unwrap_err().to_string();
+        assert!(other.contains("follows the embedded log"), "{other}");
+        dir.rebind_log("stream X").unwrap();
+        dir.bind_log("stream X").unwrap();
+        assert!(dir.bind_log(EMBEDDED).is_err());
+        assert!(dir.bind_log("stream Y").is_err());
+
+        // From before logs were named: an embedded log binds the data dir to it.
+        std::fs::remove_file(dir.event_log()).unwrap();
+        std::fs::write(dir.log(), b"").unwrap();
+        let unnamed = dir.bind_log("stream X").unwrap_err().to_string();
+        assert!(unnamed.contains("prism log migrate"), "{unnamed}");
+        dir.bind_log(EMBEDDED).unwrap();
     }
 
     #[test]

@@ -27,6 +27,7 @@
 //! ```
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod data_dir;
 pub mod engine;

@@ -1,5 +1,6 @@
 //! Prism assembled: the log, the engine, the registry and the HTTP API on one data dir.
 
+use crate::cluster::Cluster;
 use crate::data_dir::DataDir;
 use crate::engine::Engine;
 use crate::engine::Sandbox;
@@ -59,6 +60,8 @@ pub struct ServerConfig {
     pub event_log_replicas: usize,
     /// The JetStream log's servers' security.
     pub nats: NatsSecurity,
+    /// The cluster this node joins (`None`: Prism runs alone). Needs the JetStream log.
+    pub cluster: Option<crate::cluster::ClusterOptions>,
 }
 
 impl ServerConfig {
@@ -82,6 +85,7 @@ impl ServerConfig {
             event_log: None,
             event_log_replicas: 1,
             nats: NatsSecurity::default(),
+            cluster: None,
         }
     }
 }
@@ -90,6 +94,8 @@ impl ServerConfig {
 pub struct Server {
     addr: SocketAddr,
     registry: Registry,
+    /// The cluster this node is part of, and its loop.
+    cluster: Option<(Arc<Cluster>, JoinHandle<()>)>,
     shutdown: oneshot::Sender<()>,
     closing: tokio::sync::watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
@@ -112,7 +118,7 @@ impl Server {
             security: config.nats.clone(),
             ..JetStreamOptions::new(urls, config.event_log_replicas)
         });
-        let options = RegistryOptions {
+        let mut options = RegistryOptions {
             spawner: config.spawner.clone(),
             view_sync_interval: config.view_sync_interval,
             keep_modules: config.keep_modules,
@@ -120,26 +126,71 @@ impl Server {
                 config.view_cache_bytes,
                 config.view_cache_interval,
             ),
+            shared: None,
         };
-        let (log, registry) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let dir = DataDir::create(&root)
-                .with_context(|| format!("creating the data dir {}", root.display()))?;
-            let log = match jetstream {
-                None => EventLog::open_with(&dir.log(), log_options)?,
+        if config.cluster.is_some() && jetstream.is_none() {
+            anyhow::bail!(
+                "a cluster needs the JetStream event log: give --event-log nats://... with --node-id"
+            );
+        }
+        let dir = DataDir::create(&root)
+            .with_context(|| format!("creating the data dir {}", root.display()))?;
+        let opening = dir.clone();
+        let (log, client) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let dir = opening;
+            Ok(match jetstream {
+                None => {
+                    dir.bind_log(crate::data_dir::EMBEDDED)?;
+                    (EventLog::open_with(&dir.log(), log_options)?, None)
+                }
                 Some(options) => {
                     let urls = crate::log::jetstream::masked(&options.urls);
-                    EventLog::new(
-                        JetStreamLog::connect_with(options)
-                            .with_context(|| format!("opening the event log at {urls}"))?,
-                    )
+                    let options = JetStreamOptions {
+                        index: Some(dir.jetstream_index()),
+                        ..options
+                    };
+                    let log = JetStreamLog::connect_checked(options, |log| dir.bind_log(log))
+                        .with_context(|| format!("opening the event log at {urls}"))?;
+                    let client = log.client();
+                    (EventLog::new(log), Some(client))
                 }
-            };
-            let engine = Engine::with_compile_worker(Some(dir.cache()), sandbox, worker)
-                .map_err(|e| anyhow::anyhow!("starting the WebAssembly engine: {e:#}"))?;
-            let registry = Registry::open(&dir, engine, log.clone(), options)?;
-            Ok((log, registry))
+            })
         })
         .await??;
+        let cluster = match (&config.cluster, client) {
+            (Some(cluster), Some(client)) => {
+                let joined = Cluster::join(client, log.clone(), cluster.clone())
+                    .await
+                    .context("joining the cluster")?;
+                options.shared = Some(joined.clone());
+                Some(joined)
+            }
+            _ => None,
+        };
+        let opened = log.clone();
+        let registry = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let engine = Engine::with_compile_worker(Some(dir.cache()), sandbox, worker)
+                .map_err(|e| anyhow::anyhow!("starting the WebAssembly engine: {e:#}"))?;
+            Ok(Registry::open(&dir, engine, opened, options)?)
+        })
+        .await??;
+        let routes = match &cluster {
+            Some(cluster) => Some(crate::http::ClusterRoutes {
+                cluster: cluster.clone(),
+                forwarder: crate::cluster::Forwarder::new(
+                    &cluster.options().node_id,
+                    &cluster.options().token,
+                )?,
+            }),
+            None => None,
+        };
+        let mut allowed_hosts = config.allowed_hosts.clone();
+        if let Some(cluster) = &config.cluster
+            && let Ok(url) = cluster.advertise_url.parse::<axum::http::Uri>()
+            && let Some(authority) = url.authority()
+        {
+            allowed_hosts.push(authority.to_string());
+        }
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
@@ -150,10 +201,16 @@ impl Server {
             registry: registry.clone(),
             limits: config.limits,
             tokens: config.tokens.clone(),
-            allowed_hosts: crate::http::AllowedHosts::new(config.allowed_hosts.clone()),
+            allowed_hosts: match &cluster {
+                Some(cluster) => {
+                    crate::http::AllowedHosts::new(allowed_hosts).with_peers(cluster.peers())
+                }
+                None => crate::http::AllowedHosts::new(allowed_hosts),
+            },
             metrics: crate::http::Metrics::default(),
             closing: closing.subscribe(),
             subscribers: Arc::new(tokio::sync::Semaphore::new(config.limits.max_subscribers)),
+            cluster: routes,
         }));
         if !addr.ip().is_loopback() && config.tokens.admin.is_none() {
             tracing::warn!(%addr, "listening beyond loopback without an admin token: anyone who can reach this address can deploy and delete projectors (set --admin-token)");
@@ -171,10 +228,16 @@ impl Server {
                 })
                 .await
         });
+        // The loop starts once the API answers: forwarded requests reach a node that serves.
+        let cluster = cluster.map(|cluster| {
+            let running = cluster.start(registry.clone());
+            (cluster, running)
+        });
         tracing::info!(%addr, data_dir = %config.data_dir.display(), "prism is serving");
         Ok(Server {
             addr,
             registry,
+            cluster,
             shutdown,
             closing,
             http,
@@ -193,6 +256,12 @@ impl Server {
 
     /// Stops serving, then stops every projector (each makes its view durable).
     pub async fn stop(self) {
+        // A cluster's other nodes take this one's projectors over at once.
+        if let Some((cluster, running)) = self.cluster {
+            running.abort();
+            let _ = running.await;
+            cluster.leave(&self.registry).await;
+        }
         let _ = self.shutdown.send(());
         self.closing.send_replace(true);
         let _ = self.http.await;

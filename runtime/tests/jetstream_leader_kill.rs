@@ -1,9 +1,11 @@
 //! Prism on a 3-server JetStream cluster (stream R3) loses nothing when the server leading the
 //! events stream is killed with SIGKILL under load, and restarted.
 //!
-//! One Prism node (in process) runs the three examples; writers append over HTTP with expected
-//! versions, each to streams of its own, every event carrying a unique `uid`, and give up
-//! waiting for an answer after 2 s. Half the writers send no `Idempotency-Key` and never retry
+//! One Prism node (in process) runs the three examples; writers append over HTTP, each to
+//! streams of its own, every event carrying a unique `uid`, and give up waiting for an answer
+//! after 2 s. Their appends: one stream with an expected version; one stream with none (its
+//! notes); and every fifth an atomic append over two streams (`POST /events`), each part with
+//! its expected version. Half the writers send no `Idempotency-Key` and never retry
 //! (an append they gave up on, or answered 503 of unknown outcome, may land later: their next
 //! append to that stream expects the same version and learns the truth from a 409); the other
 //! half send one and send the same append again under the same key until it is acknowledged or
@@ -11,70 +13,30 @@
 //! `kill -9`; once another server leads it, the two go on alone for 2 s before the killed one is
 //! restarted (same ports, same store); the load goes on 3 s more.
 //!
-//! Then Prism stops (nothing it was still trying can land after that) and the whole log is read
-//! back from JetStream and checked against what the writers were told, not against Prism's own
+//! Once the log's head has settled, the views of the Prism node that lived through the kill
+//! must equal the ones this file computes from the events read back (a model of the examples
+//! written here, not Prism's replay). Then Prism stops (nothing it was still trying can land
+//! after that) and the whole log is read back from JetStream and checked against what the writers were told, not against Prism's own
 //! reading of it: positions 1..=head all there, each stream's versions 1..n in position order,
 //! every acknowledged append at exactly its positions with exactly its events, nothing of a
 //! refused append, an append of unknown outcome whole or not at all, no event twice and none
 //! nobody sent, a 409 only after an unknown outcome on that stream. Prism starts again on the
-//! same data dir, its projectors resume from their checkpoints, and every view must equal the
-//! one this file computes from the events read back (a model of the examples written here, not
-//! Prism's replay).
+//! same data dir, its projectors resume from their checkpoints, and every view must again equal
+//! the model's.
 
 mod common;
 
+use common::appends::{Outcome, Sent, check_log, read_log};
 use common::nats::NatsCluster;
-use prism::log::jetstream::JetStreamLog;
-use prism::log::{EventLog, RecordedEvent};
-use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use common::writers::{WRITERS, write};
+use prism::log::RecordedEvent;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const STREAM: &str = prism::log::jetstream::protocol::STREAM;
-/// Writers `0..WRITERS / 2` send no key; the others retry under one.
-const WRITERS: usize = 6;
-/// How long a writer waits for an answer (then the outcome is unknown).
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a keyed writer keeps retrying one append.
-const GIVE_UP: Duration = Duration::from_secs(60);
-
-/// What a writer learned of one append.
-#[derive(Debug, Clone)]
-enum Outcome {
-    /// 201 with these positions and stream version.
-    Acked { first: u64, last: u64, version: u64 },
-    /// Refused with nothing appended: 409, or a 503 saying so (and why).
-    Refused(u16, String),
-    /// No final answer: a client timeout, a transport error, a 503 of unknown outcome, a 500.
-    Unknown(String),
-}
-
-/// One append as its writer sent it, and how it ended.
-#[derive(Debug, Clone)]
-struct Sent {
-    keyed: bool,
-    stream: String,
-    expected: u64,
-    /// `{"type", "data"}`, each data with its `uid`.
-    events: Vec<Value>,
-    attempts: u32,
-    /// What the attempts before the last were answered (a keyed writer's retries).
-    retried_on: Vec<String>,
-    /// When its first attempt was sent and its last answered.
-    started: Instant,
-    ended: Instant,
-    outcome: Outcome,
-}
-
-impl Sent {
-    fn uids(&self) -> impl Iterator<Item = &str> {
-        self.events
-            .iter()
-            .map(|e| e["data"]["uid"].as_str().unwrap())
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_appends_survive_a_kill_of_the_stream_leader() {
@@ -96,7 +58,7 @@ async fn acknowledged_appends_survive_a_kill_of_the_stream_leader() {
     let stop = Arc::new(AtomicBool::new(false));
     let load = Instant::now();
     let writers: Vec<_> = (0..WRITERS)
-        .map(|w| tokio::spawn(write(w, client.base.clone(), stop.clone())))
+        .map(|w| tokio::spawn(write(w, vec![client.base.clone()], stop.clone())))
         .collect();
     let reader = tokio::spawn(read_stream_meanwhile(client.base.clone(), stop.clone()));
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -149,7 +111,8 @@ async fn acknowledged_appends_survive_a_kill_of_the_stream_leader() {
     println!(
         "appends: {} sent, {} acknowledged ({before} before the kill, {during} while a server \
          was down, {after} sent after the restart), {} refused with 409, {} refused with 503 \
-         (nothing appended), {} unknown; keyed appends sent more than once: {} ({} attempts)",
+         (nothing appended), {} unknown; keyed appends sent more than once: {} ({} attempts); \
+         {} acknowledged over two streams, {} with no expected version",
         sent.len(),
         acked_at.len(),
         count(&|s| matches!(s.outcome, Outcome::Refused(409, _))),
@@ -157,6 +120,8 @@ async fn acknowledged_appends_survive_a_kill_of_the_stream_leader() {
         count(&|s| matches!(s.outcome, Outcome::Unknown(_))),
         retried.len(),
         retried.iter().map(|s| s.attempts).sum::<u32>(),
+        count(&|s| s.parts.len() == 2 && matches!(s.outcome, Outcome::Acked { .. })),
+        count(&|s| s.parts[0].expected.is_none() && matches!(s.outcome, Outcome::Acked { .. })),
     );
     let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
     for s in &sent {
@@ -191,6 +156,9 @@ async fn acknowledged_appends_survive_a_kill_of_the_stream_leader() {
         "no append sent after the restart was acknowledged"
     );
 
+    // The node that lived through the kill serves the views of the log as it settled.
+    views_match_the_log(&client, &urls).await;
+
     // Prism stops: appends it was still trying for writers that gave up are abandoned.
     server.stop().await;
 
@@ -219,11 +187,7 @@ async fn acknowledged_appends_survive_a_kill_of_the_stream_leader() {
         let status = client.wait_caught_up(name).await;
         assert_eq!(status["checkpoint"], head, "{name}: {status}");
         let view = client.whole_view_paged(name, 1000).await;
-        let want = &expected[name];
-        for (key, value) in want {
-            assert_eq!(view.get(key), Some(value), "{name}/{key}");
-        }
-        assert_eq!(view.len(), want.len(), "{name} has keys the model has not");
+        same_as_model(name, &view, &expected[name]);
     }
     server.stop().await;
     println!(
@@ -233,83 +197,59 @@ async fn acknowledged_appends_survive_a_kill_of_the_stream_leader() {
     );
 }
 
+fn same_as_model(name: &str, view: &Map<String, Value>, want: &Map<String, Value>) {
+    for (key, value) in want {
+        assert_eq!(view.get(key), Some(value), "{name}/{key}");
+    }
+    assert_eq!(view.len(), want.len(), "{name} has keys the model has not");
+}
+
+/// Waits for the log's head to settle and every projector to reach it, then checks each view
+/// against the model of the events read back; looks again if an append Prism was still
+/// resolving landed meanwhile.
+async fn views_match_the_log(client: &common::Client, urls: &str) {
+    for _ in 0..5 {
+        let (head, events) = read_log(urls).await;
+        let mut views = Vec::new();
+        for (name, _) in common::examples() {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let checkpoint = loop {
+                let status = client.status(name).await;
+                assert_ne!(status["state"], "faulted", "{name} faulted: {status}");
+                let checkpoint = status["checkpoint"].as_u64().unwrap();
+                if checkpoint >= head {
+                    break checkpoint;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{name} did not reach {head}: {status}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            if checkpoint > head {
+                break;
+            }
+            views.push((name, client.whole_view_paged(name, 1000).await));
+        }
+        if views.len() < common::examples().len() || read_log(urls).await.0 != head {
+            continue;
+        }
+        let expected = common::model::views(&events);
+        for (name, view) in &views {
+            same_as_model(name, view, &expected[name]);
+        }
+        println!("views of the node that lived through the kill checked at position {head}");
+        return;
+    }
+    panic!("the log's head did not settle");
+}
+
 fn signed_secs(at: Instant, zero: Instant) -> f64 {
     if at >= zero {
         (at - zero).as_secs_f64()
     } else {
         -(zero - at).as_secs_f64()
     }
-}
-
-/// A writer: appends to its own streams until `stop`, each append expecting the version its
-/// earlier answers imply.
-async fn write(w: usize, base: String, stop: Arc<AtomicBool>) -> Vec<Sent> {
-    let keyed = w >= WRITERS / 2;
-    let http = reqwest::Client::builder()
-        .timeout(CLIENT_TIMEOUT)
-        .build()
-        .unwrap();
-    let streams = [
-        format!("order-w{w}a"),
-        format!("order-w{w}b"),
-        format!("account-w{w}"),
-        format!("note-w{w}"),
-    ];
-    let mut versions = [0u64; 4];
-    let mut made = [0u64; 4];
-    let mut out = Vec::new();
-    let mut n = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let s = (n % 4) as usize;
-        let events: Vec<Value> = (0..1 + n % 3)
-            .map(|j| {
-                made[s] += 1;
-                event(w, s, made[s], format!("w{w}-{n}-{j}"))
-            })
-            .collect();
-        let key = keyed.then(|| format!("w{w}-{n}"));
-        let (expected, started) = (versions[s], Instant::now());
-        let (mut attempts, mut retried_on) = (0, Vec::new());
-        let outcome = loop {
-            attempts += 1;
-            let answer = append(&http, &base, &streams[s], expected, key.as_deref(), &events);
-            match answer.await {
-                Answer::Acked(outcome) => break outcome,
-                Answer::Conflict(actual) => {
-                    versions[s] = actual;
-                    break Outcome::Refused(409, String::new());
-                }
-                Answer::Unknown(why) if key.is_none() || started.elapsed() > GIVE_UP => {
-                    break Outcome::Unknown(why);
-                }
-                Answer::NothingAppended(why) if key.is_none() => {
-                    break Outcome::Refused(503, why);
-                }
-                // The same append again, under the same key.
-                Answer::Unknown(why) | Answer::NothingAppended(why) => retried_on.push(why),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        if let Outcome::Acked { version, .. } = outcome {
-            versions[s] = version;
-        }
-        if !matches!(outcome, Outcome::Acked { .. } | Outcome::Refused(409, _)) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        out.push(Sent {
-            keyed,
-            stream: streams[s].clone(),
-            expected,
-            events,
-            attempts,
-            retried_on,
-            started,
-            ended: Instant::now(),
-            outcome,
-        });
-        n += 1;
-    }
-    out
 }
 
 /// Reads a stream over HTTP every 100 ms until `stop`: how many reads got each answer (a
@@ -334,224 +274,6 @@ async fn read_stream_meanwhile(base: String, stop: Arc<AtomicBool>) -> BTreeMap<
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     answers
-}
-
-/// The `c`th event a writer makes for its stream `s`: orders (some cancelled, some placed
-/// twice, some cancelled without being placed), account movements (some overdrafts, a second
-/// opening now and then), notes.
-fn event(w: usize, s: usize, c: u64, uid: String) -> Value {
-    let amount = 1 + (c * 97 + w as u64 * 13) % 400;
-    let (event_type, mut data) = match s {
-        0 | 1 => {
-            let order = format!("w{w}{s}-o{c}");
-            let placed = |order: String| {
-                let total = 100 + (c * 37) % 900;
-                json!({"order_id": order, "customer": format!("c{}", c % 5), "total_cents": total})
-            };
-            match c % 7 {
-                4 | 5 => (
-                    "OrderCancelled",
-                    json!({"order_id": format!("w{w}{s}-o{}", c.saturating_sub(7))}),
-                ),
-                6 => ("OrderPlaced", placed(format!("w{w}{s}-o{}", c - 1))),
-                _ => ("OrderPlaced", placed(order)),
-            }
-        }
-        2 => {
-            let (x, y) = (format!("w{w}x"), format!("w{w}y"));
-            match c {
-                1 => ("AccountOpened", json!({"account": x, "owner": "X"})),
-                2 => ("AccountOpened", json!({"account": y, "owner": "Y"})),
-                c if c % 25 == 0 => ("AccountOpened", json!({"account": x, "owner": "again"})),
-                c => match c % 4 {
-                    0 | 1 => ("Deposited", json!({"account": x, "amount": amount})),
-                    2 => ("Withdrawn", json!({"account": y, "amount": amount})),
-                    _ => (
-                        "TransferMade",
-                        json!({"from": x, "to": y, "amount": amount}),
-                    ),
-                },
-            }
-        }
-        _ => ("Noted", json!({"n": c})),
-    };
-    data["uid"] = uid.into();
-    json!({"type": event_type, "data": data})
-}
-
-/// What Prism answered an append.
-enum Answer {
-    Acked(Outcome),
-    /// 409: the stream was at this version.
-    Conflict(u64),
-    /// A 503 saying nothing was appended (and why).
-    NothingAppended(String),
-    Unknown(String),
-}
-
-async fn append(
-    http: &reqwest::Client,
-    base: &str,
-    stream: &str,
-    expected: u64,
-    key: Option<&str>,
-    events: &[Value],
-) -> Answer {
-    let mut request = http
-        .post(format!("{base}/streams/{stream}/events"))
-        .query(&[("expected_version", expected)])
-        .json(events);
-    if let Some(key) = key {
-        request = request.header("Idempotency-Key", key);
-    }
-    let reply = match request.send().await {
-        Ok(reply) => reply,
-        Err(e) if e.is_timeout() => {
-            return Answer::Unknown(format!("no answer within {CLIENT_TIMEOUT:?}"));
-        }
-        Err(e) => return Answer::Unknown(format!("transport: {e}")),
-    };
-    let status = reply.status().as_u16();
-    let body: Value = match reply.json().await {
-        Ok(body) => body,
-        Err(e) => return Answer::Unknown(format!("{status} with an unreadable body: {e}")),
-    };
-    let number = |field: &str| body[field].as_u64().unwrap();
-    match status {
-        201 => Answer::Acked(Outcome::Acked {
-            first: number("first_position"),
-            last: number("last_position"),
-            version: number("stream_version"),
-        }),
-        409 => Answer::Conflict(number("actual_version")),
-        503 if body["error"].as_str().is_some_and(|e| {
-            e.contains("nothing was appended") && !e.contains("may or may not")
-        }) =>
-        {
-            Answer::NothingAppended(body["error"].as_str().unwrap().to_string())
-        }
-        _ => Answer::Unknown(format!("{status} {body}")),
-    }
-}
-
-/// The log's head and all its events, read from JetStream by a log of the test's own.
-async fn read_log(urls: &str) -> (u64, Vec<RecordedEvent>) {
-    let urls = urls.to_string();
-    tokio::task::spawn_blocking(move || {
-        let log = EventLog::new(JetStreamLog::connect(&urls, 3).expect("reading the log"));
-        // Whatever was in the servers' hands when Prism stopped has landed once the head
-        // stays put.
-        let mut head = log.head();
-        loop {
-            std::thread::sleep(Duration::from_secs(1));
-            let now = log.head();
-            if now == head {
-                break;
-            }
-            head = now;
-        }
-        let mut events = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while (events.len() as u64) < head {
-            // A short answer means "ask again".
-            events.extend(log.read_from(events.len() as u64 + 1, 1000).unwrap());
-            assert!(
-                Instant::now() < deadline,
-                "the log could not be read to {head}"
-            );
-        }
-        (head, events)
-    })
-    .await
-    .unwrap()
-}
-
-/// Checks the log against what the writers were told; returns the uids in it.
-fn check_log(sent: &[Sent], head: u64, events: &[RecordedEvent]) -> HashSet<String> {
-    // Positions 1..=head, gapless; each stream's versions 1..n in position order.
-    assert_eq!(events.len() as u64, head);
-    let mut versions: HashMap<&str, u64> = HashMap::new();
-    let mut at: HashMap<String, usize> = HashMap::new();
-    for (i, e) in events.iter().enumerate() {
-        assert_eq!(e.position, i as u64 + 1, "a gap in the log's positions");
-        let version = versions.entry(&e.stream).or_default();
-        *version += 1;
-        assert_eq!(
-            e.stream_version, *version,
-            "a gap in {}'s versions",
-            e.stream
-        );
-        let data: Value = serde_json::from_slice(&e.data).unwrap();
-        let uid = data["uid"].as_str().expect("every event has a uid");
-        // Nothing twice: an append of unknown outcome, or retried, is there once at most.
-        let before = at.insert(uid.to_string(), i);
-        assert!(before.is_none(), "event {uid} is in the log twice: {e:?}");
-    }
-    let mut known = HashSet::new();
-    // Streams where an append of unknown outcome may have landed: the only reason a writer,
-    // alone on its streams, can meet a 409.
-    let mut uncertain = HashSet::new();
-    for s in sent {
-        match s.outcome {
-            Outcome::Unknown(_) => {
-                uncertain.insert(&s.stream);
-            }
-            Outcome::Refused(409, _) => assert!(
-                uncertain.contains(&s.stream),
-                "a 409 with no append of unknown outcome before it on the stream: {s:?}"
-            ),
-            _ => {}
-        }
-        let found: Vec<Option<usize>> = s.uids().map(|u| at.get(u).copied()).collect();
-        known.extend(s.uids());
-        match s.outcome {
-            Outcome::Acked {
-                first,
-                last,
-                version,
-            } => {
-                let count = s.events.len() as u64;
-                assert_eq!(last + 1 - first, count, "{s:?}");
-                assert_eq!(version, s.expected + count, "{s:?}");
-                for (j, (sent_event, stored)) in s.events.iter().zip(&found).enumerate() {
-                    let position = first + j as u64;
-                    assert_eq!(
-                        *stored,
-                        Some(position as usize - 1),
-                        "an acknowledged event is not at its position {position}: {s:?}"
-                    );
-                    let e = &events[position as usize - 1];
-                    assert_eq!(e.stream, s.stream);
-                    assert_eq!(e.event_type, sent_event["type"]);
-                    let data: Value = serde_json::from_slice(&e.data).unwrap();
-                    assert_eq!(data, sent_event["data"]);
-                    assert_eq!(e.stream_version, version - count + 1 + j as u64);
-                }
-            }
-            Outcome::Refused(..) => assert!(
-                found.iter().all(Option::is_none),
-                "a refused append is in the log: {s:?}"
-            ),
-            Outcome::Unknown(_) => {
-                let all_there = found.iter().all(Option::is_some);
-                assert!(
-                    all_there || found.iter().all(Option::is_none),
-                    "an append is in the log in part: {s:?}"
-                );
-                if all_there {
-                    let first = found[0].unwrap();
-                    assert!(
-                        found.iter().enumerate().all(|(j, p)| *p == Some(first + j)),
-                        "an append's events are not together: {s:?}"
-                    );
-                }
-            }
-        }
-    }
-    for (uid, i) in &at {
-        assert!(known.contains(uid.as_str()), "nobody sent {:?}", events[*i]);
-    }
-    at.into_keys().collect()
 }
 
 /// The test's model of the examples, on the shared history, gives the hand-computed views.

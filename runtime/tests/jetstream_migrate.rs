@@ -249,6 +249,11 @@ async fn migrate_copies_the_log_at_the_same_positions_and_prism_resumes_on_jetst
     let output = migrate(dir, &url);
     assert!(output.status.success(), "{}", text(&output));
     assert!(
+        String::from_utf8_lossy(&output.stdout).contains("now follows the JetStream stream"),
+        "{}",
+        text(&output)
+    );
+    assert!(
         String::from_utf8_lossy(&output.stdout).contains("copied 1 events (positions 19..19)"),
         "{}",
         text(&output)
@@ -289,16 +294,39 @@ async fn migrate_copies_the_log_at_the_same_positions_and_prism_resumes_on_jetst
     }
     server.stop().await;
 
-    // JetStream now holds more than the embedded log: a copy is refused.
+    // JetStream now holds more than the embedded log, which it goes on from: nothing to copy.
     let output = migrate(dir, &url);
-    assert!(!output.status.success(), "{}", text(&output));
+    assert!(output.status.success(), "{}", text(&output));
     assert!(
-        String::from_utf8_lossy(&output.stderr)
-            .contains("JetStream holds 20 events, more than the 19 of the log being copied"),
+        String::from_utf8_lossy(&output.stdout).contains("already holds the 19 events of")
+            && String::from_utf8_lossy(&output.stdout)
+                .contains("and 1 appended there since: nothing to copy"),
         "{}",
         text(&output)
     );
     assert_eq!(jetstream(&url).head(), 20);
+
+    // The data dir follows this JetStream log: a copy into another one is refused.
+    let other = NatsServer::start();
+    let output = migrate(dir, &other.url());
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("the data dir already follows"),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(jetstream(&other.url()).head(), 0);
+
+    // The data dir follows JetStream now: a start on its embedded log is refused.
+    let config = prism::server::ServerConfig::new(dir, "127.0.0.1:0".parse().unwrap());
+    let refused = match prism::server::Server::start(config).await {
+        Ok(_) => panic!("Prism started on the embedded log of a data dir migrated to JetStream"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        refused.contains("follows the JetStream stream PRISM_EVENTS created at"),
+        "{refused}"
+    );
 }
 
 #[test]
@@ -451,9 +479,12 @@ fn a_large_log_copies_in_batches_with_progress() {
     let nats = NatsServer::start();
     let mut reports = Vec::new();
     let started = std::time::Instant::now();
-    let copied = jetstream::copy_log(&log, &JetStreamOptions::new(&nats.url(), 1), |at, of| {
-        reports.push((at, of))
-    })
+    let copied = jetstream::copy_log(
+        &log,
+        &JetStreamOptions::new(&nats.url(), 1),
+        None,
+        |at, of| reports.push((at, of)),
+    )
     .unwrap();
     let took = started.elapsed();
     eprintln!(
@@ -461,12 +492,11 @@ fn a_large_log_copies_in_batches_with_progress() {
         took.as_secs_f64(),
         EVENTS as f64 / took.as_secs_f64()
     );
-    assert_eq!(
-        copied,
-        jetstream::Copied {
-            already: 0,
-            copied: EVENTS
-        }
+    assert_eq!((copied.already, copied.copied), (0, EVENTS));
+    assert!(
+        copied.log.contains("PRISM_EVENTS created at"),
+        "{}",
+        copied.log
     );
     assert_eq!(copied.positions(), Some((1, EVENTS)));
     assert_eq!(
@@ -500,7 +530,7 @@ fn a_writer_racing_the_copy_stops_it() {
     let nats = NatsServer::start();
     let writer = jetstream(&nats.url());
     let options = JetStreamOptions::new(&nats.url(), 1);
-    let error = jetstream::copy_log(&log, &options, |at, _| {
+    let error = jetstream::copy_log(&log, &options, None, |at, _| {
         if at == jetstream::BATCH_EVENTS as u64 {
             let racing = NewEvent {
                 event_type: "Racing".into(),
@@ -536,7 +566,7 @@ fn a_writer_racing_the_copy_stops_it() {
     assert_eq!(writer.head(), 501);
     assert_eq!(all(&writer)[..500], all(&log)[..500]);
 
-    let again = jetstream::copy_log(&log, &options, |_, _| {}).unwrap_err();
+    let again = jetstream::copy_log(&log, &options, None, |_, _| {}).unwrap_err();
     assert!(
         matches!(again, jetstream::CopyError::Diverged { position: 501, .. }),
         "{again}"
@@ -547,7 +577,7 @@ fn a_writer_racing_the_copy_stops_it() {
     let nats = NatsServer::start();
     let writer = jetstream(&nats.url());
     let options = JetStreamOptions::new(&nats.url(), 1);
-    let error = jetstream::copy_log(&log, &options, |at, of| {
+    let error = jetstream::copy_log(&log, &options, None, |at, of| {
         if at == of {
             let racing = NewEvent {
                 event_type: "Racing".into(),

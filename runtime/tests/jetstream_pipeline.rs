@@ -54,4 +54,29 @@ async fn prism_projects_a_jetstream_log_and_resumes_after_a_restart() {
         json!({"orders": 2, "total_cents": 1000, "cancelled": 0})
     );
     server.stop().await;
+
+    // The data dir's checkpoints are positions in this stream: a start on the embedded log,
+    // or on the stream deleted and created again, is refused.
+    let refused = |config| async move {
+        match prism::server::Server::start(config).await {
+            Ok(_) => panic!("Prism started on another log than its data dir follows"),
+            Err(e) => format!("{e:#}"),
+        }
+    };
+    let embedded = prism::server::ServerConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap());
+    let error = refused(embedded).await;
+    assert!(
+        error.contains("follows the JetStream stream PRISM_EVENTS created at"),
+        "{error}"
+    );
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    js.delete_stream("PRISM_EVENTS").await.unwrap();
+    let mut again = prism::server::ServerConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap());
+    again.event_log = Some(url.clone());
+    let error = refused(again).await;
+    assert!(
+        error.contains("follows the JetStream stream PRISM_EVENTS created at")
+            && error.contains("not the JetStream stream PRISM_EVENTS created at"),
+        "{error}"
+    );
 }

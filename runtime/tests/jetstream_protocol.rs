@@ -281,3 +281,48 @@ async fn a_stream_configured_otherwise_is_refused() {
         "{message}"
     );
 }
+
+/// A reader far behind reads the next batches ahead; none of them may be an answer from when
+/// the log was shorter (a rebuild reads ahead near the head; a verify replaying the same
+/// positions later took those empty answers for the head and compared half a view — found by
+/// `cluster_chaos.rs`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_ahead_never_answers_for_a_log_that_grew_since() {
+    use prism::log::{BatchRead, EventLog, ExpectedVersion, FlatBatch, NewEvent};
+    let server = NatsServer::start();
+    let log =
+        EventLog::new(prism::log::jetstream::JetStreamLog::connect(&server.url(), 1).unwrap());
+    let append = |n: usize| {
+        let log = log.clone();
+        async move {
+            for _ in 0..n / 500 {
+                let events = (0..500)
+                    .map(|i| NewEvent {
+                        event_type: "E".into(),
+                        data: format!("{{\"i\":{i}}}").into_bytes(),
+                        metadata: None,
+                        id: None,
+                    })
+                    .collect();
+                log.append("s", ExpectedVersion::Any, events).await.unwrap();
+            }
+        }
+    };
+    append(1000).await;
+    // A full batch: the next ones are read ahead.
+    let read = |from| {
+        let mut batch = FlatBatch::default();
+        let last = log
+            .read_batch(&BatchRead::from(from, 1000), |_, _| true, &mut batch)
+            .unwrap();
+        (last, batch.len())
+    };
+    assert_eq!(read(1), (Some(1000), 1000));
+    append(2500).await;
+    let (mut from, mut seen) = (1001, 0);
+    while let (Some(last), n) = read(from) {
+        seen += n;
+        from = last + 1;
+    }
+    assert_eq!((from, seen), (3501, 2500));
+}

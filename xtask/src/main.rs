@@ -3,8 +3,11 @@
 //! - `build-guests`: build the example projectors to components in `target/projectors/`.
 //! - `demo`: build everything, start Prism, deploy the examples, append a sample history, and
 //!   keep serving (the README's main-job command).
+//! - `cluster-demo`: the same on three nats-servers and three Prism nodes.
 //! - `ci`: what CI runs: format check, clippy, the whole test suite.
 //! - `bench-report`, `bench-scaling`: the benchmark report, and how replay scales.
+
+mod cluster_demo;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -34,6 +37,13 @@ enum Task {
         data_dir: PathBuf,
         #[arg(long, default_value = "127.0.0.1:7070")]
         listen: String,
+    },
+    /// Three nats-servers and three Prism nodes on this machine, the examples deployed and the
+    /// sample history appended; any node answers for any projector. Starts afresh each time.
+    ClusterDemo {
+        /// The first node's port (the others take the next two).
+        #[arg(long, default_value_t = 7071)]
+        first_port: u16,
     },
     /// Format check, clippy, and the whole test suite.
     Ci,
@@ -72,6 +82,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Task::Demo { data_dir, listen } => demo(&root, &data_dir, &listen),
+        Task::ClusterDemo { first_port } => cluster_demo::cluster_demo(&root, first_port),
         Task::BenchReport { events } => {
             eprintln!("xtask: cargo bench -p prism-benches --bench report ({events} events)");
             let status = Command::new(env!("CARGO"))
@@ -185,8 +196,8 @@ fn build_guests(root: &Path, out: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(built)
 }
 
-fn demo(root: &Path, data_dir: &Path, listen: &str) -> Result<()> {
-    let guests = build_guests(root, &root.join("target/projectors"))?;
+/// Builds `prism` in release; its path.
+fn build_prism(root: &Path) -> Result<PathBuf> {
     cargo(
         root,
         &[
@@ -198,7 +209,12 @@ fn demo(root: &Path, data_dir: &Path, listen: &str) -> Result<()> {
             "prism",
         ],
     )?;
-    let binary = root.join("target/release/prism");
+    Ok(root.join("target/release/prism"))
+}
+
+fn demo(root: &Path, data_dir: &Path, listen: &str) -> Result<()> {
+    let guests = build_guests(root, &root.join("target/projectors"))?;
+    let binary = build_prism(root)?;
     let mut prism = Command::new(&binary)
         .arg("serve")
         .arg("--data-dir")

@@ -170,6 +170,13 @@ pub(super) async fn jetstream_figures(report: &mut Report, n: u64, dir: &Path) {
     stall_figure(report, dir, &binary).await;
 }
 
+/// The replay figures alone (`PRISM_BENCH_ONLY=jetstream-replay`, for profiling).
+pub(super) fn jetstream_replay_figures(report: &mut Report, n: u64, dir: &Path) {
+    let binary = prism_toolchain::nats::nats_server(Path::new(env!("CARGO_TARGET_TMPDIR")))
+        .expect("a nats-server for the JetStream figures");
+    replay_figures(report, n, dir, &binary);
+}
+
 /// `event-counter` rebuilt from the same events on redb and on JetStream (one server).
 fn replay_figures(report: &mut Report, n: u64, dir: &Path, binary: &Path) {
     let engine = Engine::new(None, Sandbox::default()).unwrap();

@@ -10,6 +10,7 @@
 //! the rusqlite rival), `http` (import, appends, freshness, queries, reloads, restarts) and
 //! `jetstream` (the JetStream log against the embedded one: appends, replay, a leader kill).
 
+mod cluster;
 mod http;
 mod jetstream;
 mod replay;
@@ -122,8 +123,20 @@ fn main() {
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().unwrap();
     let mut report = Report { rows: Vec::new() };
-    // `PRISM_BENCH_ONLY=replay|import|http|jetstream` measures one part (for profiling).
+    // `PRISM_BENCH_ONLY=replay|import|http|jetstream|jetstream-replay|cluster` measures one part (for
+    // profiling).
     let only = std::env::var("PRISM_BENCH_ONLY").ok();
+    if only.as_deref() == Some("jetstream-replay") {
+        jetstream::jetstream_replay_figures(&mut report, n, dir.path());
+        report.print();
+        return;
+    }
+    if only.as_deref() == Some("cluster") {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(cluster::cluster_figures(&mut report, dir.path()));
+        report.print();
+        return;
+    }
     if only.as_deref() == Some("jetstream") {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(jetstream::jetstream_figures(&mut report, n, dir.path()));
@@ -149,6 +162,7 @@ fn main() {
         http::freshness_and_query_figures(&mut report, dir.path()).await;
         http::reload_and_restart_figures(&mut report, dir.path()).await;
         jetstream::jetstream_figures(&mut report, n, dir.path()).await;
+        cluster::cluster_figures(&mut report, dir.path()).await;
     });
     report.print();
 }

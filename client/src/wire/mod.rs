@@ -2,12 +2,14 @@
 //! and describes them in `/openapi.json`), the [`Client`](crate::Client), the CLI and the tests.
 //! One declaration each: serde for the bytes, utoipa for the schema.
 
+mod cluster;
 mod errors;
 mod projectors;
 mod status;
 mod streams;
 mod views;
 
+pub use cluster::{ClusterNode, ClusterStatus, ProjectorOwner};
 pub use errors::{ErrorBody, NotReached, ReplayFaulted, VersionConflict};
 pub use projectors::{
     CompileSource, DeadLetter, DeadLetterParams, DeadLetters, DeletedReply, DeployMode,

@@ -141,6 +141,9 @@ pub struct Projector {
     /// A rebuild in progress (a new generation catching up in the background).
     #[schema(required = true)]
     pub rebuild: Option<RebuildProgress>,
+    /// In a cluster, the node that owns the projector (in `GET /projectors`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// A rebuild's progress: percent of the log, speed, and time left.

@@ -267,6 +267,12 @@ pub enum Command {
         #[command(flatten)]
         server: remote::ServerArg,
     },
+    /// Show a cluster as the node at --url sees it: the live nodes, and which node owns each
+    /// projector under which lease.
+    Cluster {
+        #[command(flatten)]
+        server: remote::ServerArg,
+    },
     /// (Internal) compile the component on stdin to an artifact on stdout; `prism serve` runs
     /// it to bound a compile's time and memory.
     #[command(hide = true)]
@@ -291,9 +297,12 @@ pub enum LogCommand {
     /// version, type, data, metadata and timestamp; events go in atomic batches, each expecting
     /// JetStream's last position to be the one before it. Safe to run again: when JetStream
     /// already holds the log's first events (its first and last held are compared, field by
-    /// field) the copy goes on after them; a JetStream holding other events, or more, is
-    /// refused and nothing is copied. Not copied: the idempotency keys and event ids the log
-    /// remembers, so a retry of an append made before the copy is not recognised after it.
+    /// field) the copy goes on after them, and one that went on from the log (Prism ran on it
+    /// since) needs nothing; a JetStream holding other events is refused and nothing is
+    /// copied. The data dir then records that it follows JetStream (a data dir following one
+    /// JetStream log is copied only into that one). Not copied: the idempotency keys and event
+    /// ids the log remembers, so a retry of an append made before the copy is not recognised
+    /// after it.
     Migrate {
         /// The data dir whose log to copy.
         #[arg(long = "from", value_name = "DATA_DIR")]
@@ -304,6 +313,8 @@ pub enum LogCommand {
         /// Replicas of the JetStream stream when it is created (1, or 3 in a cluster).
         #[arg(long, default_value_t = 1)]
         replicas: usize,
+        #[command(flatten)]
+        nats: serve::NatsArgs,
     },
 }
 
@@ -341,7 +352,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             urls,
             replicas,
-        }) => log::migrate(&data_dir, &urls, replicas),
+            nats,
+        }) => log::migrate(&data_dir, &urls, replicas, nats.into()),
         remote => {
             serve::init_tracing(crate::config::LogFormat::Text);
             runtime.block_on(remote::run(remote))

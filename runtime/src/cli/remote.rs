@@ -191,6 +191,7 @@ pub async fn run(command: Command) -> Result<()> {
             print(&server.client()?.scan(&name, &params).await?)
         }
         Command::Ls { server } => ls(&server.client()?).await,
+        Command::Cluster { server } => cluster(&server.client()?).await,
         Command::Serve(_)
         | Command::New { .. }
         | Command::Build { .. }
@@ -242,6 +243,41 @@ async fn follow_rebuild(client: &Client, name: &str) -> Result<()> {
         ));
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+async fn cluster(client: &Client) -> Result<()> {
+    let cluster = client.cluster().await?;
+    println!("{:<16} URL", "NODE");
+    for node in &cluster.nodes {
+        let me = if node.id == cluster.node {
+            "  (answered)"
+        } else {
+            ""
+        };
+        println!("{:<16} {}{me}", node.id, node.url);
+    }
+    println!();
+    println!(
+        "{:<24} {:<16} {:>10} {:>10}",
+        "PROJECTOR", "OWNER", "LEASE", "AGE"
+    );
+    for p in &cluster.projectors {
+        let age = p
+            .lease_age_ms
+            .map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+        println!(
+            "{:<24} {:<16} {:>10} {:>10}",
+            p.name,
+            p.owner.as_deref().unwrap_or("(moving)"),
+            p.lease_revision.map_or("-".into(), |r| r.to_string()),
+            age,
+        );
+    }
+    println!("log head: {}", cluster.head);
+    if let Some(error) = &cluster.log_error {
+        println!("log unreachable from {}: {error}", cluster.node);
+    }
+    Ok(())
 }
 
 async fn ls(client: &Client) -> Result<()> {

@@ -80,11 +80,45 @@ pub struct ServeArgs {
     tokens: TokenArgs,
     #[command(flatten)]
     nats: NatsArgs,
+    #[command(flatten)]
+    #[serde(skip_serializing_if = "ClusterArgs::is_empty")]
+    cluster: ClusterArgs,
+}
+
+/// The `[cluster]` flags: this node's part in a cluster of Prism nodes on one JetStream log.
+#[derive(clap::Args, Serialize)]
+pub struct ClusterArgs {
+    /// This node's id in a cluster (needs --event-log nats://…, --advertise-url and
+    /// --cluster-token); the same across its restarts, unique among the nodes.
+    #[arg(long, env = "PRISM_NODE_ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_id: Option<String>,
+    /// Where the other nodes reach this one: `http://HOST:PORT`.
+    #[arg(long, env = "PRISM_ADVERTISE_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advertise_url: Option<String>,
+    /// The secret the nodes of a cluster present to each other (the same on every node).
+    #[arg(long, env = "PRISM_CLUSTER_TOKEN", hide_env_values = true)]
+    #[serde(rename = "token", skip_serializing_if = "Option::is_none")]
+    cluster_token: Option<String>,
+    /// Milliseconds a node's lease on a projector lives without renewal [default: 6000].
+    #[arg(long, env = "PRISM_LEASE_TTL_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease_ttl_ms: Option<u64>,
+}
+
+impl ClusterArgs {
+    fn is_empty(&self) -> bool {
+        self.node_id.is_none()
+            && self.advertise_url.is_none()
+            && self.cluster_token.is_none()
+            && self.lease_ttl_ms.is_none()
+    }
 }
 
 /// The `[nats]` flags: the JetStream log's servers' security.
 #[derive(clap::Args, Serialize)]
-struct NatsArgs {
+pub struct NatsArgs {
     /// A NATS credentials file (user JWT and NKey seed) for the JetStream log's servers.
     #[arg(long, env = "PRISM_NATS_CREDENTIALS")]
     #[serde(rename = "credentials", skip_serializing_if = "Option::is_none")]
@@ -101,6 +135,17 @@ struct NatsArgs {
     #[arg(long, env = "PRISM_NATS_TLS_KEY")]
     #[serde(rename = "tls_key", skip_serializing_if = "Option::is_none")]
     nats_tls_key: Option<PathBuf>,
+}
+
+impl From<NatsArgs> for crate::log::jetstream::NatsSecurity {
+    fn from(args: NatsArgs) -> Self {
+        crate::log::jetstream::NatsSecurity {
+            credentials: args.nats_credentials,
+            tls_ca: args.nats_tls_ca,
+            tls_cert: args.nats_tls_cert,
+            tls_key: args.nats_tls_key,
+        }
+    }
 }
 
 /// The `[limits]` flags.

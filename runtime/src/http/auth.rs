@@ -136,12 +136,12 @@ impl Tokens {
     }
 }
 
-/// Passes `request` on to `next` when it carries a token that grants its route's role;
-/// refuses it 401 otherwise.
+/// Passes `request` on (to its projector's owner in a cluster, see [`super::cluster`]) when it
+/// carries a token that grants its route's role; refuses it 401 otherwise.
 pub async fn authorized(state: &AppState, request: Request, next: Next) -> Response {
     let role = role(request.method(), request.uri().path());
     if state.tokens.grants(role, request.headers()) {
-        return next.run(request).await;
+        return super::cluster::route(state, request, next).await;
     }
     // Let a client still sending a body get the answer rather than a broken pipe: the body
     // is read and dropped as it arrives, never held (bounded by the largest body any route

@@ -19,9 +19,14 @@ use axum::extract::Request;
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-/// Which `Host` and `Origin` names are accepted beyond IP addresses and `localhost`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AllowedHosts(Vec<String>);
+/// Which `Host` and `Origin` names are accepted beyond IP addresses and `localhost`: the
+/// allow-list, and in a cluster the addresses the live nodes advertise (kept up to date by the
+/// node's loop).
+#[derive(Debug, Clone, Default)]
+pub struct AllowedHosts(Vec<String>, Peers);
+
+/// The authorities (`host:port`) the cluster's live nodes advertise.
+pub type Peers = std::sync::Arc<parking_lot::RwLock<Vec<String>>>;
 
 impl AllowedHosts {
     /// The allow-list `names` (host names, `name:port`, or `*` for any).
@@ -32,7 +37,14 @@ impl AllowedHosts {
                 .map(|n| n.trim().to_ascii_lowercase())
                 .filter(|n| !n.is_empty())
                 .collect(),
+            Peers::default(),
         )
+    }
+
+    /// The allow-list, with the cluster's `peers` beside it.
+    pub fn with_peers(mut self, peers: Peers) -> AllowedHosts {
+        self.1 = peers;
+        self
     }
 
     /// Whether the authority `host[:port]` may name Prism.
@@ -51,6 +63,11 @@ impl AllowedHosts {
                     || allowed.eq_ignore_ascii_case(authority)
                     || allowed.eq_ignore_ascii_case(host)
             })
+            || self
+                .1
+                .read()
+                .iter()
+                .any(|peer| peer.eq_ignore_ascii_case(authority))
     }
 }
 
@@ -131,6 +148,21 @@ pub fn content_type_is(headers: &axum::http::HeaderMap, accepted: &[&str]) -> bo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_s_peers_are_accepted_by_the_address_they_advertise() {
+        let peers = Peers::default();
+        let hosts = AllowedHosts::new(["prism.example".to_string()]).with_peers(peers.clone());
+        assert!(!hosts.allows("node-2.internal:7070"));
+        peers.write().push("node-2.internal:7070".into());
+        assert!(hosts.allows("node-2.internal:7070"));
+        assert!(hosts.allows("NODE-2.internal:7070"));
+        assert!(!hosts.allows("node-2.internal:7071"));
+        assert!(!hosts.allows("node-3.internal:7070"));
+        assert!(hosts.allows("prism.example:1"));
+        peers.write().clear();
+        assert!(!hosts.allows("node-2.internal:7070"));
+    }
 
     #[test]
     fn hosts_by_ip_or_localhost_pass_names_need_the_allow_list() {

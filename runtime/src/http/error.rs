@@ -104,6 +104,10 @@ impl IntoResponse for ApiError {
 impl From<DeployError> for ApiError {
     fn from(e: DeployError) -> Self {
         use crate::engine::ModuleError;
+        let e = match e {
+            DeployError::Storage(e) => return e.into(),
+            e => e,
+        };
         let status = match &e {
             DeployError::InvalidName(_) => StatusCode::BAD_REQUEST,
             DeployError::UnknownModule(_) => StatusCode::NOT_FOUND,
@@ -128,7 +132,8 @@ impl From<LifecycleError> for ApiError {
         match e {
             LifecycleError::NotFound(_) => ApiError::not_found(e.to_string()),
             LifecycleError::Deploy(e) => e.into(),
-            LifecycleError::Storage(_) | LifecycleError::ReplayFailed(_) => ApiError::internal(&e),
+            LifecycleError::Storage(e) => e.into(),
+            LifecycleError::ReplayFailed(_) => ApiError::internal(&e),
             LifecycleError::Replay(ref fault) => {
                 let fault = serde_json::to_value(fault).unwrap_or(Value::Null);
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).with("fault", fault)
@@ -143,7 +148,8 @@ impl From<RetryError> for ApiError {
             RetryError::NoProjector(_) | RetryError::NoDeadLetter(_) => StatusCode::NOT_FOUND,
             RetryError::NotRunning => StatusCode::CONFLICT,
             RetryError::Failed(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            RetryError::Storage(_) | RetryError::Internal(_) => return ApiError::internal(&e),
+            RetryError::Storage(e) => return e.into(),
+            RetryError::Internal(_) => return ApiError::internal(&e),
         };
         ApiError::new(status, e.to_string())
     }
@@ -151,7 +157,19 @@ impl From<RetryError> for ApiError {
 
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
-        ApiError::internal(&e)
+        use crate::projector::shared::SharedError;
+        match e {
+            StorageError::Shared(SharedError::NotOwner(_)) => {
+                ApiError::new(StatusCode::MISDIRECTED_REQUEST, e.to_string())
+            }
+            StorageError::Shared(SharedError::Changed(_)) => {
+                ApiError::new(StatusCode::CONFLICT, e.to_string())
+            }
+            StorageError::Shared(SharedError::Unavailable(_)) => {
+                ApiError::unavailable(e.to_string(), 1)
+            }
+            e => ApiError::internal(&e),
+        }
     }
 }
 

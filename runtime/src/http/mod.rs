@@ -23,6 +23,7 @@
 //! | `GET /health` | liveness |
 //! | `GET /ready` | readiness: 503 while a projector is faulted or stalled |
 //! | `GET /metrics` | Prometheus text format |
+//! | `GET /cluster` | a cluster's nodes and which owns each projector (404 on a single node) |
 //! | `GET /openapi.json` | this API's OpenAPI 3.1 description (no token needed) |
 //! | `GET /` | the dashboard page (assets under `/dashboard/`) |
 //!
@@ -46,8 +47,9 @@
 //! real answers validate against it.
 
 mod auth;
-mod boundary;
+pub mod boundary;
 mod changes;
+mod cluster;
 mod connections;
 mod dashboard;
 mod dead_letters;
@@ -63,6 +65,7 @@ mod views;
 
 pub use auth::Tokens;
 pub use boundary::AllowedHosts;
+pub use cluster::ClusterRoutes;
 pub use connections::BoundedListener;
 pub use error::ApiError;
 pub use metrics::Metrics;
@@ -120,6 +123,8 @@ pub struct Shared {
     pub closing: tokio::sync::watch::Receiver<bool>,
     /// Places for open change streams (`limits.max_subscribers` of them).
     pub subscribers: Arc<tokio::sync::Semaphore>,
+    /// The cluster this node is part of (`None`: Prism runs alone).
+    pub cluster: Option<ClusterRoutes>,
 }
 
 /// Request limits: the config file's `[limits]` table (durations in whole seconds there).
@@ -222,6 +227,7 @@ pub(crate) fn api(limits: RequestLimits) -> OpenApiRouter<AppState> {
         .routes(routes!(inspect::ready))
         .routes(routes!(metrics::scrape))
         .routes(routes!(health))
+        .routes(routes!(cluster::status))
         .routes(routes!(openapi::spec))
 }
 

@@ -226,6 +226,7 @@ pub(super) fn append_error(e: AppendError) -> ApiError {
         (status = 400, description = "A bad `from` or `limit`.", body = ErrorBody),
         (status = 404, description = "No such stream.", body = ErrorBody),
         (status = 500, description = "The log failed.", body = ErrorBody),
+        (status = 503, description = "The log cannot be read now (on JetStream: its servers did not answer); try again after `Retry-After`.", body = ErrorBody),
     ),
 )]
 pub async fn read(
@@ -289,6 +290,7 @@ impl From<&RecordedEvent> for Event {
         (status = 200, description = "Stream names in order with their versions.", body = StreamList),
         (status = 400, description = "A bad `limit`.", body = ErrorBody),
         (status = 500, description = "The log failed.", body = ErrorBody),
+        (status = 503, description = "The log cannot be read now (on JetStream: its servers did not answer, or this node's stream index is catching up with the log); try again after `Retry-After`.", body = ErrorBody),
     ),
 )]
 pub async fn list(

@@ -17,6 +17,9 @@ pub enum StorageError {
     /// A view file failed.
     #[error("a view file failed")]
     View(#[from] StoreError),
+    /// The deployments the cluster's nodes share refused or failed the change.
+    #[error(transparent)]
+    Shared(#[from] super::shared::SharedError),
 }
 
 /// Why a deploy was refused. Nothing of a refused deploy is kept.
@@ -150,6 +153,9 @@ pub enum RegistryError {
     /// A thread could not be started.
     #[error("cannot start a thread")]
     Spawn(#[source] std::io::Error),
+    /// A projector's deployment could not be recorded (or, in a cluster, fetched).
+    #[error("recording the deployment of projector {0:?} failed")]
+    Recording(String, #[source] Box<StorageError>),
 }
 
 /// `error` and each of its sources, joined with ": " (for logs).

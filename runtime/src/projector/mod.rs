@@ -8,6 +8,7 @@
 //!   and status, one module each under `registry/`.
 //! - [`catalog`]: what is deployed, persisted in `catalog.redb`, and the module files.
 //! - [`error`]: why an operation failed, one enum per operation.
+//! - [`shared`]: the deployments several nodes share, when Prism runs as a cluster.
 
 pub mod catalog;
 mod changes;
@@ -16,6 +17,7 @@ pub mod error;
 mod metrics;
 mod registry;
 mod runner;
+pub mod shared;
 mod verify;
 
 pub use catalog::{Deployment, GenerationRecord};

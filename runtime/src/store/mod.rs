@@ -378,8 +378,6 @@ fn write_dead_letter(txn: &redb::WriteTransaction, letter: &DeadLetter) -> Resul
 /// (a Prism stopping while another starts on the same data dir, as in a restart in tests).
 const ALREADY_OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Opens (or creates) a redb file; a damaged file is an error, never a panic. A file that is
-/// open elsewhere is waited for a moment, then reported.
 /// redb's page cache for the event log. redb's default is 1 GiB for every file it opens: with a
 /// log and a dozen views, resident memory without a useful bound. Pages beyond it are read
 /// again from the OS's page cache.
@@ -391,7 +389,9 @@ pub const VIEW_CACHE_BYTES: usize = 64 << 20;
 /// redb's page cache for the catalog.
 pub const CATALOG_CACHE_BYTES: usize = 16 << 20;
 
-/// Opens (or creates) a redb file with a page cache of `cache_bytes`, checking every page.
+/// Opens (or creates) a redb file with a page cache of `cache_bytes`, checking every page; a
+/// damaged file is an error, never a panic. A file that is open elsewhere is waited for a
+/// moment, then reported.
 pub fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, redb::Error> {
     let deadline = std::time::Instant::now() + ALREADY_OPEN_WAIT;
     loop {

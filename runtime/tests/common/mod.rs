@@ -2,10 +2,12 @@
 //! event history with the exact views the example projectors must derive from it.
 #![allow(dead_code)]
 
+pub mod appends;
 pub mod model;
 pub mod nats;
 pub mod process;
 pub mod proxy;
+pub mod writers;
 
 use prism::server::{Server, ServerConfig};
 use prism_client::wire::{DeployParams, NewEvent, ScanParams};

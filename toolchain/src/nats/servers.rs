@@ -18,6 +18,8 @@ pub struct Servers {
 struct Node {
     /// Where its log (stderr) goes, appended to across restarts.
     log: PathBuf,
+    /// Where it writes its ports file once it listens (`--ports_file_dir`).
+    ports: PathBuf,
     port: u16,
     monitor: u16,
     config: PathBuf,
@@ -51,7 +53,9 @@ impl Servers {
         let mut nodes = Vec::new();
         for (i, (port, monitor, route)) in ports.iter().enumerate() {
             let store = dir.join(format!("n{i}"));
+            let ports = dir.join(format!("n{i}.ports"));
             std::fs::create_dir_all(&store)?;
+            std::fs::create_dir_all(&ports)?;
             let sync = if sync_always {
                 "sync_interval: always"
             } else {
@@ -73,12 +77,14 @@ impl Servers {
                 &config,
                 format!(
                     "server_name: n{i}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor}\n\
+                     ports_file_dir: {ports:?}\n\
                      jetstream {{\n  store_dir: {store:?}\n  {sync}\n  \
                      limits {{ batch {{ max_msgs: 10000 }} }}\n}}\n{cluster}",
                 ),
             )?;
             nodes.push(Node {
                 log: dir.join(format!("n{i}.log")),
+                ports,
                 port: *port,
                 monitor: *monitor,
                 config,
@@ -115,11 +121,23 @@ impl Servers {
         Ok(())
     }
 
-    /// Waits until server `i` accepts clients and, in a cluster, knows a meta leader.
-    fn wait_ready(&self, i: usize) -> Result<()> {
+    /// Waits until server `i` listens on its port (its own ports file says so: a connection
+    /// that succeeds may have met another process, or connected to itself) and, in a
+    /// cluster, knows a meta leader. Fails if it exits meanwhile (a port taken, say).
+    fn wait_ready(&mut self, i: usize) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let ready = std::net::TcpStream::connect(("127.0.0.1", self.nodes[i].port)).is_ok()
+            let node = &mut self.nodes[i];
+            let child = node.child.as_mut().context("the server was not started")?;
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "nats-server n{i} exited ({status}) while starting; its log: {}",
+                    node.log.display()
+                );
+            }
+            let listening = client_urls(&node.ports, child.id())
+                .contains(&format!("nats://127.0.0.1:{}", node.port));
+            let ready = listening
                 && (self.nodes.len() == 1
                     || self.jsz(i, "").is_ok_and(|jsz| {
                         jsz["meta_cluster"]["leader"]
@@ -169,6 +187,11 @@ impl Servers {
         self.wait_ready(i)
     }
 
+    /// Server `i`'s process id, while it runs (to stop it with SIGSTOP, say).
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].child.as_ref().map(Child::id)
+    }
+
     /// Whether server `i` runs (it was not killed, or was restarted).
     pub fn alive(&self, i: usize) -> bool {
         self.nodes[i].child.is_some()
@@ -216,6 +239,29 @@ impl Servers {
         }
         Ok(serde_json::from_str(body)?)
     }
+}
+
+/// The client URLs a nats-server started with `--ports_file_dir dir` as process `pid` listens
+/// on: none until it has bound its listeners.
+pub fn client_urls(dir: &Path, pid: u32) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let suffix = format!("_{pid}.ports");
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(&suffix))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .filter_map(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .flat_map(|ports| {
+            ports["nats"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|url| url.as_str().map(str::to_owned))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 impl Drop for Servers {

@@ -219,6 +219,7 @@ function projectorCard(name) {
   c.state = h("span", { class: "state" });
   c.module = h("code", { class: "module-hash" });
   c.generation = h("span", { class: "generation" });
+  c.owner = h("span", { class: "owner muted", hidden: true });
   c.subscription = h("div", { class: "subscription muted" });
   const checkpoint = stat("checkpoint", "checkpoint");
   const lag = stat("lag", "lag");
@@ -279,7 +280,7 @@ function projectorCard(name) {
     "article",
     { class: "card", "data-projector": name },
     h("header", { class: "card-head" }, h("h3", { class: "name" }, name), c.state),
-    h("div", { class: "card-sub" }, "module ", c.module, " · ", c.generation),
+    h("div", { class: "card-sub" }, "module ", c.module, " · ", c.generation, c.owner),
     c.subscription,
     h("dl", { class: "stats" }, checkpoint.el, lag.el, eps.el, dead.el),
     h("div", { class: "spark-box" }, svg, c.sparkLabel),
@@ -304,6 +305,9 @@ function updateCard(entry, s, now) {
   c.module.textContent = shortHash(s.module);
   c.module.title = s.module;
   c.generation.textContent = `generation ${s.generation} · schema v${s.schema_version}`;
+  // In a cluster: the node that owns it (and answered for it).
+  c.owner.hidden = !s.owner;
+  c.owner.textContent = s.owner ? ` · on node ${s.owner}` : "";
   c.subscription.textContent = subscriptionText(s.subscription);
   c.checkpoint.textContent = number(s.checkpoint);
   c.lag.textContent = number(s.lag);

@@ -11,15 +11,12 @@
 //! idempotency key or event ids) the same search runs from the [`claims`] the first call left.
 
 use super::claims::{self, Claim, Claimed};
-use super::message::{self, APPEND_ID};
+use super::message::{self, APPEND_ID, CALL};
 use super::protocol::{self, Expect, PublishError, subject_of};
 use super::store::{Inner, last_of, read_head};
 use crate::log::{Append, AppendError, Appended, ExpectedVersion};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Messages one search asks for at a time.
-const MAX_FIND: usize = 1000;
 
 /// Streams whose last message a node remembers at most (all forgotten when full).
 const MAX_REMEMBERED: usize = 100_000;
@@ -34,11 +31,10 @@ struct Search {
     /// Whether the append may be on the log: after an unknown outcome, or when an earlier
     /// call made it.
     maybe_there: bool,
-    /// Whether an earlier call made this append (a find is then `replayed`, unless it is
-    /// where this call's own publish would have put it).
-    earlier: bool,
-    /// The first stream's last sequence this call's first publish expected, once it published.
-    published_after: Option<u64>,
+    /// This call, when other calls may publish the same append (it can be retried): its
+    /// publishes carry it, so that a find says whether this call stored the append or another
+    /// did (the answer is then `replayed`).
+    call: Option<String>,
 }
 
 pub async fn append(inner: Arc<Inner>, append: Append) -> Result<Appended, AppendError> {
@@ -50,8 +46,7 @@ pub async fn append(inner: Arc<Inner>, append: Append) -> Result<Appended, Appen
         subject: subject_of(&first_stream),
         searched: 0,
         maybe_there: false,
-        earlier: false,
-        published_after: None,
+        call: None,
     };
     let mut own = Vec::new();
     if claims::retryable(append.key.as_deref(), &append.parts) {
@@ -59,6 +54,7 @@ pub async fn append(inner: Arc<Inner>, append: Append) -> Result<Appended, Appen
         // now, read from the server.
         let (floor, _) = last_of(&inner.events, &first_stream).await?;
         search.searched = floor;
+        search.call = Some(nuid::next().to_string());
         let claim = Claim {
             append_id: search.append_id.clone(),
             digest: claims::digest(&append.parts),
@@ -77,7 +73,6 @@ pub async fn append(inner: Arc<Inner>, append: Append) -> Result<Appended, Appen
                 search.append_id = before.append_id;
                 search.searched = before.floor;
                 search.maybe_there = true;
-                search.earlier = true;
             }
         }
     }
@@ -241,6 +236,19 @@ async fn attempt(
         if let ExpectedVersion::Exact(expected) = part.expected
             && expected != versions[i]
         {
+            // Several streams' versions are read one after another: an append landing in
+            // between (this very one, published by an earlier call under the same key) shows in
+            // the later streams but not in the first stream searched for it. A conflict stands
+            // only if the log did not move while they were read.
+            if streams.len() > 1 {
+                let now = read_head(&inner.events)
+                    .await
+                    .map_err(|e| Attempt::Unknown(e.to_string()))?;
+                if now != head {
+                    forget(inner, streams);
+                    return Err(Attempt::Again);
+                }
+            }
             return Err(Attempt::Refused(AppendError::VersionConflict {
                 stream: part.stream.clone(),
                 expected,
@@ -261,6 +269,9 @@ async fn attempt(
                 outbound
                     .headers
                     .insert(APPEND_ID, search.append_id.as_str());
+                if let Some(call) = &search.call {
+                    outbound.headers.insert(CALL, call.as_str());
+                }
             }
             messages.push(outbound);
         }
@@ -270,7 +281,6 @@ async fn attempt(
         (None, 1) => Expect::LastSubjectSequence(last[0].0),
         (None, _) => Expect::LastSequence(head),
     };
-    search.published_after.get_or_insert(last[0].0);
     match protocol::publish_atomic(
         &inner.client,
         messages,
@@ -333,62 +343,63 @@ fn remember(inner: &Inner, streams: &[&str], versions: &[u64], last_position: u6
 
 /// Looks for the append's first message on its subject after `search.searched`, up to
 /// `until`: the append's result when it is there.
+///
+/// Asked of the stream's leader, one message at a time: "not there" must be sure, and a
+/// replica that has not caught up (the one just restarted after a leader kill) answers a
+/// direct get with what it holds — a keyed retry then missed the append it had stored and
+/// answered a conflict (found by the leader-kill test). The search covers the first stream's
+/// messages since the append's claim, only when an earlier call may have stored it.
 async fn find(
     inner: &Inner,
     search: &Search,
     until: u64,
     count: u64,
 ) -> Result<Option<Appended>, Attempt> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let unknown = |e: &dyn std::fmt::Display| Attempt::Unknown(e.to_string());
     let mut from = search.searched + 1;
     while from <= until {
-        // From a replica holding at least `until` (the leader's answer for the subject's last
-        // message): one behind would answer short, and "not there" must be sure.
-        let got = protocol::direct_get_batch_after(
-            &inner.client,
-            from,
-            Some(&search.subject),
-            MAX_FIND,
-            8 << 20,
-            until,
-            inner.options.request_timeout,
-        )
-        .await
-        .map_err(|e| Attempt::Unknown(e.to_string()))?;
-        let Some(last) = got.last() else {
-            // Nothing from `from` on the subject, from a replica holding `until`: `until` was
-            // the subject's last message, so there is nothing more to search.
-            break;
+        let stored = match inner
+            .events
+            .raw_message_builder()
+            .sequence(from)
+            .next_by_subject(search.subject.clone())
+            .send()
+            .await
+        {
+            Ok(stored) => stored,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => break,
+            Err(e) => return Err(unknown(&e)),
         };
-        from = last.sequence + 1;
-        for stored in got.iter().take_while(|m| m.sequence <= until) {
-            if message::header(stored, APPEND_ID).as_deref() == Some(search.append_id.as_str()) {
-                let first_position = stored.sequence;
-                let last_position = first_position + count - 1;
-                // The last event is the last part's stream's: its version is the result's.
-                let last_event = inner
-                    .events
-                    .direct_get(last_position)
-                    .await
-                    .map_err(|e| Attempt::Unknown(e.to_string()))?;
-                let stream_version = message::version_of(&last_event.headers).ok_or_else(|| {
-                    Attempt::Refused(AppendError::Storage(format!(
-                        "the event at {last_position} has no version"
-                    )))
-                })?;
-                inner.moved(last_position);
-                return Ok(Some(Appended {
-                    first_position,
-                    last_position,
-                    stream_version,
-                    // Before this call's first publish, it was the earlier call's; after, this
-                    // call's or the earlier one's landing in its place: stored once either way.
-                    replayed: search.earlier
-                        && search
-                            .published_after
-                            .is_none_or(|after| first_position <= after),
-                }));
-            }
+        if stored.sequence > until {
+            break;
         }
+        from = stored.sequence + 1;
+        let header = |name: &str| stored.headers.get(name).map(|v| v.as_str().to_string());
+        if header(APPEND_ID).as_deref() != Some(search.append_id.as_str()) {
+            continue;
+        }
+        let first_position = stored.sequence;
+        let last_position = first_position + count - 1;
+        // The last event is the last part's stream's: its version is the result's.
+        let last_event = inner
+            .events
+            .get_raw_message(last_position)
+            .await
+            .map_err(|e| unknown(&e))?;
+        let stream_version = message::version_of(&last_event.headers).ok_or_else(|| {
+            Attempt::Refused(AppendError::Storage(format!(
+                "the event at {last_position} has no version"
+            )))
+        })?;
+        inner.moved(last_position);
+        return Ok(Some(Appended {
+            first_position,
+            last_position,
+            stream_version,
+            // Stored once either way; by this call, or by another one.
+            replayed: search.call.is_some() && header(CALL) != search.call,
+        }));
     }
     Ok(None)
 }

@@ -62,20 +62,7 @@ pub async fn bucket(
         storage: jetstream::stream::StorageType::File,
         ..Default::default()
     };
-    // As for the events stream: a cluster just formed may not place it yet.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(store) = js.get_key_value(BUCKET).await {
-            return Ok(store);
-        }
-        match js.create_key_value(config.clone()).await {
-            Ok(store) => return Ok(store),
-            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("10005") => {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    super::protocol::kv_bucket(js, config).await
 }
 
 fn name(prefix: &str, id: &str) -> String {

@@ -34,12 +34,16 @@ pub const BATCH_BYTES: usize = 4 << 20;
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// What a copy did: the target holds the source's events `1..=already + copied`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Copied {
     /// Events the target held before, checked to be the source's first ones.
     pub already: u64,
     /// Events copied now, at positions `already + 1..=already + copied`.
     pub copied: u64,
+    /// Events the target holds after the source's last (appended there since an earlier copy).
+    pub beyond: u64,
+    /// The target log's identity ([`protocol::identity`]), which the data dir then follows.
+    pub log: String,
 }
 
 impl Copied {
@@ -59,12 +63,12 @@ pub enum CopyError {
     /// The source log could not be read.
     #[error(transparent)]
     Read(#[from] ReadError),
-    /// The target holds more events than the source: it is not a copy of it.
+    /// The source's data dir already follows another log than the target.
     #[error(
-        "JetStream holds {target} events, more than the {log} of the log being copied: it \
-         holds another log; nothing was copied"
+        "the data dir already follows {follows}, not {target}: its checkpoints are positions \
+         there; nothing was copied"
     )]
-    TargetAhead { target: u64, log: u64 },
+    OtherLog { follows: String, target: String },
     /// The target's events are not the source's.
     #[error(
         "JetStream's event at position {position} is not the log's ({difference}): it holds \
@@ -112,6 +116,7 @@ pub enum CopyError {
 pub fn copy_log(
     from: &EventLog,
     to: &JetStreamOptions,
+    follows: Option<&str>,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<Copied, CopyError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -122,16 +127,22 @@ pub fn copy_log(
             reason: format!("cannot start the client's runtime: {e}"),
         })?;
     let target = runtime.block_on(Target::open(to))?;
-    let source_head = from.head();
-    let already = runtime
-        .block_on(target.head())
-        .map_err(|e| target.error(e))?;
-    if already > source_head {
-        return Err(CopyError::TargetAhead {
-            target: already,
-            log: source_head,
+    let log = protocol::identity(target.events.cached_info());
+    if let Some(follows) = follows
+        && follows != log
+    {
+        return Err(CopyError::OtherLog {
+            follows: follows.to_string(),
+            target: log,
         });
     }
+    let source_head = from.head();
+    let held = runtime
+        .block_on(target.head())
+        .map_err(|e| target.error(e))?;
+    // A target holding more goes on from the source (Prism ran on it since a copy): its
+    // first and the source's last are checked, and nothing is copied.
+    let already = held.min(source_head);
     let mut checked = match already {
         0 => vec![],
         _ => vec![1, already],
@@ -184,9 +195,9 @@ pub fn copy_log(
     let head = runtime
         .block_on(target.head())
         .map_err(|e| target.error(e))?;
-    if head != source_head {
+    if head != held.max(source_head) {
         return Err(CopyError::Raced {
-            expected: source_head,
+            expected: held.max(source_head),
             head,
             copied_until: source_head,
         });
@@ -194,6 +205,8 @@ pub fn copy_log(
     Ok(Copied {
         already,
         copied: next - 1 - already,
+        beyond: held - already,
+        log,
     })
 }
 
@@ -285,7 +298,7 @@ impl Target {
         let version = client.server_info().version;
         if !prism_toolchain::nats::supported(&version) {
             return Err(fail(anyhow::anyhow!(
-                "it runs nats-server {version}; Prism's JetStream log needs 2.15.1 or later"
+                "it runs nats-server {version}; Prism's JetStream log needs 2.15.1 or later (a pre-release of 2.15.1 counts as older)"
             )));
         }
         let js = async_nats::jetstream::new(client.clone());
@@ -316,12 +329,15 @@ impl Target {
 
     /// The event at `position`, if the target holds one there.
     async fn event_at(&self, position: u64) -> anyhow::Result<Option<RecordedEvent>> {
-        let got = protocol::direct_get_batch(
+        // The target holds `position` (its head says so): from a replica that does too (one
+        // behind answers "not found", which is an error here, not a difference).
+        let got = protocol::direct_get_batch_after(
             &self.client,
             position,
             None,
             1,
             64 << 20,
+            position,
             self.options.request_timeout,
         )
         .await?;
@@ -533,7 +549,9 @@ mod tests {
         assert_eq!(
             Copied {
                 already: 3,
-                copied: 2
+                copied: 2,
+                beyond: 0,
+                log: String::new(),
             }
             .positions(),
             Some((4, 5))
@@ -541,7 +559,9 @@ mod tests {
         assert_eq!(
             Copied {
                 already: 3,
-                copied: 0
+                copied: 0,
+                beyond: 0,
+                log: String::new(),
             }
             .positions(),
             None

@@ -15,6 +15,9 @@ pub const TIME: &str = "Prism-Time";
 /// The header naming the append an event belongs to, when the append can be retried (an
 /// idempotency key or event ids): how an append of unknown outcome is found again.
 pub const APPEND_ID: &str = "Prism-Append-Id";
+/// The header naming the call that published an append which can be retried (several calls
+/// share its append id): whether the call that finds it published it, or found another's.
+pub const CALL: &str = "Prism-Call";
 
 /// The message of an event of `stream` at `version`.
 pub fn outbound(

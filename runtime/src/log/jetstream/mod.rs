@@ -6,6 +6,7 @@
 mod append;
 mod claims;
 mod copy;
+mod index;
 pub mod message;
 mod options;
 pub mod protocol;

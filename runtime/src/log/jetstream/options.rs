@@ -62,6 +62,10 @@ pub struct JetStreamOptions {
     /// How often the head is read from the server, in case a republished head was missed.
     pub head_poll: Duration,
     pub security: NatsSecurity,
+    /// The node's stream index file ([`super::index`]); kept in memory when `None`.
+    pub index: Option<PathBuf>,
+    /// Whether the index follows the log (`false` only in tests of reads beyond its prefix).
+    pub follow_index: bool,
 }
 
 impl JetStreamOptions {
@@ -76,6 +80,8 @@ impl JetStreamOptions {
             resolve_within: Duration::from_secs(30),
             head_poll: Duration::from_secs(1),
             security: NatsSecurity::default(),
+            index: None,
+            follow_index: true,
         }
     }
 

@@ -20,6 +20,16 @@ pub const STREAM: &str = "PRISM_EVENTS";
 /// every node learns that the log moved without asking.
 pub const HEADS: &str = "prism.head.>";
 
+/// Which log the events stream `info` describes: its name and when it was created (a stream
+/// deleted and created again is another log, whose positions mean other events).
+pub fn identity(info: &async_nats::jetstream::stream::Info) -> String {
+    format!(
+        "the JetStream stream {} created at {} (Unix ns)",
+        info.config.name,
+        info.created.unix_timestamp_nanos()
+    )
+}
+
 /// The subject of a Prism stream's events: its name in lowercase hex (any byte string is a
 /// legal subject token that way).
 pub fn subject_of(stream: &str) -> String {
@@ -289,6 +299,9 @@ pub async fn publish_atomic(
     }
 }
 
+/// Bytes a batch direct get of stream reads, searches and the stream index asks for at most.
+pub const GET_BYTES: usize = 8 << 20;
+
 /// A stored message read back: its sequence, subject, headers and payload.
 #[derive(Debug, Clone)]
 pub struct Stored {
@@ -347,8 +360,20 @@ pub async fn direct_get_batch_after(
             .context("no answer to a direct get")?
             .context("the connection closed")?;
         match message.status {
-            // The end of the batch (204), or nothing at `from` (404).
+            // The end of the batch (204), or nothing at `from` (404): from a replica holding
+            // what was asked, or not an answer (nats-server 2.15.1 answers 404 from a replica
+            // behind `min_last_seq`: one resumed after a stop, `jetstream_lagging_replica.rs`).
             Some(status) if status == StatusCode::NOT_FOUND || status.as_u16() == 204 => {
+                // A replica behind answers "not found" for what it lacks, `min_last_seq` or
+                // not: with no subject filter, nothing at or after `from` while the stream
+                // holds `min_last ≥ from` is such an answer. (Filtered reads check what they
+                // get against what the leader says the subject holds.)
+                if subject.is_none() && out.is_empty() && from <= min_last {
+                    bail!(
+                        "direct get from {from}: a replica behind answered (the read needs \
+                         the stream up to {min_last}); ask again"
+                    );
+                }
                 return Ok(out);
             }
             Some(status) if status != StatusCode::OK => {
@@ -372,5 +397,26 @@ pub async fn direct_get_batch_after(
             payload: message.payload,
             headers,
         });
+    }
+}
+
+/// Opens the KV bucket `config` names, creating it when missing; as for the events stream, a
+/// cluster that has just formed may not place it yet (10005), which is waited out for 30 s.
+pub async fn kv_bucket(
+    js: &async_nats::jetstream::Context,
+    config: async_nats::jetstream::kv::Config,
+) -> Result<async_nats::jetstream::kv::Store> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(store) = js.get_key_value(&config.bucket).await {
+            return Ok(store);
+        }
+        match js.create_key_value(config.clone()).await {
+            Ok(store) => return Ok(store),
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("10005") => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }

@@ -3,6 +3,8 @@
 //! of the next batches start at once, and the reader's next calls find them done or under way.
 //! Positions have no gaps (the stream denies deletes), so the next batches start where a full
 //! one ends; a guess that misses (a batch cut short by its byte limit) is simply not used.
+//! Reads ahead never start beyond the head this node knows: an empty answer kept until the
+//! log has grown past it would tell a replay (a verify, a rebuild) it had reached the head.
 
 use super::protocol::{self, Stored};
 use std::collections::BTreeMap;
@@ -30,9 +32,9 @@ pub struct Source<'a> {
     pub runtime: &'a Handle,
     pub client: &'a async_nats::Client,
     pub timeout: Duration,
-    /// The head as this node knows it: a replica that answers must hold at least the
-    /// messages up to it (or up to the read's first position, when that is lower), so a
-    /// short answer means the reader is at the head, not that a replica is behind.
+    /// The head as this node knows it: a read from at most the head that comes back empty
+    /// was answered by a replica behind and fails (see [`protocol::direct_get_batch_after`]);
+    /// a short answer only means "ask again".
     pub head: u64,
 }
 
@@ -43,6 +45,33 @@ fn start(source: &Source, from: u64, max: usize, max_bytes: usize) -> Read {
         protocol::direct_get_batch_after(&client, from, None, max, max_bytes, min_last, timeout)
             .await
     })
+}
+
+/// The answer of `read`; one that failed (a replica behind answered, or none did in time) is
+/// read again, fresh, for up to the read timeout: a read ahead must not hand its reader a stale
+/// failure, and a replica behind catches up in moments.
+fn settle(
+    source: &Source,
+    read: Read,
+    from: u64,
+    max: usize,
+    max_bytes: usize,
+) -> anyhow::Result<Vec<Stored>> {
+    let deadline = std::time::Instant::now() + source.timeout;
+    match super::store::wait(source.runtime, read)? {
+        Ok(got) => Ok(got),
+        Err(mut e) => loop {
+            if std::time::Instant::now() >= deadline {
+                return Err(e);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            let again = start(source, from, max, max_bytes);
+            match super::store::wait(source.runtime, again)? {
+                Ok(got) => break Ok(got),
+                Err(failed) => e = failed,
+            }
+        },
+    }
 }
 
 impl ReadAhead {
@@ -58,14 +87,25 @@ impl ReadAhead {
         let early = (max == BATCH)
             .then(|| self.pending.lock().remove(&from))
             .flatten();
-        let read = early.unwrap_or_else(|| start(source, from, max, max_bytes));
-        let mut got = super::store::wait(source.runtime, read)??;
+        let mut got = match early {
+            Some(read) => settle(source, read, from, max, max_bytes)?,
+            None => Vec::new(),
+        };
+        // Read now: no read ahead, or one that found nothing (the log may have grown since it
+        // was answered: it never starts beyond the head, but the head it knew may have been
+        // late).
+        if got.is_empty() {
+            let read = start(source, from, max, max_bytes);
+            got = settle(source, read, from, max, max_bytes)?;
+        }
         got.retain(|m| m.sequence <= until);
         if got.len() == BATCH {
             let mut pending = self.pending.lock();
             for k in 1..=DEPTH {
                 let next = from + k * BATCH as u64;
-                if next > until {
+                // Beyond the head a read finds nothing, or less than will be there: an answer
+                // kept for later would tell a reader it has caught up when it has not.
+                if next > until || next > source.head {
                     break;
                 }
                 pending

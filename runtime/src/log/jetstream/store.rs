@@ -10,9 +10,10 @@
 //!
 //! The head moves with this node's appends and with the sequences the server republishes for
 //! every stored event (any node's), and is read from the server every second in case one was
-//! missed. Stream reads and listing ask the server (its per-subject index).
+//! missed. Stream reads and listing use the node's stream index ([`index`](super::index)).
 
 use super::claims;
+use super::index::{self, StreamIndex};
 use super::message::{self, decode};
 use super::options::JetStreamOptions;
 use super::protocol::{self, subject_of};
@@ -30,6 +31,9 @@ use tokio::sync::watch;
 /// Most messages one batch direct get asks for.
 const MAX_GET: usize = readahead::BATCH;
 
+/// How long a listing waits for the node's stream index to reach the head (then 503).
+const LISTING_WAIT: Duration = Duration::from_secs(5);
+
 pub(super) struct Inner {
     pub client: async_nats::Client,
     /// The events stream's handle: its info and direct gets without looking it up again.
@@ -42,6 +46,8 @@ pub(super) struct Inner {
     /// The last message (sequence, stream version) of streams this node appended to: the
     /// expectation of its next one-stream append there, which the server checks.
     pub lasts: parking_lot::Mutex<rustc_hash::FxHashMap<String, (u64, u64)>>,
+    /// Each stream's version and events' positions, from the log.
+    pub index: Arc<StreamIndex>,
 }
 
 impl Inner {
@@ -50,6 +56,11 @@ impl Inner {
         self.head
             .send_if_modified(|h| std::mem::replace(h, (*h).max(position)) < position);
     }
+
+    /// The head as it moves.
+    pub fn heads(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
 }
 
 /// The event log in NATS JetStream.
@@ -57,6 +68,7 @@ pub struct JetStreamLog {
     inner: Arc<Inner>,
     runtime: Option<tokio::runtime::Runtime>,
     head: watch::Receiver<u64>,
+    identity: String,
 }
 
 impl JetStreamLog {
@@ -69,6 +81,16 @@ impl JetStreamLog {
     /// Connects to the servers, checks their version and the events stream (creating it, and
     /// the claims bucket, when missing).
     pub fn connect_with(options: JetStreamOptions) -> anyhow::Result<JetStreamLog> {
+        Self::connect_checked(options, |_| Ok(()))
+    }
+
+    /// [`connect_with`](Self::connect_with), refusing the log when `check` refuses its
+    /// [`identity`](Self::identity), before the node's index of it is opened (a data dir
+    /// started on another log keeps its index).
+    pub fn connect_checked(
+        options: JetStreamOptions,
+        check: impl FnOnce(&str) -> anyhow::Result<()>,
+    ) -> anyhow::Result<JetStreamLog> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("prism-jetstream")
@@ -83,17 +105,28 @@ impl JetStreamLog {
             let version = client.server_info().version;
             if !prism_toolchain::nats::supported(&version) {
                 anyhow::bail!(
-                    "NATS at {urls} runs nats-server {version}; Prism's JetStream log needs 2.15.1 or later"
+                    "NATS at {urls} runs nats-server {version}; Prism's JetStream log needs 2.15.1 or later (a pre-release of 2.15.1 counts as older)"
                 );
             }
             let js = async_nats::jetstream::new(client.clone());
             protocol::ensure_stream(&js, options.replicas).await?;
             let events = js.get_stream(protocol::STREAM).await?;
             let claims = claims::bucket(&js, options.replicas, options.idempotency_window).await?;
+            // Following the republished heads before reading the head: no append in between is
+            // missed (the subscription is on the server once the flush returns).
+            let heads = client.subscribe(protocol::HEADS).await?;
+            client.flush().await?;
             let head = read_head(&events).await?;
-            Ok::<_, anyhow::Error>((client, events, claims, head))
+            Ok::<_, anyhow::Error>((client, events, claims, head, heads))
         });
-        let (client, events, claims, head) = match opening {
+        let opening = opening.and_then(|(client, events, claims, head, heads)| {
+            let identity = protocol::identity(events.cached_info());
+            check(&identity)?;
+            let index = StreamIndex::open(options.index.as_deref(), &identity, head)
+                .map_err(|e| anyhow::anyhow!("opening the stream index: {e}"))?;
+            Ok((client, events, claims, head, heads, identity, index))
+        });
+        let (client, events, claims, head, heads, identity, index) = match opening {
             Ok(opened) => opened,
             Err(e) => {
                 // Without waiting: this may be called on an async worker.
@@ -110,14 +143,34 @@ impl JetStreamLog {
             head: sender,
             read_ahead: ReadAhead::default(),
             lasts: Default::default(),
+            index: Arc::new(index),
         });
-        runtime.spawn(follow_heads(Arc::downgrade(&inner)));
+        runtime.spawn(follow_heads(Arc::downgrade(&inner), heads));
         runtime.spawn(poll_head(Arc::downgrade(&inner), options_poll));
+        if inner.options.follow_index {
+            runtime.spawn(index::follow(Arc::downgrade(&inner)));
+        }
         Ok(JetStreamLog {
             inner,
             runtime: Some(runtime),
             head: receiver,
+            identity,
         })
+    }
+
+    /// The connection to the servers (a cluster's buckets live beside the log).
+    pub fn client(&self) -> async_nats::Client {
+        self.inner.client.clone()
+    }
+
+    /// Which log this is ([`protocol::identity`]).
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// The last position this node's stream index holds.
+    pub fn indexed(&self) -> u64 {
+        self.inner.index.indexed()
     }
 
     fn handle(&self) -> &tokio::runtime::Handle {
@@ -125,6 +178,12 @@ impl JetStreamLog {
             .as_ref()
             .expect("the runtime lives as long as the log")
             .handle()
+    }
+
+    /// `stream`'s last message, from the leader ([`last_of`]).
+    fn last(&self, stream: &str) -> Result<(u64, u64), ReadError> {
+        let (events, stream) = (self.inner.events.clone(), stream.to_string());
+        self.read(async move { last_of(&events, &stream).await.map_err(anyhow::Error::from) })
     }
 
     /// Runs `read` on the client's runtime and waits for it here.
@@ -163,15 +222,8 @@ pub(super) async fn read_head(events: &Stream) -> anyhow::Result<u64> {
 }
 
 /// Moves the head as the server republishes each stored event's sequence.
-async fn follow_heads(inner: std::sync::Weak<Inner>) {
+async fn follow_heads(inner: std::sync::Weak<Inner>, mut heads: async_nats::Subscriber) {
     use futures::StreamExt;
-    let Some(client) = inner.upgrade().map(|i| i.client.clone()) else {
-        return;
-    };
-    let Ok(mut heads) = client.subscribe(protocol::HEADS).await else {
-        tracing::warn!("cannot follow the log's republished heads: polling only");
-        return;
-    };
     while let Some(message) = heads.next().await {
         let Some(inner) = inner.upgrade() else { return };
         if let Some(sequence) = message
@@ -241,34 +293,13 @@ impl LogStore for JetStreamLog {
     }
 
     fn stream_version(&self, stream: &str) -> Result<u64, ReadError> {
-        let (events, stream) = (self.inner.events.clone(), stream.to_string());
-        self.read(async move {
-            last_of(&events, &stream)
-                .await
-                .map(|l| l.1)
-                .map_err(anyhow::Error::from)
-        })
+        Ok(self.last(stream)?.1)
     }
 
     fn streams(&self, after: Option<&str>, max: usize) -> Result<Vec<(String, u64)>, ReadError> {
-        let events = self.inner.events.clone();
-        let mut all = self
-            .read(async move {
-                use futures::TryStreamExt;
-                let subjects: Vec<(String, usize)> = events
-                    .info_with_subjects("prism.ev.>")
-                    .await?
-                    .try_collect()
-                    .await?;
-                Ok(subjects)
-            })?
-            .into_iter()
-            .filter_map(|(subject, count)| Some((protocol::stream_of(&subject)?, count as u64)))
-            .filter(|(name, _)| after.is_none_or(|a| name.as_str() > a))
-            .collect::<Vec<_>>();
-        all.sort_unstable();
-        all.truncate(max);
-        Ok(all)
+        let index = &self.inner.index;
+        index.reach(self.head(), LISTING_WAIT)?;
+        index.streams(after, max)
     }
 
     fn read_stream(
@@ -280,21 +311,55 @@ impl LogStore for JetStreamLog {
         let (client, subject) = (self.inner.client.clone(), subject_of(stream));
         let timeout = self.inner.options.read_timeout;
         let from = from.max(1);
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        // What the read must find, from the leader: a replica behind answers a filtered read
+        // with what it holds ("not found" beyond), so an answer short of it is asked again.
+        let (last_sequence, version) = self.last(stream)?;
+        if version < from {
+            return Ok(Vec::new());
+        }
+        let want = usize::try_from(version - from + 1)
+            .unwrap_or(usize::MAX)
+            .min(max);
+        let min_last = self.head().max(last_sequence);
+        let mut at = self.inner.index.start_of(stream, from)?;
+        let mut deadline = std::time::Instant::now() + timeout;
         let mut out = Vec::new();
-        let mut at = 1;
-        // The server's per-subject index walks the stream's messages; versions before `from`
-        // are skipped here.
-        while out.len() < max {
+        // The server's per-subject index walks on from there; versions before `from` (of
+        // events the stream index does not hold yet) are skipped here.
+        while out.len() < want {
             let (client, subject) = (client.clone(), subject.clone());
             let got = self.read(async move {
-                protocol::direct_get_batch(&client, at, Some(&subject), MAX_GET, 8 << 20, timeout)
-                    .await
+                protocol::direct_get_batch_after(
+                    &client,
+                    at,
+                    Some(&subject),
+                    MAX_GET,
+                    protocol::GET_BYTES,
+                    min_last,
+                    timeout,
+                )
+                .await
             })?;
-            let Some(last) = got.last() else { break };
+            let Some(last) = got.last() else {
+                if std::time::Instant::now() >= deadline {
+                    return Err(ReadError::Unavailable(format!(
+                        "the replica answering holds {stream:?} up to version {} of {version}: \
+                         try again",
+                        out.last()
+                            .map_or(from - 1, |e: &RecordedEvent| e.stream_version)
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
             at = last.sequence + 1;
+            deadline = std::time::Instant::now() + timeout;
             for message in &got {
                 let decoded = decode(message)?;
-                if decoded.event.stream_version >= from && out.len() < max {
+                if decoded.event.stream_version >= from && out.len() < want {
                     let event = StoredEvent {
                         stream: &decoded.stream,
                         ..decoded.event

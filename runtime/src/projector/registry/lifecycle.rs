@@ -80,6 +80,11 @@ impl Registry {
         // Accepted: only now is the upload stored, and its compiled code kept (a stored
         // module's was kept when it was loaded).
         if let Some(component) = upload {
+            if let Some(shared) = &self.inner.shared {
+                shared
+                    .store_module(&module.hash, &component)
+                    .map_err(crate::projector::StorageError::from)?;
+            }
             self.inner.catalog.store_module(&module.hash, &component)?;
             self.inner.engine.keep(&module);
         }
@@ -148,7 +153,7 @@ impl Registry {
                 return Err(DeployError::Spawn(e));
             }
         };
-        if let Err(e) = self.inner.catalog.put(name, &deployment) {
+        if let Err(e) = self.record(name, &deployment) {
             serving.stop();
             self.remove_projector_dir(name);
             return Err(e.into());
@@ -301,7 +306,7 @@ impl Registry {
     pub fn delete(&self, name: &str) -> Result<(), LifecycleError> {
         let _changing = self.inner.changing.lock();
         let projector = self.handle(name)?;
-        self.inner.catalog.remove(name)?;
+        self.unrecord(name)?;
         self.inner.projectors.write().remove(name);
         projector.stop();
         std::fs::remove_dir_all(self.inner.dir.projector(name))?;
@@ -351,7 +356,7 @@ impl Registry {
                 Ok((upload.module, upload.source, Some(upload.component)))
             }
             ModuleSource::Stored(hash) => {
-                if !self.inner.catalog.has_module(&hash) {
+                if !self.has_module(&hash)? {
                     return Err(DeployError::UnknownModule(hash));
                 }
                 let (module, source) = self.load(&hash)?;
@@ -377,13 +382,8 @@ impl Registry {
         {
             deployment.serving = trial.clone();
             deployment.trial = None;
-            self.inner
-                .catalog
-                .put(name, &deployment)
-                .map_err(|source| RegistryError::Catalog {
-                    path: self.inner.dir.catalog().display().to_string(),
-                    source,
-                })?;
+            self.record(name, &deployment)
+                .map_err(|e| RegistryError::Recording(name.to_string(), Box::new(e)))?;
             tracing::info!(projector = name, module = %deployment.serving.module, "the reload on trial had passed before the stop");
         }
         let (serving, trial_error) = match self.launch_serving(name, &deployment, store.clone()) {
@@ -418,7 +418,7 @@ impl Registry {
         Ok(handle)
     }
 
-    fn remove_projector_dir(&self, name: &str) {
+    pub(super) fn remove_projector_dir(&self, name: &str) {
         let _ = std::fs::remove_dir_all(self.inner.dir.projector(name));
     }
 }

@@ -8,6 +8,8 @@
 //! file deleted.
 //!
 //! The parts, each in its own module:
+//! - [`adoption`]: in a cluster, starting the projectors this node comes to own and stopping
+//!   the ones it no longer owns;
 //! - [`lifecycle`]: deploy (validate, compile, store, start), hot reload, pause, resume, reset,
 //!   delete;
 //! - [`generation`]: one generation and its runner: spawn, restart, stop;
@@ -20,6 +22,7 @@
 //! report (a trial passed or failed, a rebuild caught up) arrives on one channel and is handled,
 //! in order, by the registry's own thread.
 
+mod adoption;
 mod dead_letters;
 mod generation;
 mod handle;
@@ -34,6 +37,7 @@ pub use lifecycle::{DeployOptions, ModuleSource};
 use super::catalog::{Catalog, Deployment};
 use super::control::{Report, Reports, RunnerEvent, Spawner};
 use super::error::{LifecycleError, RegistryError, StorageError};
+use super::shared::SharedDeployments;
 use crate::data_dir::DataDir;
 use crate::engine::{CompileSource, Engine, Module, ModuleError};
 use crate::log::EventLog;
@@ -53,6 +57,10 @@ pub struct RegistryOptions {
     pub keep_modules: usize,
     /// The catch-up cache's budget, shared by every runner (and verification) of the process.
     pub cache: Arc<crate::store::CacheBudget>,
+    /// The deployments the nodes of a cluster share (`None`: a single node). With them, every
+    /// change is recorded there before this node's catalog, and no projector starts at open:
+    /// each starts when this node comes to own it ([`Registry::adopt`]).
+    pub shared: Option<Arc<dyn SharedDeployments>>,
 }
 
 impl Default for RegistryOptions {
@@ -62,6 +70,7 @@ impl Default for RegistryOptions {
             view_sync_interval: crate::store::DURABLE_INTERVAL,
             keep_modules: crate::projector::catalog::KEEP_MODULES,
             cache: Arc::new(crate::store::CacheBudget::default()),
+            shared: None,
         }
     }
 }
@@ -86,6 +95,8 @@ struct Inner {
     view_sync_interval: std::time::Duration,
     /// The catch-up cache's budget (see [`RegistryOptions`]).
     cache: Arc<crate::store::CacheBudget>,
+    /// The cluster's shared deployments (see [`RegistryOptions`]).
+    shared: Option<Arc<dyn SharedDeployments>>,
     reports: Reports,
     /// The registry's thread, handling reports; joined at shutdown.
     supervisor: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -122,10 +133,17 @@ impl Registry {
                 spawner: options.spawner,
                 view_sync_interval: options.view_sync_interval,
                 cache: options.cache,
+                shared: options.shared.clone(),
                 reports,
                 supervisor: Mutex::new(None),
                 runs: std::sync::atomic::AtomicU64::new(1),
             }),
+        };
+        // In a cluster, each projector starts when this node comes to own it.
+        let deployments = if options.shared.is_some() {
+            Vec::new()
+        } else {
+            deployments
         };
         for (name, deployment) in deployments {
             let handle = registry.resume_deployment(&name, deployment)?;
@@ -217,16 +235,37 @@ impl Registry {
         Ok(loaded)
     }
 
-    /// Records `projector`'s deployment as `change` leaves it: the catalog first, then memory.
+    /// Records `projector`'s deployment as `change` leaves it: the catalogs first, then
+    /// memory.
     fn save(
         &self,
         projector: &ProjectorHandle,
         change: impl FnOnce(&mut Deployment),
-    ) -> Result<(), redb::Error> {
+    ) -> Result<(), StorageError> {
         let mut deployment = projector.deployment();
         change(&mut deployment);
-        self.inner.catalog.put(&projector.name, &deployment)?;
+        self.record(&projector.name, &deployment)?;
         projector.set_deployment(deployment);
+        Ok(())
+    }
+
+    /// Records `deployment` as `name`'s: in the cluster's shared catalog first (which refuses
+    /// it when this node is not the owner), then in this node's.
+    fn record(&self, name: &str, deployment: &Deployment) -> Result<(), StorageError> {
+        if let Some(shared) = &self.inner.shared {
+            shared.put(name, deployment)?;
+        }
+        self.inner.catalog.put(name, deployment)?;
+        Ok(())
+    }
+
+    /// Deletes `name`'s deployment: from the cluster's shared catalog first, then from this
+    /// node's.
+    fn unrecord(&self, name: &str) -> Result<(), StorageError> {
+        if let Some(shared) = &self.inner.shared {
+            shared.remove(name)?;
+        }
+        self.inner.catalog.remove(name)?;
         Ok(())
     }
 

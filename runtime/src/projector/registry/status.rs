@@ -30,6 +30,7 @@ impl ProjectorHandle {
             error: status.error,
             reload_error: self.reload_error(),
             rebuild: self.pending().map(|p| rebuild(&p, head)),
+            owner: None,
         }
     }
 }

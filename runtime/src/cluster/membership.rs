@@ -1,0 +1,110 @@
+//! Which Prism nodes are alive: each node's entry in the KV bucket `PRISM_NODES` (its id, the
+//! URL other nodes reach it at), written again every `ttl / 6` and dropped by the servers `ttl`
+//! after its last write (the bucket's `max_age`). A node that stops writing leaves the set
+//! within `ttl`.
+
+use anyhow::{Context, Result};
+use async_nats::jetstream::kv;
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The nodes' bucket.
+pub const BUCKET: &str = "PRISM_NODES";
+
+/// What a node tells the others of itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Where other nodes forward requests to it (`http://host:port`).
+    pub url: String,
+}
+
+/// The membership of one node.
+#[derive(Clone)]
+pub struct Membership {
+    bucket: kv::Store,
+    id: String,
+    node: Node,
+}
+
+impl Membership {
+    /// Joins as `id`, creating the bucket (replicated `replicas` times, entries living `ttl`)
+    /// when missing.
+    pub async fn join(
+        js: &async_nats::jetstream::Context,
+        id: &str,
+        node: Node,
+        replicas: usize,
+        ttl: Duration,
+    ) -> Result<Membership> {
+        let bucket = super::ttl_bucket(js, BUCKET, "nodes", replicas, ttl).await?;
+        let membership = Membership {
+            bucket,
+            id: id.to_string(),
+            node,
+        };
+        // A bucket another node created a moment ago may not take writes yet (its replicas
+        // still electing a leader: "no stream found"): asked again for a while.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while let Err(e) = membership.announce().await {
+            if std::time::Instant::now() >= deadline {
+                return Err(e);
+            }
+            tracing::debug!(error = %e, "announcing this node; again shortly");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(membership)
+    }
+
+    /// What this node announces.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Writes this node's entry again (every `ttl / 6`, or it leaves the set).
+    pub async fn announce(&self) -> Result<()> {
+        let value = serde_json::to_vec(&self.node)?;
+        self.bucket
+            .put(&self.id, value.into())
+            .await
+            .context("announcing this node")?;
+        Ok(())
+    }
+
+    /// Leaves the set at once (a node stopping).
+    pub async fn leave(&self) -> Result<()> {
+        self.bucket
+            .delete(&self.id)
+            .await
+            .context("leaving the nodes' set")
+    }
+
+    /// The live nodes, by id.
+    pub async fn live(&self) -> Result<BTreeMap<String, Node>> {
+        let keys: Vec<String> = self
+            .bucket
+            .keys()
+            .await
+            .context("listing the nodes")?
+            .try_collect()
+            .await
+            .context("listing the nodes")?;
+        let mut out = BTreeMap::new();
+        for key in keys {
+            let Some(entry) = self.bucket.entry(key.as_str()).await? else {
+                continue;
+            };
+            if entry.operation != kv::Operation::Put {
+                continue;
+            }
+            match serde_json::from_slice(&entry.value) {
+                Ok(node) => {
+                    out.insert(key, node);
+                }
+                Err(e) => tracing::warn!(node = %key, error = %e, "an unreadable node entry"),
+            }
+        }
+        Ok(out)
+    }
+}

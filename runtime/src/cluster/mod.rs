@@ -1,0 +1,56 @@
+//! Several Prism nodes on one JetStream log (being built): which nodes are alive
+//! ([`membership`]), which node should own each projector ([`rendezvous`]), the lease that
+//! lets a node act as a projector's owner ([`lease`]), and the loop that keeps a node's leases
+//! in line with the live nodes ([`ownership`]); the deployments and modules every node shares
+//! ([`catalog`]). Each is a small piece over a KV bucket
+//! of the log's servers, tested against a real nats-server (`tests/cluster_leases.rs`).
+
+pub mod catalog;
+pub mod forward;
+pub mod lease;
+pub mod membership;
+pub mod node;
+pub mod ownership;
+pub mod rendezvous;
+
+pub use catalog::{CatalogError, SharedCatalog};
+pub use forward::Forwarder;
+pub use lease::{Lease, Leases, RenewError};
+pub use membership::{Membership, Node};
+pub use node::{Cluster, ClusterOptions};
+pub use ownership::{Ownership, Tick};
+
+/// Opens (or creates) the KV bucket `name` whose entries live `ttl` after their last write
+/// (replicated `replicas` times), refusing one that keeps them another time: every node must
+/// use the same TTL. `what` names the bucket in errors.
+async fn ttl_bucket(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    what: &str,
+    replicas: usize,
+    ttl: std::time::Duration,
+) -> anyhow::Result<async_nats::jetstream::kv::Store> {
+    use anyhow::Context;
+    let config = async_nats::jetstream::kv::Config {
+        bucket: name.into(),
+        history: 1,
+        max_age: ttl,
+        num_replicas: replicas,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    };
+    let bucket = crate::log::jetstream::protocol::kv_bucket(js, config)
+        .await
+        .with_context(|| format!("opening the {what}' bucket"))?;
+    let max_age = bucket
+        .status()
+        .await
+        .with_context(|| format!("reading the {what}' bucket"))?
+        .max_age();
+    anyhow::ensure!(
+        max_age == ttl,
+        "the bucket {name} keeps entries {max_age:?}, not the TTL {ttl:?} this node uses: every \
+         node must use the same TTL"
+    );
+    Ok(bucket)
+}

@@ -1,0 +1,437 @@
+//! One node of a cluster, assembled: its membership, its leases and the shared catalog, and the
+//! loop that keeps the registry running exactly the projectors this node owns.
+//!
+//! Every [`TICK`](ClusterOptions::tick) the loop reads the shared catalog, brings the leases in
+//! line with the live nodes ([`Ownership::tick`]), then reconciles the registry with what the
+//! node owns now: a projector to hand over is stopped before its lease is released; one whose
+//! lease was lost or lapsed (the node was cut off, or stopped) is stopped; one it owns but does
+//! not run is adopted from the shared catalog, and answers queries only once it has caught up
+//! with the log's head as it was at adoption (503 until then: never an older view than the
+//! previous owner served). What this node keeps of projectors deleted elsewhere is removed.
+//!
+//! The node is also the registry's [`SharedDeployments`]: a change of a deployment is written
+//! to the shared catalog at the revision this node last saw, and only while it holds the
+//! projector's lease.
+
+use super::membership::{Membership, Node};
+use super::{CatalogError, Leases, Ownership, SharedCatalog, rendezvous};
+use crate::log::EventLog;
+use crate::projector::shared::{SharedDeployments, SharedError};
+use crate::projector::{Deployment, Registry};
+use parking_lot::{Mutex, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How a node takes part in a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// This node's id, unique in the cluster (and the same across its restarts).
+    pub node_id: String,
+    /// Where the other nodes reach this one (`http://host:port`).
+    pub advertise_url: String,
+    /// The secret every node presents to the others.
+    pub token: String,
+    /// How long a lease (and a node's membership) lives without renewal.
+    pub lease_ttl: Duration,
+    /// How long before its lease expires a node stops acting as owner.
+    pub lease_margin: Duration,
+    /// Replicas of the cluster's buckets.
+    pub replicas: usize,
+}
+
+impl ClusterOptions {
+    /// How often the node renews its leases and reconciles its projectors.
+    pub fn tick(&self) -> Duration {
+        (self.lease_ttl / 6).max(Duration::from_millis(100))
+    }
+}
+
+/// Who answers for a projector, as this node sees it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// This node, under its lease at this revision.
+    Here(u64),
+    /// Another live node, under its lease at this revision.
+    Node {
+        id: String,
+        url: String,
+        revision: u64,
+    },
+    /// No node can answer now: the lease is free, lapsed, or its holder is gone.
+    Moving,
+    /// No node has the projector (or, for a deploy, this node should create it).
+    Nobody,
+}
+
+/// One node of a cluster.
+pub struct Cluster {
+    options: ClusterOptions,
+    ownership: Ownership,
+    leases: Leases,
+    catalog: SharedCatalog,
+    log: EventLog,
+    runtime: tokio::runtime::Handle,
+    /// The shared catalog's revision of each deployment this node wrote or adopted last.
+    revisions: Mutex<HashMap<String, u64>>,
+    /// The live nodes at the last tick.
+    live: RwLock<BTreeMap<String, Node>>,
+    /// Projectors adopted and still catching up: the head they must reach before answering.
+    catching_up: Mutex<HashMap<String, u64>>,
+    /// The deployments at the last tick that could read them.
+    known: Mutex<BTreeMap<String, super::catalog::Stored>>,
+    /// The live nodes' advertised authorities (the HTTP boundary accepts them as `Host`).
+    peers: crate::http::boundary::Peers,
+    /// Projectors whose lease this node took to create them, and when: not in the shared
+    /// catalog until their deploy records them, they are not "deleted" meanwhile.
+    creating: Mutex<HashMap<String, std::time::Instant>>,
+}
+
+impl Cluster {
+    /// Joins the cluster on the servers `client` is connected to (the event log's), opening
+    /// (or creating) its buckets. Call it from the runtime the node runs on.
+    pub async fn join(
+        client: async_nats::Client,
+        log: EventLog,
+        options: ClusterOptions,
+    ) -> anyhow::Result<Arc<Cluster>> {
+        let js = async_nats::jetstream::new(client);
+        let (ttl, replicas) = (options.lease_ttl, options.replicas);
+        let node = Node {
+            url: options.advertise_url.clone(),
+        };
+        let membership = Membership::join(&js, &options.node_id, node, replicas, ttl).await?;
+        let leases =
+            Leases::open(&js, &options.node_id, replicas, ttl, options.lease_margin).await?;
+        let catalog = SharedCatalog::open(&js, replicas).await?;
+        let ownership = Ownership::new(&options.node_id, membership, leases.clone());
+        Ok(Arc::new(Cluster {
+            options,
+            ownership,
+            leases,
+            catalog,
+            log,
+            runtime: tokio::runtime::Handle::current(),
+            revisions: Mutex::new(HashMap::new()),
+            live: RwLock::new(BTreeMap::new()),
+            catching_up: Mutex::new(HashMap::new()),
+            known: Mutex::new(BTreeMap::new()),
+            peers: Default::default(),
+            creating: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// This node's options.
+    pub fn options(&self) -> &ClusterOptions {
+        &self.options
+    }
+
+    /// The revision of `projector`'s lease, when this node owns it now.
+    pub fn owns(&self, projector: &str) -> Option<u64> {
+        self.ownership.owns(projector)
+    }
+
+    /// The live nodes' advertised authorities, kept up to date.
+    pub fn peers(&self) -> crate::http::boundary::Peers {
+        self.peers.clone()
+    }
+
+    /// The live nodes at the last tick.
+    pub fn live(&self) -> BTreeMap<String, Node> {
+        self.live.read().clone()
+    }
+
+    /// The leases' bucket (for `GET /cluster`).
+    pub fn leases(&self) -> &Leases {
+        &self.leases
+    }
+
+    /// The shared catalog.
+    pub fn catalog(&self) -> &SharedCatalog {
+        &self.catalog
+    }
+
+    /// Who answers for `projector` now. `deploying`: the request would create it when no
+    /// node has it, and this node should own it by rendezvous, so this node takes its lease.
+    pub async fn owner(&self, projector: &str, deploying: bool) -> anyhow::Result<Owner> {
+        if let Some(revision) = self.owns(projector) {
+            return Ok(Owner::Here(revision));
+        }
+        match self.leases.holder(projector).await? {
+            // Its own lease, lapsed or not yet taken by the loop: nobody answers until it is.
+            Some((holder, _)) if holder == self.options.node_id => Ok(Owner::Moving),
+            Some((holder, revision)) => Ok(match self.live.read().get(&holder) {
+                Some(node) => Owner::Node {
+                    id: holder,
+                    url: node.url.clone(),
+                    revision,
+                },
+                None => Owner::Moving,
+            }),
+            None if self.catalog.get(projector).await?.is_some() => Ok(Owner::Moving),
+            None if !deploying => Ok(Owner::Nobody),
+            None => {
+                let live = self.live();
+                let chosen = rendezvous::owner(projector, live.keys().map(String::as_str))
+                    .unwrap_or(&self.options.node_id)
+                    .to_string();
+                if chosen == self.options.node_id {
+                    return Ok(match self.claim(projector).await? {
+                        Some(revision) => Owner::Here(revision),
+                        None => Owner::Moving,
+                    });
+                }
+                Ok(Owner::Node {
+                    url: live[&chosen].url.clone(),
+                    id: chosen,
+                    revision: 0,
+                })
+            }
+        }
+    }
+
+    /// Takes the lease of `projector`, which no node has, to create it here (a deploy
+    /// forwarded by a node that chose this one): its revision, or `None` when another node
+    /// holds it.
+    pub async fn claim(&self, projector: &str) -> anyhow::Result<Option<u64>> {
+        let claimed = self.ownership.claim(projector).await?;
+        if claimed.is_some() {
+            self.revisions.lock().remove(projector);
+            self.creating
+                .lock()
+                .insert(projector.to_string(), std::time::Instant::now());
+        }
+        Ok(claimed)
+    }
+
+    /// Whether `projector`, adopted here, is still catching up with the log's head as it was
+    /// at adoption (its queries wait, answered 503).
+    pub fn catching_up(&self, projector: &str, registry: &Registry) -> bool {
+        let mut catching_up = self.catching_up.lock();
+        let Some(&target) = catching_up.get(projector) else {
+            return false;
+        };
+        let reached = registry
+            .get(projector)
+            .is_some_and(|p| p.serving().status().checkpoint >= target);
+        if reached {
+            catching_up.remove(projector);
+        }
+        !reached
+    }
+
+    /// Whether `projector` is deployed, as the shared catalog said at the last tick.
+    pub fn deployed(&self, projector: &str) -> bool {
+        self.known.lock().contains_key(projector)
+    }
+
+    /// Runs the node's loop until the returned task is aborted.
+    pub fn start(self: &Arc<Self>, registry: Registry) -> tokio::task::JoinHandle<()> {
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(cluster.options.tick());
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                cluster.tick(&registry).await;
+            }
+        })
+    }
+
+    /// Stops every projector, gives up every lease and leaves the set (a node shutting down):
+    /// the others take over at once.
+    pub async fn leave(&self, registry: &Registry) {
+        let running: Vec<String> = registry.list().iter().map(|p| p.name.clone()).collect();
+        for name in running {
+            self.unload(registry, &name).await;
+        }
+        for name in self.ownership.held() {
+            if let Err(e) = self.ownership.release(&name).await {
+                tracing::warn!(projector = %name, error = %e, "releasing a lease at shutdown");
+            }
+        }
+        if let Err(e) = self.ownership.leave().await {
+            tracing::warn!(error = %e, "leaving the cluster");
+        }
+    }
+
+    /// One round of the loop.
+    async fn tick(&self, registry: &Registry) {
+        let read = self.catalog.deployments().await;
+        let deployments = match &read {
+            Ok(deployments) => {
+                *self.known.lock() = deployments.clone();
+                deployments.clone()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the shared catalog");
+                self.known.lock().clone()
+            }
+        };
+        // Projectors being created here: recorded once their deploy is (a minute at most).
+        let creating: Vec<String> = {
+            let mut creating = self.creating.lock();
+            creating.retain(|name, since| {
+                !deployments.contains_key(name) && since.elapsed() < Duration::from_secs(60)
+            });
+            creating.keys().cloned().collect()
+        };
+        let mut names: Vec<String> = deployments.keys().cloned().collect();
+        names.extend(creating.iter().cloned());
+        match self.ownership.tick(&names).await {
+            Ok(tick) => {
+                *self.peers.write() = tick
+                    .live
+                    .values()
+                    .filter_map(|n| n.url.parse::<axum::http::Uri>().ok())
+                    .filter_map(|u| u.authority().map(|a| a.to_string()))
+                    .collect();
+                *self.live.write() = tick.live.clone();
+                for name in &tick.to_release {
+                    self.unload(registry, name).await;
+                    if let Err(e) = self.ownership.release(name).await {
+                        tracing::warn!(projector = %name, error = %e, "releasing a lease");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "renewing this node's leases"),
+        }
+        // Lost or lapsed: stopped, whatever the tick said.
+        for projector in registry.list() {
+            if self.owns(&projector.name).is_none() {
+                self.unload(registry, &projector.name).await;
+            }
+        }
+        for (name, stored) in &deployments {
+            if self.owns(name).is_some() && registry.get(name).is_none() {
+                self.adopt(registry, name, stored).await;
+            }
+        }
+        if read.is_ok() {
+            self.forget_deleted(registry, &names).await;
+        }
+    }
+
+    async fn adopt(&self, registry: &Registry, name: &str, stored: &super::catalog::Stored) {
+        let deployment: Deployment = match serde_json::from_slice(&stored.record) {
+            Ok(deployment) => deployment,
+            Err(e) => {
+                tracing::error!(projector = %name, error = %e, "an unreadable shared deployment");
+                return;
+            }
+        };
+        self.revisions
+            .lock()
+            .insert(name.to_string(), stored.revision);
+        self.catching_up
+            .lock()
+            .insert(name.to_string(), self.log.head());
+        let (registry, adopted) = (registry.clone(), name.to_string());
+        let result =
+            tokio::task::spawn_blocking(move || registry.adopt(&adopted, deployment)).await;
+        match result {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                let error = crate::projector::error::chain(&e);
+                tracing::error!(projector = %name, %error, "adopting a projector failed; retried at the next tick");
+            }
+            Err(e) => {
+                tracing::error!(projector = %name, error = %e, "adopting a projector panicked")
+            }
+        }
+    }
+
+    async fn unload(&self, registry: &Registry, name: &str) {
+        let (registry, unloaded) = (registry.clone(), name.to_string());
+        let _ = tokio::task::spawn_blocking(move || registry.unload(&unloaded)).await;
+        self.catching_up.lock().remove(name);
+        // Adopted afresh if this node owns it again.
+        self.revisions.lock().remove(name);
+    }
+
+    /// Removes what this node keeps of projectors no longer in the shared catalog.
+    async fn forget_deleted(&self, registry: &Registry, deployed: &[String]) {
+        let registry = registry.clone();
+        let names = deployed.to_vec();
+        let _ = tokio::task::spawn_blocking(move || {
+            let recorded = match registry.recorded() {
+                Ok(recorded) => recorded,
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing this node's records");
+                    return;
+                }
+            };
+            for name in recorded.iter().filter(|n| !names.contains(n)) {
+                if let Err(e) = registry.forget(name) {
+                    tracing::warn!(projector = %name, error = %e, "forgetting a deleted projector");
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Runs `work` on the node's runtime from a blocking thread.
+    fn block_on<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        self.runtime.block_on(work)
+    }
+}
+
+fn shared_error(name: &str, e: CatalogError) -> SharedError {
+    match e {
+        CatalogError::Changed { .. } => SharedError::Changed(name.to_string()),
+        e => SharedError::Unavailable(crate::projector::error::chain(&e)),
+    }
+}
+
+impl SharedDeployments for Cluster {
+    fn put(&self, name: &str, deployment: &Deployment) -> Result<(), SharedError> {
+        if self.owns(name).is_none() {
+            return Err(SharedError::NotOwner(name.to_string()));
+        }
+        let revision = self.revisions.lock().get(name).copied();
+        let record = serde_json::to_vec(deployment).expect("a deployment serializes");
+        let written = self
+            .block_on(self.catalog.put(name, record.into(), revision))
+            .map_err(|e| shared_error(name, e))?;
+        self.revisions.lock().insert(name.to_string(), written);
+        Ok(())
+    }
+
+    fn remove(&self, name: &str) -> Result<(), SharedError> {
+        if self.owns(name).is_none() {
+            return Err(SharedError::NotOwner(name.to_string()));
+        }
+        let Some(revision) = self.revisions.lock().get(name).copied() else {
+            return Err(SharedError::Changed(name.to_string()));
+        };
+        self.block_on(self.catalog.remove(name, revision))
+            .map_err(|e| shared_error(name, e))?;
+        self.revisions.lock().remove(name);
+        Ok(())
+    }
+
+    fn store_module(&self, hash: &str, component: &[u8]) -> Result<(), SharedError> {
+        let stored = self
+            .block_on(self.catalog.put_module(component))
+            .map_err(|e| SharedError::Unavailable(format!("{e:#}")))?;
+        if stored != hash {
+            return Err(SharedError::Unavailable(format!(
+                "the module {hash} was stored as {stored}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn module(&self, hash: &str) -> Result<Option<Vec<u8>>, SharedError> {
+        self.block_on(self.catalog.module(hash))
+            .map_err(|e| shared_error(hash, e))
+    }
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node_id", &self.options.node_id)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,489 @@
+//! Three Prism nodes (real `prism serve` processes) on three nats-servers lose nothing and never
+//! answer as owner of one projector at once, through a `kill -9` and a `SIGSTOP` longer than a
+//! lease, under load.
+//!
+//! Five projectors (the examples, a second event counter and a second order-totals) are
+//! deployed through one node; six writers (see `common::writers`) append through all three;
+//! one observer per node asks it, over and over, for every projector's status, noting when
+//! each request left and its answer came, and which node answered as owner under which lease
+//! revision (the `Prism-Owner` headers). Under that load: a rebuild of `order-totals` is asked
+//! through a node that does not own it; the node owning most projectors is killed with
+//! `kill -9`; once the others have taken its projectors over, the node owning most of them now
+//! is stopped with `SIGSTOP` for twice the lease TTL and continued; the killed node starts
+//! again (same id and data dir) and takes its share back.
+//!
+//! Then: the log, read back from JetStream, holds every acknowledged append at its positions
+//! and nothing twice (`common::appends::check_log`); every view, asked through every node,
+//! equals the one this test computes from the events read back (`common::model`, not Prism's
+//! replay) and Prism's own `verify` through a node that does not own it; a read through a
+//! non-owner with `min_position` sees the append just made through another node. And over
+//! every answer observed: lease revisions never go back in real time (an answer that came
+//! before another request left never carries a newer lease than that request's answer): a
+//! node that kept answering on a lease another node had taken would break it.
+
+mod common;
+
+use common::appends::{Outcome, Part, Sent, check_log, read_log};
+use common::nats::NatsCluster;
+use common::process::{Prism, free_port, signal, start_node};
+use common::writers::{WRITERS, write};
+use common::{Client, artifacts};
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const TTL_MS: u64 = 3000;
+const TTL: Duration = Duration::from_millis(TTL_MS);
+
+/// The projectors: name, module, and the model's view it must equal.
+const PROJECTORS: [(&str, &str, &str); 5] = [
+    ("event-counter", artifacts::EVENT_COUNTER, "event-counter"),
+    ("order-totals", artifacts::ORDER_TOTALS, "order-totals"),
+    (
+        "account-balances",
+        artifacts::ACCOUNT_BALANCES,
+        "account-balances",
+    ),
+    ("tally", artifacts::EVENT_COUNTER, "event-counter"),
+    ("orders-again", artifacts::ORDER_TOTALS, "order-totals"),
+];
+
+/// One answer an observer got.
+#[derive(Debug, Clone)]
+struct Observed {
+    projector: &'static str,
+    asked: usize,
+    sent: Instant,
+    received: Instant,
+    /// The node that answered as owner, and its lease revision.
+    owner: Option<(String, u64)>,
+    status: u16,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_of_three_loses_nothing_and_never_answers_for_one_projector_twice() {
+    let began = Instant::now();
+    let nats = NatsCluster::start();
+    let urls = nats.urls();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let launch = |i: usize| start_node(dirs[i].path(), &urls, &format!("n{i}"), ports[i], TTL_MS);
+    let mut nodes: Vec<Option<Prism>> = (0..3).map(|i| Some(launch(i))).collect();
+    let bases: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let clients: Vec<Client> = bases.iter().map(|b| Client::new(b)).collect();
+    wait_for_nodes(&clients, 3).await;
+    for (name, wasm, _) in PROJECTORS {
+        clients[0].deploy(name, wasm).await;
+    }
+    // A history to rebuild from, so that the rebuild asked under load takes a while.
+    let mut before = Vec::new();
+    for batch in 0..30 {
+        let events = (0..100)
+            .map(|i| json!({"type": "Noted", "data": {"uid": format!("before-{batch}-{i}")}}))
+            .collect();
+        before.push(append_recorded(&clients[1], "note-before", events).await);
+    }
+    let ready = began.elapsed();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| tokio::spawn(write(w, bases.clone(), stop.clone())))
+        .collect();
+    let observers: Vec<_> = (0..3)
+        .map(|i| tokio::spawn(observe(i, bases[i].clone(), stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // A rebuild, asked through a node that does not own the projector.
+    let owned = owners(&clients[0]).await;
+    let not_owner = (0..3)
+        .find(|i| owned["order-totals"] != format!("n{i}"))
+        .unwrap();
+    let reset = clients[not_owner]
+        .send(clients[not_owner].request("POST", "/projectors/order-totals/reset"))
+        .await;
+    assert_eq!(reset.status, 200, "{}", reset.body);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // kill -9 of the node owning most projectors.
+    let killed = busiest(&owners(&clients[not_owner]).await, &[]);
+    let killed_at = Instant::now();
+    drop(nodes[killed].take());
+    let survivor = (killed + 1) % 3;
+    wait_owned_without(&clients[survivor], &[killed]).await;
+    let failover = killed_at.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // SIGSTOP, for twice the lease TTL, of the node owning most projectors now.
+    let stopped = busiest(&owners(&clients[survivor]).await, &[killed]);
+    let child = &nodes[stopped].as_ref().unwrap().child;
+    signal(child, "STOP");
+    let stopped_at = Instant::now();
+    tokio::time::sleep(2 * TTL).await;
+    signal(child, "CONT");
+    let continued_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The killed node comes back and takes its share again.
+    nodes[killed] = Some(launch(killed));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut sent = before;
+    for writer in writers {
+        sent.extend(writer.await.unwrap());
+    }
+    let mut observed = Vec::new();
+    for observer in observers {
+        observed.extend(observer.await.unwrap());
+    }
+    let acked = sent
+        .iter()
+        .filter(|s| matches!(s.outcome, Outcome::Acked { .. }))
+        .count();
+    println!(
+        "cluster chaos: ready in {ready:.1?}; n{killed} killed, its projectors owned elsewhere \
+         after {failover:.1?}; n{stopped} stopped {:.1?} after the kill for {:.1?}; {} appends \
+         sent, {acked} acknowledged; {} answers observed",
+        stopped_at - killed_at,
+        continued_at - stopped_at,
+        sent.len(),
+        observed.len(),
+    );
+    assert!(acked > 0, "no append was acknowledged");
+
+    let mut tally: BTreeMap<(&str, usize, u16, Option<String>), usize> = BTreeMap::new();
+    for o in &observed {
+        *tally
+            .entry((
+                o.projector,
+                o.asked,
+                o.status,
+                o.owner.as_ref().map(|(n, _)| n.clone()),
+            ))
+            .or_default() += 1;
+    }
+    for (k, n) in &tally {
+        println!("observed {k:?}: {n}");
+    }
+    // A deployed projector is answered, or 503 while it moves: never 404, never a 5xx else.
+    let wrong: Vec<&Observed> = observed
+        .iter()
+        .filter(|o| o.status != 200 && o.status != 503)
+        .collect();
+    assert!(wrong.is_empty(), "answers neither 200 nor 503: {wrong:?}");
+    // Owners answered in lease order, each lease by one node.
+    leases_never_go_back(&observed);
+    let resumed: Vec<&Observed> = observed
+        .iter()
+        .filter(|o| {
+            o.asked == stopped && o.received > continued_at && o.sent < continued_at + TTL / 3
+        })
+        .collect();
+    println!(
+        "answers of the stopped node just after it continued: {} ({} as owner)",
+        resumed.len(),
+        resumed.iter().filter(|o| o.owner.is_some()).count()
+    );
+
+    // Every view, through every node, equals the model of the log as it settled; so does
+    // `verify`, asked through a node that does not own the projector.
+    wait_for_nodes(&clients, 3).await;
+    let (head, events) = settled_log(&urls).await;
+    let expected = common::model::views(&events);
+    for client in &clients {
+        for (name, _, model) in PROJECTORS {
+            wait_applied(client, name, head).await;
+            let view = client.whole_view_paged(name, 1000).await;
+            same_as_model(name, &view, &expected[model]);
+        }
+    }
+    let owned = owners(&clients[0]).await;
+    for (name, _, _) in PROJECTORS {
+        let through = (0..3).find(|i| owned[name] != format!("n{i}")).unwrap();
+        let verified = clients[through]
+            .send(clients[through].request("POST", &format!("/projectors/{name}/verify")))
+            .await;
+        assert_eq!(verified.status, 200, "{name}: {}", verified.body);
+        assert_eq!(
+            verified.body["identical"], true,
+            "{name}: {}",
+            verified.body
+        );
+    }
+
+    // Read-your-writes through a node that does not own the projector.
+    let owner = &owned["event-counter"];
+    let (writer, reader) = {
+        let others: Vec<usize> = (0..3).filter(|i| *owner != format!("n{i}")).collect();
+        (others[0], others[1])
+    };
+    let after = append_recorded(
+        &clients[writer],
+        "note-after",
+        vec![json!({"type": "Noted", "data": {"uid": "after"}})],
+    )
+    .await;
+    let Outcome::Acked { last: position, .. } = after.outcome else {
+        unreachable!()
+    };
+    sent.push(after);
+    let read = clients[reader]
+        .get(&format!(
+            "/projectors/event-counter/view/total?min_position={position}"
+        ))
+        .await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(read.body, json!(position), "event-counter/total");
+
+    // The log, read back from JetStream once no node is left to add to it.
+    for node in nodes.iter_mut() {
+        drop(node.take());
+    }
+    let (head, events) = read_log(&urls).await;
+    check_log(&sent, head, &events);
+    println!(
+        "{head} events checked; the test took {:.1?}",
+        began.elapsed()
+    );
+}
+
+/// Appends `events` to `stream` through `client`, as a writer would have recorded it.
+async fn append_recorded(client: &Client, stream: &str, events: Vec<Value>) -> Sent {
+    let started = Instant::now();
+    let appended = client.append(stream, Value::Array(events.clone())).await;
+    let number = |field: &str| appended[field].as_u64().unwrap();
+    Sent {
+        keyed: false,
+        outcome: Outcome::Acked {
+            first: number("first_position"),
+            last: number("last_position"),
+            versions: vec![number("stream_version") + 1 - events.len() as u64],
+        },
+        parts: vec![Part {
+            stream: stream.to_string(),
+            expected: None,
+            events,
+        }],
+        attempts: 1,
+        retried_on: Vec::new(),
+        started,
+        ended: Instant::now(),
+    }
+}
+
+/// Asks node `i` for every projector's status until `stop`, one request at a time per
+/// projector, each given up after a second: while the node is stopped, a request leaves every
+/// second, and the last ones are answered the moment it continues — asked after another node
+/// took its projectors over.
+async fn observe(i: usize, base: String, stop: Arc<AtomicBool>) -> Vec<Observed> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let askers = PROJECTORS.map(|(projector, _, _)| {
+        let (http, base, stop) = (http.clone(), base.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let sent = Instant::now();
+                let answer = http
+                    .get(format!("{base}/projectors/{projector}"))
+                    .send()
+                    .await;
+                let received = Instant::now();
+                let Ok(answer) = answer else {
+                    // A node down, or stopped: ask again a little later.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let header = |name: &str| {
+                    answer
+                        .headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                let owner = header("prism-owner")
+                    .zip(header("prism-owner-lease").and_then(|l| l.parse().ok()));
+                out.push(Observed {
+                    projector,
+                    asked: i,
+                    sent,
+                    received,
+                    owner,
+                    status: answer.status().as_u16(),
+                });
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            out
+        })
+    });
+    let mut out = Vec::new();
+    for asker in askers {
+        out.extend(asker.await.unwrap());
+    }
+    out
+}
+
+/// Over the answers given as owner: for each projector, an answer that came before another
+/// request left carries a lease revision no newer than that request's answer (lease revisions
+/// are the KV bucket's, unique per write, so one revision is never two nodes').
+fn leases_never_go_back(observed: &[Observed]) {
+    let mut by_projector: HashMap<&str, Vec<&Observed>> = HashMap::new();
+    for o in observed.iter().filter(|o| o.status == 200) {
+        by_projector.entry(o.projector).or_default().push(o);
+    }
+    for (projector, answers) in by_projector {
+        let mut owned: Vec<(&Observed, &str, u64)> = answers
+            .iter()
+            .filter_map(|o| o.owner.as_ref().map(|(n, r)| (*o, n.as_str(), *r)))
+            .collect();
+        assert!(!owned.is_empty(), "{projector}: no answer named its owner");
+        owned.sort_by_key(|(o, _, _)| o.received);
+        // The newest lease answered before each moment.
+        let mut newest = Vec::with_capacity(owned.len());
+        let mut max = 0;
+        for (o, node, revision) in &owned {
+            max = max.max(*revision);
+            newest.push((o.received, max, *node));
+        }
+        for (o, node, revision) in &owned {
+            let before = newest.partition_point(|(received, _, _)| *received < o.sent);
+            if before > 0 {
+                let (_, max, by) = newest[before - 1];
+                assert!(
+                    *revision >= max,
+                    "{projector}: n{} answered as owner {node} under lease {revision} after {by} \
+                     had answered under lease {max}: {o:?}",
+                    o.asked
+                );
+            }
+        }
+        let nodes: std::collections::BTreeSet<&str> = owned.iter().map(|(_, n, _)| *n).collect();
+        println!("{projector}: answered as owner by {nodes:?}");
+    }
+}
+
+/// Each projector's owner, by name.
+async fn owners(client: &Client) -> HashMap<String, String> {
+    let reply = client.get("/cluster").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.body["projectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| {
+            Some((
+                p["name"].as_str()?.to_string(),
+                p["owner"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// The node (not in `except`) owning most projectors.
+fn busiest(owners: &HashMap<String, String>, except: &[usize]) -> usize {
+    let mut counts: BTreeMap<usize, usize> = (0..3)
+        .filter(|i| !except.contains(i))
+        .map(|i| (i, 0))
+        .collect();
+    for owner in owners.values() {
+        if let Some(count) = owner[1..]
+            .parse()
+            .ok()
+            .and_then(|i: usize| counts.get_mut(&i))
+        {
+            *count += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(i, n)| (*n, usize::MAX - i))
+        .unwrap()
+        .0
+}
+
+/// Waits until every projector is owned by a node not in `gone`.
+async fn wait_owned_without(client: &Client, gone: &[usize]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let owners = owners(client).await;
+        if owners.len() == PROJECTORS.len()
+            && owners
+                .values()
+                .all(|o| !gone.iter().any(|g| *o == format!("n{g}")))
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not taken over: {owners:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until every client's node sees `n` live nodes.
+async fn wait_for_nodes(clients: &[Client], n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for client in clients {
+        loop {
+            let reply = client.get("/cluster").await;
+            if reply.status == 200 && reply.body["nodes"].as_array().map(Vec::len) == Some(n) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the nodes did not see each other"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The log once its head has not moved for a second (an append a node was still resolving
+/// may land after the writers stopped).
+async fn settled_log(urls: &str) -> (u64, Vec<prism::log::RecordedEvent>) {
+    let mut last = read_log(urls).await;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = read_log(urls).await;
+        if now.0 == last.0 {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// Waits until projector `name`, asked through `client`, has applied the log up to `head`
+/// (503s while it moves between nodes).
+async fn wait_applied(client: &Client, name: &str, head: u64) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let status = client.get(&format!("/projectors/{name}")).await;
+        if status.status == 200 {
+            assert_ne!(status.body["state"], "faulted", "{name}: {}", status.body);
+            if status.body["checkpoint"].as_u64() >= Some(head) && status.body["rebuild"].is_null()
+            {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not reach {head} through {}: {} {}",
+            client.base,
+            status.status,
+            status.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn same_as_model(name: &str, view: &Map<String, Value>, want: &Map<String, Value>) {
+    for (key, value) in want {
+        assert_eq!(view.get(key), Some(value), "{name}/{key}");
+    }
+    assert_eq!(view.len(), want.len(), "{name} has keys the model has not");
+}
