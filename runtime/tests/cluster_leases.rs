@@ -85,6 +85,13 @@ async fn a_lease_has_one_holder_who_stops_before_another_takes_it() {
     assert!(other.is_err(), "a node with another TTL joined");
 }
 
+/// Node `id` in the nodes' set, announced.
+async fn joined(js: &async_nats::jetstream::Context, id: &str, node: Node) -> Membership {
+    let membership = Membership::open(js, id, node, 1, TTL).await.unwrap();
+    membership.join().await.unwrap();
+    membership
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_nodes_set_drops_a_silent_node() {
     let server = NatsServer::start();
@@ -92,9 +99,9 @@ async fn the_nodes_set_drops_a_silent_node() {
     let node = |n: u16| Node {
         url: format!("http://127.0.0.1:{n}"),
     };
-    let one = Membership::join(&js, "n1", node(1), 1, TTL).await.unwrap();
-    let two = Membership::join(&js, "n2", node(2), 1, TTL).await.unwrap();
-    let three = Membership::join(&js, "n3", node(3), 1, TTL).await.unwrap();
+    let one = joined(&js, "n1", node(1)).await;
+    let two = joined(&js, "n2", node(2)).await;
+    let three = joined(&js, "n3", node(3)).await;
     let live = one.live().await.unwrap();
     assert_eq!(
         live.into_iter().collect::<Vec<_>>(),
@@ -125,7 +132,7 @@ async fn the_nodes_set_drops_a_silent_node() {
     drop(two);
     // Every node must use the bucket's TTL.
     assert!(
-        Membership::join(&js, "n4", node(4), 1, TTL * 3)
+        Membership::open(&js, "n4", node(4), 1, TTL * 3)
             .await
             .is_err()
     );
@@ -168,7 +175,7 @@ async fn every_projector_has_one_owner_at_a_time_through_a_node_falling_silent()
     let mut nodes = Vec::new();
     for (i, id) in ["n1", "n2", "n3"].into_iter().enumerate() {
         let url = format!("http://127.0.0.1:{}", 9000 + i);
-        let membership = Membership::join(&js, id, Node { url }, 1, TTL)
+        let membership = Membership::open(&js, id, Node { url }, 1, TTL)
             .await
             .unwrap();
         let leases = Leases::open(&js, id, 1, TTL, MARGIN).await.unwrap();
@@ -183,7 +190,8 @@ async fn every_projector_has_one_owner_at_a_time_through_a_node_falling_silent()
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 if !silent.load(Ordering::Relaxed)
-                    && let Ok(tick) = node.tick(&projectors).await
+                    && node.renew().await.is_ok()
+                    && let Ok(tick) = node.balance(&projectors).await
                 {
                     for p in tick.to_release {
                         let _ = node.release(&p).await;

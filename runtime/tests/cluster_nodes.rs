@@ -224,7 +224,9 @@ async fn three_nodes_split_the_projectors_and_answer_for_each_other() {
 /// The fence on the shared catalog: a node writes a deployment only while it holds the
 /// projector's lease and counts it valid. Once its lease lapsed unrenewed (the node cut off, or
 /// stopped), its write is refused — even before any other node took the lease — and the shared
-/// catalog keeps what it held.
+/// catalog keeps what it held. A write it sent in time but that arrives after another node took
+/// the projector over is refused too: taking over writes the record again, moving the revision
+/// the late write expects.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_whose_lease_lapsed_cannot_write_the_catalog() {
     use prism::cluster::Cluster;
@@ -234,21 +236,22 @@ async fn a_node_whose_lease_lapsed_cannot_write_the_catalog() {
     let log = prism::log::EventLog::new(
         prism::log::jetstream::JetStreamLog::connect(&nats.url(), 1).unwrap(),
     );
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let cluster = Cluster::join(
-        client,
-        log,
-        ClusterOptions {
-            node_id: "n1".into(),
-            advertise_url: "http://127.0.0.1:1".into(),
-            token: TOKEN.into(),
-            lease_ttl: Duration::from_millis(1500),
-            lease_margin: Duration::from_millis(300),
-            replicas: 1,
-        },
-    )
-    .await
-    .unwrap();
+    let join = |id: &str| {
+        let (log, url, id) = (log.clone(), nats.url(), id.to_string());
+        async move {
+            let client = async_nats::connect(url).await.unwrap();
+            let options = ClusterOptions {
+                node_id: id,
+                advertise_url: "http://127.0.0.1:1".into(),
+                token: TOKEN.into(),
+                lease_ttl: Duration::from_millis(1500),
+                lease_margin: Duration::from_millis(300),
+                replicas: 1,
+            };
+            Cluster::join(client, log, options).await.unwrap()
+        }
+    };
+    let cluster = join("n1").await;
     let deployment = |config: &str| Deployment {
         serving: GenerationRecord {
             id: 1,
@@ -274,6 +277,7 @@ async fn a_node_whose_lease_lapsed_cannot_write_the_catalog() {
     assert!(cluster.claim("p").await.unwrap().is_some());
     put("b").await.unwrap().unwrap();
     put("c").await.unwrap().unwrap();
+    let seen = cluster.catalog().get("p").await.unwrap().unwrap().revision;
     // Nothing renews it (the node's loop is not running): past its TTL less the margin.
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert!(cluster.owns("p").is_none());
@@ -281,6 +285,29 @@ async fn a_node_whose_lease_lapsed_cannot_write_the_catalog() {
         put("d").await.unwrap(),
         Err(SharedError::NotOwner(_))
     ));
+    let stored = cluster.catalog().get("p").await.unwrap().unwrap();
+    let stored: Deployment = serde_json::from_slice(&stored.record).unwrap();
+    assert_eq!(stored, deployment("c"));
+
+    // A write n1 checked while its lease was valid and that arrives late — after another node
+    // took the projector over — is refused by the compare-and-set on the revision n1 saw.
+    let other = join("n2").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while other.claim("p").await.unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n2 never got the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let taken = other.take_over("p").await.unwrap().expect("taken over");
+    assert!(taken.revision > seen);
+    let late = serde_json::to_vec(&deployment("late")).unwrap();
+    let refused = cluster.catalog().put("p", late.into(), Some(seen)).await;
+    assert!(
+        matches!(refused, Err(prism::cluster::CatalogError::Changed { .. })),
+        "a late write of the previous owner landed: {refused:?}"
+    );
     let stored = cluster.catalog().get("p").await.unwrap().unwrap();
     let stored: Deployment = serde_json::from_slice(&stored.record).unwrap();
     assert_eq!(stored, deployment("c"));

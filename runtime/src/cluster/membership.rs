@@ -29,9 +29,9 @@ pub struct Membership {
 }
 
 impl Membership {
-    /// Joins as `id`, creating the bucket (replicated `replicas` times, entries living `ttl`)
-    /// when missing.
-    pub async fn join(
+    /// The membership of node `id`, creating the bucket (replicated `replicas` times, entries
+    /// living `ttl`) when missing. The node is not announced yet ([`Membership::join`]).
+    pub async fn open(
         js: &async_nats::jetstream::Context,
         id: &str,
         node: Node,
@@ -39,22 +39,26 @@ impl Membership {
         ttl: Duration,
     ) -> Result<Membership> {
         let bucket = super::ttl_bucket(js, BUCKET, "nodes", replicas, ttl).await?;
-        let membership = Membership {
+        Ok(Membership {
             bucket,
             id: id.to_string(),
             node,
-        };
-        // A bucket another node created a moment ago may not take writes yet (its replicas
-        // still electing a leader: "no stream found"): asked again for a while.
+        })
+    }
+
+    /// Announces the node for the first time: call it once the node serves what other nodes
+    /// forward to it. A bucket another node created a moment ago may not take writes yet (its
+    /// replicas still electing a leader: "no stream found"): asked again for up to 30 s.
+    pub async fn join(&self) -> Result<()> {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while let Err(e) = membership.announce().await {
+        while let Err(e) = self.announce().await {
             if std::time::Instant::now() >= deadline {
                 return Err(e);
             }
             tracing::debug!(error = %e, "announcing this node; again shortly");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Ok(membership)
+        Ok(())
     }
 
     /// What this node announces.

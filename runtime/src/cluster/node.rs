@@ -11,7 +11,9 @@
 //!
 //! The node is also the registry's [`SharedDeployments`]: a change of a deployment is written
 //! to the shared catalog at the revision this node last saw, and only while it holds the
-//! projector's lease.
+//! projector's lease. Each adoption writes the record again at the revision it read: the
+//! revision is the fencing token, so a write the previous owner sent before its lease lapsed
+//! and that arrives after is refused.
 
 use super::membership::{Membership, Node};
 use super::{CatalogError, Leases, Ownership, SharedCatalog, rendezvous};
@@ -22,6 +24,7 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::task::AbortOnDropHandle;
 
 /// How a node takes part in a cluster.
 #[derive(Debug, Clone)]
@@ -100,7 +103,7 @@ impl Cluster {
         let node = Node {
             url: options.advertise_url.clone(),
         };
-        let membership = Membership::join(&js, &options.node_id, node, replicas, ttl).await?;
+        let membership = Membership::open(&js, &options.node_id, node, replicas, ttl).await?;
         let leases =
             Leases::open(&js, &options.node_id, replicas, ttl, options.lease_margin).await?;
         let catalog = SharedCatalog::open(&js, replicas).await?;
@@ -225,10 +228,31 @@ impl Cluster {
         self.known.lock().contains_key(projector)
     }
 
-    /// Runs the node's loop until the returned task is aborted.
+    /// Announces the node (call it once the node serves), then runs its two loops until the
+    /// returned task is aborted: the renewals of its membership and leases, on a task of their
+    /// own so that nothing slow delays them (loading a projector's code takes seconds), and
+    /// the reconciliation of its projectors with what it owns.
     pub fn start(self: &Arc<Self>, registry: Registry) -> tokio::task::JoinHandle<()> {
         let cluster = self.clone();
         tokio::spawn(async move {
+            if let Err(e) = cluster.ownership.join().await {
+                tracing::error!(error = %e, "announcing this node; the renewals go on trying");
+            }
+            let renewing = cluster.clone();
+            let _renewals = AbortOnDropHandle::new(tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(renewing.options.tick());
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticks.tick().await;
+                    match renewing.ownership.renew().await {
+                        Ok(lost) if !lost.is_empty() => {
+                            tracing::warn!(?lost, "leases lost to other nodes");
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "renewing this node's leases"),
+                    }
+                }
+            }));
             let mut ticks = tokio::time::interval(cluster.options.tick());
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -278,7 +302,7 @@ impl Cluster {
         };
         let mut names: Vec<String> = deployments.keys().cloned().collect();
         names.extend(creating.iter().cloned());
-        match self.ownership.tick(&names).await {
+        match self.ownership.balance(&names).await {
             Ok(tick) => {
                 *self.peers.write() = tick
                     .live
@@ -294,7 +318,7 @@ impl Cluster {
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "renewing this node's leases"),
+            Err(e) => tracing::warn!(error = %e, "reading the live nodes"),
         }
         // Lost or lapsed: stopped, whatever the tick said.
         for projector in registry.list() {
@@ -302,9 +326,9 @@ impl Cluster {
                 self.unload(registry, &projector.name).await;
             }
         }
-        for (name, stored) in &deployments {
+        for name in deployments.keys() {
             if self.owns(name).is_some() && registry.get(name).is_none() {
-                self.adopt(registry, name, stored).await;
+                self.adopt(registry, name).await;
             }
         }
         if read.is_ok() {
@@ -312,7 +336,46 @@ impl Cluster {
         }
     }
 
-    async fn adopt(&self, registry: &Registry, name: &str, stored: &super::catalog::Stored) {
+    /// Takes over the shared deployment of `name`, whose lease this node holds: reads it
+    /// afresh and writes it again at the revision read. The revision is the catalog's fencing
+    /// token: a change the previous owner checked against its lease and sent late is refused
+    /// by its compare-and-set (and one that landed first is what this read finds, or the
+    /// rewrite is refused and the next tick reads again). The record, at its new revision;
+    /// `None` when there is none, or it changed meanwhile.
+    pub async fn take_over(&self, name: &str) -> anyhow::Result<Option<super::catalog::Stored>> {
+        if self.owns(name).is_none() {
+            return Ok(None);
+        }
+        let Some(stored) = self.catalog.get(name).await? else {
+            return Ok(None);
+        };
+        let record = stored.record.clone();
+        match self
+            .catalog
+            .put(name, record.clone(), Some(stored.revision))
+            .await
+        {
+            Ok(revision) => {
+                self.revisions.lock().insert(name.to_string(), revision);
+                Ok(Some(super::catalog::Stored { record, revision }))
+            }
+            Err(CatalogError::Changed { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn adopt(&self, registry: &Registry, name: &str) {
+        let stored = match self.take_over(name).await {
+            Ok(Some(stored)) => stored,
+            Ok(None) => {
+                tracing::debug!(projector = %name, "changed while adopting it; read again at the next tick");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(projector = %name, error = %e, "taking over the shared deployment; again at the next tick");
+                return;
+            }
+        };
         let deployment: Deployment = match serde_json::from_slice(&stored.record) {
             Ok(deployment) => deployment,
             Err(e) => {
@@ -320,9 +383,6 @@ impl Cluster {
                 return;
             }
         };
-        self.revisions
-            .lock()
-            .insert(name.to_string(), stored.revision);
         self.catching_up
             .lock()
             .insert(name.to_string(), self.log.head());
@@ -390,10 +450,16 @@ impl SharedDeployments for Cluster {
         }
         let revision = self.revisions.lock().get(name).copied();
         let record = serde_json::to_vec(deployment).expect("a deployment serializes");
+        let record = bytes::Bytes::from(record);
         let written = self
-            .block_on(self.catalog.put(name, record.into(), revision))
+            .block_on(self.catalog.put(name, record.clone(), revision))
             .map_err(|e| shared_error(name, e))?;
         self.revisions.lock().insert(name.to_string(), written);
+        let stored = super::catalog::Stored {
+            record,
+            revision: written,
+        };
+        self.known.lock().insert(name.to_string(), stored);
         Ok(())
     }
 
@@ -407,6 +473,7 @@ impl SharedDeployments for Cluster {
         self.block_on(self.catalog.remove(name, revision))
             .map_err(|e| shared_error(name, e))?;
         self.revisions.lock().remove(name);
+        self.known.lock().remove(name);
         Ok(())
     }
 
@@ -420,6 +487,10 @@ impl SharedDeployments for Cluster {
             )));
         }
         Ok(())
+    }
+
+    fn holds(&self, name: &str) -> bool {
+        self.owns(name).is_some()
     }
 
     fn module(&self, hash: &str) -> Result<Option<Vec<u8>>, SharedError> {

@@ -1,14 +1,15 @@
 //! Which projectors this node owns: the ones [`rendezvous`](super::rendezvous) gives it among
 //! the live nodes and whose lease it holds and still counts valid.
 //!
-//! [`Ownership::tick`], called every `ttl / 6` or so, announces the node, reads the live set,
-//! then for each projector renews the lease it holds, takes the one it should hold, or gives up
-//! one it should no longer hold (another node joined). A lease it fails to renew stays counted
-//! until it is no longer valid ([`Leases::valid`]), so a node cut off from the servers stops
-//! acting as owner by itself, before any other node can take over.
+//! Two loops drive it. [`Ownership::renew`], every `ttl / 6` or so on a task of its own,
+//! announces the node and renews every lease it holds; [`Ownership::balance`], as often but
+//! beside slower work, reads the live set and takes the leases this node should hold, and
+//! reports the ones it should give up (another node joined). A lease it fails to renew stays
+//! counted until it is no longer valid ([`Leases::valid`]), so a node cut off from the servers
+//! stops acting as owner by itself, before any other node can take over.
 //!
 //! Handing a projector over is the caller's to order: stop its runner, then
-//! [`Ownership::release`]; `tick` only reports the projectors this node should give up.
+//! [`Ownership::release`]; `balance` only reports the projectors this node should give up.
 
 use super::lease::{Lease, Leases, RenewError};
 use super::membership::Membership;
@@ -17,13 +18,11 @@ use anyhow::Result;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 
-/// What one [`Ownership::tick`] found.
+/// What one [`Ownership::balance`] found.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Tick {
     /// Leases taken now.
     pub taken: Vec<String>,
-    /// Leases this node held and lost (another node took them after they expired).
-    pub lost: Vec<String>,
     /// Projectors another node should own now: stop them, then release.
     pub to_release: Vec<String>,
     /// The live nodes, this one included.
@@ -56,11 +55,59 @@ impl Ownership {
         self.leases.valid(lease).then_some(lease.revision)
     }
 
-    /// Announces the node and brings its leases in line with the live nodes for `projectors`.
-    pub async fn tick(&self, projectors: &[String]) -> Result<Tick> {
+    /// Announces the node for the first time (the bucket may have been created a moment ago
+    /// and not take writes yet: asked again for up to 30 s). Call it once the node can serve.
+    pub async fn join(&self) -> Result<()> {
+        self.membership.join().await
+    }
+
+    /// Announces the node and renews every lease it holds, all at once: what keeps it owner.
+    /// Run it every `ttl / 6` or so on a task of its own, so that nothing slow (loading a
+    /// projector's code) delays it. A node that cannot announce itself renews nothing: the
+    /// others will count it gone, and must be able to take its projectors once their leases
+    /// expire. Answers the projectors whose lease was lost (another node took it after it
+    /// expired). A lease that could not be renewed stays counted until it is no longer valid.
+    pub async fn renew(&self) -> Result<Vec<String>> {
         self.membership.announce().await?;
+        let held: Vec<(String, Lease)> = self
+            .held
+            .lock()
+            .iter()
+            .map(|(name, lease)| (name.clone(), *lease))
+            .collect();
+        let renewals = held.iter().map(|(name, lease)| async move {
+            (name, lease, self.leases.renew(name, lease).await)
+        });
+        let mut lost = Vec::new();
+        for (name, old, renewed) in futures::future::join_all(renewals).await {
+            let mut held = self.held.lock();
+            // Released (or taken again) meanwhile: that is what counts.
+            if held.get(name).is_none_or(|l| l.revision != old.revision) {
+                continue;
+            }
+            match renewed {
+                Ok(renewed) => {
+                    held.insert(name.clone(), renewed);
+                }
+                Err(RenewError::Lost) => {
+                    held.remove(name);
+                    lost.push(name.clone());
+                }
+                Err(RenewError::Unavailable(why)) => {
+                    tracing::warn!(projector = %name, %why, "renewing a lease")
+                }
+            }
+        }
+        Ok(lost)
+    }
+
+    /// Brings the leases of `projectors` in line with the live nodes: takes the lease of each
+    /// one rendezvous hashing gives this node and no node holds, and reports the ones it holds
+    /// and should give up (another node joined, or the projector is gone). Renewing is
+    /// [`Ownership::renew`]'s.
+    pub async fn balance(&self, projectors: &[String]) -> Result<Tick> {
         let mut live = self.membership.live().await?;
-        // Announced just now: live, whatever a replica behind answered.
+        // Announced by the renewals: live, whatever a replica behind answered.
         live.entry(self.node.clone())
             .or_insert_with(|| self.membership.node().clone());
         let mut tick = Tick::default();
@@ -75,45 +122,19 @@ impl Ownership {
         for projector in projectors {
             let wanted =
                 rendezvous::owner(projector, live.keys().map(String::as_str)) == Some(&self.node);
-            let held = self.held.lock().get(projector).copied();
+            let held = self.held.lock().contains_key(projector);
             match (wanted, held) {
-                (true, Some(lease)) => match self.leases.renew(projector, &lease).await {
-                    Ok(renewed) => {
-                        self.held.lock().insert(projector.clone(), renewed);
-                    }
-                    Err(RenewError::Lost) => {
-                        self.held.lock().remove(projector);
-                        tick.lost.push(projector.clone());
-                    }
-                    // Still counted until it is no longer valid.
-                    Err(RenewError::Unavailable(why)) => {
-                        tracing::warn!(%projector, %why, "renewing a lease")
-                    }
-                },
-                (true, None) => match self.leases.acquire(projector).await {
+                (true, false) => match self.leases.acquire(projector).await {
                     Ok(Some(lease)) => {
                         self.held.lock().insert(projector.clone(), lease);
                         tick.taken.push(projector.clone());
                     }
                     Ok(None) => {}
-                    // The others' leases are renewed all the same.
                     Err(e) => tracing::warn!(%projector, error = %e, "taking a lease"),
                 },
-                (false, Some(lease)) => {
-                    // Kept (renewed) until the caller has stopped it and releases it.
-                    match self.leases.renew(projector, &lease).await {
-                        Ok(renewed) => {
-                            self.held.lock().insert(projector.clone(), renewed);
-                            tick.to_release.push(projector.clone());
-                        }
-                        Err(RenewError::Lost) => {
-                            self.held.lock().remove(projector);
-                            tick.lost.push(projector.clone());
-                        }
-                        Err(RenewError::Unavailable(_)) => tick.to_release.push(projector.clone()),
-                    }
-                }
-                (false, None) => {}
+                // Kept (and renewed) until the caller has stopped it and releases it.
+                (false, true) => tick.to_release.push(projector.clone()),
+                _ => {}
             }
         }
         tick.live = live;
@@ -143,10 +164,20 @@ impl Ownership {
     /// Gives up the lease of `projector` (its runner stopped): the node it belongs to now can
     /// take it at once.
     pub async fn release(&self, projector: &str) -> Result<()> {
-        let lease = self.held.lock().remove(projector);
-        match lease {
-            Some(lease) => self.leases.release(projector, &lease).await,
-            None => Ok(()),
+        let Some(lease) = self.held.lock().remove(projector) else {
+            return Ok(());
+        };
+        if self.leases.release(projector, &lease).await.is_ok() {
+            return Ok(());
+        }
+        // A renewal in flight may have moved the lease on: released at its revision now,
+        // if it is still this node's.
+        match self.leases.holder(projector).await? {
+            Some((holder, revision)) if holder == self.node => {
+                let lease = Lease { revision, ..lease };
+                self.leases.release(projector, &lease).await
+            }
+            _ => Ok(()),
         }
     }
 }

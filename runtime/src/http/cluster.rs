@@ -68,6 +68,18 @@ fn moving(name: &str) -> Response {
     .into_response()
 }
 
+/// 421: the sender asks again who owns the projector.
+fn not_owner(cluster: &Cluster, name: &str) -> Response {
+    ApiError::new(
+        StatusCode::MISDIRECTED_REQUEST,
+        format!(
+            "node {} does not own projector {name:?} at that lease",
+            cluster.options().node_id
+        ),
+    )
+    .into_response()
+}
+
 /// Routes `request` (its token already checked) to where it is answered.
 pub(super) async fn route(state: &AppState, request: Request, next: Next) -> Response {
     let Some(routes) = &state.cluster else {
@@ -103,14 +115,7 @@ pub(super) async fn route(state: &AppState, request: Request, next: Next) -> Res
             _ => false,
         };
         if !owned {
-            return ApiError::new(
-                StatusCode::MISDIRECTED_REQUEST,
-                format!(
-                    "node {} does not own projector {name:?} at that lease",
-                    cluster.options().node_id
-                ),
-            )
-            .into_response();
+            return not_owner(cluster, &name);
         }
         return local(state, cluster, &name, &path, request, next).await;
     }
@@ -238,13 +243,38 @@ async fn local(
         .into_response();
     }
     if reads_view(path) && cluster.catching_up(name, &state.registry) {
+        use prism_client::wire::State;
+        let status = state.registry.get(name).map(|p| p.serving().status());
+        let why = match status.as_ref().map(|s| s.state) {
+            // Its view would be older than the one its previous owner served: not served.
+            Some(State::Paused) => "is paused before it caught up with the log: resume it",
+            Some(State::Faulted) => {
+                "faulted before it caught up with the log (see its status): fix it and resume it"
+            }
+            _ => "is catching up with the log",
+        };
         return ApiError::unavailable(
-            format!("projector {name:?} moved to this node and is catching up with the log"),
+            format!("projector {name:?} moved to this node and {why}"),
             1,
         )
         .into_response();
     }
+    let forwarded = request.headers().contains_key(FORWARDED_BY);
     let mut response = next.run(request).await;
+    // Refused (no such projector, not running) because it left this node meanwhile — handed
+    // over, its lease lapsed: not the owner's answer. The sender asks the new owner.
+    let refused = matches!(
+        response.status(),
+        StatusCode::NOT_FOUND | StatusCode::CONFLICT
+    );
+    let left = cluster.owns(name) != lease
+        || (state.registry.get(name).is_none() && cluster.deployed(name));
+    if refused && lease.is_some() && left {
+        return match forwarded {
+            true => not_owner(cluster, name),
+            false => moving(name),
+        };
+    }
     if let Some(revision) = lease
         && let Ok(node) = HeaderValue::from_str(&cluster.options().node_id)
     {

@@ -147,6 +147,7 @@ impl From<RetryError> for ApiError {
         let status = match e {
             RetryError::NoProjector(_) | RetryError::NoDeadLetter(_) => StatusCode::NOT_FOUND,
             RetryError::NotRunning => StatusCode::CONFLICT,
+            RetryError::NotOwner => StatusCode::MISDIRECTED_REQUEST,
             RetryError::Failed(_) => StatusCode::UNPROCESSABLE_ENTITY,
             RetryError::Storage(e) => return e.into(),
             RetryError::Internal(_) => return ApiError::internal(&e),

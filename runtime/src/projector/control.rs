@@ -31,6 +31,10 @@ pub struct Swap {
     pub taken: Option<oneshot::Sender<()>>,
 }
 
+/// Whether this node may still act as a projector's owner, asked right before a dead-letter
+/// action commits: always on one node, while its lease is valid in a cluster.
+pub type Fence = Box<dyn Fn() -> bool + Send>;
+
 /// What a runner is told to do. It reads its mailbox between two batches, in order.
 pub enum Control {
     /// Apply events (again, after a pause).
@@ -43,9 +47,11 @@ pub enum Control {
     /// it has applied one batch: if that batch fails, the runner goes back to the code it
     /// proved last.
     Swap(Box<Swap>),
-    /// Apply the dead-lettered event at `position` again with the current code.
+    /// Apply the dead-lettered event at `position` again with the current code, committing it
+    /// only if `fence` still says yes (in a cluster: this node's lease is still valid).
     Retry {
         position: u64,
+        fence: Fence,
         reply: oneshot::Sender<Result<(), RetryError>>,
     },
 }

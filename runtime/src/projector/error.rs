@@ -116,6 +116,9 @@ pub enum RetryError {
     /// The projector is not running (faulted or stopping): resume it first.
     #[error("the projector is not running; resume it first")]
     NotRunning,
+    /// This node no longer owns the projector (its lease lapsed): nothing was committed.
+    #[error("this node no longer owns the projector; ask again")]
+    NotOwner,
     /// The event failed again; the dead letter stays, with this error.
     #[error("the event failed again: {0}")]
     Failed(String),

@@ -30,4 +30,7 @@ pub trait SharedDeployments: Send + Sync + std::fmt::Debug {
     fn store_module(&self, hash: &str, component: &[u8]) -> Result<(), SharedError>;
     /// The module component stored as `hash` (checked to hash to it), if any.
     fn module(&self, hash: &str) -> Result<Option<Vec<u8>>, SharedError>;
+    /// Whether this node may act as `name`'s owner now (it holds a lease it renewed within the
+    /// TTL minus the margin): asked right before a dead-letter action commits.
+    fn holds(&self, name: &str) -> bool;
 }

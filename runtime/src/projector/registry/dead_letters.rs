@@ -2,8 +2,9 @@
 //! (by the runner, between two batches) or discarded.
 
 use super::Registry;
-use crate::projector::control::Control;
-use crate::projector::error::{LifecycleError, RetryError};
+use crate::projector::control::{Control, Fence};
+use crate::projector::error::{LifecycleError, RetryError, StorageError};
+use crate::projector::shared::SharedError;
 use crate::store::DeadLetter;
 
 impl Registry {
@@ -34,9 +35,17 @@ impl Registry {
             return Err(RetryError::NoDeadLetter(position));
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
+        let fence = self.fence(name);
+        if !fence() {
+            return Err(RetryError::NotOwner);
+        }
         generation
             .runner()
-            .send(Control::Retry { position, reply })
+            .send(Control::Retry {
+                position,
+                fence,
+                reply,
+            })
             .map_err(|_| RetryError::NotRunning)?;
         // The runner answers between two batches; if it stops first, the request is dropped
         // with its mailbox and the answer never comes.
@@ -45,10 +54,22 @@ impl Registry {
 
     /// Discards the dead letter at `position`; false when there was none.
     pub fn discard_dead_letter(&self, name: &str, position: u64) -> Result<bool, LifecycleError> {
-        Ok(self
-            .handle(name)?
-            .serving()
-            .store
-            .discard_dead_letter(position)?)
+        let generation = self.handle(name)?.serving();
+        if !self.fence(name)() {
+            return Err(StorageError::Shared(SharedError::NotOwner(name.to_string())).into());
+        }
+        Ok(generation.store.discard_dead_letter(position)?)
+    }
+
+    /// Whether this node may still act as `name`'s owner: always on one node; in a cluster,
+    /// while it holds the projector's lease (asked again right before a retry commits).
+    fn fence(&self, name: &str) -> Fence {
+        match &self.inner.shared {
+            None => Box::new(|| true),
+            Some(shared) => {
+                let (shared, name) = (shared.clone(), name.to_string());
+                Box::new(move || shared.holds(&name))
+            }
+        }
     }
 }

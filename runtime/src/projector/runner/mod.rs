@@ -201,10 +201,14 @@ impl Runner {
             }
             Control::Stop => return Flow::Stop,
             Control::Swap(swap) => self.swap(running, *swap),
-            Control::Retry { position, reply } => {
+            Control::Retry {
+                position,
+                fence,
+                reply,
+            } => {
                 // A retry applies on the committed view.
                 let outcome = match self.commit_held(running) {
-                    Ok(()) => self.retry(running, position),
+                    Ok(()) => self.retry(running, position, &fence),
                     Err(fault) => Err(RetryError::Internal(fault.message)),
                 };
                 let _ = reply.send(outcome);

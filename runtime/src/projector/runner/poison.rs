@@ -4,6 +4,7 @@
 
 use super::{Runner, Running};
 use crate::engine::{ApplyError, EventBatch};
+use crate::projector::control::Fence;
 use crate::projector::error::RetryError;
 use crate::projector::{ErrorPolicy, Fault};
 use crate::store::{BatchView, DeadLetter};
@@ -49,7 +50,12 @@ impl Runner {
     /// Applies the dead-lettered event at `position` again with the current code, on the current
     /// view. On success its writes commit and the dead letter goes, in one transaction; on
     /// failure the dead letter records the new error and the instance is replaced.
-    pub(super) fn retry(&mut self, running: &mut Running, position: u64) -> Result<(), RetryError> {
+    pub(super) fn retry(
+        &mut self,
+        running: &mut Running,
+        position: u64,
+        fence: &Fence,
+    ) -> Result<(), RetryError> {
         let letter = self
             .store
             .dead_letter(position)?
@@ -64,6 +70,9 @@ impl Runner {
         let view = BatchView::new(self.store.snapshot()?);
         match running.instance.apply(&batch, view) {
             (view, Ok(())) => {
+                if !fence() {
+                    return Err(RetryError::NotOwner);
+                }
                 self.store.commit_retry(&view.into_overlay(), position)?;
                 // Its writes belong to an earlier position than the feed's: subscribers re-read.
                 if let Some(feed) = &self.changes {
