@@ -51,6 +51,10 @@
 //! token = "..."
 //! lease_ttl_ms = 6000
 //! lease_margin_ms = 1000
+//! peer_listen = "0.0.0.0:7443"  # TLS between nodes (an option): the peers' listener,
+//! tls_cert = "node.pem"         #   this node's certificate and key, and the CA that
+//! tls_key = "node-key.pem"      #   issued every node's (advertise_url is then
+//! tls_ca = "cluster-ca.pem"     #   https://HOST:PEER_PORT)
 //!
 //! [tokens]
 //! admin = "..."
@@ -136,6 +140,19 @@ pub struct ClusterSettings {
     /// How long, in milliseconds, before its lease expires a node stops acting as owner
     /// (more than the servers' clocks may drift apart over a TTL).
     pub lease_margin_ms: u64,
+    /// TLS between nodes: where this node serves the requests others forward to it, over
+    /// mutual TLS (with `tls_cert`, `tls_key` and `tls_ca`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_listen: Option<std::net::SocketAddr>,
+    /// This node's certificate chain (PEM), issued by `tls_ca`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Its private key (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// The CA (PEM) that issued every node's certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for ClusterSettings {
@@ -146,6 +163,10 @@ impl Default for ClusterSettings {
             token: None,
             lease_ttl_ms: 6000,
             lease_margin_ms: 1000,
+            peer_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
         }
     }
 }
@@ -177,12 +198,20 @@ impl ClusterSettings {
                 "a cluster node needs --advertise-url http://HOST:PORT (where the other nodes reach it)"
             );
         };
+        let tls = self.tls()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         anyhow::ensure!(
-            url.starts_with("http://")
+            url.strip_prefix(scheme)
+                .is_some_and(|u| u.starts_with("://"))
                 && url
                     .parse::<axum::http::Uri>()
                     .is_ok_and(|u| u.authority().is_some()),
-            "advertise_url {url:?}: expected http://HOST:PORT"
+            "advertise_url {url:?}: expected {scheme}://HOST:PORT{}",
+            if tls.is_some() {
+                " (the peer listener's port: the nodes talk TLS)"
+            } else {
+                ""
+            }
         );
         let token = self.token.clone().unwrap_or_default();
         anyhow::ensure!(
@@ -200,7 +229,30 @@ impl ClusterSettings {
             lease_ttl: std::time::Duration::from_millis(self.lease_ttl_ms),
             lease_margin: std::time::Duration::from_millis(self.lease_margin_ms),
             replicas,
+            tls,
         }))
+    }
+
+    /// TLS between nodes, when set: all of `peer_listen`, `tls_cert`, `tls_key` and `tls_ca`.
+    fn tls(&self) -> anyhow::Result<Option<crate::cluster::PeerTls>> {
+        match (
+            &self.peer_listen,
+            &self.tls_cert,
+            &self.tls_key,
+            &self.tls_ca,
+        ) {
+            (None, None, None, None) => Ok(None),
+            (Some(listen), Some(cert), Some(key), Some(ca)) => Ok(Some(crate::cluster::PeerTls {
+                listen: *listen,
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            })),
+            _ => anyhow::bail!(
+                "TLS between nodes needs all of [cluster] peer_listen, tls_cert, tls_key and \
+                 tls_ca (--peer-listen, --cluster-tls-cert, --cluster-tls-key, --cluster-tls-ca)"
+            ),
+        }
     }
 }
 
@@ -399,6 +451,42 @@ mod tests {
         let back: Config = toml::from_str(&printed).unwrap();
         assert_eq!(back.tokens, Tokens::default());
         assert_eq!(back.limits, config.limits);
+    }
+
+    #[test]
+    fn tls_between_nodes_needs_all_its_settings_and_an_https_address() {
+        let cluster = |extra: &str, url: &str| -> anyhow::Result<_> {
+            let text =
+                format!("node_id = \"n1\"\ntoken = \"t\"\nadvertise_url = \"{url}\"\n{extra}");
+            let settings: ClusterSettings = toml::from_str(&text).unwrap();
+            settings.options(3)
+        };
+        let tls = "peer_listen = \"0.0.0.0:7443\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ntls_ca = \"ca.pem\"\n";
+        let options = cluster(tls, "https://10.0.0.1:7443").unwrap().unwrap();
+        let peer = options.tls.unwrap();
+        assert_eq!(peer.listen, "0.0.0.0:7443".parse().unwrap());
+        assert_eq!(peer.ca, std::path::PathBuf::from("ca.pem"));
+        let plain = cluster(tls, "http://10.0.0.1:7443")
+            .unwrap_err()
+            .to_string();
+        assert!(plain.contains("expected https://"), "{plain}");
+        let partial = cluster("tls_cert = \"c.pem\"\n", "https://10.0.0.1:7443");
+        let partial = partial.unwrap_err().to_string();
+        assert!(partial.contains("needs all of"), "{partial}");
+        let https_without = cluster("", "https://10.0.0.1:7070")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            https_without.contains("expected http://"),
+            "{https_without}"
+        );
+        assert!(
+            cluster("", "http://10.0.0.1:7070")
+                .unwrap()
+                .unwrap()
+                .tls
+                .is_none()
+        );
     }
 
     #[test]

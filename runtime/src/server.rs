@@ -99,6 +99,8 @@ pub struct Server {
     shutdown: oneshot::Sender<()>,
     closing: tokio::sync::watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
+    /// The other nodes' listener (TLS between nodes).
+    peers: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl Server {
@@ -180,6 +182,7 @@ impl Server {
                 forwarder: crate::cluster::Forwarder::new(
                     &cluster.options().node_id,
                     &cluster.options().token,
+                    cluster.options().tls.as_ref(),
                 )?,
             }),
             None => None,
@@ -215,6 +218,26 @@ impl Server {
         if !addr.ip().is_loopback() && config.tokens.admin.is_none() {
             tracing::warn!(%addr, "listening beyond loopback without an admin token: anyone who can reach this address can deploy and delete projectors (set --admin-token)");
         }
+        // TLS between nodes: the peers' own listener, mutual TLS, the same API.
+        let peers = match config.cluster.as_ref().and_then(|c| c.tls.clone()) {
+            Some(tls) => {
+                let acceptor = tls_listener::rustls::TlsAcceptor::from(tls.server_config()?);
+                let listener = tokio::net::TcpListener::bind(tls.listen)
+                    .await
+                    .with_context(|| format!("listening for other nodes on {}", tls.listen))?;
+                let listener = tls_listener::TlsListener::new(acceptor, listener);
+                let mut closed = closing.subscribe();
+                let app = app.clone();
+                Some(tokio::spawn(async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = closed.wait_for(|closed| *closed).await;
+                        })
+                        .await
+                }))
+            }
+            None => None,
+        };
         let (shutdown, stopped) = oneshot::channel();
         let http = tokio::spawn(async move {
             let listener = crate::http::BoundedListener::new(
@@ -241,6 +264,7 @@ impl Server {
             shutdown,
             closing,
             http,
+            peers,
         })
     }
 
@@ -265,6 +289,9 @@ impl Server {
         let _ = self.shutdown.send(());
         self.closing.send_replace(true);
         let _ = self.http.await;
+        if let Some(peers) = self.peers {
+            let _ = peers.await;
+        }
         let registry = self.registry;
         let _ = tokio::task::spawn_blocking(move || registry.shutdown()).await;
     }

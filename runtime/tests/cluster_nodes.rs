@@ -30,6 +30,7 @@ async fn node(nats: &str, id: &str, dir: &std::path::Path) -> (Server, Client) {
             lease_ttl: Duration::from_secs(3),
             lease_margin: Duration::from_millis(500),
             replicas: 3,
+            tls: None,
         });
     })
     .await
@@ -247,6 +248,7 @@ async fn a_node_whose_lease_lapsed_cannot_write_the_catalog() {
                 lease_ttl: Duration::from_millis(1500),
                 lease_margin: Duration::from_millis(300),
                 replicas: 1,
+                tls: None,
             };
             Cluster::join(client, log, options).await.unwrap()
         }

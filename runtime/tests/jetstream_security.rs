@@ -8,72 +8,6 @@ mod common;
 use common::nats::NatsServer;
 use prism::log::jetstream::{JetStreamLog, JetStreamOptions, NatsSecurity};
 use prism::log::{AppendError, EventLog, ExpectedVersion, NewEvent};
-use std::path::Path;
-use std::process::Command;
-
-/// A private CA and a server certificate for 127.0.0.1 it signed, by the openssl command:
-/// (the CA's, the server's certificate, its key).
-fn certificates(dir: &Path) -> (String, String, String) {
-    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    let steps: [&[&str]; 3] = [
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=test-ca",
-            "-keyout",
-            &path("ca-key.pem"),
-            "-out",
-            &path("ca.pem"),
-        ],
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            &path("key.pem"),
-            "-out",
-            &path("server.csr"),
-        ],
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &path("server.csr"),
-            "-CA",
-            &path("ca.pem"),
-            "-CAkey",
-            &path("ca-key.pem"),
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            &path("server.ext"),
-            "-out",
-            &path("cert.pem"),
-        ],
-    ];
-    for step in steps {
-        let made = Command::new("openssl").args(step).output().expect(
-            "the openssl command makes the test's certificates: install it (apt-get install openssl)",
-        );
-        assert!(made.status.success(), "{made:?}");
-    }
-    (path("ca.pem"), path("cert.pem"), path("key.pem"))
-}
 
 fn event() -> NewEvent {
     NewEvent {
@@ -87,7 +21,7 @@ fn event() -> NewEvent {
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_and_a_password_are_passed_to_the_servers() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = certificates(dir.path());
+    let (ca, cert, key) = common::certs::certificates(dir.path());
     let server = NatsServer::start_with(&[
         "--tls",
         "--tlscert",

@@ -35,6 +35,7 @@ async fn node(urls: &str, i: usize, dir: &Path) -> (Server, prism_client::Client
         lease_ttl: Duration::from_secs(6),
         lease_margin: Duration::from_secs(1),
         replicas: 3,
+        tls: None,
     });
     let server = Server::start(config).await.expect("a cluster node");
     let api = prism_client::Client::new(&format!("http://{}", server.addr())).unwrap();

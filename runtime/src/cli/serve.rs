@@ -105,6 +105,23 @@ pub struct ClusterArgs {
     #[arg(long, env = "PRISM_LEASE_TTL_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     lease_ttl_ms: Option<u64>,
+    /// TLS between nodes: the address this node serves other nodes on, over mutual TLS (with
+    /// the three --cluster-tls-* files; --advertise-url is then https://HOST:PORT of it).
+    #[arg(long, env = "PRISM_PEER_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer_listen: Option<std::net::SocketAddr>,
+    /// This node's PEM certificate chain for TLS between nodes, issued by --cluster-tls-ca.
+    #[arg(long, env = "PRISM_CLUSTER_TLS_CERT")]
+    #[serde(rename = "tls_cert", skip_serializing_if = "Option::is_none")]
+    cluster_tls_cert: Option<PathBuf>,
+    /// Its PEM private key.
+    #[arg(long, env = "PRISM_CLUSTER_TLS_KEY")]
+    #[serde(rename = "tls_key", skip_serializing_if = "Option::is_none")]
+    cluster_tls_key: Option<PathBuf>,
+    /// The PEM CA that issued every node's certificate (the only one trusted between nodes).
+    #[arg(long, env = "PRISM_CLUSTER_TLS_CA")]
+    #[serde(rename = "tls_ca", skip_serializing_if = "Option::is_none")]
+    cluster_tls_ca: Option<PathBuf>,
 }
 
 impl ClusterArgs {
@@ -113,6 +130,10 @@ impl ClusterArgs {
             && self.advertise_url.is_none()
             && self.cluster_token.is_none()
             && self.lease_ttl_ms.is_none()
+            && self.peer_listen.is_none()
+            && self.cluster_tls_cert.is_none()
+            && self.cluster_tls_key.is_none()
+            && self.cluster_tls_ca.is_none()
     }
 }
 

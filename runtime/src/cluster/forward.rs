@@ -5,6 +5,7 @@
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, header};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ pub const CLUSTER_TOKEN: HeaderName = HeaderName::from_static("prism-cluster-tok
 /// Sends requests to other nodes.
 #[derive(Clone)]
 pub struct Forwarder {
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
     node: HeaderValue,
     token: HeaderValue,
 }
@@ -37,11 +38,30 @@ const NOT_FORWARDED: [HeaderName; 8] = [
 ];
 
 impl Forwarder {
-    /// A forwarder for node `node`, presenting `token`.
-    pub fn new(node: &str, token: &str) -> anyhow::Result<Forwarder> {
+    /// A forwarder for node `node`, presenting `token`; with `tls`, it talks to other nodes
+    /// only over TLS, trusting the cluster's CA and presenting this node's certificate.
+    pub fn new(node: &str, token: &str, tls: Option<&super::PeerTls>) -> anyhow::Result<Forwarder> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let connector = match tls {
+            Some(tls) => builder.with_tls_config(tls.client_config()?).https_only(),
+            // No TLS between nodes: plain HTTP only (nothing is trusted for https).
+            None => builder
+                .with_tls_config(
+                    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                        rustls::crypto::ring::default_provider(),
+                    ))
+                    .with_safe_default_protocol_versions()?
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+                )
+                .https_or_http(),
+        }
+        .enable_http1()
+        .wrap_connector(connector);
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);

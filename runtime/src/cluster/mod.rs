@@ -1,9 +1,10 @@
-//! Several Prism nodes on one JetStream log (being built): which nodes are alive
-//! ([`membership`]), which node should own each projector ([`rendezvous`]), the lease that
-//! lets a node act as a projector's owner ([`lease`]), and the loop that keeps a node's leases
-//! in line with the live nodes ([`ownership`]); the deployments and modules every node shares
-//! ([`catalog`]). Each is a small piece over a KV bucket
-//! of the log's servers, tested against a real nats-server (`tests/cluster_leases.rs`).
+//! Several Prism nodes on one JetStream log: which nodes are alive ([`membership`]), which node
+//! should own each projector ([`rendezvous`]), the lease that lets a node act as a projector's
+//! owner ([`lease`]), and the loops that keep a node's leases renewed and in line with the live
+//! nodes ([`ownership`]); the deployments and modules every node shares ([`catalog`]); the node
+//! assembled ([`node`]); requests forwarded to a projector's owner ([`forward`]), over mutual
+//! TLS when configured ([`tls`]). Each piece over a KV bucket of the log's servers is tested
+//! against a real nats-server (`tests/cluster_*.rs`).
 
 pub mod catalog;
 pub mod forward;
@@ -12,6 +13,7 @@ pub mod membership;
 pub mod node;
 pub mod ownership;
 pub mod rendezvous;
+pub mod tls;
 
 pub use catalog::{CatalogError, SharedCatalog};
 pub use forward::Forwarder;
@@ -19,6 +21,7 @@ pub use lease::{Lease, Leases, RenewError};
 pub use membership::{Membership, Node};
 pub use node::{Cluster, ClusterOptions};
 pub use ownership::{Ownership, Tick};
+pub use tls::PeerTls;
 
 /// Opens (or creates) the KV bucket `name` whose entries live `ttl` after their last write
 /// (replicated `replicas` times), refusing one that keeps them another time: every node must

@@ -41,6 +41,8 @@ pub struct ClusterOptions {
     pub lease_margin: Duration,
     /// Replicas of the cluster's buckets.
     pub replicas: usize,
+    /// TLS between nodes (an option): the peer listener and its files.
+    pub tls: Option<super::PeerTls>,
 }
 
 impl ClusterOptions {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod appends;
+pub mod certs;
 pub mod model;
 pub mod nats;
 pub mod process;
