@@ -4,9 +4,9 @@
 //!
 //! Five projectors (the examples, a second event counter and a second order-totals) are
 //! deployed through one node; six writers (see `common::writers`) append through all three;
-//! one observer per node asks it, over and over, for every projector's status, noting when
-//! each request left and its answer came, and which node answered as owner under which lease
-//! revision (the `Prism-Owner` headers). Under that load: a rebuild of `order-totals` is asked
+//! one observer per node asks it, over and over, for every projector's status (for the two
+//! event counters, their view), noting when each request left and its answer came, and which
+//! node answered as owner under which lease revision (the `Prism-Owner` headers). Under that load: a rebuild of `order-totals` is asked
 //! through a node that does not own it; the node owning most projectors is killed with
 //! `kill -9`; once the others have taken its projectors over, the node owning most of them now
 //! is stopped with `SIGSTOP` for twice the lease TTL and continued; the killed node starts
@@ -19,7 +19,9 @@
 //! non-owner with `min_position` sees the append just made through another node. And over
 //! every answer observed: lease revisions never go back in real time (an answer that came
 //! before another request left never carries a newer lease than that request's answer): a
-//! node that kept answering on a lease another node had taken would break it.
+//! node that kept answering on a lease another node had taken would break it; and the
+//! counters' views never go back (a count served, then a smaller one asked later: a view older
+//! than one already served).
 
 mod common;
 
@@ -60,6 +62,8 @@ struct Observed {
     /// The node that answered as owner, and its lease revision.
     owner: Option<(String, u64)>,
     status: u16,
+    /// For the event counters, whose view is read: the count it answered.
+    count: Option<u64>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -178,6 +182,7 @@ async fn a_cluster_of_three_loses_nothing_and_never_answers_for_one_projector_tw
     assert!(wrong.is_empty(), "answers neither 200 nor 503: {wrong:?}");
     // Owners answered in lease order, each lease by one node.
     leases_never_go_back(&observed);
+    views_never_go_back(&observed);
     let resumed: Vec<&Observed> = observed
         .iter()
         .filter(|o| {
@@ -285,16 +290,19 @@ async fn observe(i: usize, base: String, stop: Arc<AtomicBool>) -> Vec<Observed>
         .timeout(Duration::from_secs(1))
         .build()
         .unwrap();
-    let askers = PROJECTORS.map(|(projector, _, _)| {
+    let askers = PROJECTORS.map(|(projector, _, model)| {
         let (http, base, stop) = (http.clone(), base.clone(), stop.clone());
+        // An event counter's view is read (its count only grows); the others' status.
+        let counter = model == "event-counter";
+        let path = match counter {
+            true => format!("{base}/projectors/{projector}/view/total"),
+            false => format!("{base}/projectors/{projector}"),
+        };
         tokio::spawn(async move {
             let mut out = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let sent = Instant::now();
-                let answer = http
-                    .get(format!("{base}/projectors/{projector}"))
-                    .send()
-                    .await;
+                let answer = http.get(&path).send().await;
                 let received = Instant::now();
                 let Ok(answer) = answer else {
                     // A node down, or stopped: ask again a little later.
@@ -310,13 +318,23 @@ async fn observe(i: usize, base: String, stop: Arc<AtomicBool>) -> Vec<Observed>
                 };
                 let owner = header("prism-owner")
                     .zip(header("prism-owner-lease").and_then(|l| l.parse().ok()));
+                let status = answer.status().as_u16();
+                let count = match (counter, status) {
+                    (true, 200) => answer.json::<u64>().await.ok(),
+                    _ => None,
+                };
+                if counter && status == 200 && count.is_none() {
+                    // Cut off mid-body (a node stopped): not an answer.
+                    continue;
+                }
                 out.push(Observed {
                     projector,
                     asked: i,
                     sent,
                     received,
                     owner,
-                    status: answer.status().as_u16(),
+                    status,
+                    count,
                 });
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -366,6 +384,38 @@ fn leases_never_go_back(observed: &[Observed]) {
         }
         let nodes: std::collections::BTreeSet<&str> = owned.iter().map(|(_, n, _)| *n).collect();
         println!("{projector}: answered as owner by {nodes:?}");
+    }
+}
+
+/// Over the event counters' view reads, through every node: an answer that came before
+/// another request left counted no more events than that request's answer — no node ever
+/// served a view older than one already served (a new owner answers only once caught up).
+fn views_never_go_back(observed: &[Observed]) {
+    let mut by_projector: HashMap<&str, Vec<&Observed>> = HashMap::new();
+    for o in observed.iter().filter(|o| o.count.is_some()) {
+        by_projector.entry(o.projector).or_default().push(o);
+    }
+    for (projector, mut answers) in by_projector {
+        answers.sort_by_key(|o| o.received);
+        let mut newest = Vec::with_capacity(answers.len());
+        let mut max = 0;
+        for o in &answers {
+            max = max.max(o.count.unwrap());
+            newest.push((o.received, max));
+        }
+        for o in &answers {
+            let before = newest.partition_point(|(received, _)| *received < o.sent);
+            if before > 0 {
+                let (_, max) = newest[before - 1];
+                assert!(
+                    o.count.unwrap() >= max,
+                    "{projector}: n{} answered a count of {} after {max} had been served: {o:?}",
+                    o.asked,
+                    o.count.unwrap()
+                );
+            }
+        }
+        println!("{projector}: {} view reads, never older", answers.len());
     }
 }
 
