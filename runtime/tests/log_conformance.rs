@@ -197,6 +197,17 @@ async fn concurrent_appends_are_gapless(log: EventLog) {
         total += task.await.unwrap();
     }
     assert_eq!(log.head(), total);
+    let current = {
+        let log = log.clone();
+        tokio::task::spawn_blocking(move || log.current_head())
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        current.unwrap(),
+        total,
+        "the head as the log's authority knows it"
+    );
     let all = everything(&log, 1);
     // Positions 1..=total, each stream's versions 1, 2, 3, … in log order, each writer's
     // events in the order it sent them, one batch's events side by side.

@@ -385,9 +385,22 @@ impl Cluster {
                 return;
             }
         };
-        self.catching_up
-            .lock()
-            .insert(name.to_string(), self.log.head());
+        // Its queries wait until it has applied everything appended before it took over: the
+        // previous owner can have served no later view. The head asked of the stream's leader,
+        // not this node's last news of it.
+        let log = self.log.clone();
+        let head = match tokio::task::spawn_blocking(move || log.current_head()).await {
+            Ok(Ok(head)) => head,
+            Ok(Err(e)) => {
+                tracing::warn!(projector = %name, error = %e, "reading the log's head; adopted at the next tick");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(projector = %name, error = %e, "reading the log's head panicked");
+                return;
+            }
+        };
+        self.catching_up.lock().insert(name.to_string(), head);
         let (registry, adopted) = (registry.clone(), name.to_string());
         let result =
             tokio::task::spawn_blocking(move || registry.adopt(&adopted, deployment)).await;

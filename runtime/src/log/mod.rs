@@ -351,6 +351,12 @@ impl EventLog {
         self.store.head()
     }
 
+    /// The head as the log's authority knows it now (on JetStream, the stream's leader),
+    /// rather than as this process last heard of it.
+    pub fn current_head(&self) -> Result<u64, ReadError> {
+        self.store.current_head()
+    }
+
     /// A watch of the head position; it changes after every commit.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.store.subscribe()

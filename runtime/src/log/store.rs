@@ -47,6 +47,12 @@ pub trait LogStore: BatchReader + Send + Sync + 'static {
     /// A watch of [`head`](Self::head).
     fn subscribe(&self) -> watch::Receiver<u64>;
 
+    /// The head as the store's authority knows it now, not as this process last heard of it
+    /// (a distributed store's leader; the embedded log's head is always current).
+    fn current_head(&self) -> Result<u64, ReadError> {
+        Ok(self.head())
+    }
+
     /// The stream's version (its number of events; 0 when it does not exist).
     fn stream_version(&self, stream: &str) -> Result<u64, ReadError>;
 

@@ -288,6 +288,14 @@ impl LogStore for JetStreamLog {
         *self.head.borrow()
     }
 
+    fn current_head(&self) -> Result<u64, ReadError> {
+        // The stream's state, answered by its leader.
+        let inner = self.inner.clone();
+        let head = self.read(async move { read_head(&inner.events).await })?;
+        self.inner.moved(head);
+        Ok(head)
+    }
+
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.head.clone()
     }
