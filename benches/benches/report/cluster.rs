@@ -16,11 +16,7 @@ use std::time::{Duration, Instant};
 const ROUNDS: usize = 400;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    prism_toolchain::nats::free_ports(1).expect("a free port")[0]
 }
 
 async fn node(urls: &str, i: usize, dir: &Path) -> (Server, prism_client::Client) {

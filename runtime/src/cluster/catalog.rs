@@ -133,15 +133,17 @@ impl SharedCatalog {
 
     /// Every deployment, by projector name.
     pub async fn deployments(&self) -> Result<BTreeMap<String, Stored>> {
-        use futures::TryStreamExt;
-        let names: Vec<String> = self.deployments.keys().await?.try_collect().await?;
-        let mut out = BTreeMap::new();
-        for name in names {
-            if let Some(stored) = self.get(&name).await? {
-                out.insert(name, stored);
-            }
-        }
-        Ok(out)
+        let entries = super::live_entries(&self.deployments, "deployments").await?;
+        Ok(entries
+            .into_iter()
+            .map(|(name, e)| {
+                let stored = Stored {
+                    record: e.value,
+                    revision: e.revision,
+                };
+                (name, stored)
+            })
+            .collect())
     }
 
     /// The deployment of `name`, if any.

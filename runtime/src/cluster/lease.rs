@@ -144,38 +144,23 @@ impl Leases {
     /// Every lease held now, by projector: its holder, revision and age (since its last
     /// write, by the servers' clock).
     pub async fn all(&self) -> Result<std::collections::BTreeMap<String, HeldLease>> {
-        use futures::TryStreamExt;
-        let names: Vec<String> = self
-            .bucket
-            .keys()
-            .await
-            .context("listing the leases")?
-            .try_collect()
-            .await
-            .context("listing the leases")?;
-        let mut out = std::collections::BTreeMap::new();
-        for name in names {
-            let Some(entry) = self.bucket.entry(name.as_str()).await? else {
-                continue;
-            };
-            if entry.operation != kv::Operation::Put {
-                continue;
-            }
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos() as i128;
-            let age = (now - entry.created.unix_timestamp_nanos()).max(0) as u64;
-            out.insert(
-                name,
-                HeldLease {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as i128;
+        let entries = super::live_entries(&self.bucket, "leases").await?;
+        Ok(entries
+            .into_iter()
+            .map(|(name, entry)| {
+                let age = (now - entry.created.unix_timestamp_nanos()).max(0) as u64;
+                let lease = HeldLease {
                     holder: String::from_utf8_lossy(&entry.value).into_owned(),
                     revision: entry.revision,
                     age: Duration::from_nanos(age),
-                },
-            );
-        }
-        Ok(out)
+                };
+                (name, lease)
+            })
+            .collect())
     }
 }
 

@@ -5,7 +5,6 @@
 
 use anyhow::{Context, Result};
 use async_nats::jetstream::kv;
-use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -86,22 +85,8 @@ impl Membership {
 
     /// The live nodes, by id.
     pub async fn live(&self) -> Result<BTreeMap<String, Node>> {
-        let keys: Vec<String> = self
-            .bucket
-            .keys()
-            .await
-            .context("listing the nodes")?
-            .try_collect()
-            .await
-            .context("listing the nodes")?;
         let mut out = BTreeMap::new();
-        for key in keys {
-            let Some(entry) = self.bucket.entry(key.as_str()).await? else {
-                continue;
-            };
-            if entry.operation != kv::Operation::Put {
-                continue;
-            }
+        for (key, entry) in super::live_entries(&self.bucket, "nodes").await? {
             match serde_json::from_slice(&entry.value) {
                 Ok(node) => {
                     out.insert(key, node);

@@ -57,3 +57,33 @@ async fn ttl_bucket(
     );
     Ok(bucket)
 }
+
+/// Every entry of `bucket` that holds a value now (deleted ones left out), by key: its keys
+/// listed, then each read (one deleted in between is left out). `what` names it in errors.
+async fn live_entries(
+    bucket: &async_nats::jetstream::kv::Store,
+    what: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, async_nats::jetstream::kv::Entry>> {
+    use anyhow::Context;
+    use futures::TryStreamExt;
+    let keys: Vec<String> = bucket
+        .keys()
+        .await
+        .with_context(|| format!("listing the {what}"))?
+        .try_collect()
+        .await
+        .with_context(|| format!("listing the {what}"))?;
+    let mut out = std::collections::BTreeMap::new();
+    for key in keys {
+        let entry = bucket
+            .entry(key.as_str())
+            .await
+            .with_context(|| format!("reading {key} of the {what}"))?;
+        if let Some(entry) =
+            entry.filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put)
+        {
+            out.insert(key, entry);
+        }
+    }
+    Ok(out)
+}

@@ -64,11 +64,7 @@ fn listening(child: &mut Child) -> String {
 
 /// A free loopback port (for a server told its address before it starts).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    prism_toolchain::nats::free_ports(1).unwrap()[0]
 }
 
 /// Starts `prism serve` as node `id` of a cluster on the JetStream servers `nats` (streams

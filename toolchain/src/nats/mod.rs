@@ -13,7 +13,7 @@
 
 mod servers;
 
-pub use servers::{Servers, client_urls};
+pub use servers::{Servers, client_urls, free_ports};
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};

@@ -26,8 +26,9 @@ struct Node {
     child: Option<Child>,
 }
 
-/// `n` distinct free loopback ports (held together while chosen, so none comes twice).
-fn free_ports(n: usize) -> Result<Vec<u16>> {
+/// `n` distinct free loopback ports (held together while chosen, so none comes twice), for
+/// servers told their address before they start.
+pub fn free_ports(n: usize) -> Result<Vec<u16>> {
     let listeners = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
         .collect::<std::io::Result<Vec<_>>>()?;
