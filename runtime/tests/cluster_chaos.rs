@@ -9,7 +9,9 @@
 //! node answered as owner under which lease revision (the `Prism-Owner` headers). Under that load: a rebuild of `order-totals` is asked
 //! through a node that does not own it; the node owning most projectors is killed with
 //! `kill -9`; once the others have taken its projectors over, the node owning most of them now
-//! is stopped with `SIGSTOP` for twice the lease TTL and continued; the killed node starts
+//! is stopped with `SIGSTOP` for twice the lease TTL and continued — a pause of one of its
+//! projectors, forwarded to it under the lease it held, waits for it meanwhile and must be
+//! refused (421: it no longer owns it; the projector not paused); the killed node starts
 //! again (same id and data dir) and takes its share back.
 //!
 //! Then: the log, read back from JetStream, holds every acknowledged append at its positions
@@ -125,12 +127,29 @@ async fn a_cluster_of_three_loses_nothing_and_never_answers_for_one_projector_tw
 
     // SIGSTOP, for twice the lease TTL, of the node owning most projectors now.
     let stopped = busiest(&owners(&clients[survivor]).await, &[killed]);
+    let (late_projector, late_lease) = lease_of(&clients[survivor], stopped).await;
     let child = &nodes[stopped].as_ref().unwrap().child;
     signal(child, "STOP");
     let stopped_at = Instant::now();
+    // A pause (a change of the catalog) forwarded to it as its owner under the lease it held:
+    // it reads the request only when it continues, its lease lapsed — it must not act on it.
+    let late = tokio::spawn(forwarded_pause(
+        bases[stopped].clone(),
+        late_projector.clone(),
+        late_lease,
+    ));
     tokio::time::sleep(2 * TTL).await;
     signal(child, "CONT");
     let continued_at = Instant::now();
+    let late = late.await.unwrap();
+    assert_eq!(
+        late, 421,
+        "n{stopped}, stopped past its lease, answered a pause of {late_projector} as owner"
+    );
+    let status = clients[survivor]
+        .get(&format!("/projectors/{late_projector}"))
+        .await;
+    assert_ne!(status.body["state"], "paused", "{}", status.body);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // The killed node comes back and takes its share again.
@@ -417,6 +436,34 @@ fn views_never_go_back(observed: &[Observed]) {
         }
         println!("{projector}: {} view reads, never older", answers.len());
     }
+}
+
+/// A projector node `n` owns, with the revision of its lease, as `client` sees it.
+async fn lease_of(client: &Client, n: usize) -> (String, u64) {
+    let reply = client.get("/cluster").await;
+    let projectors = reply.body["projectors"].as_array().unwrap();
+    let owned = projectors
+        .iter()
+        .find(|p| p["owner"] == format!("n{n}"))
+        .unwrap_or_else(|| panic!("n{n} owns nothing: {}", reply.body));
+    let name = owned["name"].as_str().unwrap().to_string();
+    (name, owned["lease_revision"].as_u64().unwrap())
+}
+
+/// `POST /projectors/{projector}/pause` sent to the node at `base` as another node forwards
+/// it, under lease `revision`: the status it answered (its answer may come only once the
+/// node continues).
+async fn forwarded_pause(base: String, projector: String, revision: u64) -> u16 {
+    let answer = reqwest::Client::new()
+        .post(format!("{base}/projectors/{projector}/pause"))
+        .header("prism-forwarded-by", "n-test")
+        .header("prism-lease-revision", revision.to_string())
+        .header("prism-cluster-token", "cluster-test-token")
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("the stopped node answers once it continues");
+    answer.status().as_u16()
 }
 
 /// Each projector's owner, by name.
