@@ -138,7 +138,20 @@ async fn a_cluster_of_three_loses_nothing_and_never_answers_for_one_projector_tw
         late_projector.clone(),
         late_lease,
     ));
-    tokio::time::sleep(2 * TTL).await;
+    // How long its projectors take to be owned elsewhere (a figure; the lease order and the
+    // refused pause are what is checked).
+    let mut taken_over = None;
+    while stopped_at.elapsed() < 2 * TTL {
+        let asked = tokio::time::timeout(Duration::from_secs(2), owners(&clients[survivor])).await;
+        if taken_over.is_none()
+            && let Ok(owners) = asked
+            && owners.len() == PROJECTORS.len()
+            && owners.values().all(|o| *o != format!("n{stopped}"))
+        {
+            taken_over = Some(stopped_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     signal(child, "CONT");
     let continued_at = Instant::now();
     let late = late.await.unwrap();
@@ -170,8 +183,9 @@ async fn a_cluster_of_three_loses_nothing_and_never_answers_for_one_projector_tw
         .count();
     println!(
         "cluster chaos: ready in {ready:.1?}; n{killed} killed, its projectors owned elsewhere \
-         after {failover:.1?}; n{stopped} stopped {:.1?} after the kill for {:.1?}; {} appends \
-         sent, {acked} acknowledged; {} answers observed",
+         after {failover:.1?}; n{stopped} stopped {:.1?} after the kill for {:.1?}, its \
+         projectors owned elsewhere after {taken_over:.1?} (None: not within the stop); {} \
+         appends sent, {acked} acknowledged; {} answers observed",
         stopped_at - killed_at,
         continued_at - stopped_at,
         sent.len(),

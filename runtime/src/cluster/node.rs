@@ -257,9 +257,13 @@ impl Cluster {
             }));
             let mut ticks = tokio::time::interval(cluster.options.tick());
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Adoptions run beside the loop (loading code takes seconds): it goes on taking
+            // the leases of a dead node's other projectors meanwhile.
+            let mut adoptions = Adoptions::default();
             loop {
                 ticks.tick().await;
-                cluster.tick(&registry).await;
+                adoptions.reap();
+                cluster.tick(&registry, &mut adoptions).await;
             }
         })
     }
@@ -282,7 +286,7 @@ impl Cluster {
     }
 
     /// One round of the loop.
-    async fn tick(&self, registry: &Registry) {
+    async fn tick(self: &Arc<Self>, registry: &Registry, adoptions: &mut Adoptions) {
         let read = self.catalog.deployments().await;
         let deployments = match &read {
             Ok(deployments) => {
@@ -329,8 +333,15 @@ impl Cluster {
             }
         }
         for name in deployments.keys() {
-            if self.owns(name).is_some() && registry.get(name).is_none() {
-                self.adopt(registry, name).await;
+            if self.owns(name).is_some()
+                && registry.get(name).is_none()
+                && adoptions.running.insert(name.clone())
+            {
+                let (cluster, registry, adopted) = (self.clone(), registry.clone(), name.clone());
+                let task = adoptions.tasks.spawn(async move {
+                    cluster.adopt(&registry, &adopted).await;
+                });
+                adoptions.names.insert(task.id(), name.clone());
             }
         }
         if read.is_ok() {
@@ -511,6 +522,33 @@ impl SharedDeployments for Cluster {
     fn module(&self, hash: &str) -> Result<Option<Vec<u8>>, SharedError> {
         self.block_on(self.catalog.module(hash))
             .map_err(|e| shared_error(hash, e))
+    }
+}
+
+/// The adoptions under way, one at most per projector.
+#[derive(Default)]
+struct Adoptions {
+    tasks: tokio::task::JoinSet<()>,
+    names: HashMap<tokio::task::Id, String>,
+    running: std::collections::HashSet<String>,
+}
+
+impl Adoptions {
+    /// Forgets the adoptions that ended (each handles its own errors; one that panicked is
+    /// tried again at the next tick).
+    fn reap(&mut self) {
+        while let Some(ended) = self.tasks.try_join_next_with_id() {
+            let id = match ended {
+                Ok((id, ())) => id,
+                Err(e) => {
+                    tracing::error!(error = %e, "an adoption panicked");
+                    e.id()
+                }
+            };
+            if let Some(name) = self.names.remove(&id) {
+                self.running.remove(&name);
+            }
+        }
     }
 }
 
