@@ -227,7 +227,9 @@ impl Server {
                     .with_context(|| format!("listening for other nodes on {}", tls.listen))?;
                 let listener = tls_listener::TlsListener::new(acceptor, listener);
                 let mut closed = closing.subscribe();
-                let app = app.clone();
+                let app = app
+                    .clone()
+                    .layer(axum::Extension(crate::http::PeerListener));
                 Some(tokio::spawn(async move {
                     axum::serve(listener, app)
                         .with_graceful_shutdown(async move {

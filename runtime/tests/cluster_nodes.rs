@@ -266,6 +266,7 @@ async fn a_node_whose_lease_lapsed_cannot_write_the_catalog() {
         pending: None,
         paused: false,
         incarnation: 7,
+        dead_letter_actions: 0,
     };
     let put = |config: &'static str| {
         let cluster = cluster.clone();

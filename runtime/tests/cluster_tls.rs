@@ -2,7 +2,7 @@
 //! others on a peer listener over mutual TLS with certificates from a private CA. Requests are
 //! forwarded over it and answered exactly (`Prism-Owner` names the other node); the peer
 //! listener refuses plain HTTP, a client without a certificate, and one whose certificate
-//! another CA issued.
+//! another CA issued; the API listener refuses forwarded requests. Last, the server gone, the nodes still stop.
 
 mod common;
 
@@ -181,10 +181,33 @@ async fn nodes_talk_to_each_other_over_mutual_tls_only() {
         "another CA's certificate: {stranger}"
     );
 
+    // The API listener takes no forwarded request, token or not: nodes talk over TLS.
+    let sneaked = reqwest::Client::new()
+        .get(format!("{}/projectors/c0/view/total", client_one.base))
+        .header("prism-forwarded-by", "n2")
+        .header("prism-lease-revision", "1")
+        .header("prism-cluster-token", "the-cluster-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        sneaked.status().as_u16(),
+        401,
+        "a forwarded request on the API listener"
+    );
     println!(
         "peer listener: trusted {trusted:?}; plain {plain:?}; no certificate {anonymous:?}; \
          another CA {stranger:?}; answers by (node asked, owner): {owners:?}"
     );
-    two.stop().await;
-    one.stop().await;
+    // A node whose servers are gone still stops (its leases expire by themselves).
+    drop(nats);
+    let stopped = tokio::time::timeout(Duration::from_secs(30), async {
+        two.stop().await;
+        one.stop().await;
+    })
+    .await;
+    assert!(
+        stopped.is_ok(),
+        "nodes whose NATS servers are gone did not stop"
+    );
 }

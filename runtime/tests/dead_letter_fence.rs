@@ -19,13 +19,15 @@ use prism::projector::{
     RegistryOptions, RetryError, StorageError,
 };
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// A cluster of one whose lease on every projector is `held`.
+/// A cluster of one whose lease on every projector is `held`; `grants` more answers say yes
+/// whatever `held` says (a lease that lapses between two checks).
 #[derive(Debug, Default)]
 struct Lease {
     held: AtomicBool,
+    grants: AtomicUsize,
 }
 
 impl SharedDeployments for Lease {
@@ -42,7 +44,10 @@ impl SharedDeployments for Lease {
         Ok(None)
     }
     fn holds(&self, _: &str) -> bool {
-        self.held.load(Ordering::SeqCst)
+        let granted = self
+            .grants
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |g| g.checked_sub(1));
+        granted.is_ok() || self.held.load(Ordering::SeqCst)
     }
 }
 
@@ -139,10 +144,19 @@ async fn a_node_without_the_lease_takes_no_dead_letter_action() {
         tokio::task::spawn_blocking(move || registry.retry_dead_letter("poison", position))
     };
 
-    // The lease lapsed: nothing is retried or discarded.
+    // The lease lapsed: nothing is retried or discarded — also when it lapses after the
+    // request was checked, before the runner commits the retry.
     lease.held.store(false, Ordering::SeqCst);
     let retried = retry(3).await.unwrap();
     assert!(matches!(retried, Err(RetryError::NotOwner)), "{retried:?}");
+    lease.grants.store(1, Ordering::SeqCst);
+    let retried = retry(3).await.unwrap();
+    assert!(matches!(retried, Err(RetryError::NotOwner)), "{retried:?}");
+    assert_eq!(
+        lease.grants.load(Ordering::SeqCst),
+        0,
+        "the request was checked"
+    );
     let discarded = registry.discard_dead_letter("poison", 5);
     assert!(
         matches!(
@@ -162,6 +176,10 @@ async fn a_node_without_the_lease_takes_no_dead_letter_action() {
     assert_eq!(sum(&registry), 16);
     assert!(registry.discard_dead_letter("poison", 5).unwrap());
     assert_eq!(letters(&registry), Vec::<u64>::new());
+    // Both recorded in the deployment, so that a node keeping a view from an earlier ownership
+    // of it does not keep one without them (only the two that went through count).
+    let recorded = registry.get("poison").unwrap().deployment();
+    assert_eq!(recorded.dead_letter_actions, 2);
     let registry_ = registry.clone();
     tokio::task::spawn_blocking(move || registry_.shutdown())
         .await

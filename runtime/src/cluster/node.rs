@@ -275,13 +275,22 @@ impl Cluster {
         for name in running {
             self.unload(registry, &name).await;
         }
-        for name in self.ownership.held() {
-            if let Err(e) = self.ownership.release(&name).await {
-                tracing::warn!(projector = %name, error = %e, "releasing a lease at shutdown");
+        // Bounded: with the servers gone, the leases and the membership expire by themselves.
+        let giving_up = async {
+            for name in self.ownership.held() {
+                if let Err(e) = self.ownership.release(&name).await {
+                    tracing::warn!(projector = %name, error = %e, "releasing a lease at shutdown");
+                }
             }
-        }
-        if let Err(e) = self.ownership.leave().await {
-            tracing::warn!(error = %e, "leaving the cluster");
+            if let Err(e) = self.ownership.leave().await {
+                tracing::warn!(error = %e, "leaving the cluster");
+            }
+        };
+        if tokio::time::timeout(self.options.lease_ttl, giving_up)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the servers did not answer; this node's leases expire by themselves");
         }
     }
 
@@ -308,7 +317,13 @@ impl Cluster {
         };
         let mut names: Vec<String> = deployments.keys().cloned().collect();
         names.extend(creating.iter().cloned());
-        match self.ownership.balance(&names).await {
+        // A lease taken while the projector is still loaded here (this node lost it, stopped,
+        // and took it again): that runner is from the earlier ownership and may be behind
+        // what another owner served since. Its views wait until it is adopted afresh.
+        let taking = |name: &str| {
+            self.catching_up.lock().insert(name.to_string(), u64::MAX);
+        };
+        match self.ownership.balance(&names, taking).await {
             Ok(tick) => {
                 *self.peers.write() = tick
                     .live
@@ -317,6 +332,13 @@ impl Cluster {
                     .filter_map(|u| u.authority().map(|a| a.to_string()))
                     .collect();
                 *self.live.write() = tick.live.clone();
+                for name in &tick.taken {
+                    if registry.get(name).is_some() {
+                        self.unload(registry, name).await;
+                        // Adopted afresh below: caught up before it answers.
+                        self.catching_up.lock().insert(name.clone(), u64::MAX);
+                    }
+                }
                 for name in &tick.to_release {
                     self.unload(registry, name).await;
                     if let Err(e) = self.ownership.release(name).await {

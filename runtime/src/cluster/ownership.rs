@@ -104,8 +104,9 @@ impl Ownership {
     /// Brings the leases of `projectors` in line with the live nodes: takes the lease of each
     /// one rendezvous hashing gives this node and no node holds, and reports the ones it holds
     /// and should give up (another node joined, or the projector is gone). Renewing is
-    /// [`Ownership::renew`]'s.
-    pub async fn balance(&self, projectors: &[String]) -> Result<Tick> {
+    /// [`Ownership::renew`]'s. `taking` is told of each lease taken, before this node counts
+    /// it held (a projector still loaded from an earlier ownership must not answer under it).
+    pub async fn balance(&self, projectors: &[String], taking: impl Fn(&str)) -> Result<Tick> {
         let mut live = self.membership.live().await?;
         // Announced by the renewals: live, whatever a replica behind answered.
         live.entry(self.node.clone())
@@ -126,6 +127,7 @@ impl Ownership {
             match (wanted, held) {
                 (true, false) => match self.leases.acquire(projector).await {
                     Ok(Some(lease)) => {
+                        taking(projector);
                         self.held.lock().insert(projector.clone(), lease);
                         tick.taken.push(projector.clone());
                     }

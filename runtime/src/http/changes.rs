@@ -243,6 +243,12 @@ impl Follower {
                 }
                 Since::Closed => {
                     let Some(projector) = self.registry.get(&self.name) else {
+                        // Unloaded, not deleted (in a cluster, another node owns it now): the
+                        // stream ends; the client reconnects, through any node, and resumes.
+                        let kept = self.registry.recorded();
+                        if kept.is_ok_and(|names| names.contains(&self.name)) {
+                            return Ok(());
+                        }
                         self.send(Event::default().event("deleted").data("{}"))
                             .await?;
                         return Ok(());

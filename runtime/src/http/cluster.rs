@@ -70,15 +70,21 @@ fn moving(name: &str) -> Response {
 
 /// 421: the sender asks again who owns the projector.
 fn not_owner(cluster: &Cluster, name: &str) -> Response {
+    let node = &cluster.options().node_id;
+    let why = match cluster.owns(name) {
+        Some(held) => format!("owns projector {name:?} under lease {held}, not that one"),
+        None => format!("holds no valid lease on projector {name:?}"),
+    };
     ApiError::new(
         StatusCode::MISDIRECTED_REQUEST,
-        format!(
-            "node {} does not own projector {name:?} at that lease",
-            cluster.options().node_id
-        ),
+        format!("node {node} {why}"),
     )
     .into_response()
 }
+
+/// Marks the requests that came over the peer listener (TLS between nodes).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerListener;
 
 /// Routes `request` (its token already checked) to where it is answered.
 pub(super) async fn route(state: &AppState, request: Request, next: Next) -> Response {
@@ -101,6 +107,17 @@ pub(super) async fn route(state: &AppState, request: Request, next: Next) -> Res
         return next.run(request).await;
     };
     let cluster = &routes.cluster;
+    // Forwarded requests come over the peer listener when the nodes talk TLS.
+    if forwarded
+        && cluster.options().tls.is_some()
+        && request.extensions().get::<PeerListener>().is_none()
+    {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this cluster's nodes forward requests to each other over their TLS peer listener",
+        )
+        .into_response();
+    }
     if forwarded {
         let revision = request
             .headers()
@@ -236,11 +253,11 @@ async fn local(
     let lease = cluster.owns(name);
     // Its lease taken, its code still loading here.
     if lease.is_some() && state.registry.get(name).is_none() && cluster.deployed(name) {
-        return ApiError::unavailable(
+        let starting = ApiError::unavailable(
             format!("projector {name:?} is starting on this node, its new owner"),
             1,
-        )
-        .into_response();
+        );
+        return owned_by(cluster, lease, starting.into_response());
     }
     if reads_view(path) && cluster.catching_up(name, &state.registry) {
         use prism_client::wire::State;
@@ -253,28 +270,37 @@ async fn local(
             }
             _ => "is catching up with the log",
         };
-        return ApiError::unavailable(
+        let waiting = ApiError::unavailable(
             format!("projector {name:?} moved to this node and {why}"),
             1,
-        )
-        .into_response();
+        );
+        return owned_by(cluster, lease, waiting.into_response());
     }
     let forwarded = request.headers().contains_key(FORWARDED_BY);
-    let mut response = next.run(request).await;
-    // Refused (no such projector, not running) because it left this node meanwhile — handed
-    // over, its lease lapsed: not the owner's answer. The sender asks the new owner.
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+    let response = next.run(request).await;
+    let lapsed = lease.is_some() && cluster.owns(name) != lease;
+    // A read answered while the lease lapsed (the node stalled, or stopped, in between) is not
+    // an owner's answer any more: another node may own the projector by now. And a refusal
+    // (no such projector, not running) because the projector left this node meanwhile is
+    // not the owner's either. The sender asks the new owner. (A change was fenced where it
+    // committed: its answer stands.)
     let refused = matches!(
         response.status(),
         StatusCode::NOT_FOUND | StatusCode::CONFLICT
     );
-    let left = cluster.owns(name) != lease
-        || (state.registry.get(name).is_none() && cluster.deployed(name));
-    if refused && lease.is_some() && left {
+    let left = lapsed || (state.registry.get(name).is_none() && cluster.deployed(name));
+    if lease.is_some() && ((reads && lapsed) || (refused && left)) {
         return match forwarded {
             true => not_owner(cluster, name),
             false => moving(name),
         };
     }
+    owned_by(cluster, lease, response)
+}
+
+/// `response` named as this node's, the owner's under `lease` (when it holds one).
+fn owned_by(cluster: &Cluster, lease: Option<u64>, mut response: Response) -> Response {
     if let Some(revision) = lease
         && let Ok(node) = HeaderValue::from_str(&cluster.options().node_id)
     {

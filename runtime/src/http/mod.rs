@@ -65,7 +65,7 @@ mod views;
 
 pub use auth::Tokens;
 pub use boundary::AllowedHosts;
-pub use cluster::ClusterRoutes;
+pub use cluster::{ClusterRoutes, PeerListener};
 pub use connections::BoundedListener;
 pub use error::ApiError;
 pub use metrics::Metrics;

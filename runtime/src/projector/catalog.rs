@@ -32,6 +32,11 @@ pub struct Deployment {
     /// the name is deployed anew, kept for its life. 0 in catalogs written before it existed.
     #[serde(default)]
     pub incarnation: u64,
+    /// How many dead-letter actions (retries, discards) changed the deployment's views. In a
+    /// cluster a node keeps a view of this deployment from an earlier ownership only when its
+    /// record counts as many: one another owner retried or discarded meanwhile is rebuilt.
+    #[serde(default)]
+    pub dead_letter_actions: u64,
 }
 
 impl Deployment {

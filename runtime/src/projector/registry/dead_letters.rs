@@ -49,7 +49,19 @@ impl Registry {
             .map_err(|_| RetryError::NotRunning)?;
         // The runner answers between two batches; if it stops first, the request is dropped
         // with its mailbox and the answer never comes.
-        futures::executor::block_on(answer).unwrap_or(Err(RetryError::NotRunning))
+        futures::executor::block_on(answer).unwrap_or(Err(RetryError::NotRunning))?;
+        self.count_dead_letter_action(name)?;
+        Ok(())
+    }
+
+    /// Records that a dead-letter action changed `name`'s views (see
+    /// [`Deployment::dead_letter_actions`](crate::projector::Deployment)).
+    fn count_dead_letter_action(&self, name: &str) -> Result<(), StorageError> {
+        let _changing = self.inner.changing.lock();
+        match self.get(name) {
+            Some(projector) => self.save(&projector, |d| d.dead_letter_actions += 1),
+            None => Ok(()),
+        }
     }
 
     /// Discards the dead letter at `position`; false when there was none.
@@ -58,7 +70,11 @@ impl Registry {
         if !self.fence(name)() {
             return Err(StorageError::Shared(SharedError::NotOwner(name.to_string())).into());
         }
-        Ok(generation.store.discard_dead_letter(position)?)
+        let discarded = generation.store.discard_dead_letter(position)?;
+        if discarded {
+            self.count_dead_letter_action(name)?;
+        }
+        Ok(discarded)
     }
 
     /// Whether this node may still act as `name`'s owner: always on one node; in a cluster,

@@ -145,6 +145,7 @@ impl Registry {
             incarnation: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64),
+            dead_letter_actions: 0,
         };
         let serving = match self.spawn(name, code, instance, store, Vec::new()) {
             Ok(serving) => serving,
