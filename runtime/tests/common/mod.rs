@@ -6,6 +6,7 @@ pub mod appends;
 pub mod certs;
 pub mod model;
 pub mod nats;
+pub mod observe;
 pub mod process;
 pub mod proxy;
 pub mod writers;
