@@ -352,7 +352,7 @@ async fn forwarded_pause(base: String, projector: String, revision: u64) -> (u16
         .post(format!("{base}/projectors/{projector}/pause"))
         .header("prism-forwarded-by", "n-test")
         .header("prism-lease-revision", revision.to_string())
-        .header("prism-cluster-token", "cluster-test-token")
+        .header("prism-cluster-token", common::process::CLUSTER_TOKEN)
         .timeout(Duration::from_secs(30))
         .send()
         .await

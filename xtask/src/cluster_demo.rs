@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use prism_client::wire::NewEvent;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The secret the demo's nodes present to each other.
 const TOKEN: &str = "cluster-demo-token";
@@ -83,20 +83,19 @@ fn seed(
         .iter()
         .map(|b| prism_client::Client::new(b))
         .collect::<Result<Vec<_>, _>>()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
     for (i, api) in clients.iter().enumerate() {
-        while runtime
-            .block_on(api.cluster())
-            .map_or(true, |c| c.nodes.len() < 3)
-        {
-            if let Some(status) = nodes.0[i].try_wait()? {
-                bail!("node n{i} exited with {status}");
-            }
-            if Instant::now() > deadline {
-                bail!("the three nodes did not see each other within 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let sees_all = || {
+            runtime
+                .block_on(api.cluster())
+                .is_ok_and(|c| c.nodes.len() >= 3)
+        };
+        crate::wait_for(
+            &mut nodes.0[i],
+            &format!("node n{i}"),
+            Duration::from_secs(60),
+            sees_all,
+        )
+        .context("the three nodes did not see each other")?;
     }
     for (name, path) in guests {
         let wasm = std::fs::read(path)?;

@@ -237,21 +237,36 @@ fn demo(root: &Path, data_dir: &Path, listen: &str) -> Result<()> {
 
 /// Waits for Prism, deploys the examples, appends the sample history once, and says where to
 /// look. Talks to Prism through its typed client.
+/// Waits until `ready` says yes, asking every 100 ms for up to `within`; fails at once if
+/// `child` (named `what`) exits meanwhile.
+fn wait_for(
+    child: &mut Child,
+    what: &str,
+    within: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Result<()> {
+    let deadline = Instant::now() + within;
+    while !ready() {
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited with {status}");
+        }
+        if Instant::now() > deadline {
+            bail!("{what} was not ready within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 fn seed(prism: &mut Child, binary: &Path, url: &str, guests: &[(String, PathBuf)]) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let api = prism_client::Client::new(url)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while runtime.block_on(api.health()).is_err() {
-        if let Some(status) = prism.try_wait()? {
-            bail!("prism exited with {status}");
-        }
-        if Instant::now() > deadline {
-            bail!("prism did not answer on {url} within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(prism, "prism", Duration::from_secs(30), || {
+        runtime.block_on(api.health()).is_ok()
+    })
+    .with_context(|| format!("prism did not answer on {url}"))?;
     for (name, path) in guests {
         let wasm = std::fs::read(path)?;
         let deployed = runtime

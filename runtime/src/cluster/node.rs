@@ -297,10 +297,11 @@ impl Cluster {
     /// One round of the loop.
     async fn tick(self: &Arc<Self>, registry: &Registry, adoptions: &mut Adoptions) {
         let read = self.catalog.deployments().await;
-        let deployments = match &read {
+        let read_all = read.is_ok();
+        let deployments = match read {
             Ok(deployments) => {
                 *self.known.lock() = deployments.clone();
-                deployments.clone()
+                deployments
             }
             Err(e) => {
                 tracing::warn!(error = %e, "reading the shared catalog");
@@ -357,7 +358,7 @@ impl Cluster {
         for name in deployments.keys() {
             if self.owns(name).is_some()
                 && registry.get(name).is_none()
-                && adoptions.running.insert(name.clone())
+                && !adoptions.names.values().any(|n| n == name)
             {
                 let (cluster, registry, adopted) = (self.clone(), registry.clone(), name.clone());
                 let task = adoptions.tasks.spawn(async move {
@@ -366,7 +367,7 @@ impl Cluster {
                 adoptions.names.insert(task.id(), name.clone());
             }
         }
-        if read.is_ok() {
+        if read_all {
             self.forget_deleted(registry, &names).await;
         }
     }
@@ -551,8 +552,8 @@ impl SharedDeployments for Cluster {
 #[derive(Default)]
 struct Adoptions {
     tasks: tokio::task::JoinSet<()>,
+    /// The projector each task adopts.
     names: HashMap<tokio::task::Id, String>,
-    running: std::collections::HashSet<String>,
 }
 
 impl Adoptions {
@@ -567,9 +568,7 @@ impl Adoptions {
                     e.id()
                 }
             };
-            if let Some(name) = self.names.remove(&id) {
-                self.running.remove(&name);
-            }
+            self.names.remove(&id);
         }
     }
 }

@@ -26,16 +26,28 @@ pub fn start(data_dir: &std::path::Path) -> Prism {
 /// Starts `prism serve` on `data_dir`, its views made durable every `sync_ms`; a projector
 /// catching up commits its held writes every 20 ms (so kills find some committed, some held).
 pub fn start_syncing(data_dir: &std::path::Path, sync_ms: u64) -> Prism {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_prism"))
-        .args([
-            "serve",
+    let sync_ms = sync_ms.to_string();
+    let (child, address) = serve(
+        data_dir,
+        &[
             "--listen",
             "127.0.0.1:0",
-            "--view-cache-interval-ms",
-            "20",
             "--view-sync-interval-ms",
-        ])
-        .arg(sync_ms.to_string())
+            &sync_ms,
+        ],
+    );
+    Prism {
+        child,
+        client: Client::new(&address),
+    }
+}
+
+/// Runs `prism serve --data-dir data_dir` with `args` (catching up commits every 20 ms, logs
+/// at warn on the test's stderr): the child, and the address it says it listens at.
+fn serve(data_dir: &std::path::Path, args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prism"))
+        .args(["serve", "--view-cache-interval-ms", "20"])
+        .args(args)
         .arg("--data-dir")
         .arg(data_dir)
         .env("RUST_LOG", "warn")
@@ -44,10 +56,7 @@ pub fn start_syncing(data_dir: &std::path::Path, sync_ms: u64) -> Prism {
         .spawn()
         .expect("starting prism");
     let address = listening(&mut child);
-    Prism {
-        child,
-        client: Client::new(&address),
-    }
+    (child, address)
 }
 
 /// The address a `prism serve` child says, on its first line, it listens at.
@@ -67,6 +76,9 @@ pub fn free_port() -> u16 {
     prism_toolchain::nats::free_ports(1).unwrap()[0]
 }
 
+/// The secret of the clusters [`start_node`] starts.
+pub const CLUSTER_TOKEN: &str = "cluster-test-token";
+
 /// Starts `prism serve` as node `id` of a cluster on the JetStream servers `nats` (streams
 /// replicated 3 times), listening on (and advertising) loopback `port`, its leases living
 /// `lease_ttl_ms`.
@@ -78,27 +90,27 @@ pub fn start_node(
     lease_ttl_ms: u64,
 ) -> Prism {
     let address = format!("127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_prism"))
-        .args([
-            "serve",
+    let (advertised, ttl) = (format!("http://{address}"), lease_ttl_ms.to_string());
+    let (child, said) = serve(
+        data_dir,
+        &[
             "--listen",
             &address,
-            "--view-cache-interval-ms",
-            "20",
-        ])
-        .args(["--event-log", nats, "--event-log-replicas", "3"])
-        .args(["--node-id", id, "--cluster-token", "cluster-test-token"])
-        .args(["--advertise-url", &format!("http://{address}")])
-        .args(["--lease-ttl-ms", &lease_ttl_ms.to_string()])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting prism");
-    let said = listening(&mut child);
-    assert_eq!(said, format!("http://{address}"), "prism node {id}");
+            "--event-log",
+            nats,
+            "--event-log-replicas",
+            "3",
+            "--node-id",
+            id,
+            "--cluster-token",
+            CLUSTER_TOKEN,
+            "--advertise-url",
+            &advertised,
+            "--lease-ttl-ms",
+            &ttl,
+        ],
+    );
+    assert_eq!(said, advertised, "prism node {id}");
     Prism {
         child,
         client: Client::new(&said),
