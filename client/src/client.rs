@@ -301,6 +301,19 @@ impl Client {
         self.call(self.at(Method::GET, &["cluster"])?).await
     }
 
+    /// Drains node `node` of the cluster (`drained`), or undoes it.
+    pub async fn drain(&self, node: &str, drained: bool) -> Result<Drain, Error> {
+        let method = if drained { Method::POST } else { Method::DELETE };
+        self.call(self.at(method, &["cluster", "nodes", node, "drain"])?)
+            .await
+    }
+
+    /// Has the owner of projector `name` upload a snapshot of each of its views that changed.
+    pub async fn snapshot(&self, name: &str) -> Result<Snapshots, Error> {
+        self.call(self.at(Method::POST, &["projectors", name, "snapshot"])?)
+            .await
+    }
+
     /// One projector's status.
     pub async fn projector(&self, name: &str) -> Result<Projector, Error> {
         self.call(self.at(Method::GET, &["projectors", name])?)

@@ -51,6 +51,8 @@
 //! token = "..."
 //! lease_ttl_ms = 6000
 //! lease_margin_ms = 1000
+//! snapshot_interval_ms = 30000  # how often an owner snapshots its views (0: at handover only)
+//! snapshots_kept = 3            # snapshots kept per view
 //! peer_listen = "0.0.0.0:7443"  # TLS between nodes (an option): the peers' listener,
 //! tls_cert = "node.pem"         #   this node's certificate and key, and the CA that
 //! tls_key = "node-key.pem"      #   issued every node's (advertise_url is then
@@ -140,6 +142,12 @@ pub struct ClusterSettings {
     /// How long, in milliseconds, before its lease expires a node stops acting as owner
     /// (more than the servers' clocks may drift apart over a TTL).
     pub lease_margin_ms: u64,
+    /// How often, in milliseconds, a projector's owner uploads a snapshot of each of its views
+    /// that changed (0: only when it hands the projector over). The log after the newest
+    /// snapshot is what a new owner replays after a failover.
+    pub snapshot_interval_ms: u64,
+    /// Snapshots kept per view (the newest; older ones are deleted).
+    pub snapshots_kept: usize,
     /// TLS between nodes: where this node serves the requests others forward to it, over
     /// mutual TLS (with `tls_cert`, `tls_key` and `tls_ca`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -163,12 +171,22 @@ impl Default for ClusterSettings {
             token: None,
             lease_ttl_ms: 6000,
             lease_margin_ms: 1000,
+            snapshot_interval_ms: 30_000,
+            snapshots_kept: 3,
             peer_listen: None,
             tls_cert: None,
             tls_key: None,
             tls_ca: None,
         }
     }
+}
+
+/// Whether `id` can be a node's id: 1 to 64 letters, digits, '-' or '_'.
+pub fn valid_node_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl ClusterSettings {
@@ -186,11 +204,7 @@ impl ClusterSettings {
             return Ok(None);
         };
         anyhow::ensure!(
-            !node_id.is_empty()
-                && node_id.len() <= 64
-                && node_id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            valid_node_id(node_id),
             "node id {node_id:?}: use 1 to 64 letters, digits, '-' or '_'"
         );
         let Some(url) = &self.advertise_url else {
@@ -222,12 +236,18 @@ impl ClusterSettings {
             self.lease_margin_ms < self.lease_ttl_ms && self.lease_ttl_ms >= 600,
             "[cluster] lease_ttl_ms must be at least 600 and more than lease_margin_ms"
         );
+        anyhow::ensure!(
+            self.snapshots_kept >= 1,
+            "[cluster] snapshots_kept must be at least 1"
+        );
         Ok(Some(crate::cluster::ClusterOptions {
             node_id: node_id.clone(),
             advertise_url: url.clone(),
             token,
             lease_ttl: std::time::Duration::from_millis(self.lease_ttl_ms),
             lease_margin: std::time::Duration::from_millis(self.lease_margin_ms),
+            snapshot_interval: std::time::Duration::from_millis(self.snapshot_interval_ms),
+            snapshots_kept: self.snapshots_kept,
             replicas,
             tls,
         }))

@@ -191,7 +191,7 @@ async fn every_projector_has_one_owner_at_a_time_through_a_node_falling_silent()
             while !stop.load(Ordering::Relaxed) {
                 if !silent.load(Ordering::Relaxed)
                     && node.renew().await.is_ok()
-                    && let Ok(tick) = node.balance(&projectors, |_| {}).await
+                    && let Ok(tick) = node.balance(&projectors, &Default::default(), |_| {}).await
                 {
                     for p in tick.to_release {
                         let _ = node.release(&p).await;

@@ -29,6 +29,8 @@ async fn node(nats: &str, id: &str, dir: &std::path::Path) -> (Server, Client) {
             token: TOKEN.into(),
             lease_ttl: Duration::from_secs(3),
             lease_margin: Duration::from_millis(500),
+            snapshot_interval: Duration::from_secs(30),
+            snapshots_kept: 3,
             replicas: 3,
             tls: None,
         });
@@ -247,6 +249,8 @@ async fn a_node_whose_lease_lapsed_cannot_write_the_catalog() {
                 token: TOKEN.into(),
                 lease_ttl: Duration::from_millis(1500),
                 lease_margin: Duration::from_millis(300),
+                snapshot_interval: Duration::from_secs(30),
+                snapshots_kept: 3,
                 replicas: 1,
                 tls: None,
             };

@@ -48,6 +48,8 @@ async fn node(nats: &str, id: &str, dir: &Path, certs: &Certs) -> (Server, Clien
             token: "the-cluster-secret".into(),
             lease_ttl: Duration::from_secs(3),
             lease_margin: Duration::from_millis(500),
+            snapshot_interval: Duration::from_secs(30),
+            snapshots_kept: 3,
             replicas: 1,
             tls: Some(tls),
         });

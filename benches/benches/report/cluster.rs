@@ -30,6 +30,8 @@ async fn node(urls: &str, i: usize, dir: &Path) -> (Server, prism_client::Client
         token: "bench".into(),
         lease_ttl: Duration::from_secs(6),
         lease_margin: Duration::from_secs(1),
+        snapshot_interval: Duration::from_secs(30),
+        snapshots_kept: 3,
         replicas: 3,
         tls: None,
     });

@@ -9,7 +9,9 @@ mod status;
 mod streams;
 mod views;
 
-pub use cluster::{ClusterNode, ClusterStatus, ProjectorOwner};
+pub use cluster::{
+    ClusterNode, ClusterStatus, Drain, ProjectorOwner, RestoredView, Snapshot, Snapshots,
+};
 pub use errors::{ErrorBody, NotReached, ReplayFaulted, VersionConflict};
 pub use projectors::{
     CompileSource, DeadLetter, DeadLetterParams, DeadLetters, DeletedReply, DeployMode,

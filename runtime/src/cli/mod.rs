@@ -268,10 +268,12 @@ pub enum Command {
         server: remote::ServerArg,
     },
     /// Show a cluster as the node at --url sees it: the live nodes, and which node owns each
-    /// projector under which lease.
+    /// projector under which lease; or drain a node, undo it, or snapshot a projector's views.
     Cluster {
         #[command(flatten)]
         server: remote::ServerArg,
+        #[command(subcommand)]
+        action: Option<ClusterAction>,
     },
     /// (Internal) compile the component on stdin to an artifact on stdout; `prism serve` runs
     /// it to bound a compile's time and memory.
@@ -285,6 +287,24 @@ pub enum Command {
         #[arg(long)]
         max_memory: u64,
     },
+}
+
+/// `prism cluster`'s commands.
+#[derive(clap::Subcommand)]
+pub enum ClusterAction {
+    /// Drain a node: its projectors move to the other nodes (each handed over with a
+    /// snapshot), and it takes none until undrained, across its restarts. Waits until it owns
+    /// nothing.
+    Drain {
+        node: String,
+        /// Return once the drain is recorded, without waiting for the projectors to move.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Undo a node's drain: it takes its share of projectors again.
+    Undrain { node: String },
+    /// Have a projector's owner upload a snapshot of each of its views that changed.
+    Snapshot { name: String },
 }
 
 /// `prism log`'s commands.

@@ -1,6 +1,6 @@
 //! The commands that talk to a running Prism, through the typed [`Client`].
 
-use super::{Command, Mode, OnError};
+use super::{ClusterAction, Command, Mode, OnError};
 use anyhow::{Context, Result};
 use prism_client::Client;
 use prism_client::wire::{
@@ -13,10 +13,10 @@ use serde::Serialize;
 #[derive(clap::Args)]
 pub struct ServerArg {
     /// The Prism server to talk to.
-    #[arg(long, env = "PRISM_URL", default_value = "http://127.0.0.1:7070")]
+    #[arg(long, env = "PRISM_URL", default_value = "http://127.0.0.1:7070", global = true)]
     url: String,
     /// Bearer token sent with every request.
-    #[arg(long, env = "PRISM_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "PRISM_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
 }
 
@@ -191,7 +191,26 @@ pub async fn run(command: Command) -> Result<()> {
             print(&server.client()?.scan(&name, &params).await?)
         }
         Command::Ls { server } => ls(&server.client()?).await,
-        Command::Cluster { server } => cluster(&server.client()?).await,
+        Command::Cluster { server, action } => {
+            let client = server.client()?;
+            match action {
+                None => cluster(&client).await,
+                Some(ClusterAction::Drain { node, no_wait }) => {
+                    client.drain(&node, true).await?;
+                    println!("{node} drained: its projectors move to the other nodes");
+                    if no_wait {
+                        return Ok(());
+                    }
+                    wait_drained(&client, &node).await
+                }
+                Some(ClusterAction::Undrain { node }) => {
+                    client.drain(&node, false).await?;
+                    println!("{node} undrained: it takes its share of projectors again");
+                    Ok(())
+                }
+                Some(ClusterAction::Snapshot { name }) => print(&client.snapshot(&name).await?),
+            }
+        }
         Command::Serve(_)
         | Command::New { .. }
         | Command::Build { .. }
@@ -273,11 +292,36 @@ async fn cluster(client: &Client) -> Result<()> {
             age,
         );
     }
+    if !cluster.drained.is_empty() {
+        println!("drained: {}", cluster.drained.join(", "));
+    }
     println!("log head: {}", cluster.head);
     if let Some(error) = &cluster.log_error {
         println!("log unreachable from {}: {error}", cluster.node);
     }
     Ok(())
+}
+
+/// Waits until `node` owns no projector and none is moving (10 minutes at most).
+async fn wait_drained(client: &Client, node: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        let cluster = client.cluster().await?;
+        let left = cluster
+            .projectors
+            .iter()
+            .filter(|p| p.owner.as_deref().is_none_or(|o| o == node))
+            .count();
+        if left == 0 {
+            println!("{node} owns no projector");
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{node} still owns (or is moving) {left} projectors after 10 minutes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 async fn ls(client: &Client) -> Result<()> {

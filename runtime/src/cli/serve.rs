@@ -105,6 +105,11 @@ pub struct ClusterArgs {
     #[arg(long, env = "PRISM_LEASE_TTL_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     lease_ttl_ms: Option<u64>,
+    /// Milliseconds between two snapshots of a projector's changed views, uploaded by its
+    /// owner (0: only at handover) [default: 30000].
+    #[arg(long, env = "PRISM_SNAPSHOT_INTERVAL_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot_interval_ms: Option<u64>,
     /// TLS between nodes: the address this node serves other nodes on, over mutual TLS (with
     /// the three --cluster-tls-* files; --advertise-url is then https://HOST:PORT of it).
     #[arg(long, env = "PRISM_PEER_LISTEN")]
@@ -130,6 +135,7 @@ impl ClusterArgs {
             && self.advertise_url.is_none()
             && self.cluster_token.is_none()
             && self.lease_ttl_ms.is_none()
+            && self.snapshot_interval_ms.is_none()
             && self.peer_listen.is_none()
             && self.cluster_tls_cert.is_none()
             && self.cluster_tls_key.is_none()

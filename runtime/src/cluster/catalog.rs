@@ -64,26 +64,9 @@ impl SharedCatalog {
         )
         .await
         .context("opening the catalog's bucket")?;
-        let modules = match js.get_object_store(MODULES).await {
-            Ok(store) => store,
-            Err(_) => match js
-                .create_object_store(object_store::Config {
-                    bucket: MODULES.into(),
-                    num_replicas: replicas,
-                    storage: jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-            {
-                Ok(store) => store,
-                // Another node, starting at the same moment, created it first.
-                Err(created) => js
-                    .get_object_store(MODULES)
-                    .await
-                    .map_err(|_| created)
-                    .context("creating the modules' object store")?,
-            },
-        };
+        let modules = super::object_store(js, MODULES, replicas)
+            .await
+            .context("opening the modules' object store")?;
         Ok(SharedCatalog {
             deployments,
             modules,

@@ -50,6 +50,11 @@ pub enum RenewError {
 }
 
 impl Leases {
+    /// The bucket (to watch it).
+    pub fn bucket(&self) -> &kv::Store {
+        &self.bucket
+    }
+
     /// The leases of `node`, creating the bucket (replicated `replicas` times, entries living
     /// `ttl`) when missing.
     pub async fn open(

@@ -28,6 +28,11 @@ pub struct Membership {
 }
 
 impl Membership {
+    /// The bucket (to watch it).
+    pub fn bucket(&self) -> &kv::Store {
+        &self.bucket
+    }
+
     /// The membership of node `id`, creating the bucket (replicated `replicas` times, entries
     /// living `ttl`) when missing. The node is not announced yet ([`Membership::join`]).
     pub async fn open(

@@ -7,20 +7,25 @@
 //! against a real nats-server (`tests/cluster_*.rs`).
 
 pub mod catalog;
+pub mod drains;
 pub mod forward;
 pub mod lease;
 pub mod membership;
 pub mod node;
 pub mod ownership;
 pub mod rendezvous;
+pub mod snapshots;
 pub mod tls;
+pub mod watch;
 
 pub use catalog::{CatalogError, SharedCatalog};
+pub use drains::Drains;
 pub use forward::Forwarder;
 pub use lease::{Lease, Leases, RenewError};
 pub use membership::{Membership, Node};
 pub use node::{Cluster, ClusterOptions};
 pub use ownership::{Ownership, Tick};
+pub use snapshots::{Label, Snapshots};
 pub use tls::PeerTls;
 
 /// Opens (or creates) the KV bucket `name` whose entries live `ttl` after their last write
@@ -56,6 +61,32 @@ async fn ttl_bucket(
          node must use the same TTL"
     );
     Ok(bucket)
+}
+
+/// Opens the object store `name`, creating it (file storage, replicated `replicas` times)
+/// when missing; one another node created at the same moment is opened.
+async fn object_store(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    replicas: usize,
+) -> anyhow::Result<async_nats::jetstream::object_store::ObjectStore> {
+    use async_nats::jetstream::{object_store, stream::StorageType};
+    if let Ok(store) = js.get_object_store(name).await {
+        return Ok(store);
+    }
+    let config = object_store::Config {
+        bucket: name.into(),
+        num_replicas: replicas,
+        storage: StorageType::File,
+        ..Default::default()
+    };
+    match js.create_object_store(config).await {
+        Ok(store) => Ok(store),
+        Err(created) => Ok(js
+            .get_object_store(name)
+            .await
+            .map_err(|_| created)?),
+    }
 }
 
 /// Every entry of `bucket` that holds a value now (deleted ones left out), by key: its keys

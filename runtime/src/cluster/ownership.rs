@@ -103,14 +103,21 @@ impl Ownership {
 
     /// Brings the leases of `projectors` in line with the live nodes: takes the lease of each
     /// one rendezvous hashing gives this node and no node holds, and reports the ones it holds
-    /// and should give up (another node joined, or the projector is gone). Renewing is
+    /// and should give up (another node joined, this one is `drained`, or the projector is
+    /// gone). Renewing is
     /// [`Ownership::renew`]'s. `taking` is told of each lease taken, before this node counts
     /// it held (a projector still loaded from an earlier ownership must not answer under it).
-    pub async fn balance(&self, projectors: &[String], taking: impl Fn(&str)) -> Result<Tick> {
+    pub async fn balance(
+        &self,
+        projectors: &[String],
+        drained: &std::collections::BTreeSet<String>,
+        taking: impl Fn(&str),
+    ) -> Result<Tick> {
         let mut live = self.membership.live().await?;
         // Announced by the renewals: live, whatever a replica behind answered.
         live.entry(self.node.clone())
             .or_insert_with(|| self.membership.node().clone());
+        let eligible = super::drains::eligible(live.keys(), drained);
         let mut tick = Tick::default();
         // Projectors that are gone (deleted): the caller stops them, then releases.
         tick.to_release.extend(
@@ -121,8 +128,7 @@ impl Ownership {
                 .cloned(),
         );
         for projector in projectors {
-            let wanted =
-                rendezvous::owner(projector, live.keys().map(String::as_str)) == Some(&self.node);
+            let wanted = rendezvous::owner(projector, eligible.iter().copied()) == Some(&self.node);
             let held = self.held.lock().contains_key(projector);
             match (wanted, held) {
                 (true, false) => match self.leases.acquire(projector).await {
@@ -151,6 +157,11 @@ impl Ownership {
         };
         self.held.lock().insert(projector.to_string(), lease);
         Ok(Some(lease.revision))
+    }
+
+    /// The live nodes' membership.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
     }
 
     /// The projectors whose lease this node holds (valid or not).

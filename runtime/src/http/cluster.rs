@@ -23,7 +23,7 @@ use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, body::Bytes};
-use prism_client::wire::{ClusterNode, ClusterStatus, ProjectorList, ProjectorOwner};
+use prism_client::wire::{ClusterNode, ClusterStatus, ProjectorList, ProjectorOwner, RestoredView};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -438,5 +438,18 @@ pub(super) async fn status(State(state): State<AppState>) -> Result<Json<Cluster
         projectors,
         head: state.log.head(),
         log_error: state.log.trouble(),
+        restored: cluster
+            .restores()
+            .into_iter()
+            .flat_map(|(projector, views)| {
+                views.into_iter().map(move |v| RestoredView {
+                    projector: projector.clone(),
+                    generation: v.generation,
+                    checkpoint: v.checkpoint,
+                    local: v.local,
+                })
+            })
+            .collect(),
+        drained: cluster.drains().drained().into_iter().collect(),
     }))
 }

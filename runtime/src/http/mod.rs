@@ -24,6 +24,8 @@
 //! | `GET /ready` | readiness: 503 while a projector is faulted or stalled |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /cluster` | a cluster's nodes and which owns each projector (404 on a single node) |
+//! | `POST /projectors/{name}/snapshot` | a cluster: the owner uploads its views' snapshots now |
+//! | `POST`, `DELETE /cluster/nodes/{node}/drain` | a cluster: drain a node (its projectors move), or undo it |
 //! | `GET /openapi.json` | this API's OpenAPI 3.1 description (no token needed) |
 //! | `GET /` | the dashboard page (assets under `/dashboard/`) |
 //!
@@ -53,6 +55,7 @@ mod cluster;
 mod connections;
 mod dashboard;
 mod dead_letters;
+mod drain;
 mod error;
 mod events;
 pub mod extract;
@@ -60,6 +63,7 @@ mod inspect;
 mod metrics;
 mod openapi;
 mod projectors;
+mod snapshots;
 mod streams;
 mod views;
 
@@ -228,6 +232,8 @@ pub(crate) fn api(limits: RequestLimits) -> OpenApiRouter<AppState> {
         .routes(routes!(metrics::scrape))
         .routes(routes!(health))
         .routes(routes!(cluster::status))
+        .routes(routes!(snapshots::snapshot))
+        .routes(routes!(drain::drain, drain::undrain))
         .routes(routes!(openapi::spec))
 }
 

@@ -31,7 +31,8 @@ pub use prism_client::wire::{
     State, Unready, UnreadyProjector, Verification, ViewDigest,
 };
 pub use registry::{
-    DeployOptions, Generation, ModuleSource, ProjectorHandle, Registry, RegistryOptions, Role,
+    DeployOptions, Generation, ModuleSource, ProjectorHandle, Registry, RegistryOptions, Restored,
+    Role,
 };
 
 use crate::engine::{Descriptor, Engine, Instance, Module};

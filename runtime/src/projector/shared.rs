@@ -5,6 +5,8 @@
 //! holds the projector's lease.
 
 use super::catalog::Deployment;
+use crate::store::snapshot::Label;
+use std::path::Path;
 
 /// Why the shared catalog refused or failed a change.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -33,4 +35,8 @@ pub trait SharedDeployments: Send + Sync + std::fmt::Debug {
     /// Whether this node may act as `name`'s owner now (it holds a lease it renewed within the
     /// TTL minus the margin): asked right before a dead-letter action commits.
     fn holds(&self, name: &str) -> bool;
+    /// Every snapshot of `name`'s views stored, oldest first (see `cluster::snapshots`).
+    fn snapshots(&self, name: &str) -> Result<Vec<Label>, SharedError>;
+    /// Fetches the snapshot `label` and unpacks it into the view file `into` (not open).
+    fn fetch_snapshot(&self, label: &Label, into: &Path) -> Result<(), SharedError>;
 }

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 mod batch;
 mod cache;
+pub mod snapshot;
 pub use batch::BatchView;
 use batch::{bound, scan_start};
 pub use cache::{CACHE_BYTES, CACHE_INTERVAL, CacheBudget, Write, WriteBack};

@@ -4,6 +4,7 @@
 
 pub mod appends;
 pub mod certs;
+pub mod cluster;
 pub mod model;
 pub mod nats;
 pub mod observe;

@@ -89,11 +89,21 @@ pub fn start_node(
     port: u16,
     lease_ttl_ms: u64,
 ) -> Prism {
+    start_node_with(data_dir, nats, id, port, lease_ttl_ms, &[])
+}
+
+/// [`start_node`] with more flags.
+pub fn start_node_with(
+    data_dir: &std::path::Path,
+    nats: &str,
+    id: &str,
+    port: u16,
+    lease_ttl_ms: u64,
+    more: &[&str],
+) -> Prism {
     let address = format!("127.0.0.1:{port}");
     let (advertised, ttl) = (format!("http://{address}"), lease_ttl_ms.to_string());
-    let (child, said) = serve(
-        data_dir,
-        &[
+    let mut args = vec![
             "--listen",
             &address,
             "--event-log",
@@ -108,8 +118,9 @@ pub fn start_node(
             &advertised,
             "--lease-ttl-ms",
             &ttl,
-        ],
-    );
+        ];
+    args.extend_from_slice(more);
+    let (child, said) = serve(data_dir, &args);
     assert_eq!(said, advertised, "prism node {id}");
     Prism {
         child,

@@ -3,9 +3,12 @@
 //! at a restart) and unloads one when another node takes it over ([`Registry::unload`]: the
 //! runners stopped, the files kept). Views this node kept from an earlier ownership are used
 //! again only when its catalog records the very deployment the shared catalog holds; otherwise
-//! they are removed and the projector rebuilds from the start of the log.
+//! they are removed. Either way the newest snapshot that fits the deployment is restored when it
+//! is past what the node keeps ([`snapshots`](super::snapshots)); with none, the projector
+//! rebuilds from the start of the log.
 
 use super::Registry;
+use super::snapshots::Restored;
 use crate::projector::catalog::Deployment;
 use crate::projector::error::{RegistryError, StorageError};
 use crate::projector::shared::SharedError;
@@ -31,12 +34,17 @@ impl Registry {
     }
 
     /// Starts projector `name` as `deployment` (the shared catalog's record) on this node,
-    /// which has just come to own it. Answers whether it started (`false`: it runs here
-    /// already). Blocking: call it off the async executor.
-    pub fn adopt(&self, name: &str, deployment: Deployment) -> Result<bool, RegistryError> {
+    /// which has just come to own it, its views restored from the newest snapshots that fit
+    /// when they are past what this node keeps. Answers the views restored (`None`: it runs
+    /// here already). Blocking: call it off the async executor.
+    pub fn adopt(
+        &self,
+        name: &str,
+        deployment: Deployment,
+    ) -> Result<Option<Vec<Restored>>, RegistryError> {
         let _changing = self.inner.changing.lock();
         if self.get(name).is_some() {
-            return Ok(false);
+            return Ok(None);
         }
         let recording = |e: StorageError| RegistryError::Recording(name.to_string(), Box::new(e));
         let records = [
@@ -65,10 +73,13 @@ impl Registry {
                 .put(name, &deployment)
                 .map_err(|e| recording(e.into()))?;
         }
+        let restored = self
+            .restore_views(name, &deployment, kept)
+            .map_err(recording)?;
         let handle = self.resume_deployment(name, deployment)?;
         self.insert(Arc::new(handle));
-        tracing::info!(projector = name, views_kept = kept, "adopted");
-        Ok(true)
+        tracing::info!(projector = name, views_kept = kept, ?restored, "adopted");
+        Ok(Some(restored))
     }
 
     /// Stops projector `name` on this node (another node owns it now), keeping its record and

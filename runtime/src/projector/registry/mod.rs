@@ -28,11 +28,13 @@ mod generation;
 mod handle;
 mod inspect;
 mod lifecycle;
+mod snapshots;
 mod status;
 
 pub use generation::{Generation, Role};
 pub use handle::ProjectorHandle;
 pub use lifecycle::{DeployOptions, ModuleSource};
+pub use snapshots::Restored;
 
 use super::catalog::{Catalog, Deployment};
 use super::control::{Report, Reports, RunnerEvent, Spawner};

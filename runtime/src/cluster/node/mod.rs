@@ -9,17 +9,22 @@
 //! with the log's head as it was at adoption (503 until then: never an older view than the
 //! previous owner served). What this node keeps of projectors deleted elsewhere is removed.
 //!
-//! The node is also the registry's [`SharedDeployments`]: a change of a deployment is written
-//! to the shared catalog at the revision this node last saw, and only while it holds the
-//! projector's lease. Each adoption writes the record again at the revision it read: the
+//! The node is also the registry's `SharedDeployments` ([`shared`]): a change of a deployment
+//! is written to the shared catalog at the revision this node last saw, and only while it holds
+//! the projector's lease. Each adoption writes the record again at the revision it read: the
 //! revision is the fencing token, so a write the previous owner sent before its lease lapsed
-//! and that arrives after is refused.
+//! and that arrives after is refused. An adoption restores the newest snapshot of each view
+//! that fits; the owner uploads them ([`snapshots`]) periodically and when it hands a
+//! projector over.
+
+mod adoption;
+mod shared;
+mod snapshots;
 
 use super::membership::{Membership, Node};
-use super::{CatalogError, Leases, Ownership, SharedCatalog, rendezvous};
+use super::{CatalogError, Drains, Leases, Ownership, SharedCatalog, Snapshots, rendezvous};
 use crate::log::EventLog;
-use crate::projector::shared::{SharedDeployments, SharedError};
-use crate::projector::{Deployment, Registry};
+use crate::projector::{Deployment, Registry, Restored};
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -39,6 +44,11 @@ pub struct ClusterOptions {
     pub lease_ttl: Duration,
     /// How long before its lease expires a node stops acting as owner.
     pub lease_margin: Duration,
+    /// How often the owner of a projector snapshots its changed views (zero: only when it
+    /// hands the projector over).
+    pub snapshot_interval: Duration,
+    /// Snapshots kept per view.
+    pub snapshots_kept: usize,
     /// Replicas of the cluster's buckets.
     pub replicas: usize,
     /// TLS between nodes (an option): the peer listener and its files.
@@ -90,6 +100,16 @@ pub struct Cluster {
     /// Projectors whose lease this node took to create them, and when: not in the shared
     /// catalog until their deploy records them, they are not "deleted" meanwhile.
     creating: Mutex<HashMap<String, std::time::Instant>>,
+    /// The views' snapshots every node shares.
+    snapshots: Snapshots,
+    /// The nodes drained by an operator: rendezvous hashing gives them nothing.
+    drains: Drains,
+    /// Held while this node copies and uploads a snapshot: one at a time.
+    snapshotting: tokio::sync::Mutex<()>,
+    /// What this node last uploaded or restored of each view.
+    latest: Mutex<snapshots::Latest>,
+    /// The views restored from snapshots when this node adopted the projectors it owns.
+    restores: Mutex<HashMap<String, Vec<Restored>>>,
 }
 
 impl Cluster {
@@ -109,6 +129,8 @@ impl Cluster {
         let leases =
             Leases::open(&js, &options.node_id, replicas, ttl, options.lease_margin).await?;
         let catalog = SharedCatalog::open(&js, replicas).await?;
+        let snapshots = Snapshots::open(&js, replicas).await?;
+        let drains = Drains::open(&js, replicas).await?;
         let ownership = Ownership::new(&options.node_id, membership, leases.clone());
         Ok(Arc::new(Cluster {
             options,
@@ -123,6 +145,11 @@ impl Cluster {
             known: Mutex::new(BTreeMap::new()),
             peers: Default::default(),
             creating: Mutex::new(HashMap::new()),
+            snapshots,
+            drains,
+            snapshotting: tokio::sync::Mutex::new(()),
+            latest: Mutex::new(HashMap::new()),
+            restores: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -156,6 +183,11 @@ impl Cluster {
         &self.catalog
     }
 
+    /// The drained nodes.
+    pub fn drains(&self) -> &Drains {
+        &self.drains
+    }
+
     /// Who answers for `projector` now. `deploying`: the request would create it when no
     /// node has it, and this node should own it by rendezvous, so this node takes its lease.
     pub async fn owner(&self, projector: &str, deploying: bool) -> anyhow::Result<Owner> {
@@ -177,7 +209,9 @@ impl Cluster {
             None if !deploying => Ok(Owner::Nobody),
             None => {
                 let live = self.live();
-                let chosen = rendezvous::owner(projector, live.keys().map(String::as_str))
+                let drained = self.drains.drained();
+                let eligible = super::drains::eligible(live.keys(), &drained);
+                let chosen = rendezvous::owner(projector, eligible.iter().copied())
                     .unwrap_or(&self.options.node_id)
                     .to_string();
                 if chosen == self.options.node_id {
@@ -230,10 +264,11 @@ impl Cluster {
         self.known.lock().contains_key(projector)
     }
 
-    /// Announces the node (call it once the node serves), then runs its two loops until the
+    /// Announces the node (call it once the node serves), then runs its loops until the
     /// returned task is aborted: the renewals of its membership and leases, on a task of their
-    /// own so that nothing slow delays them (loading a projector's code takes seconds), and
-    /// the reconciliation of its projectors with what it owns.
+    /// own so that nothing slow delays them (loading a projector's code takes seconds), the
+    /// periodic snapshots of its views, and the reconciliation of its projectors with what it
+    /// owns.
     pub fn start(self: &Arc<Self>, registry: Registry) -> tokio::task::JoinHandle<()> {
         let cluster = self.clone();
         tokio::spawn(async move {
@@ -255,22 +290,55 @@ impl Cluster {
                     }
                 }
             }));
+            let _snapshots = (!cluster.options.snapshot_interval.is_zero()).then(|| {
+                let (snapshotting, registry) = (cluster.clone(), registry.clone());
+                AbortOnDropHandle::new(tokio::spawn(async move {
+                    let every = snapshotting.options.snapshot_interval;
+                    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        ticks.tick().await;
+                        snapshotting.snapshot_all(&registry).await;
+                    }
+                }))
+            });
+            let woken = Arc::new(tokio::sync::Notify::new());
+            let _nudges = AbortOnDropHandle::new(tokio::spawn(super::watch::nudge(
+                cluster.leases.bucket().clone(),
+                cluster.ownership.membership().bucket().clone(),
+                woken.clone(),
+            )));
+            let _drains = AbortOnDropHandle::new(tokio::spawn(
+                cluster.drains.clone().follow(woken.clone()),
+            ));
             let mut ticks = tokio::time::interval(cluster.options.tick());
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // Adoptions run beside the loop (loading code takes seconds): it goes on taking
             // the leases of a dead node's other projectors meanwhile.
-            let mut adoptions = Adoptions::default();
+            let mut adoptions = adoption::Adoptions::default();
             loop {
-                ticks.tick().await;
+                // A lease given up or a node come or gone wakes the loop at once.
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = woken.notified() => {}
+                }
                 adoptions.reap();
                 cluster.tick(&registry, &mut adoptions).await;
             }
         })
     }
 
-    /// Stops every projector, gives up every lease and leaves the set (a node shutting down):
-    /// the others take over at once.
+    /// Hands every projector over and leaves the set (a node shutting down): snapshots the
+    /// views that changed (for [`snapshots::HANDOVER_SNAPSHOT_LIMIT`] in all), stops the
+    /// projectors and gives up their leases; the others take over at once.
     pub async fn leave(&self, registry: &Registry) {
+        let limit = snapshots::HANDOVER_SNAPSHOT_LIMIT;
+        if tokio::time::timeout(limit, self.snapshot_all(registry))
+            .await
+            .is_err()
+        {
+            tracing::warn!("leaving before every view's snapshot was uploaded: it took too long");
+        }
         let running: Vec<String> = registry.list().iter().map(|p| p.name.clone()).collect();
         for name in running {
             self.unload(registry, &name).await;
@@ -295,7 +363,7 @@ impl Cluster {
     }
 
     /// One round of the loop.
-    async fn tick(self: &Arc<Self>, registry: &Registry, adoptions: &mut Adoptions) {
+    async fn tick(self: &Arc<Self>, registry: &Registry, adoptions: &mut adoption::Adoptions) {
         let read = self.catalog.deployments().await;
         let read_all = read.is_ok();
         let deployments = match read {
@@ -324,7 +392,8 @@ impl Cluster {
         let taking = |name: &str| {
             self.catching_up.lock().insert(name.to_string(), u64::MAX);
         };
-        match self.ownership.balance(&names, taking).await {
+        let drained = self.drains.drained();
+        match self.ownership.balance(&names, &drained, taking).await {
             Ok(tick) => {
                 *self.peers.write() = tick
                     .live
@@ -341,7 +410,11 @@ impl Cluster {
                     }
                 }
                 for name in &tick.to_release {
-                    self.unload(registry, name).await;
+                    // A projector deleted meanwhile needs no snapshot.
+                    match deployments.contains_key(name) {
+                        true => self.hand_over(registry, name).await,
+                        false => self.unload(registry, name).await,
+                    }
                     if let Err(e) = self.ownership.release(name).await {
                         tracing::warn!(projector = %name, error = %e, "releasing a lease");
                     }
@@ -372,90 +445,13 @@ impl Cluster {
         }
     }
 
-    /// Takes over the shared deployment of `name`, whose lease this node holds: reads it
-    /// afresh and writes it again at the revision read. The revision is the catalog's fencing
-    /// token: a change the previous owner checked against its lease and sent late is refused
-    /// by its compare-and-set (and one that landed first is what this read finds, or the
-    /// rewrite is refused and the next tick reads again). The record, at its new revision;
-    /// `None` when there is none, or it changed meanwhile.
-    pub async fn take_over(&self, name: &str) -> anyhow::Result<Option<super::catalog::Stored>> {
-        if self.owns(name).is_none() {
-            return Ok(None);
-        }
-        let Some(stored) = self.catalog.get(name).await? else {
-            return Ok(None);
-        };
-        let record = stored.record.clone();
-        match self
-            .catalog
-            .put(name, record.clone(), Some(stored.revision))
-            .await
-        {
-            Ok(revision) => {
-                self.revisions.lock().insert(name.to_string(), revision);
-                Ok(Some(super::catalog::Stored { record, revision }))
-            }
-            Err(CatalogError::Changed { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn adopt(&self, registry: &Registry, name: &str) {
-        let stored = match self.take_over(name).await {
-            Ok(Some(stored)) => stored,
-            Ok(None) => {
-                tracing::debug!(projector = %name, "changed while adopting it; read again at the next tick");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(projector = %name, error = %e, "taking over the shared deployment; again at the next tick");
-                return;
-            }
-        };
-        let deployment: Deployment = match serde_json::from_slice(&stored.record) {
-            Ok(deployment) => deployment,
-            Err(e) => {
-                tracing::error!(projector = %name, error = %e, "an unreadable shared deployment");
-                return;
-            }
-        };
-        // Its queries wait until it has applied everything appended before it took over: the
-        // previous owner can have served no later view. The head asked of the stream's leader,
-        // not this node's last news of it.
-        let log = self.log.clone();
-        let head = match tokio::task::spawn_blocking(move || log.current_head()).await {
-            Ok(Ok(head)) => head,
-            Ok(Err(e)) => {
-                tracing::warn!(projector = %name, error = %e, "reading the log's head; adopted at the next tick");
-                return;
-            }
-            Err(e) => {
-                tracing::error!(projector = %name, error = %e, "reading the log's head panicked");
-                return;
-            }
-        };
-        self.catching_up.lock().insert(name.to_string(), head);
-        let (registry, adopted) = (registry.clone(), name.to_string());
-        let result =
-            tokio::task::spawn_blocking(move || registry.adopt(&adopted, deployment)).await;
-        match result {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                let error = crate::projector::error::chain(&e);
-                tracing::error!(projector = %name, %error, "adopting a projector failed; retried at the next tick");
-            }
-            Err(e) => {
-                tracing::error!(projector = %name, error = %e, "adopting a projector panicked")
-            }
-        }
-    }
-
     async fn unload(&self, registry: &Registry, name: &str) {
         let (registry, unloaded) = (registry.clone(), name.to_string());
         let _ = tokio::task::spawn_blocking(move || registry.unload(&unloaded)).await;
         self.catching_up.lock().remove(name);
         // Adopted afresh if this node owns it again.
         self.revisions.lock().remove(name);
+        self.restores.lock().remove(name);
     }
 
     /// Removes what this node keeps of projectors no longer in the shared catalog.
@@ -482,94 +478,6 @@ impl Cluster {
     /// Runs `work` on the node's runtime from a blocking thread.
     fn block_on<T>(&self, work: impl std::future::Future<Output = T>) -> T {
         self.runtime.block_on(work)
-    }
-}
-
-fn shared_error(name: &str, e: CatalogError) -> SharedError {
-    match e {
-        CatalogError::Changed { .. } => SharedError::Changed(name.to_string()),
-        e => SharedError::Unavailable(crate::projector::error::chain(&e)),
-    }
-}
-
-impl SharedDeployments for Cluster {
-    fn put(&self, name: &str, deployment: &Deployment) -> Result<(), SharedError> {
-        if self.owns(name).is_none() {
-            return Err(SharedError::NotOwner(name.to_string()));
-        }
-        let revision = self.revisions.lock().get(name).copied();
-        let record = serde_json::to_vec(deployment).expect("a deployment serializes");
-        let record = bytes::Bytes::from(record);
-        let written = self
-            .block_on(self.catalog.put(name, record.clone(), revision))
-            .map_err(|e| shared_error(name, e))?;
-        self.revisions.lock().insert(name.to_string(), written);
-        let stored = super::catalog::Stored {
-            record,
-            revision: written,
-        };
-        self.known.lock().insert(name.to_string(), stored);
-        Ok(())
-    }
-
-    fn remove(&self, name: &str) -> Result<(), SharedError> {
-        if self.owns(name).is_none() {
-            return Err(SharedError::NotOwner(name.to_string()));
-        }
-        let Some(revision) = self.revisions.lock().get(name).copied() else {
-            return Err(SharedError::Changed(name.to_string()));
-        };
-        self.block_on(self.catalog.remove(name, revision))
-            .map_err(|e| shared_error(name, e))?;
-        self.revisions.lock().remove(name);
-        self.known.lock().remove(name);
-        Ok(())
-    }
-
-    fn store_module(&self, hash: &str, component: &[u8]) -> Result<(), SharedError> {
-        let stored = self
-            .block_on(self.catalog.put_module(component))
-            .map_err(|e| SharedError::Unavailable(format!("{e:#}")))?;
-        if stored != hash {
-            return Err(SharedError::Unavailable(format!(
-                "the module {hash} was stored as {stored}"
-            )));
-        }
-        Ok(())
-    }
-
-    fn holds(&self, name: &str) -> bool {
-        self.owns(name).is_some()
-    }
-
-    fn module(&self, hash: &str) -> Result<Option<Vec<u8>>, SharedError> {
-        self.block_on(self.catalog.module(hash))
-            .map_err(|e| shared_error(hash, e))
-    }
-}
-
-/// The adoptions under way, one at most per projector.
-#[derive(Default)]
-struct Adoptions {
-    tasks: tokio::task::JoinSet<()>,
-    /// The projector each task adopts.
-    names: HashMap<tokio::task::Id, String>,
-}
-
-impl Adoptions {
-    /// Forgets the adoptions that ended (each handles its own errors; one that panicked is
-    /// tried again at the next tick).
-    fn reap(&mut self) {
-        while let Some(ended) = self.tasks.try_join_next_with_id() {
-            let id = match ended {
-                Ok((id, ())) => id,
-                Err(e) => {
-                    tracing::error!(error = %e, "an adoption panicked");
-                    e.id()
-                }
-            };
-            self.names.remove(&id);
-        }
     }
 }
 

@@ -1,0 +1,116 @@
+//! How a node adopts a projector it has come to own: it takes the shared deployment over (the
+//! catalog's revision is the fencing token), notes the log's head its queries must wait for,
+//! and starts it from the newest views there are (its own, or snapshots).
+
+use super::Cluster;
+use crate::cluster::CatalogError;
+use crate::cluster::catalog::Stored;
+use crate::projector::{Deployment, Registry};
+use std::collections::HashMap;
+
+impl Cluster {
+    /// Takes over the shared deployment of `name`, whose lease this node holds: reads it
+    /// afresh and writes it again at the revision read. The revision is the catalog's fencing
+    /// token: a change the previous owner checked against its lease and sent late is refused
+    /// by its compare-and-set (and one that landed first is what this read finds, or the
+    /// rewrite is refused and the next tick reads again). The record, at its new revision;
+    /// `None` when there is none, or it changed meanwhile.
+    pub async fn take_over(&self, name: &str) -> anyhow::Result<Option<Stored>> {
+        if self.owns(name).is_none() {
+            return Ok(None);
+        }
+        let Some(stored) = self.catalog.get(name).await? else {
+            return Ok(None);
+        };
+        let record = stored.record.clone();
+        match self
+            .catalog
+            .put(name, record.clone(), Some(stored.revision))
+            .await
+        {
+            Ok(revision) => {
+                self.revisions.lock().insert(name.to_string(), revision);
+                Ok(Some(Stored { record, revision }))
+            }
+            Err(CatalogError::Changed { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(super) async fn adopt(&self, registry: &Registry, name: &str) {
+        let stored = match self.take_over(name).await {
+            Ok(Some(stored)) => stored,
+            Ok(None) => {
+                tracing::debug!(projector = %name, "changed while adopting it; read again at the next tick");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(projector = %name, error = %e, "taking over the shared deployment; again at the next tick");
+                return;
+            }
+        };
+        let deployment: Deployment = match serde_json::from_slice(&stored.record) {
+            Ok(deployment) => deployment,
+            Err(e) => {
+                tracing::error!(projector = %name, error = %e, "an unreadable shared deployment");
+                return;
+            }
+        };
+        // Its queries wait until it has applied everything appended before it took over: the
+        // previous owner can have served no later view. The head asked of the stream's leader,
+        // not this node's last news of it.
+        let log = self.log.clone();
+        let head = match tokio::task::spawn_blocking(move || log.current_head()).await {
+            Ok(Ok(head)) => head,
+            Ok(Err(e)) => {
+                tracing::warn!(projector = %name, error = %e, "reading the log's head; adopted at the next tick");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(projector = %name, error = %e, "reading the log's head panicked");
+                return;
+            }
+        };
+        self.catching_up.lock().insert(name.to_string(), head);
+        let (registry, adopted) = (registry.clone(), name.to_string());
+        let result =
+            tokio::task::spawn_blocking(move || registry.adopt(&adopted, deployment)).await;
+        match result {
+            Ok(Ok(Some(restored))) => self.restored(registry, name, restored),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                let error = crate::projector::error::chain(&e);
+                tracing::error!(projector = %name, %error, "adopting a projector failed; retried at the next tick");
+            }
+            Err(e) => {
+                tracing::error!(projector = %name, error = %e, "adopting a projector panicked")
+            }
+        }
+    }
+}
+
+/// The adoptions under way, one at most per projector.
+#[derive(Default)]
+pub(super) struct Adoptions {
+    pub(super) tasks: tokio::task::JoinSet<()>,
+    /// The projector each task adopts.
+    pub(super) names: HashMap<tokio::task::Id, String>,
+}
+
+impl Adoptions {
+    /// Forgets the adoptions that ended (each handles its own errors; one that panicked is
+    /// tried again at the next tick).
+    pub(super) fn reap(&mut self) {
+        while let Some(ended) = self.tasks.try_join_next_with_id() {
+            let id = match ended {
+                Ok((id, ())) => id,
+                Err(e) => {
+                    tracing::error!(error = %e, "an adoption panicked");
+                    e.id()
+                }
+            };
+            self.names.remove(&id);
+        }
+    }
+}
+

@@ -1,0 +1,168 @@
+//! Snapshots of a projector's views, in a cluster: copies of the views running here, taken
+//! while they serve (the node uploads them), and at adoption the newest snapshot that fits the
+//! deployment restored in place of an older local view, so the new owner replays only the log
+//! after its checkpoint.
+//!
+//! A snapshot fits generation `g` of a deployment when it copies `g` of the same incarnation,
+//! counts the deployment's dead-letter actions (one taken before a retry or a discard misses
+//! its change) and was written by the code the deployment runs on `g`. The last rule matters
+//! after a continue-mode reload: a snapshot from before it would have the tail replayed by the
+//! new code, though the old code applied those events on the previous owner.
+
+use super::Registry;
+use crate::projector::catalog::{Deployment, GenerationRecord};
+use crate::projector::error::{LifecycleError, StorageError};
+use crate::store::ViewStore;
+use crate::store::snapshot::Label;
+use std::path::Path;
+
+/// A view restored from a snapshot at adoption.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Restored {
+    /// The generation.
+    pub generation: u64,
+    /// The snapshot's checkpoint: the log after it is replayed.
+    pub checkpoint: u64,
+    /// The checkpoint of the view this node kept (0: none, or not of this deployment).
+    pub local: u64,
+}
+
+impl Registry {
+    /// A fresh scratch directory in the data dir (removed when dropped).
+    pub fn scratch(&self, prefix: &str) -> std::io::Result<tempfile::TempDir> {
+        self.inner.dir.scratch(prefix)
+    }
+
+    /// The generations of `name` running here (the serving one, then a pending rebuild) and
+    /// the checkpoints their views have committed.
+    pub fn views(&self, name: &str) -> Vec<(u64, u64)> {
+        let Some(handle) = self.get(name) else {
+            return Vec::new();
+        };
+        [Some(handle.serving()), handle.pending()]
+            .into_iter()
+            .flatten()
+            .map(|g| (g.id, g.store.checkpoint().unwrap_or(0)))
+            .collect()
+    }
+
+    /// Copies the view of generation `generation` of `name`, running here, into the new redb
+    /// file `into` (one read transaction; the runner goes on meanwhile): the snapshot's label.
+    /// Blocking.
+    pub fn copy_view(
+        &self,
+        name: &str,
+        generation: u64,
+        into: &Path,
+    ) -> Result<Label, LifecycleError> {
+        let handle = self.handle(name)?;
+        // Read before the copy's transaction: an action counted here has committed its change
+        // to the view already (the view commits first, the count follows).
+        let deployment = handle.deployment();
+        let view = [Some(handle.serving()), handle.pending()]
+            .into_iter()
+            .flatten()
+            .find(|g| g.id == generation)
+            .ok_or_else(|| LifecycleError::NotFound(format!("{name} generation {generation}")))?;
+        let copied = view
+            .store
+            .copy_to(into)
+            .map_err(|e| LifecycleError::Storage(e.into()))?;
+        Ok(Label {
+            projector: name.to_string(),
+            incarnation: deployment.incarnation,
+            generation,
+            checkpoint: copied.checkpoint,
+            dead_letter_actions: deployment.dead_letter_actions,
+            proven: copied
+                .proven
+                .map(|p| String::from_utf8_lossy(&p).into_owned()),
+            entries: copied.entries,
+        })
+    }
+
+    /// Puts in place, for each generation of `deployment`, the newest stored snapshot that
+    /// fits it and is past the view this node keeps (`kept`: its local views are of this very
+    /// deployment). A snapshot that cannot be fetched or read is passed over for the next
+    /// older one. Blocking; call it before the projector's views are opened.
+    pub(super) fn restore_views(
+        &self,
+        name: &str,
+        deployment: &Deployment,
+        kept: bool,
+    ) -> Result<Vec<Restored>, StorageError> {
+        let Some(shared) = &self.inner.shared else {
+            return Ok(Vec::new());
+        };
+        let labels = shared.snapshots(name)?;
+        let mut restored = Vec::new();
+        let records = [Some(&deployment.serving), deployment.pending.as_ref()];
+        for record in records.into_iter().flatten() {
+            let path = self.inner.dir.view(name, record.id);
+            let local = match kept && path.exists() {
+                true => ViewStore::open(&path).and_then(|v| v.checkpoint()).unwrap_or(0),
+                false => 0,
+            };
+            let mut candidates: Vec<&Label> = labels
+                .iter()
+                .filter(|l| fits(l, deployment, record) && l.checkpoint > local)
+                .collect();
+            candidates.sort_by_key(|l| std::cmp::Reverse(l.checkpoint));
+            for label in candidates {
+                let scratch = self.inner.dir.scratch("restore-")?;
+                let fetched = scratch.path().join("view.redb");
+                let readable = shared
+                    .fetch_snapshot(label, &fetched)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| check(&fetched, label));
+                if let Err(why) = readable {
+                    tracing::warn!(projector = name, snapshot = %label.object_name(), %why, "a snapshot passed over");
+                    continue;
+                }
+                std::fs::create_dir_all(self.inner.dir.projector(name))?;
+                std::fs::rename(&fetched, &path)?;
+                tracing::info!(projector = name, generation = record.id, checkpoint = label.checkpoint, local, "view restored from a snapshot");
+                restored.push(Restored {
+                    generation: record.id,
+                    checkpoint: label.checkpoint,
+                    local,
+                });
+                break;
+            }
+        }
+        Ok(restored)
+    }
+}
+
+/// Whether the snapshot `label` may stand for the view of generation `record` of `deployment`
+/// (see the module's docs).
+fn fits(label: &Label, deployment: &Deployment, record: &GenerationRecord) -> bool {
+    let Some(proven) = &label.proven else {
+        return false;
+    };
+    let written_by = |r: &GenerationRecord| proven.as_bytes() == r.to_json().as_slice();
+    // A reload on trial that passed on the previous owner (its catalog write lost): restored,
+    // then promoted as at a restart.
+    let trial_passed = record.id == deployment.serving.id
+        && deployment.trial.as_ref().is_some_and(written_by);
+    label.incarnation == deployment.incarnation
+        && label.generation == record.id
+        && label.dead_letter_actions == deployment.dead_letter_actions
+        && label.checkpoint > 0
+        && (written_by(record) || trial_passed)
+}
+
+/// Opens a fetched view file (every page checked) and confirms it holds what its label says.
+fn check(path: &Path, label: &Label) -> Result<(), String> {
+    let view = ViewStore::open(path).map_err(|e| e.to_string())?;
+    let checkpoint = view.checkpoint().map_err(|e| e.to_string())?;
+    let proven = view.proven_code().map_err(|e| e.to_string())?;
+    let proven = proven.map(|p| String::from_utf8_lossy(&p).into_owned());
+    if checkpoint != label.checkpoint || proven != label.proven {
+        return Err(format!(
+            "it holds checkpoint {checkpoint}, not the {} its label says",
+            label.checkpoint
+        ));
+    }
+    Ok(())
+}
