@@ -303,7 +303,11 @@ impl Client {
 
     /// Drains node `node` of the cluster (`drained`), or undoes it.
     pub async fn drain(&self, node: &str, drained: bool) -> Result<Drain, Error> {
-        let method = if drained { Method::POST } else { Method::DELETE };
+        let method = if drained {
+            Method::POST
+        } else {
+            Method::DELETE
+        };
         self.call(self.at(method, &["cluster", "nodes", node, "drain"])?)
             .await
     }

@@ -28,13 +28,13 @@
 mod common;
 
 use common::appends::{Outcome, Part, Sent, check_log, read_log};
-use common::nats::NatsCluster;
 use common::cluster::{owners, same_as_model, settled_view, wait_for_nodes};
+use common::nats::NatsCluster;
 use common::observe::{Observed, leases_never_go_back, observe, views_never_go_back};
 use common::process::{Prism, free_port, signal, start_node};
 use common::writers::{WRITERS, write};
 use common::{Client, artifacts};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

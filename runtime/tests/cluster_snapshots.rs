@@ -35,9 +35,9 @@ const TTL_MS: u64 = 3000;
 const PROJECTORS: [(&str, &str, &str); 5] = [
     ("tally-a", artifacts::EVENT_COUNTER, "event-counter"),
     ("tally-b", artifacts::EVENT_COUNTER, "event-counter"),
-    ("tally-c", artifacts::EVENT_COUNTER, "event-counter"),
+    ("tally-e", artifacts::EVENT_COUNTER, "event-counter"),
     ("orders-a", artifacts::ORDER_TOTALS, "order-totals"),
-    ("orders-b", artifacts::ORDER_TOTALS, "order-totals"),
+    ("orders-d", artifacts::ORDER_TOTALS, "order-totals"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -48,7 +48,14 @@ async fn views_move_between_nodes_through_snapshots() {
     let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
     let launch = |i: usize| {
         let more = ["--snapshot-interval-ms", "0"];
-        start_node_with(dirs[i].path(), &urls, &format!("n{i}"), ports[i], TTL_MS, &more)
+        start_node_with(
+            dirs[i].path(),
+            &urls,
+            &format!("n{i}"),
+            ports[i],
+            TTL_MS,
+            &more,
+        )
     };
     let clients: Vec<Client> = ports
         .iter()
@@ -116,7 +123,10 @@ async fn views_move_between_nodes_through_snapshots() {
     let alone = placement(&["n0"]);
     wait_placed(&clients[0], &alone).await;
     wait_applied(&clients[0], victim, head3).await;
-    println!("n0 answers for {victim} {:.1?} after the kill", killed_at.elapsed());
+    println!(
+        "n0 answers for {victim} {:.1?} after the kill",
+        killed_at.elapsed()
+    );
     let restored = restores(&clients[0]).await;
     assert_eq!(
         restored.get(victim),
@@ -161,6 +171,9 @@ async fn views_move_between_nodes_through_snapshots() {
         .await;
     assert_eq!(drained.status, 200, "{}", drained.body);
     wait_placed(&clients[1], &alone).await;
+    for name in &moved {
+        wait_applied(&clients[0], name, head5).await;
+    }
     let restored = restores(&clients[0]).await;
     for name in &moved {
         assert_eq!(restored[*name].0, head5, "{name}: {restored:?}");
@@ -228,7 +241,10 @@ async fn wait_placed(client: &Client, placed: &HashMap<String, String>) {
         if owners == *placed {
             return;
         }
-        assert!(Instant::now() < deadline, "not placed: {owners:?}, want {placed:?}");
+        assert!(
+            Instant::now() < deadline,
+            "not placed: {owners:?}, want {placed:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -49,6 +49,19 @@ impl SharedDeployments for Lease {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |g| g.checked_sub(1));
         granted.is_ok() || self.held.load(Ordering::SeqCst)
     }
+    fn snapshots(&self, _: &str) -> Result<Vec<prism::store::snapshot::Label>, SharedError> {
+        Ok(Vec::new())
+    }
+    fn fetch_snapshot(
+        &self,
+        label: &prism::store::snapshot::Label,
+        _: &std::path::Path,
+    ) -> Result<(), SharedError> {
+        Err(SharedError::Unavailable(format!(
+            "no {}",
+            label.object_name()
+        )))
+    }
 }
 
 fn event(n: u64, flag: Option<&str>) -> NewEvent {

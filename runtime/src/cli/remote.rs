@@ -13,7 +13,12 @@ use serde::Serialize;
 #[derive(clap::Args)]
 pub struct ServerArg {
     /// The Prism server to talk to.
-    #[arg(long, env = "PRISM_URL", default_value = "http://127.0.0.1:7070", global = true)]
+    #[arg(
+        long,
+        env = "PRISM_URL",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
     url: String,
     /// Bearer token sent with every request.
     #[arg(long, env = "PRISM_TOKEN", hide_env_values = true, global = true)]

@@ -82,10 +82,7 @@ async fn object_store(
     };
     match js.create_object_store(config).await {
         Ok(store) => Ok(store),
-        Err(created) => Ok(js
-            .get_object_store(name)
-            .await
-            .map_err(|_| created)?),
+        Err(created) => Ok(js.get_object_store(name).await.map_err(|_| created)?),
     }
 }
 

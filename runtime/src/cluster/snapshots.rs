@@ -110,7 +110,12 @@ impl Snapshots {
     /// Deletes the snapshots of `projector` but the newest `keep` of each generation in
     /// `kept` (`(incarnation, generation)` pairs): the others are of generations replaced or
     /// of an earlier deployment of the name. Answers how many it deleted.
-    pub async fn collect(&self, projector: &str, kept: &[(u64, u64)], keep: usize) -> Result<usize> {
+    pub async fn collect(
+        &self,
+        projector: &str,
+        kept: &[(u64, u64)],
+        keep: usize,
+    ) -> Result<usize> {
         let labels = self.list(projector).await?;
         let mut deleted = 0;
         for label in &labels {

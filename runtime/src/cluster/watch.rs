@@ -13,7 +13,9 @@ use tokio::sync::Notify;
 
 /// Watches the `leases` and `nodes` buckets and wakes `loop_` on what matters, until aborted.
 pub async fn nudge(leases: kv::Store, nodes: kv::Store, loop_: Arc<Notify>) {
-    let leases = watch(leases, loop_.clone(), |entry, _| entry.operation != Operation::Put);
+    let leases = watch(leases, loop_.clone(), |entry, _| {
+        entry.operation != Operation::Put
+    });
     // Renewals write the same keys again and again: only a key not seen yet, or one deleted,
     // says a node joined or left.
     let nodes = watch(nodes, loop_, |entry, seen| match entry.operation {

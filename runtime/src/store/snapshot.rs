@@ -121,7 +121,10 @@ pub fn compress(from: &Path, to: &Path) -> std::io::Result<u64> {
     std::io::copy(&mut input, &mut encoder)?;
     let mut output = encoder.finish()?;
     std::io::Write::flush(&mut output)?;
-    output.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    output
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()?;
     Ok(std::fs::metadata(to)?.len())
 }
 
@@ -171,13 +174,13 @@ mod tests {
             })
             .unwrap();
         store
-            .commit(&overlay(&[("b", None), ("c", Some("3"))]), 9, false)
+            .commit(&overlay(&[("b", None), ("c", Some("3"))]), 9, false, None)
             .unwrap();
         let copy = dir.path().join("copy.redb");
         let copied = store.copy_to(&copy).unwrap();
         // Committed after the copy: not in it.
         store
-            .commit(&overlay(&[("d", Some("4"))]), 12, false)
+            .commit(&overlay(&[("d", Some("4"))]), 12, false, None)
             .unwrap();
         assert_eq!(
             copied,
@@ -193,7 +196,10 @@ mod tests {
         decompress(&packed, &restored_path).unwrap();
         let restored = ViewStore::open(&restored_path).unwrap();
         assert_eq!(restored.checkpoint().unwrap(), 9);
-        assert_eq!(restored.proven_code().unwrap().as_deref(), Some(&b"code-1"[..]));
+        assert_eq!(
+            restored.proven_code().unwrap().as_deref(),
+            Some(&b"code-1"[..])
+        );
         let mut entries = Vec::new();
         restored
             .snapshot()
@@ -206,7 +212,10 @@ mod tests {
         );
         let letters = restored.dead_letters(0, 10).unwrap();
         assert_eq!(letters.len(), 1);
-        assert_eq!((letters[0].position, letters[0].error.as_str()), (4, "boom"));
+        assert_eq!(
+            (letters[0].position, letters[0].error.as_str()),
+            (4, "boom")
+        );
     }
 
     /// A packed copy cut short or damaged is refused, never restored as a smaller view.
@@ -215,9 +224,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = ViewStore::open(&dir.path().join("gen-1.redb")).unwrap();
         let many: Vec<(String, Option<Vec<u8>>)> = (0..5000)
-            .map(|i| (format!("key-{i:05}"), Some(format!("value {i}").into_bytes())))
+            .map(|i| {
+                (
+                    format!("key-{i:05}"),
+                    Some(format!("value {i}").into_bytes()),
+                )
+            })
             .collect();
-        store.commit(&many.into_iter().collect(), 5000, false).unwrap();
+        store
+            .commit(&many.into_iter().collect(), 5000, false, None)
+            .unwrap();
         let copy = dir.path().join("copy.redb");
         store.copy_to(&copy).unwrap();
         let packed = dir.path().join("copy.zst");

@@ -104,21 +104,21 @@ pub fn start_node_with(
     let address = format!("127.0.0.1:{port}");
     let (advertised, ttl) = (format!("http://{address}"), lease_ttl_ms.to_string());
     let mut args = vec![
-            "--listen",
-            &address,
-            "--event-log",
-            nats,
-            "--event-log-replicas",
-            "3",
-            "--node-id",
-            id,
-            "--cluster-token",
-            CLUSTER_TOKEN,
-            "--advertise-url",
-            &advertised,
-            "--lease-ttl-ms",
-            &ttl,
-        ];
+        "--listen",
+        &address,
+        "--event-log",
+        nats,
+        "--event-log-replicas",
+        "3",
+        "--node-id",
+        id,
+        "--cluster-token",
+        CLUSTER_TOKEN,
+        "--advertise-url",
+        &advertised,
+        "--lease-ttl-ms",
+        &ttl,
+    ];
     args.extend_from_slice(more);
     let (child, said) = serve(data_dir, &args);
     assert_eq!(said, advertised, "prism node {id}");

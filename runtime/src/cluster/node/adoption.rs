@@ -72,9 +72,9 @@ impl Cluster {
             }
         };
         self.catching_up.lock().insert(name.to_string(), head);
-        let (registry, adopted) = (registry.clone(), name.to_string());
+        let (adopting, adopted) = (registry.clone(), name.to_string());
         let result =
-            tokio::task::spawn_blocking(move || registry.adopt(&adopted, deployment)).await;
+            tokio::task::spawn_blocking(move || adopting.adopt(&adopted, deployment)).await;
         match result {
             Ok(Ok(Some(restored))) => self.restored(registry, name, restored),
             Ok(Ok(None)) => {}
@@ -113,4 +113,3 @@ impl Adoptions {
         }
     }
 }
-

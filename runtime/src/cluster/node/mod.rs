@@ -22,9 +22,9 @@ mod shared;
 mod snapshots;
 
 use super::membership::{Membership, Node};
-use super::{CatalogError, Drains, Leases, Ownership, SharedCatalog, Snapshots, rendezvous};
+use super::{Drains, Leases, Ownership, SharedCatalog, Snapshots, rendezvous};
 use crate::log::EventLog;
-use crate::projector::{Deployment, Registry, Restored};
+use crate::projector::{Registry, Restored};
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -294,7 +294,8 @@ impl Cluster {
                 let (snapshotting, registry) = (cluster.clone(), registry.clone());
                 AbortOnDropHandle::new(tokio::spawn(async move {
                     let every = snapshotting.options.snapshot_interval;
-                    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                    let mut ticks =
+                        tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     loop {
                         ticks.tick().await;
@@ -308,9 +309,8 @@ impl Cluster {
                 cluster.ownership.membership().bucket().clone(),
                 woken.clone(),
             )));
-            let _drains = AbortOnDropHandle::new(tokio::spawn(
-                cluster.drains.clone().follow(woken.clone()),
-            ));
+            let _drains =
+                AbortOnDropHandle::new(tokio::spawn(cluster.drains.clone().follow(woken.clone())));
             let mut ticks = tokio::time::interval(cluster.options.tick());
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // Adoptions run beside the loop (loading code takes seconds): it goes on taking
@@ -395,6 +395,9 @@ impl Cluster {
         let drained = self.drains.drained();
         match self.ownership.balance(&names, &drained, taking).await {
             Ok(tick) => {
+                if !tick.taken.is_empty() || !tick.to_release.is_empty() {
+                    tracing::debug!(taken = ?tick.taken, to_release = ?tick.to_release, "leases moved");
+                }
                 *self.peers.write() = tick
                     .live
                     .values()
@@ -410,6 +413,10 @@ impl Cluster {
                     }
                 }
                 for name in &tick.to_release {
+                    // Claimed by a deploy since this tick read the catalog: not gone.
+                    if !deployments.contains_key(name) && self.creating.lock().contains_key(name) {
+                        continue;
+                    }
                     // A projector deleted meanwhile needs no snapshot.
                     match deployments.contains_key(name) {
                         true => self.hand_over(registry, name).await,
@@ -422,10 +429,18 @@ impl Cluster {
             }
             Err(e) => tracing::warn!(error = %e, "reading the live nodes"),
         }
-        // Lost or lapsed: stopped, whatever the tick said.
+        // Lost or lapsed: stopped, whatever the tick said. And one still running from an
+        // earlier ownership (a deploy finished after its lease was given up and taken again):
+        // adopted afresh below, caught up before it answers.
         for projector in registry.list() {
-            if self.owns(&projector.name).is_none() {
-                self.unload(registry, &projector.name).await;
+            let name = &projector.name;
+            let stale = self.catching_up.lock().get(name) == Some(&u64::MAX)
+                && !adoptions.names.values().any(|n| n == name);
+            if self.owns(name).is_none() || stale {
+                self.unload(registry, name).await;
+                if stale {
+                    self.catching_up.lock().insert(name.clone(), u64::MAX);
+                }
             }
         }
         for name in deployments.keys() {

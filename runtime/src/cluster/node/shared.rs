@@ -28,7 +28,7 @@ impl SharedDeployments for Cluster {
             .block_on(self.catalog.put(name, record.clone(), revision))
             .map_err(|e| shared_error(name, e))?;
         self.revisions.lock().insert(name.to_string(), written);
-        let stored = super::catalog::Stored {
+        let stored = crate::cluster::catalog::Stored {
             record,
             revision: written,
         };

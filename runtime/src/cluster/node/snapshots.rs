@@ -68,7 +68,11 @@ impl Cluster {
                 upload_ms = (started.elapsed() - copy_took).as_millis() as u64,
                 "snapshot uploaded"
             );
-            let uploaded_now = (label.incarnation, label.checkpoint, label.dead_letter_actions);
+            let uploaded_now = (
+                label.incarnation,
+                label.checkpoint,
+                label.dead_letter_actions,
+            );
             self.latest.lock().insert(key, uploaded_now);
             uploaded.push(label);
         }
@@ -107,7 +111,10 @@ impl Cluster {
             Ok(Err(e)) => {
                 tracing::warn!(projector = name, error = %format!("{e:#}"), "no snapshot at handover")
             }
-            Err(_) => tracing::warn!(projector = name, "no snapshot at handover: it took too long"),
+            Err(_) => tracing::warn!(
+                projector = name,
+                "no snapshot at handover: it took too long"
+            ),
         }
         self.unload(registry, name).await;
     }

@@ -100,7 +100,9 @@ impl Registry {
         for record in records.into_iter().flatten() {
             let path = self.inner.dir.view(name, record.id);
             let local = match kept && path.exists() {
-                true => ViewStore::open(&path).and_then(|v| v.checkpoint()).unwrap_or(0),
+                true => ViewStore::open(&path)
+                    .and_then(|v| v.checkpoint())
+                    .unwrap_or(0),
                 false => 0,
             };
             let mut candidates: Vec<&Label> = labels
@@ -121,7 +123,13 @@ impl Registry {
                 }
                 std::fs::create_dir_all(self.inner.dir.projector(name))?;
                 std::fs::rename(&fetched, &path)?;
-                tracing::info!(projector = name, generation = record.id, checkpoint = label.checkpoint, local, "view restored from a snapshot");
+                tracing::info!(
+                    projector = name,
+                    generation = record.id,
+                    checkpoint = label.checkpoint,
+                    local,
+                    "view restored from a snapshot"
+                );
                 restored.push(Restored {
                     generation: record.id,
                     checkpoint: label.checkpoint,
@@ -143,8 +151,8 @@ fn fits(label: &Label, deployment: &Deployment, record: &GenerationRecord) -> bo
     let written_by = |r: &GenerationRecord| proven.as_bytes() == r.to_json().as_slice();
     // A reload on trial that passed on the previous owner (its catalog write lost): restored,
     // then promoted as at a restart.
-    let trial_passed = record.id == deployment.serving.id
-        && deployment.trial.as_ref().is_some_and(written_by);
+    let trial_passed =
+        record.id == deployment.serving.id && deployment.trial.as_ref().is_some_and(written_by);
     label.incarnation == deployment.incarnation
         && label.generation == record.id
         && label.dead_letter_actions == deployment.dead_letter_actions
