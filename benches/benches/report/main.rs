@@ -11,6 +11,7 @@
 //! `jetstream` (the JetStream log against the embedded one: appends, replay, a leader kill).
 
 mod cluster;
+mod failover;
 mod http;
 mod jetstream;
 mod replay;
@@ -123,7 +124,7 @@ fn main() {
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().unwrap();
     let mut report = Report { rows: Vec::new() };
-    // `PRISM_BENCH_ONLY=replay|import|http|jetstream|jetstream-replay|cluster` measures one part (for
+    // `PRISM_BENCH_ONLY=replay|import|http|jetstream|jetstream-replay|cluster|failover` measures one part (for
     // profiling).
     let only = std::env::var("PRISM_BENCH_ONLY").ok();
     if only.as_deref() == Some("jetstream-replay") {
@@ -134,6 +135,12 @@ fn main() {
     if only.as_deref() == Some("cluster") {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(cluster::cluster_figures(&mut report, dir.path()));
+        report.print();
+        return;
+    }
+    if only.as_deref() == Some("failover") {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(failover::failover_figures(&mut report, dir.path()));
         report.print();
         return;
     }
@@ -163,6 +170,7 @@ fn main() {
         http::reload_and_restart_figures(&mut report, dir.path()).await;
         jetstream::jetstream_figures(&mut report, n, dir.path()).await;
         cluster::cluster_figures(&mut report, dir.path()).await;
+        failover::failover_figures(&mut report, dir.path()).await;
     });
     report.print();
 }

@@ -37,6 +37,8 @@ pub struct RestoredView {
     pub checkpoint: u64,
     /// The checkpoint of the view the node kept from an earlier ownership (0: none).
     pub local: u64,
+    /// Milliseconds fetching, unpacking and checking the snapshot.
+    pub took_ms: u64,
 }
 
 /// A live node.
@@ -80,6 +82,12 @@ pub struct Snapshot {
     pub checkpoint: u64,
     /// Entries in the view.
     pub entries: u64,
+    /// Its packed size, in bytes.
+    pub bytes: u64,
+    /// Milliseconds copying the view (one read transaction) and packing it.
+    pub copy_ms: u64,
+    /// Milliseconds uploading it.
+    pub upload_ms: u64,
 }
 
 /// A node drained or undrained.

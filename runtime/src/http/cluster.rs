@@ -447,6 +447,7 @@ pub(super) async fn status(State(state): State<AppState>) -> Result<Json<Cluster
                     generation: v.generation,
                     checkpoint: v.checkpoint,
                     local: v.local,
+                    took_ms: v.took_ms,
                 })
             })
             .collect(),

@@ -49,13 +49,16 @@ pub async fn snapshot(
     Ok(Json(Snapshots {
         uploaded: uploaded
             .into_iter()
-            .map(|label| Snapshot {
-                object: label.object_name(),
-                projector: label.projector,
-                incarnation: label.incarnation,
-                generation: label.generation,
-                checkpoint: label.checkpoint,
-                entries: label.entries,
+            .map(|u| Snapshot {
+                object: u.label.object_name(),
+                projector: u.label.projector,
+                incarnation: u.label.incarnation,
+                generation: u.label.generation,
+                checkpoint: u.label.checkpoint,
+                entries: u.label.entries,
+                bytes: u.bytes,
+                copy_ms: u.copy_ms,
+                upload_ms: u.upload_ms,
             })
             .collect(),
     }))

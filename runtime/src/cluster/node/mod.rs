@@ -21,6 +21,8 @@ mod adoption;
 mod shared;
 mod snapshots;
 
+pub use snapshots::Uploaded;
+
 use super::membership::{Membership, Node};
 use super::{Drains, Leases, Ownership, SharedCatalog, Snapshots, rendezvous};
 use crate::log::EventLog;

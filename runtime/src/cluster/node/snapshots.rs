@@ -20,10 +20,22 @@ pub(super) const HANDOVER_SNAPSHOT_LIMIT: Duration = Duration::from_secs(30);
 /// deployment's incarnation, the view's checkpoint and the count of dead-letter actions then.
 pub(super) type Latest = std::collections::HashMap<(String, u64), (u64, u64, u64)>;
 
+/// A snapshot uploaded, and what it cost.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    pub label: Label,
+    /// Its packed size.
+    pub bytes: u64,
+    /// Milliseconds copying and packing the view.
+    pub copy_ms: u64,
+    /// Milliseconds uploading it.
+    pub upload_ms: u64,
+}
+
 impl Cluster {
     /// Uploads a snapshot of each view of `name` (running here) that changed since this node
-    /// last uploaded or restored it, then deletes the ones no longer kept: the labels uploaded.
-    pub async fn snapshot(&self, registry: &Registry, name: &str) -> Result<Vec<Label>> {
+    /// last uploaded or restored it, then deletes the ones no longer kept: what it uploaded.
+    pub async fn snapshot(&self, registry: &Registry, name: &str) -> Result<Vec<Uploaded>> {
         let _one_at_a_time = self.snapshotting.lock().await;
         let mut uploaded = Vec::new();
         for (generation, checkpoint) in registry.views(name) {
@@ -52,20 +64,21 @@ impl Cluster {
                 Ok(label)
             })
             .await??;
-            let copy_took = started.elapsed();
+            let copy_ms = started.elapsed().as_millis() as u64;
             anyhow::ensure!(self.owns(name).is_some(), "this node no longer owns {name}");
-            let size = self
+            let bytes = self
                 .snapshots
                 .upload(&label, &scratch.path().join("view.zst"))
                 .await?;
+            let upload_ms = started.elapsed().as_millis() as u64 - copy_ms;
             tracing::info!(
                 projector = name,
                 generation,
                 checkpoint = label.checkpoint,
                 entries = label.entries,
-                bytes = size,
-                copy_ms = copy_took.as_millis() as u64,
-                upload_ms = (started.elapsed() - copy_took).as_millis() as u64,
+                bytes,
+                copy_ms,
+                upload_ms,
                 "snapshot uploaded"
             );
             let uploaded_now = (
@@ -74,7 +87,12 @@ impl Cluster {
                 label.dead_letter_actions,
             );
             self.latest.lock().insert(key, uploaded_now);
-            uploaded.push(label);
+            uploaded.push(Uploaded {
+                label,
+                bytes,
+                copy_ms,
+                upload_ms,
+            });
         }
         if let (false, Some(projector)) = (uploaded.is_empty(), registry.get(name)) {
             let kept: Vec<(u64, u64)> = registry

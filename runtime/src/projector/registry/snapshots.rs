@@ -25,6 +25,8 @@ pub struct Restored {
     pub checkpoint: u64,
     /// The checkpoint of the view this node kept (0: none, or not of this deployment).
     pub local: u64,
+    /// Milliseconds fetching, unpacking and checking it.
+    pub took_ms: u64,
 }
 
 impl Registry {
@@ -111,6 +113,7 @@ impl Registry {
                 .collect();
             candidates.sort_by_key(|l| std::cmp::Reverse(l.checkpoint));
             for label in candidates {
+                let started = std::time::Instant::now();
                 let scratch = self.inner.dir.scratch("restore-")?;
                 let fetched = scratch.path().join("view.redb");
                 let readable = shared
@@ -134,6 +137,7 @@ impl Registry {
                     generation: record.id,
                     checkpoint: label.checkpoint,
                     local,
+                    took_ms: started.elapsed().as_millis() as u64,
                 });
                 break;
             }
