@@ -53,6 +53,7 @@
 //! lease_margin_ms = 1000
 //! snapshot_interval_ms = 30000  # how often an owner snapshots its views (0: at handover only)
 //! snapshots_kept = 3            # snapshots kept per view
+//! snapshot_upload_bytes_per_sec = 0  # at most this upload rate per snapshot (0: unbounded)
 //! peer_listen = "0.0.0.0:7443"  # TLS between nodes (an option): the peers' listener,
 //! tls_cert = "node.pem"         #   this node's certificate and key, and the CA that
 //! tls_key = "node-key.pem"      #   issued every node's (advertise_url is then
@@ -148,6 +149,8 @@ pub struct ClusterSettings {
     pub snapshot_interval_ms: u64,
     /// Snapshots kept per view (the newest; older ones are deleted).
     pub snapshots_kept: usize,
+    /// The most bytes a second one snapshot's upload takes from the servers (0: unbounded).
+    pub snapshot_upload_bytes_per_sec: u64,
     /// TLS between nodes: where this node serves the requests others forward to it, over
     /// mutual TLS (with `tls_cert`, `tls_key` and `tls_ca`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -173,6 +176,7 @@ impl Default for ClusterSettings {
             lease_margin_ms: 1000,
             snapshot_interval_ms: 30_000,
             snapshots_kept: 3,
+            snapshot_upload_bytes_per_sec: 0,
             peer_listen: None,
             tls_cert: None,
             tls_key: None,
@@ -248,6 +252,7 @@ impl ClusterSettings {
             lease_margin: std::time::Duration::from_millis(self.lease_margin_ms),
             snapshot_interval: std::time::Duration::from_millis(self.snapshot_interval_ms),
             snapshots_kept: self.snapshots_kept,
+            snapshot_upload_rate: self.snapshot_upload_bytes_per_sec,
             replicas,
             tls,
         }))

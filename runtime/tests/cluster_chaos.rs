@@ -30,7 +30,9 @@ mod common;
 use common::appends::{Outcome, Part, Sent, check_log, read_log};
 use common::cluster::{owners, same_as_model, settled_view, wait_for_nodes};
 use common::nats::NatsCluster;
-use common::observe::{Observed, leases_never_go_back, observe, views_never_go_back};
+use common::observe::{
+    Observed, checkpoints_never_go_back, leases_never_go_back, observe, views_never_go_back,
+};
 use common::process::{Prism, free_port, signal, start_node};
 use common::writers::{WRITERS, write};
 use common::{Client, artifacts};
@@ -228,6 +230,7 @@ async fn a_cluster_of_three_loses_nothing_and_never_answers_for_one_projector_tw
         "n{stopped}'s projectors taken over (answered as owner, 200 or 503) by another node {taken_over:.1?} after it was stopped"
     );
     views_never_go_back(&observed);
+    checkpoints_never_go_back(&observed);
     let resumed: Vec<&Observed> = observed
         .iter()
         .filter(|o| {

@@ -31,6 +31,7 @@ async fn node(nats: &str, id: &str, dir: &std::path::Path) -> (Server, Client) {
             lease_margin: Duration::from_millis(500),
             snapshot_interval: Duration::from_secs(30),
             snapshots_kept: 3,
+            snapshot_upload_rate: 0,
             replicas: 3,
             tls: None,
         });
@@ -251,6 +252,7 @@ async fn a_node_whose_lease_lapsed_cannot_write_the_catalog() {
                 lease_margin: Duration::from_millis(300),
                 snapshot_interval: Duration::from_secs(30),
                 snapshots_kept: 3,
+                snapshot_upload_rate: 0,
                 replicas: 1,
                 tls: None,
             };

@@ -50,6 +50,7 @@ async fn node(nats: &str, id: &str, dir: &Path, certs: &Certs) -> (Server, Clien
             lease_margin: Duration::from_millis(500),
             snapshot_interval: Duration::from_secs(30),
             snapshots_kept: 3,
+            snapshot_upload_rate: 0,
             replicas: 1,
             tls: Some(tls),
         });

@@ -32,6 +32,7 @@ async fn node(urls: &str, i: usize, dir: &Path) -> (Server, prism_client::Client
         lease_margin: Duration::from_secs(1),
         snapshot_interval: Duration::from_secs(30),
         snapshots_kept: 3,
+        snapshot_upload_rate: 0,
         replicas: 3,
         tls: None,
     });

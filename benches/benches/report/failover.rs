@@ -40,6 +40,7 @@ async fn node(urls: &str, id: &str, dir: &Path) -> (Server, prism_client::Client
         lease_margin: Duration::from_secs(1),
         snapshot_interval: Duration::ZERO,
         snapshots_kept: 3,
+        snapshot_upload_rate: 0,
         replicas: 3,
         tls: None,
     });

@@ -110,6 +110,11 @@ pub struct ClusterArgs {
     #[arg(long, env = "PRISM_SNAPSHOT_INTERVAL_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     snapshot_interval_ms: Option<u64>,
+    /// The most bytes a second one snapshot's upload takes from the servers [default: 0,
+    /// unbounded].
+    #[arg(long, env = "PRISM_SNAPSHOT_UPLOAD_BYTES_PER_SEC")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot_upload_bytes_per_sec: Option<u64>,
     /// TLS between nodes: the address this node serves other nodes on, over mutual TLS (with
     /// the three --cluster-tls-* files; --advertise-url is then https://HOST:PORT of it).
     #[arg(long, env = "PRISM_PEER_LISTEN")]
@@ -136,6 +141,7 @@ impl ClusterArgs {
             && self.cluster_token.is_none()
             && self.lease_ttl_ms.is_none()
             && self.snapshot_interval_ms.is_none()
+            && self.snapshot_upload_bytes_per_sec.is_none()
             && self.peer_listen.is_none()
             && self.cluster_tls_cert.is_none()
             && self.cluster_tls_key.is_none()

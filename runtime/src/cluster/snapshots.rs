@@ -10,7 +10,7 @@
 
 use anyhow::{Context, Result};
 use async_nats::jetstream::{self, object_store};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use std::path::Path;
 
 pub use crate::store::snapshot::Label;
@@ -30,6 +30,41 @@ fn label_of(info: &object_store::ObjectInfo) -> Option<Label> {
     (label.object_name() == info.name).then_some(label)
 }
 
+/// `file` read as chunks of [`CHUNK`] bytes, at most `rate` bytes a second (0: unbounded), so
+/// that snapshots do not take the servers' whole bandwidth from the log; held to a rate, the
+/// chunks are smaller (a quarter second's worth), for an even pace.
+fn throttled(
+    file: tokio::fs::File,
+    rate: u64,
+) -> tokio_util::io::StreamReader<
+    impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Unpin,
+    bytes::Bytes,
+> {
+    let started = tokio::time::Instant::now();
+    let size = match rate {
+        0 => CHUNK,
+        rate => (rate as usize / 4).clamp(4 << 10, CHUNK),
+    };
+    let chunks = tokio_util::io::ReaderStream::with_capacity(file, size);
+    let mut sent = 0u64;
+    let paced = chunks.then(move |chunk| {
+        let due = match (&chunk, rate) {
+            (Ok(bytes), 1..) => {
+                sent += bytes.len() as u64;
+                Some(started + std::time::Duration::from_secs_f64(sent as f64 / rate as f64))
+            }
+            _ => None,
+        };
+        async move {
+            if let Some(due) = due {
+                tokio::time::sleep_until(due).await;
+            }
+            chunk
+        }
+    });
+    tokio_util::io::StreamReader::new(Box::pin(paced))
+}
+
 /// The shared snapshots.
 #[derive(Clone)]
 pub struct Snapshots {
@@ -46,13 +81,15 @@ impl Snapshots {
         Ok(Snapshots { store })
     }
 
-    /// Uploads the packed copy at `packed` under `label`: its size in bytes. An upload cut
-    /// short (a node killed) leaves no object: the label is written after the last chunk.
-    pub async fn upload(&self, label: &Label, packed: &Path) -> Result<u64> {
+    /// Uploads the packed copy at `packed` under `label`, at most `rate` bytes a second (0:
+    /// unbounded): its size in bytes. An upload cut short (a node killed) leaves no object:
+    /// the label is written after the last chunk.
+    pub async fn upload(&self, label: &Label, packed: &Path, rate: u64) -> Result<u64> {
         let name = label.object_name();
-        let mut file = tokio::fs::File::open(packed)
+        let file = tokio::fs::File::open(packed)
             .await
             .with_context(|| format!("opening {}", packed.display()))?;
+        let mut file = throttled(file, rate);
         let meta = object_store::ObjectMetadata {
             name: name.clone(),
             chunk_size: Some(CHUNK),

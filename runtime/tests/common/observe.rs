@@ -19,12 +19,15 @@ pub struct Observed {
     pub status: u16,
     /// For the event counters, whose view is read: the count it answered.
     pub count: Option<u64>,
+    /// The generation and checkpoint a view answer reflects (`Prism-Generation`,
+    /// `Prism-Checkpoint`).
+    pub checkpoint: Option<(u64, u64)>,
 }
 
-/// Asks node `i` for every projector's status until `stop`, one request at a time per
-/// projector, each given up after a second: while the node is stopped, a request leaves every
-/// second, and the last ones are answered the moment it continues — asked after another node
-/// took its projectors over.
+/// Asks node `i` for every projector's view until `stop` (an event counter's count, the first
+/// entry of the others'), one request at a time per projector, each given up after a second:
+/// while the node is stopped, a request leaves every second, and the last ones are answered
+/// the moment it continues — asked after another node took its projectors over.
 pub async fn observe(
     i: usize,
     base: String,
@@ -39,11 +42,11 @@ pub async fn observe(
         .iter()
         .map(|&(projector, _, model)| {
             let (http, base, stop) = (http.clone(), base.clone(), stop.clone());
-            // An event counter's view is read (its count only grows); the others' status.
+            // An event counter's count (it only grows); the others' first entry.
             let counter = model == "event-counter";
             let path = match counter {
                 true => format!("{base}/projectors/{projector}/view/total"),
-                false => format!("{base}/projectors/{projector}"),
+                false => format!("{base}/projectors/{projector}/view?limit=1"),
             };
             tokio::spawn(async move {
                 let mut out = Vec::new();
@@ -66,6 +69,11 @@ pub async fn observe(
                     let owner = header("prism-owner")
                         .zip(header("prism-owner-lease").and_then(|l| l.parse().ok()));
                     let status = answer.status().as_u16();
+                    let number = |name: &str| header(name).and_then(|v| v.parse::<u64>().ok());
+                    let checkpoint = match status {
+                        200 => number("prism-generation").zip(number("prism-checkpoint")),
+                        _ => None,
+                    };
                     let count = match (counter, status) {
                         (true, 200) => answer.json::<u64>().await.ok(),
                         _ => None,
@@ -82,6 +90,7 @@ pub async fn observe(
                         owner,
                         status,
                         count,
+                        checkpoint,
                     });
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -164,5 +173,47 @@ pub fn views_never_go_back(observed: &[Observed]) {
             }
         }
         println!("{projector}: {} view reads, never older", answers.len());
+    }
+}
+
+/// Over every view answer, through every node: for each projector and generation, an answer
+/// that came before another request left reflected no later checkpoint than that request's
+/// answer — no node served a view older than one already served for that generation (a new
+/// owner restores a snapshot and answers only once caught up with the head).
+pub fn checkpoints_never_go_back(observed: &[Observed]) {
+    let mut by_view: HashMap<(&str, u64), Vec<(&Observed, u64)>> = HashMap::new();
+    for o in observed {
+        if let Some((generation, checkpoint)) = o.checkpoint {
+            by_view
+                .entry((o.projector, generation))
+                .or_default()
+                .push((o, checkpoint));
+        }
+    }
+    assert!(!by_view.is_empty(), "no view answer carried its checkpoint");
+    for ((projector, generation), mut answers) in by_view {
+        answers.sort_by_key(|(o, _)| o.received);
+        let mut newest = Vec::with_capacity(answers.len());
+        let mut max = 0;
+        for (o, checkpoint) in &answers {
+            max = max.max(*checkpoint);
+            newest.push((o.received, max));
+        }
+        for (o, checkpoint) in &answers {
+            let before = newest.partition_point(|(received, _)| *received < o.sent);
+            if before > 0 {
+                let (_, max) = newest[before - 1];
+                assert!(
+                    *checkpoint >= max,
+                    "{projector} generation {generation}: n{} answered at checkpoint \
+                     {checkpoint} after {max} had been served: {o:?}",
+                    o.asked
+                );
+            }
+        }
+        println!(
+            "{projector} generation {generation}: {} view answers, never older",
+            answers.len()
+        );
     }
 }

@@ -51,6 +51,8 @@ pub struct ClusterOptions {
     pub snapshot_interval: Duration,
     /// Snapshots kept per view.
     pub snapshots_kept: usize,
+    /// Bytes a second a snapshot's upload may take at most (0: unbounded).
+    pub snapshot_upload_rate: u64,
     /// Replicas of the cluster's buckets.
     pub replicas: usize,
     /// TLS between nodes (an option): the peer listener and its files.

@@ -68,7 +68,11 @@ impl Cluster {
             anyhow::ensure!(self.owns(name).is_some(), "this node no longer owns {name}");
             let bytes = self
                 .snapshots
-                .upload(&label, &scratch.path().join("view.zst"))
+                .upload(
+                    &label,
+                    &scratch.path().join("view.zst"),
+                    self.options.snapshot_upload_rate,
+                )
                 .await?;
             let upload_ms = started.elapsed().as_millis() as u64 - copy_ms;
             tracing::info!(

@@ -1,0 +1,346 @@
+//! Failover through snapshots, under faults: three Prism nodes (real `prism serve` processes;
+//! snapshots only when asked for and at handover, each upload held to 64 KiB/s so that one
+//! takes seconds) on three nats-servers, under six writers appending through all nodes and an
+//! observer per node reading every projector's view over and over.
+//!
+//! 1. `kill -9` of the owner of a large view while it uploads a snapshot of it (asked for through
+//!    another node): the upload is cut — its chunks are in the object store with no object
+//!    naming them (checked) — and the next owner restores the newest complete snapshot, taken
+//!    before at a known checkpoint, and replays the log after it.
+//! 2. `kill -9` of the nats-server leading the event stream, and its restart.
+//! 3. The killed node comes back, and the node that holds the large view now must hand it back:
+//!    it is killed with `kill -9` while it uploads the handover snapshot (checked the same way).
+//!    The node that came back waits for that lease to expire, restores the newest complete
+//!    snapshot and replays.
+//!
+//! Then: every acknowledged append is in the log at its position, gapless
+//! (`common::appends::check_log`); every view, through every live node, equals the one this test
+//! computes from the events (`common::model`); and over every answer observed, no view older
+//! than one already served for the same generation (`Prism-Checkpoint`), no count going back,
+//! no lease going back.
+
+mod common;
+
+use common::appends::{Outcome, Part, Sent, check_log, read_log};
+use common::cluster::{owners, same_as_model, settled_view, wait_applied, wait_for_nodes};
+use common::nats::NatsCluster;
+use common::observe::{
+    Observed, checkpoints_never_go_back, leases_never_go_back, observe, views_never_go_back,
+};
+use common::process::{Prism, free_port, start_node_with};
+use common::writers::{WRITERS, write};
+use common::{Client, artifacts};
+use futures::TryStreamExt;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const TTL_MS: u64 = 3000;
+/// Each snapshot upload is held to this rate.
+const UPLOAD_RATE: &str = "65536";
+/// Orders placed before the load, so that the large view's snapshot takes seconds to upload.
+const BIG: u64 = 60_000;
+
+const PROJECTORS: [(&str, &str, &str); 3] = [
+    ("orders", artifacts::ORDER_TOTALS, "order-totals"),
+    ("tally", artifacts::EVENT_COUNTER, "event-counter"),
+    ("accounts", artifacts::ACCOUNT_BALANCES, "account-balances"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failover_through_snapshots_survives_kills_mid_upload() {
+    let began = Instant::now();
+    let mut nats = NatsCluster::start();
+    let urls = nats.urls();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let launch = |i: usize| {
+        let more = [
+            "--snapshot-interval-ms",
+            "0",
+            "--snapshot-upload-bytes-per-sec",
+            UPLOAD_RATE,
+        ];
+        start_node_with(
+            dirs[i].path(),
+            &urls,
+            &format!("n{i}"),
+            ports[i],
+            TTL_MS,
+            &more,
+        )
+    };
+    let mut nodes: Vec<Option<Prism>> = (0..3).map(|i| Some(launch(i))).collect();
+    let bases: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let clients: Vec<Client> = bases.iter().map(|b| Client::new(b)).collect();
+    wait_for_nodes(&clients, 3).await;
+    for (name, wasm, _) in PROJECTORS {
+        clients[0].deploy(name, wasm).await;
+    }
+    let mut sent = Vec::new();
+    for batch in 0..BIG / 1000 {
+        let events = (batch * 1000..(batch + 1) * 1000)
+            .map(|i| {
+                json!({"type": "OrderPlaced", "data": {
+                    "uid": format!("big-{i}"),
+                    "order_id": format!("big-{i}"),
+                    "customer": format!("c{}", i % 97),
+                    "total_cents": 100 + i % 500,
+                }})
+            })
+            .collect();
+        sent.push(append_recorded(&clients[1], &format!("big-{}", batch % 8), events).await);
+    }
+    let head = last_position(&sent);
+    for (name, _, _) in PROJECTORS {
+        wait_applied(&clients[0], name, head).await;
+    }
+    // The first complete snapshot of the large view.
+    let first = snapshot(&clients[2], "orders").await;
+    let first_checkpoint = first["checkpoint"].as_u64().unwrap();
+    let bytes = first["bytes"].as_u64().unwrap();
+    // Chunks of 16 KiB, four a second: a partial upload is seen at its second chunk, well
+    // before its last (four seconds in, or more).
+    assert!(
+        bytes >= 256 << 10,
+        "the large view's snapshot is {bytes} bytes: too small to be cut mid-upload"
+    );
+    println!("a snapshot of {bytes} bytes at {first_checkpoint}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| tokio::spawn(write(w, bases.clone(), stop.clone())))
+        .collect();
+    let observers: Vec<_> = (0..3)
+        .map(|i| tokio::spawn(observe(i, bases[i].clone(), stop.clone(), &PROJECTORS)))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // 1. kill -9 of the large view's owner while it uploads a snapshot of it.
+    let killed = node_of(&owners(&clients[0]).await["orders"]);
+    let asking = (killed + 1) % 3;
+    let asked = tokio::spawn({
+        let client = Client::new(&bases[asking]);
+        async move {
+            client
+                .send(client.request("POST", "/projectors/orders/snapshot"))
+                .await
+        }
+    });
+    wait_partial_upload(&urls).await;
+    drop(nodes[killed].take());
+    let answer = asked.await.unwrap();
+    assert_ne!(answer.status, 200, "the upload was cut: {}", answer.body);
+    assert_eq!(
+        checkpoints_stored(&urls).await,
+        vec![first_checkpoint],
+        "only the complete snapshot is stored"
+    );
+    let heir = wait_owner_not(&clients[asking], "orders", killed).await;
+    let now_head = wait_writers_past(&clients[asking], head).await;
+    wait_applied(&clients[heir], "orders", now_head).await;
+    let restored = restores(&clients[heir]).await;
+    assert_eq!(
+        restored.get("orders"),
+        Some(&first_checkpoint),
+        "n{heir} restores the complete snapshot"
+    );
+
+    // 2. kill -9 of the nats-server leading the event stream, and its restart.
+    let leader = nats.stream_leader("PRISM_EVENTS");
+    nats.kill9(leader);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    nats.restart(leader);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 3. The killed node comes back; the large view's owner is killed while it uploads the
+    // snapshot it hands over with.
+    let holder = wait_owner_not(&clients[asking], "orders", killed).await;
+    nodes[killed] = Some(launch(killed));
+    wait_partial_upload(&urls).await;
+    drop(nodes[holder].take());
+    let alive: Vec<usize> = (0..3).filter(|i| *i != holder).collect();
+    assert_eq!(
+        checkpoints_stored(&urls).await,
+        vec![first_checkpoint],
+        "the handover snapshot was cut"
+    );
+    let settled_owner = wait_owner_not(&clients[killed], "orders", holder).await;
+    println!("orders: n{killed} back, n{holder} killed handing over, n{settled_owner} owns it");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        sent.extend(writer.await.unwrap());
+    }
+    let mut observed: Vec<Observed> = Vec::new();
+    for observer in observers {
+        observed.extend(observer.await.unwrap());
+    }
+    let (head, events) = read_log(&urls).await;
+    check_log(&sent, head, &events);
+    let want = common::model::views(&events);
+    for i in &alive {
+        for (name, _, model) in PROJECTORS {
+            let view = settled_view(&clients[*i], name, head).await;
+            same_as_model(name, &view, &want[model]);
+        }
+    }
+    views_never_go_back(&observed);
+    checkpoints_never_go_back(&observed);
+    leases_never_go_back(&observed);
+    for node in nodes.iter_mut() {
+        drop(node.take());
+    }
+    println!(
+        "{head} events checked; the test took {:.1?}",
+        began.elapsed()
+    );
+}
+
+/// `nN` → N.
+fn node_of(id: &str) -> usize {
+    id[1..].parse().unwrap()
+}
+
+/// Asks for a snapshot of `projector` through `client`: the one uploaded.
+async fn snapshot(client: &Client, projector: &str) -> Value {
+    let path = format!("/projectors/{projector}/snapshot");
+    let reply = client.send(client.request("POST", &path)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.body["uploaded"][0].clone()
+}
+
+/// Appends `events` to `stream` through `client`, as a writer would have recorded it.
+async fn append_recorded(client: &Client, stream: &str, events: Vec<Value>) -> Sent {
+    let started = Instant::now();
+    let appended = client.append(stream, Value::Array(events.clone())).await;
+    let number = |field: &str| appended[field].as_u64().unwrap();
+    Sent {
+        keyed: false,
+        outcome: Outcome::Acked {
+            first: number("first_position"),
+            last: number("last_position"),
+            versions: vec![number("stream_version") + 1 - events.len() as u64],
+        },
+        parts: vec![Part {
+            stream: stream.to_string(),
+            expected: None,
+            events,
+        }],
+        attempts: 1,
+        retried_on: Vec::new(),
+        started,
+        ended: Instant::now(),
+    }
+}
+
+fn last_position(sent: &[Sent]) -> u64 {
+    sent.iter()
+        .filter_map(|s| match s.outcome {
+            Outcome::Acked { last, .. } => Some(last),
+            _ => None,
+        })
+        .max()
+        .unwrap()
+}
+
+/// The snapshots' object store, as the test reads it.
+async fn snapshot_store(urls: &str) -> async_nats::jetstream::Context {
+    let servers: Vec<async_nats::ServerAddr> =
+        urls.split(',').map(|u| u.parse().unwrap()).collect();
+    let client = async_nats::connect(servers).await.unwrap();
+    async_nats::jetstream::new(client)
+}
+
+/// The checkpoints of the large view's stored snapshots.
+async fn checkpoints_stored(urls: &str) -> Vec<u64> {
+    let js = snapshot_store(urls).await;
+    let snapshots = prism::cluster::Snapshots::open(&js, 3).await.unwrap();
+    let labels = snapshots.list("orders").await.unwrap();
+    labels.iter().map(|l| l.checkpoint).collect()
+}
+
+/// Waits until a large snapshot's upload is under way: two chunks or more in the object store
+/// that no object names yet (a small view's upload is one chunk) — up to 30 s.
+async fn wait_partial_upload(urls: &str) {
+    let js = snapshot_store(urls).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let store = js.get_object_store("PRISM_SNAPSHOTS").await.unwrap();
+        let named: BTreeSet<String> = store
+            .list()
+            .await
+            .unwrap()
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|info| info.nuid)
+            .collect();
+        let stream = js.get_stream("OBJ_PRISM_SNAPSHOTS").await.unwrap();
+        let chunks: Vec<(String, usize)> = stream
+            .info_with_subjects("$O.PRISM_SNAPSHOTS.C.>")
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        let partial = chunks.iter().any(|(subject, count)| {
+            *count >= 2 && !named.contains(subject.rsplit('.').next().unwrap())
+        });
+        if partial {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no snapshot upload under way");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `projector` is owned by a node other than `gone`, as `client` sees it: that node.
+async fn wait_owner_not(client: &Client, projector: &str, gone: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(owner) = owners(client).await.get(projector)
+            && node_of(owner) != gone
+        {
+            return node_of(owner);
+        }
+        assert!(Instant::now() < deadline, "{projector} not taken over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the log's head, as `client` sees it, is past `head` (the writers go on): it.
+async fn wait_writers_past(client: &Client, head: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let reply = client.get("/cluster").await;
+        let now = reply.body["head"].as_u64().unwrap_or(0);
+        if now > head {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "the writers appended nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The views the node behind `client` restored: projector → the snapshot's checkpoint.
+async fn restores(client: &Client) -> std::collections::BTreeMap<String, u64> {
+    let reply = client.get("/cluster").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.body["restored"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let name = r["projector"].as_str().unwrap().to_string();
+            (name, r["checkpoint"].as_u64().unwrap())
+        })
+        .collect()
+}
