@@ -6,9 +6,42 @@ use super::Cluster;
 use crate::cluster::CatalogError;
 use crate::cluster::catalog::Stored;
 use crate::projector::{Deployment, Registry};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 impl Cluster {
+    /// Makes ready the code of the projectors coming to this node — rendezvous hashing gives
+    /// them to it while another node still holds their lease (a handover under way, or this
+    /// node just joined) — so that adopting them need not compile it. Once per module.
+    pub(super) fn warm_incoming(
+        &self,
+        registry: &Registry,
+        deployments: &BTreeMap<String, Stored>,
+    ) {
+        let live = self.live();
+        let drained = self.drains.drained();
+        let eligible = crate::cluster::drains::eligible(live.keys(), &drained);
+        for (name, stored) in deployments {
+            let mine = crate::cluster::rendezvous::owner(name, eligible.iter().copied())
+                == Some(self.options.node_id.as_str());
+            if !mine || self.owns(name).is_some() || registry.get(name).is_some() {
+                continue;
+            }
+            let Ok(deployment) = serde_json::from_slice::<Deployment>(&stored.record) else {
+                continue;
+            };
+            let module = deployment.latest().module.clone();
+            if self.warmed.lock().insert(name.clone(), module.clone()) == Some(module) {
+                continue;
+            }
+            let (registry, name) = (registry.clone(), name.clone());
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = registry.warm(&deployment) {
+                    tracing::debug!(projector = %name, error = %e, "readying a projector's code ahead of its handover");
+                }
+            });
+        }
+    }
+
     /// Takes over the shared deployment of `name`, whose lease this node holds: reads it
     /// afresh and writes it again at the revision read. The revision is the catalog's fencing
     /// token: a change the previous owner checked against its lease and sent late is refused

@@ -114,6 +114,8 @@ pub struct Cluster {
     latest: Mutex<snapshots::Latest>,
     /// The views restored from snapshots when this node adopted the projectors it owns.
     restores: Mutex<HashMap<String, Vec<Restored>>>,
+    /// The module each projector coming to this node had its code readied for.
+    warmed: Mutex<HashMap<String, String>>,
 }
 
 impl Cluster {
@@ -154,6 +156,7 @@ impl Cluster {
             snapshotting: tokio::sync::Mutex::new(()),
             latest: Mutex::new(HashMap::new()),
             restores: Mutex::new(HashMap::new()),
+            warmed: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -433,6 +436,7 @@ impl Cluster {
             }
             Err(e) => tracing::warn!(error = %e, "reading the live nodes"),
         }
+        self.warm_incoming(registry, &deployments);
         // Lost or lapsed: stopped, whatever the tick said. And one still running from an
         // earlier ownership (a deploy finished after its lease was given up and taken again):
         // adopted afresh below, caught up before it answers.

@@ -30,6 +30,24 @@ pub struct Restored {
 }
 
 impl Registry {
+    /// Makes the code of `deployment` ready on this node before it comes to own the projector
+    /// (a handover on its way): its modules fetched from the shared store and compiled into
+    /// the local cache, so that adopting it loads them at once. Blocking.
+    pub fn warm(&self, deployment: &Deployment) -> Result<(), LifecycleError> {
+        let records = [
+            Some(&deployment.serving),
+            deployment.trial.as_ref(),
+            deployment.pending.as_ref(),
+        ];
+        for record in records.into_iter().flatten() {
+            if self.has_module(&record.module)? {
+                self.load(&record.module)
+                    .map_err(|e| LifecycleError::Deploy(e.into()))?;
+            }
+        }
+        Ok(())
+    }
+
     /// A fresh scratch directory in the data dir (removed when dropped).
     pub fn scratch(&self, prefix: &str) -> std::io::Result<tempfile::TempDir> {
         self.inner.dir.scratch(prefix)
@@ -164,11 +182,10 @@ fn fits(label: &Label, deployment: &Deployment, record: &GenerationRecord) -> bo
         && (written_by(record) || trial_passed)
 }
 
-/// Opens a fetched view file (every page checked) and confirms it holds what its label says.
+/// Confirms a fetched view file holds what its label says (its pages are checked when the view
+/// opens).
 fn check(path: &Path, label: &Label) -> Result<(), String> {
-    let view = ViewStore::open(path).map_err(|e| e.to_string())?;
-    let checkpoint = view.checkpoint().map_err(|e| e.to_string())?;
-    let proven = view.proven_code().map_err(|e| e.to_string())?;
+    let (checkpoint, proven) = crate::store::snapshot::holds(path).map_err(|e| e.to_string())?;
     let proven = proven.map(|p| String::from_utf8_lossy(&p).into_owned());
     if checkpoint != label.checkpoint || proven != label.proven {
         return Err(format!(
