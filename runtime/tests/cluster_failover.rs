@@ -132,7 +132,7 @@ async fn failover_through_snapshots_survives_kills_mid_upload() {
                 .await
         }
     });
-    wait_partial_upload(&urls).await;
+    let cut = wait_new_partial_upload(&urls, &BTreeSet::new()).await;
     drop(nodes[killed].take());
     let answer = asked.await.unwrap();
     assert_ne!(answer.status, 200, "the upload was cut: {}", answer.body);
@@ -161,8 +161,10 @@ async fn failover_through_snapshots_survives_kills_mid_upload() {
     // 3. The killed node comes back; the large view's owner is killed while it uploads the
     // snapshot it hands over with.
     let holder = wait_owner_not(&clients[asking], "orders", killed).await;
+    // The upload cut in phase 1 stays in the store: only a new one is the handover's.
+    let cut = partial_uploads(&urls).await.union(&cut).cloned().collect();
     nodes[killed] = Some(launch(killed));
-    wait_partial_upload(&urls).await;
+    wait_new_partial_upload(&urls, &cut).await;
     drop(nodes[holder].take());
     let alive: Vec<usize> = (0..3).filter(|i| *i != holder).collect();
     assert_eq!(
@@ -266,38 +268,50 @@ async fn checkpoints_stored(urls: &str) -> Vec<u64> {
     labels.iter().map(|l| l.checkpoint).collect()
 }
 
-/// Waits until a large snapshot's upload is under way: two chunks or more in the object store
-/// that no object names yet (a small view's upload is one chunk) — up to 30 s.
-async fn wait_partial_upload(urls: &str) {
+/// The uploads cut or under way: objects' ids (nuids) with two chunks or more in the object
+/// store that no object names (a small view's upload is one chunk).
+async fn partial_uploads(urls: &str) -> BTreeSet<String> {
     let js = snapshot_store(urls).await;
+    let store = js.get_object_store("PRISM_SNAPSHOTS").await.unwrap();
+    let named: BTreeSet<String> = store
+        .list()
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|info| info.nuid)
+        .collect();
+    let stream = js.get_stream("OBJ_PRISM_SNAPSHOTS").await.unwrap();
+    let chunks: Vec<(String, usize)> = stream
+        .info_with_subjects("$O.PRISM_SNAPSHOTS.C.>")
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    chunks
+        .into_iter()
+        .filter(|(_, count)| *count >= 2)
+        .map(|(subject, _)| subject.rsplit('.').next().unwrap().to_string())
+        .filter(|nuid| !named.contains(nuid))
+        .collect()
+}
+
+/// Waits until a large snapshot's upload not in `known` is under way (up to 30 s): the
+/// partial uploads then.
+async fn wait_new_partial_upload(urls: &str, known: &BTreeSet<String>) -> BTreeSet<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let store = js.get_object_store("PRISM_SNAPSHOTS").await.unwrap();
-        let named: BTreeSet<String> = store
-            .list()
-            .await
-            .unwrap()
-            .try_collect::<Vec<_>>()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|info| info.nuid)
-            .collect();
-        let stream = js.get_stream("OBJ_PRISM_SNAPSHOTS").await.unwrap();
-        let chunks: Vec<(String, usize)> = stream
-            .info_with_subjects("$O.PRISM_SNAPSHOTS.C.>")
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
-        let partial = chunks.iter().any(|(subject, count)| {
-            *count >= 2 && !named.contains(subject.rsplit('.').next().unwrap())
-        });
-        if partial {
-            return;
+        let partial = partial_uploads(urls).await;
+        if partial.iter().any(|nuid| !known.contains(nuid)) {
+            return partial;
         }
-        assert!(Instant::now() < deadline, "no snapshot upload under way");
+        assert!(
+            Instant::now() < deadline,
+            "no new snapshot upload under way"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

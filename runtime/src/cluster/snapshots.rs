@@ -145,8 +145,10 @@ impl Snapshots {
     }
 
     /// Deletes the snapshots of `projector` but the newest `keep` of each generation in
-    /// `kept` (`(incarnation, generation)` pairs): the others are of generations replaced or
-    /// of an earlier deployment of the name. Answers how many it deleted.
+    /// `kept` (`(incarnation, generation)` pairs), and those of later generations or
+    /// deployments than one in `kept` (made by a newer owner): the others are of generations
+    /// replaced or of an earlier deployment of the name. Answers how many it deleted. With
+    /// `kept` empty (the projector deleted), deletes them all.
     pub async fn collect(
         &self,
         projector: &str,
@@ -161,7 +163,10 @@ impl Snapshots {
                 .iter()
                 .filter(|l| (l.incarnation, l.generation) == of && l.checkpoint > label.checkpoint)
                 .count();
-            if !kept.contains(&of) || newer >= keep.max(1) {
+            // Of a later deployment or generation than those kept (a stale caller's view):
+            // never deleted.
+            let later = !kept.is_empty() && kept.iter().all(|k| *k < of);
+            if (!kept.contains(&of) && !later) || (kept.contains(&of) && newer >= keep.max(1)) {
                 self.delete(label).await?;
                 deleted += 1;
             }

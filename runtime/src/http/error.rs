@@ -166,7 +166,7 @@ impl From<StorageError> for ApiError {
             StorageError::Shared(SharedError::Changed(_)) => {
                 ApiError::new(StatusCode::CONFLICT, e.to_string())
             }
-            StorageError::Shared(SharedError::Unavailable(_)) => {
+            StorageError::Shared(SharedError::Unavailable(_) | SharedError::Damaged(_)) => {
                 ApiError::unavailable(e.to_string(), 1)
             }
             e => ApiError::internal(&e),

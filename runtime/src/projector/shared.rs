@@ -20,6 +20,9 @@ pub enum SharedError {
     /// The servers failed or did not answer.
     #[error("the shared catalog is unavailable: {0}")]
     Unavailable(String),
+    /// What was fetched is not what was stored (a snapshot that fails its checks).
+    #[error("a shared snapshot is damaged: {0}")]
+    Damaged(String),
 }
 
 /// The deployments every node shares.

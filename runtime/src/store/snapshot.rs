@@ -112,28 +112,6 @@ impl ViewStore {
     }
 }
 
-/// The checkpoint and the record of proven code of the unpacked copy at `path`, read without
-/// checking every page: its bytes were checked on the way (the object's SHA-256, zstd's frame
-/// checksums), and the view's own opening checks its pages once more.
-pub fn holds(path: &Path) -> Result<(u64, Option<Vec<u8>>), StoreError> {
-    let db = Database::builder()
-        .set_check_integrity_on_open(false)
-        .set_cache_size(1 << 20)
-        .open(path)
-        .map_err(redb::Error::from)?;
-    let txn = db.begin_read()?;
-    let checkpoint = txn
-        .open_table(META)?
-        .get(CHECKPOINT)?
-        .map_or(0, |v| v.value());
-    let proven = match txn.open_table(CODE) {
-        Ok(code) => code.get(PROVEN)?.map(|v| v.value().to_vec()),
-        Err(redb::TableError::TableDoesNotExist(_)) => None,
-        Err(e) => return Err(e.into()),
-    };
-    Ok((checkpoint, proven))
-}
-
 /// Packs the file `from` into `to` (zstd, with a checksum on every frame): its size.
 pub fn compress(from: &Path, to: &Path) -> std::io::Result<u64> {
     let mut input = BufReader::new(std::fs::File::open(from)?);

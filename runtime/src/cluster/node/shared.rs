@@ -88,7 +88,7 @@ impl SharedDeployments for Cluster {
             .map_err(|e| SharedError::Unavailable(format!("{e:#}")))
             .and_then(|_| {
                 crate::store::snapshot::decompress(&packed, into).map_err(|e| {
-                    SharedError::Unavailable(format!(
+                    SharedError::Damaged(format!(
                         "unpacking the snapshot {}: {e}",
                         label.object_name()
                     ))

@@ -98,7 +98,10 @@ impl Cluster {
                 upload_ms,
             });
         }
-        if let (false, Some(projector)) = (uploaded.is_empty(), registry.get(name)) {
+        // Collected only by the owner: one that lost the lease mid-upload must not delete
+        // what the new owner keeps.
+        let owner = self.owns(name).is_some();
+        if let (false, true, Some(projector)) = (uploaded.is_empty(), owner, registry.get(name)) {
             let kept: Vec<(u64, u64)> = registry
                 .views(name)
                 .into_iter()

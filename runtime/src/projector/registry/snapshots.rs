@@ -12,6 +12,7 @@
 use super::Registry;
 use crate::projector::catalog::{Deployment, GenerationRecord};
 use crate::projector::error::{LifecycleError, StorageError};
+use crate::projector::shared::SharedError;
 use crate::store::ViewStore;
 use crate::store::snapshot::Label;
 use std::path::Path;
@@ -134,10 +135,13 @@ impl Registry {
                 let started = std::time::Instant::now();
                 let scratch = self.inner.dir.scratch("restore-")?;
                 let fetched = scratch.path().join("view.redb");
-                let readable = shared
-                    .fetch_snapshot(label, &fetched)
-                    .map_err(|e| e.to_string())
-                    .and_then(|()| check(&fetched, label));
+                // The servers not answering: the adoption is tried again at the next tick,
+                // not turned into a rebuild from position 1.
+                let readable = match shared.fetch_snapshot(label, &fetched) {
+                    Ok(()) => check(&fetched, label),
+                    Err(SharedError::Damaged(why)) => Err(why),
+                    Err(e) => return Err(e.into()),
+                };
                 if let Err(why) = readable {
                     tracing::warn!(projector = name, snapshot = %label.object_name(), %why, "a snapshot passed over");
                     continue;
@@ -182,10 +186,12 @@ fn fits(label: &Label, deployment: &Deployment, record: &GenerationRecord) -> bo
         && (written_by(record) || trial_passed)
 }
 
-/// Confirms a fetched view file holds what its label says (its pages are checked when the view
-/// opens).
+/// Opens a fetched view file (every page checked: one that fails is passed over, not left in
+/// place to fail the projector's start at every try) and confirms it holds what its label says.
 fn check(path: &Path, label: &Label) -> Result<(), String> {
-    let (checkpoint, proven) = crate::store::snapshot::holds(path).map_err(|e| e.to_string())?;
+    let view = ViewStore::open(path).map_err(|e| e.to_string())?;
+    let checkpoint = view.checkpoint().map_err(|e| e.to_string())?;
+    let proven = view.proven_code().map_err(|e| e.to_string())?;
     let proven = proven.map(|p| String::from_utf8_lossy(&p).into_owned());
     if checkpoint != label.checkpoint || proven != label.proven {
         return Err(format!(
