@@ -8,10 +8,10 @@
 //!    naming them (checked) — and the next owner restores the newest complete snapshot, taken
 //!    before at a known checkpoint, and replays the log after it.
 //! 2. `kill -9` of the nats-server leading the event stream, and its restart.
-//! 3. The killed node comes back, and the node that holds the large view now must hand it back:
-//!    it is killed with `kill -9` while it uploads the handover snapshot (checked the same way).
-//!    The node that came back waits for that lease to expire, restores the newest complete
-//!    snapshot and replays.
+//! 3. The node that holds the large view now is drained (`POST /cluster/nodes/{id}/drain`), and
+//!    killed with `kill -9` while it uploads the snapshot it hands the view over with (checked
+//!    the same way). The next owner waits for that lease to expire, restores the newest
+//!    complete snapshot and replays; the node killed in phase 1 comes back meanwhile.
 //!
 //! Then: every acknowledged append is in the log at its position, gapless
 //! (`common::appends::check_log`); every view, through every live node, equals the one this test
@@ -158,22 +158,32 @@ async fn failover_through_snapshots_survives_kills_mid_upload() {
     nats.restart(leader);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    // 3. The killed node comes back; the large view's owner is killed while it uploads the
-    // snapshot it hands over with.
+    // 3. The large view's owner now is drained, and killed while it uploads the snapshot it
+    // hands the view over with; then the node killed in phase 1 comes back.
+    // Settled first (the servers' outage may have moved it): its owner serves it, caught up.
+    let now_head = wait_writers_past(&clients[asking], 0).await;
+    wait_applied(&clients[asking], "orders", now_head).await;
     let holder = wait_owner_not(&clients[asking], "orders", killed).await;
     // The upload cut in phase 1 stays in the store: only a new one is the handover's.
     let cut = partial_uploads(&urls).await.union(&cut).cloned().collect();
-    nodes[killed] = Some(launch(killed));
+    let drain = format!("/cluster/nodes/n{holder}/drain");
+    let drained = clients[asking]
+        .send(clients[asking].request("POST", &drain))
+        .await;
+    assert_eq!(drained.status, 200, "{}", drained.body);
     wait_new_partial_upload(&urls, &cut).await;
     drop(nodes[holder].take());
-    let alive: Vec<usize> = (0..3).filter(|i| *i != holder).collect();
     assert_eq!(
         checkpoints_stored(&urls).await,
         vec![first_checkpoint],
         "the handover snapshot was cut"
     );
+    nodes[killed] = Some(launch(killed));
+    let alive: Vec<usize> = (0..3).filter(|i| *i != holder).collect();
     let settled_owner = wait_owner_not(&clients[killed], "orders", holder).await;
-    println!("orders: n{killed} back, n{holder} killed handing over, n{settled_owner} owns it");
+    println!(
+        "orders: n{holder} drained and killed handing over, n{killed} back, n{settled_owner} owns it"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     stop.store(true, Ordering::Relaxed);
@@ -310,7 +320,7 @@ async fn wait_new_partial_upload(urls: &str, known: &BTreeSet<String>) -> BTreeS
         }
         assert!(
             Instant::now() < deadline,
-            "no new snapshot upload under way"
+            "no new snapshot upload under way (known: {known:?}, now: {partial:?})"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -312,6 +312,13 @@ async fn wait_drained(client: &Client, node: &str) -> Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
     loop {
         let cluster = client.cluster().await?;
+        anyhow::ensure!(
+            cluster
+                .nodes
+                .iter()
+                .any(|n| !cluster.drained.contains(&n.id)),
+            "every live node is drained: the projectors stay where they are (undrain one)"
+        );
         let left = cluster
             .projectors
             .iter()

@@ -42,7 +42,6 @@ impl Registry {
         name: &str,
         deployment: Deployment,
     ) -> Result<Option<Vec<Restored>>, RegistryError> {
-        let _changing = self.inner.changing.lock();
         if self.get(name).is_some() {
             return Ok(None);
         }
@@ -59,27 +58,51 @@ impl Registry {
                 ))));
             }
         }
-        let kept = self
-            .inner
-            .catalog
-            .deployments()
-            .map_err(|e| recording(e.into()))?
-            .into_iter()
-            .any(|(recorded, local)| recorded == name && local == deployment);
-        if !kept {
+        // Snapshots are fetched without the registry's lock: the adoptions after a node's
+        // death restore side by side, and the node's other changes do not wait for them.
+        let kept = self.keeps(name, &deployment).map_err(recording)?;
+        let fetched = self
+            .fetch_views(name, &deployment, kept)
+            .map_err(recording)?;
+        let _changing = self.inner.changing.lock();
+        if self.get(name).is_some() {
+            return Ok(None);
+        }
+        // Its files changed meanwhile (forgotten): what was fetched against them is dropped.
+        let kept_now = self.keeps(name, &deployment).map_err(recording)?;
+        let fetched = if kept_now == kept {
+            fetched
+        } else {
+            Vec::new()
+        };
+        if !kept_now {
             self.remove_projector_dir(name);
             self.inner
                 .catalog
                 .put(name, &deployment)
                 .map_err(|e| recording(e.into()))?;
         }
-        let restored = self
-            .restore_views(name, &deployment, kept)
-            .map_err(recording)?;
+        let restored = self.place_views(name, fetched).map_err(recording)?;
         let handle = self.resume_deployment(name, deployment)?;
         self.insert(Arc::new(handle));
-        tracing::info!(projector = name, views_kept = kept, ?restored, "adopted");
+        tracing::info!(
+            projector = name,
+            views_kept = kept_now,
+            ?restored,
+            "adopted"
+        );
         Ok(Some(restored))
+    }
+
+    /// Whether this node's catalog records `deployment` as `name`'s: its views, if any, are of
+    /// that very deployment.
+    fn keeps(&self, name: &str, deployment: &Deployment) -> Result<bool, StorageError> {
+        Ok(self
+            .inner
+            .catalog
+            .deployments()?
+            .into_iter()
+            .any(|(recorded, local)| recorded == name && local == *deployment))
     }
 
     /// Stops projector `name` on this node (another node owns it now), keeping its record and

@@ -102,21 +102,23 @@ impl Registry {
         })
     }
 
-    /// Puts in place, for each generation of `deployment`, the newest stored snapshot that
-    /// fits it and is past the view this node keeps (`kept`: its local views are of this very
-    /// deployment). A snapshot that cannot be fetched or read is passed over for the next
-    /// older one. Blocking; call it before the projector's views are opened.
-    pub(super) fn restore_views(
+    /// Fetches, for each generation of `deployment`, the newest stored snapshot that fits it
+    /// and is past the view this node keeps (`kept`: its local views are of this very
+    /// deployment), unpacked and checked in scratch space; [`Registry::place_views`] puts them
+    /// in place. A snapshot that fails its checks is passed over for the next older one; the
+    /// servers not answering is an error (the adoption is tried again, not turned into a
+    /// rebuild from position 1). Blocking; needs no lock: it touches no file of the projector.
+    pub(super) fn fetch_views(
         &self,
         name: &str,
         deployment: &Deployment,
         kept: bool,
-    ) -> Result<Vec<Restored>, StorageError> {
+    ) -> Result<Vec<Fetched>, StorageError> {
         let Some(shared) = &self.inner.shared else {
             return Ok(Vec::new());
         };
         let labels = shared.snapshots(name)?;
-        let mut restored = Vec::new();
+        let mut fetched = Vec::new();
         let records = [Some(&deployment.serving), deployment.pending.as_ref()];
         for record in records.into_iter().flatten() {
             let path = self.inner.dir.view(name, record.id);
@@ -134,11 +136,9 @@ impl Registry {
             for label in candidates {
                 let started = std::time::Instant::now();
                 let scratch = self.inner.dir.scratch("restore-")?;
-                let fetched = scratch.path().join("view.redb");
-                // The servers not answering: the adoption is tried again at the next tick,
-                // not turned into a rebuild from position 1.
-                let readable = match shared.fetch_snapshot(label, &fetched) {
-                    Ok(()) => check(&fetched, label),
+                let file = scratch.path().join("view.redb");
+                let readable = match shared.fetch_snapshot(label, &file) {
+                    Ok(()) => check(&file, label),
                     Err(SharedError::Damaged(why)) => Err(why),
                     Err(e) => return Err(e.into()),
                 };
@@ -146,26 +146,46 @@ impl Registry {
                     tracing::warn!(projector = name, snapshot = %label.object_name(), %why, "a snapshot passed over");
                     continue;
                 }
-                std::fs::create_dir_all(self.inner.dir.projector(name))?;
-                std::fs::rename(&fetched, &path)?;
-                tracing::info!(
-                    projector = name,
-                    generation = record.id,
-                    checkpoint = label.checkpoint,
-                    local,
-                    "view restored from a snapshot"
-                );
-                restored.push(Restored {
-                    generation: record.id,
-                    checkpoint: label.checkpoint,
-                    local,
-                    took_ms: started.elapsed().as_millis() as u64,
+                fetched.push(Fetched {
+                    restored: Restored {
+                        generation: record.id,
+                        checkpoint: label.checkpoint,
+                        local,
+                        took_ms: started.elapsed().as_millis() as u64,
+                    },
+                    file,
+                    _scratch: scratch,
                 });
                 break;
             }
         }
+        Ok(fetched)
+    }
+
+    /// Puts the views [`Registry::fetch_views`] fetched in place of `name`'s (under the
+    /// registry's lock, before its views are opened): the views restored.
+    pub(super) fn place_views(
+        &self,
+        name: &str,
+        fetched: Vec<Fetched>,
+    ) -> Result<Vec<Restored>, StorageError> {
+        let mut restored = Vec::new();
+        for view in fetched {
+            let path = self.inner.dir.view(name, view.restored.generation);
+            std::fs::create_dir_all(self.inner.dir.projector(name))?;
+            std::fs::rename(&view.file, &path)?;
+            tracing::info!(projector = name, restored = ?view.restored, "view restored from a snapshot");
+            restored.push(view.restored);
+        }
         Ok(restored)
     }
+}
+
+/// A snapshot fetched, unpacked and checked, waiting in scratch space to be put in place.
+pub(super) struct Fetched {
+    restored: Restored,
+    file: std::path::PathBuf,
+    _scratch: tempfile::TempDir,
 }
 
 /// Whether the snapshot `label` may stand for the view of generation `record` of `deployment`
