@@ -284,27 +284,24 @@ impl Server {
     /// end without leaving (its leases and membership expire by themselves, as after `kill
     /// -9`), its API closes, its projectors stop. [`Server::stop`] is the shutdown.
     pub async fn halt(self) {
-        if let Some((_, running)) = self.cluster {
-            running.abort();
-            let _ = running.await;
-        }
-        let _ = self.shutdown.send(());
-        self.closing.send_replace(true);
-        let _ = self.http.await;
-        if let Some(peers) = self.peers {
-            let _ = peers.await;
-        }
-        let registry = self.registry;
-        let _ = tokio::task::spawn_blocking(move || registry.shutdown()).await;
+        self.close(false).await;
     }
 
     /// Stops serving, then stops every projector (each makes its view durable).
     pub async fn stop(self) {
         // A cluster's other nodes take this one's projectors over at once.
+        self.close(true).await;
+    }
+
+    /// Ends the cluster's loops (and, `leaving`, hands every projector over and leaves the
+    /// set), then stops serving and stops every projector.
+    async fn close(self, leaving: bool) {
         if let Some((cluster, running)) = self.cluster {
             running.abort();
             let _ = running.await;
-            cluster.leave(&self.registry).await;
+            if leaving {
+                cluster.leave(&self.registry).await;
+            }
         }
         let _ = self.shutdown.send(());
         self.closing.send_replace(true);

@@ -27,7 +27,7 @@
 
 mod common;
 
-use common::appends::{Outcome, Part, Sent, check_log, read_log};
+use common::appends::{Outcome, append_recorded, check_log, read_log};
 use common::cluster::{owners, same_as_model, settled_view, wait_for_nodes};
 use common::nats::NatsCluster;
 use common::observe::{
@@ -36,7 +36,7 @@ use common::observe::{
 use common::process::{Prism, free_port, signal, start_node};
 use common::writers::{WRITERS, write};
 use common::{Client, artifacts};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -310,30 +310,6 @@ async fn a_cluster_of_three_loses_nothing_and_never_answers_for_one_projector_tw
         "{head} events checked; the test took {:.1?}",
         began.elapsed()
     );
-}
-
-/// Appends `events` to `stream` through `client`, as a writer would have recorded it.
-async fn append_recorded(client: &Client, stream: &str, events: Vec<Value>) -> Sent {
-    let started = Instant::now();
-    let appended = client.append(stream, Value::Array(events.clone())).await;
-    let number = |field: &str| appended[field].as_u64().unwrap();
-    Sent {
-        keyed: false,
-        outcome: Outcome::Acked {
-            first: number("first_position"),
-            last: number("last_position"),
-            versions: vec![number("stream_version") + 1 - events.len() as u64],
-        },
-        parts: vec![Part {
-            stream: stream.to_string(),
-            expected: None,
-            events,
-        }],
-        attempts: 1,
-        retried_on: Vec::new(),
-        started,
-        ended: Instant::now(),
-    }
 }
 
 /// A projector node `n` owns, with the revision of its lease, as `client` sees it.

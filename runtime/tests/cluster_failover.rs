@@ -21,8 +21,10 @@
 
 mod common;
 
-use common::appends::{Outcome, Part, Sent, check_log, read_log};
-use common::cluster::{owners, same_as_model, settled_view, wait_applied, wait_for_nodes};
+use common::appends::{Outcome, Sent, append_recorded, check_log, read_log};
+use common::cluster::{
+    owners, restores, same_as_model, settled_view, wait_applied, wait_for_nodes,
+};
 use common::nats::NatsCluster;
 use common::observe::{
     Observed, checkpoints_never_go_back, leases_never_go_back, observe, views_never_go_back,
@@ -146,8 +148,8 @@ async fn failover_through_snapshots_survives_kills_mid_upload() {
     wait_applied(&clients[heir], "orders", now_head).await;
     let restored = restores(&clients[heir]).await;
     assert_eq!(
-        restored.get("orders"),
-        Some(&first_checkpoint),
+        restored.get("orders").map(|(checkpoint, _)| *checkpoint),
+        Some(first_checkpoint),
         "n{heir} restores the complete snapshot"
     );
 
@@ -226,30 +228,6 @@ async fn snapshot(client: &Client, projector: &str) -> Value {
     let reply = client.send(client.request("POST", &path)).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     reply.body["uploaded"][0].clone()
-}
-
-/// Appends `events` to `stream` through `client`, as a writer would have recorded it.
-async fn append_recorded(client: &Client, stream: &str, events: Vec<Value>) -> Sent {
-    let started = Instant::now();
-    let appended = client.append(stream, Value::Array(events.clone())).await;
-    let number = |field: &str| appended[field].as_u64().unwrap();
-    Sent {
-        keyed: false,
-        outcome: Outcome::Acked {
-            first: number("first_position"),
-            last: number("last_position"),
-            versions: vec![number("stream_version") + 1 - events.len() as u64],
-        },
-        parts: vec![Part {
-            stream: stream.to_string(),
-            expected: None,
-            events,
-        }],
-        attempts: 1,
-        retried_on: Vec::new(),
-        started,
-        ended: Instant::now(),
-    }
 }
 
 fn last_position(sent: &[Sent]) -> u64 {
@@ -352,19 +330,4 @@ async fn wait_writers_past(client: &Client, head: u64) -> u64 {
         assert!(Instant::now() < deadline, "the writers appended nothing");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// The views the node behind `client` restored: projector → the snapshot's checkpoint.
-async fn restores(client: &Client) -> std::collections::BTreeMap<String, u64> {
-    let reply = client.get("/cluster").await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    reply.body["restored"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let name = r["projector"].as_str().unwrap().to_string();
-            (name, r["checkpoint"].as_u64().unwrap())
-        })
-        .collect()
 }

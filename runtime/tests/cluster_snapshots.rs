@@ -21,12 +21,14 @@
 mod common;
 
 use common::appends::read_log;
-use common::cluster::{owners, same_as_model, settled_view, wait_applied, wait_for_nodes};
+use common::cluster::{
+    owners, restores, same_as_model, settled_view, wait_applied, wait_for_nodes,
+};
 use common::nats::NatsCluster;
 use common::process::{Prism, free_port, start_node_with};
 use common::{Client, artifacts};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 const TTL_MS: u64 = 3000;
@@ -247,23 +249,6 @@ async fn wait_placed(client: &Client, placed: &HashMap<String, String>) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// The views the node behind `client` restored when it adopted its projectors: projector →
-/// (snapshot's checkpoint, checkpoint of the view it kept).
-async fn restores(client: &Client) -> BTreeMap<String, (u64, u64)> {
-    let reply = client.get("/cluster").await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    reply.body["restored"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let number = |field: &str| r[field].as_u64().unwrap();
-            let name = r["projector"].as_str().unwrap().to_string();
-            (name, (number("checkpoint"), number("local")))
-        })
-        .collect()
 }
 
 /// Every projector's view through every client equals the model's over the log (whose head is

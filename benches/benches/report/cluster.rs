@@ -19,18 +19,25 @@ fn free_port() -> u16 {
     prism_toolchain::nats::free_ports(1).expect("a free port")[0]
 }
 
-async fn node(urls: &str, i: usize, dir: &Path) -> (Server, prism_client::Client) {
+/// A cluster node `id` in this process on the servers `urls` (6 s leases), snapshotting its
+/// views every `snapshot_interval` (zero: only at handover), and a client for it.
+pub(super) async fn node(
+    urls: &str,
+    id: &str,
+    dir: &Path,
+    snapshot_interval: Duration,
+) -> (Server, prism_client::Client) {
     let port = free_port();
     let mut config = ServerConfig::new(dir, ([127, 0, 0, 1], port).into());
     config.event_log = Some(urls.to_string());
     config.event_log_replicas = 3;
     config.cluster = Some(ClusterOptions {
-        node_id: format!("n{i}"),
+        node_id: id.to_string(),
         advertise_url: format!("http://127.0.0.1:{port}"),
         token: "bench".into(),
         lease_ttl: Duration::from_secs(6),
         lease_margin: Duration::from_secs(1),
-        snapshot_interval: Duration::from_secs(30),
+        snapshot_interval,
         snapshots_kept: 3,
         snapshot_upload_rate: 0,
         replicas: 3,
@@ -79,7 +86,8 @@ pub(super) async fn cluster_figures(report: &mut Report, dir: &Path) {
     let urls = servers.urls();
     let mut nodes = Vec::new();
     for i in 0..3 {
-        nodes.push(node(&urls, i, &dir.join(format!("cluster-n{i}"))).await);
+        let (id, interval) = (format!("n{i}"), Duration::from_secs(30));
+        nodes.push(node(&urls, &id, &dir.join(format!("cluster-n{i}")), interval).await);
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while nodes[0].1.cluster().await.map_or(0, |c| c.nodes.len()) < 3 {

@@ -15,8 +15,7 @@
 //!    owner went without an answer.
 
 use super::Report;
-use prism::cluster::ClusterOptions;
-use prism::server::{Server, ServerConfig};
+use prism::server::Server;
 use prism_client::wire::{Consistency, NewEvent};
 use prism_test_artifacts as artifacts;
 use std::path::Path;
@@ -27,26 +26,9 @@ const PROJECTOR: &str = "orders";
 const TAIL: u64 = 20_000;
 const BATCH: u64 = 1000;
 
+/// A cluster node of this benchmark: snapshots only when asked for and at handover.
 async fn node(urls: &str, id: &str, dir: &Path) -> (Server, prism_client::Client) {
-    let port = prism_toolchain::nats::free_ports(1).expect("a free port")[0];
-    let mut config = ServerConfig::new(dir, ([127, 0, 0, 1], port).into());
-    config.event_log = Some(urls.to_string());
-    config.event_log_replicas = 3;
-    config.cluster = Some(ClusterOptions {
-        node_id: id.to_string(),
-        advertise_url: format!("http://127.0.0.1:{port}"),
-        token: "bench".into(),
-        lease_ttl: Duration::from_secs(6),
-        lease_margin: Duration::from_secs(1),
-        snapshot_interval: Duration::ZERO,
-        snapshots_kept: 3,
-        snapshot_upload_rate: 0,
-        replicas: 3,
-        tls: None,
-    });
-    let server = Server::start(config).await.expect("a cluster node");
-    let api = prism_client::Client::new(&format!("http://{}", server.addr())).unwrap();
-    (server, api)
+    super::cluster::node(urls, id, dir, Duration::ZERO).await
 }
 
 /// Appends orders `from..to` (one event each, a thousand per append): the last position.

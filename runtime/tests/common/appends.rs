@@ -294,3 +294,27 @@ pub fn check_log(sent: &[Sent], head: u64, events: &[RecordedEvent]) -> HashSet<
     }
     at.into_keys().collect()
 }
+
+/// Appends `events` to `stream` through `client`, as a writer would have recorded it.
+pub async fn append_recorded(client: &super::Client, stream: &str, events: Vec<Value>) -> Sent {
+    let started = Instant::now();
+    let appended = client.append(stream, Value::Array(events.clone())).await;
+    let number = |field: &str| appended[field].as_u64().unwrap();
+    Sent {
+        keyed: false,
+        outcome: Outcome::Acked {
+            first: number("first_position"),
+            last: number("last_position"),
+            versions: vec![number("stream_version") + 1 - events.len() as u64],
+        },
+        parts: vec![Part {
+            stream: stream.to_string(),
+            expected: None,
+            events,
+        }],
+        attempts: 1,
+        retried_on: Vec::new(),
+        started,
+        ended: Instant::now(),
+    }
+}

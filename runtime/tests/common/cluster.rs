@@ -105,3 +105,20 @@ pub fn same_as_model(name: &str, view: &Map<String, Value>, want: &Map<String, V
     }
     assert_eq!(view.len(), want.len(), "{name} has keys the model has not");
 }
+
+/// The views the node behind `client` restored when it adopted its projectors: projector →
+/// (snapshot's checkpoint, checkpoint of the view it kept).
+pub async fn restores(client: &Client) -> std::collections::BTreeMap<String, (u64, u64)> {
+    let reply = client.get("/cluster").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.body["restored"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let number = |field: &str| r[field].as_u64().unwrap();
+            let name = r["projector"].as_str().unwrap().to_string();
+            (name, (number("checkpoint"), number("local")))
+        })
+        .collect()
+}
