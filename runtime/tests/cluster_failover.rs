@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 const TTL_MS: u64 = 3000;
 /// Each snapshot upload is held to this rate.
-const UPLOAD_RATE: &str = "65536";
+const UPLOAD_RATE: &str = "40960";
 /// Orders placed before the load, so that the large view's snapshot takes seconds to upload.
 const BIG: u64 = 60_000;
 
@@ -56,6 +56,7 @@ async fn failover_through_snapshots_survives_kills_mid_upload() {
     let began = Instant::now();
     let mut nats = NatsCluster::start();
     let urls = nats.urls();
+    let store = snapshot_store(&urls).await;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let launch = |i: usize| {
@@ -106,8 +107,8 @@ async fn failover_through_snapshots_survives_kills_mid_upload() {
     let first = snapshot(&clients[2], "orders").await;
     let first_checkpoint = first["checkpoint"].as_u64().unwrap();
     let bytes = first["bytes"].as_u64().unwrap();
-    // Chunks of 16 KiB, four a second: a partial upload is seen at its second chunk, well
-    // before its last (four seconds in, or more).
+    // Chunks of 10 KiB, four a second: a partial upload is seen at its second chunk, well
+    // before its last (six seconds in, or more, for 256 KiB).
     assert!(
         bytes >= 256 << 10,
         "the large view's snapshot is {bytes} bytes: too small to be cut mid-upload"
@@ -134,12 +135,12 @@ async fn failover_through_snapshots_survives_kills_mid_upload() {
                 .await
         }
     });
-    let cut = wait_new_partial_upload(&urls, &BTreeSet::new()).await;
+    let cut = wait_new_partial_upload(&store, &BTreeSet::new()).await;
     drop(nodes[killed].take());
     let answer = asked.await.unwrap();
     assert_ne!(answer.status, 200, "the upload was cut: {}", answer.body);
     assert_eq!(
-        checkpoints_stored(&urls).await,
+        checkpoints_stored(&store).await,
         vec![first_checkpoint],
         "only the complete snapshot is stored"
     );
@@ -167,16 +168,17 @@ async fn failover_through_snapshots_survives_kills_mid_upload() {
     wait_applied(&clients[asking], "orders", now_head).await;
     let holder = wait_owner_not(&clients[asking], "orders", killed).await;
     // The upload cut in phase 1 stays in the store: only a new one is the handover's.
-    let cut = partial_uploads(&urls).await.union(&cut).cloned().collect();
+    let now_partial = patiently("listing the uploads", || partial_uploads(&store)).await;
+    let cut = now_partial.union(&cut).cloned().collect();
     let drain = format!("/cluster/nodes/n{holder}/drain");
     let drained = clients[asking]
         .send(clients[asking].request("POST", &drain))
         .await;
     assert_eq!(drained.status, 200, "{}", drained.body);
-    wait_new_partial_upload(&urls, &cut).await;
+    wait_new_partial_upload(&store, &cut).await;
     drop(nodes[holder].take());
     assert_eq!(
-        checkpoints_stored(&urls).await,
+        checkpoints_stored(&store).await,
         vec![first_checkpoint],
         "the handover snapshot was cut"
     );
@@ -240,67 +242,107 @@ fn last_position(sent: &[Sent]) -> u64 {
         .unwrap()
 }
 
-/// The snapshots' object store, as the test reads it.
+/// The snapshots' object store, as the test reads it: one connection for the whole test, and
+/// a patient time limit (the servers share two cores with three nodes and the load).
 async fn snapshot_store(urls: &str) -> async_nats::jetstream::Context {
     let servers: Vec<async_nats::ServerAddr> =
         urls.split(',').map(|u| u.parse().unwrap()).collect();
     let client = async_nats::connect(servers).await.unwrap();
-    async_nats::jetstream::new(client)
+    let mut js = async_nats::jetstream::new(client);
+    js.set_timeout(Duration::from_secs(10));
+    js
+}
+
+/// Asks `ask` until it answers (the servers may be slow or electing a leader; up to 60 s).
+async fn patiently<T, F, Fut>(what: &str, ask: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match ask().await {
+            Ok(answer) => return answer,
+            Err(e) if Instant::now() < deadline => {
+                println!("{what}: {e}; asking again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
 }
 
 /// The checkpoints of the large view's stored snapshots.
-async fn checkpoints_stored(urls: &str) -> Vec<u64> {
-    let js = snapshot_store(urls).await;
-    let snapshots = prism::cluster::Snapshots::open(&js, 3).await.unwrap();
-    let labels = snapshots.list("orders").await.unwrap();
-    labels.iter().map(|l| l.checkpoint).collect()
+async fn checkpoints_stored(js: &async_nats::jetstream::Context) -> Vec<u64> {
+    patiently("listing the snapshots", || async {
+        let snapshots = prism::cluster::Snapshots::open(js, 3)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let labels = snapshots
+            .list("orders")
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        Ok(labels.iter().map(|l| l.checkpoint).collect())
+    })
+    .await
 }
 
 /// The uploads cut or under way: objects' ids (nuids) with two chunks or more in the object
 /// store that no object names (a small view's upload is one chunk).
-async fn partial_uploads(urls: &str) -> BTreeSet<String> {
-    let js = snapshot_store(urls).await;
-    let store = js.get_object_store("PRISM_SNAPSHOTS").await.unwrap();
+async fn partial_uploads(js: &async_nats::jetstream::Context) -> Result<BTreeSet<String>, String> {
+    let store = js
+        .get_object_store("PRISM_SNAPSHOTS")
+        .await
+        .map_err(|e| e.to_string())?;
     let named: BTreeSet<String> = store
         .list()
         .await
-        .unwrap()
+        .map_err(|e| e.to_string())?
         .try_collect::<Vec<_>>()
         .await
-        .unwrap()
+        .map_err(|e| e.to_string())?
         .into_iter()
         .map(|info| info.nuid)
         .collect();
-    let stream = js.get_stream("OBJ_PRISM_SNAPSHOTS").await.unwrap();
+    let stream = js
+        .get_stream("OBJ_PRISM_SNAPSHOTS")
+        .await
+        .map_err(|e| e.to_string())?;
     let chunks: Vec<(String, usize)> = stream
         .info_with_subjects("$O.PRISM_SNAPSHOTS.C.>")
         .await
-        .unwrap()
+        .map_err(|e| e.to_string())?
         .try_collect()
         .await
-        .unwrap();
-    chunks
+        .map_err(|e| e.to_string())?;
+    Ok(chunks
         .into_iter()
         .filter(|(_, count)| *count >= 2)
         .map(|(subject, _)| subject.rsplit('.').next().unwrap().to_string())
         .filter(|nuid| !named.contains(nuid))
-        .collect()
+        .collect())
 }
 
 /// Waits until a large snapshot's upload not in `known` is under way (up to 30 s): the
 /// partial uploads then.
-async fn wait_new_partial_upload(urls: &str, known: &BTreeSet<String>) -> BTreeSet<String> {
+async fn wait_new_partial_upload(
+    js: &async_nats::jetstream::Context,
+    known: &BTreeSet<String>,
+) -> BTreeSet<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let partial = partial_uploads(urls).await;
-        if partial.iter().any(|nuid| !known.contains(nuid)) {
-            return partial;
+        match partial_uploads(js).await {
+            Ok(partial) if partial.iter().any(|nuid| !known.contains(nuid)) => return partial,
+            Ok(partial) => assert!(
+                Instant::now() < deadline,
+                "no new snapshot upload under way (known: {known:?}, now: {partial:?})"
+            ),
+            Err(e) => {
+                assert!(Instant::now() < deadline, "listing the uploads: {e}");
+                println!("listing the uploads: {e}; asking again");
+            }
         }
-        assert!(
-            Instant::now() < deadline,
-            "no new snapshot upload under way (known: {known:?}, now: {partial:?})"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
