@@ -7,11 +7,18 @@
 //! zero-padded, so names sort by it) and carry their [`Label`] as metadata, so choosing one
 //! needs no download. The Object Store checks each object's SHA-256 as it is read, and zstd
 //! its frames' checksums as it is unpacked: a damaged snapshot is refused, never restored.
+//!
+//! Nothing accumulates: a deleted snapshot's tombstone (the Object Store keeps one per name,
+//! and every name is new) is purged with it, and the chunks of uploads cut short (a node
+//! killed mid-upload) are swept once they have stopped growing for [`ORPHANED_AFTER`].
 
 use anyhow::{Context, Result};
 use async_nats::jetstream::{self, object_store};
+use base64::Engine as _;
 use futures::{StreamExt, TryStreamExt};
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 pub use crate::store::snapshot::Label;
 
@@ -23,6 +30,15 @@ const LABEL: &str = "prism-label";
 
 /// Objects are written in chunks of this size (one acknowledged publish each).
 const CHUNK: usize = 512 << 10;
+
+/// How long the chunks of an upload no object names must have stopped growing before they are
+/// taken for the remains of a cut upload and purged. An upload under way adds a chunk at
+/// least every quarter second (one a publish's time limit at worst).
+pub const ORPHANED_AFTER: Duration = Duration::from_secs(600);
+
+/// What a sweep saw of the uploads no object names: by nuid, their chunk count and since when
+/// it has not changed.
+pub type Unnamed = HashMap<String, (usize, Instant)>;
 
 /// The label an object carries, when it is a snapshot's and names it rightly.
 fn label_of(info: &object_store::ObjectInfo) -> Option<Label> {
@@ -69,6 +85,8 @@ fn throttled(
 #[derive(Clone)]
 pub struct Snapshots {
     store: object_store::ObjectStore,
+    /// The stream under the store (its chunks and metadata, by subject).
+    stream: jetstream::stream::Stream,
 }
 
 impl Snapshots {
@@ -78,7 +96,11 @@ impl Snapshots {
         let store = super::object_store(js, SNAPSHOTS, replicas)
             .await
             .context("opening the snapshots' object store")?;
-        Ok(Snapshots { store })
+        let stream = js
+            .get_stream(format!("OBJ_{SNAPSHOTS}"))
+            .await
+            .context("opening the snapshots' object store")?;
+        Ok(Snapshots { store, stream })
     }
 
     /// Uploads the packed copy at `packed` under `label`, at most `rate` bytes a second (0:
@@ -174,12 +196,79 @@ impl Snapshots {
         Ok(deleted)
     }
 
-    /// Deletes one snapshot.
+    /// Deletes one snapshot: its chunks, then the tombstone the store leaves in its place.
     pub async fn delete(&self, label: &Label) -> Result<()> {
         let name = label.object_name();
         self.store
             .delete(&name)
             .await
-            .with_context(|| format!("deleting the snapshot {name}"))
+            .with_context(|| format!("deleting the snapshot {name}"))?;
+        let meta = base64::engine::general_purpose::URL_SAFE.encode(&name);
+        self.stream
+            .purge()
+            .filter(format!("$O.{SNAPSHOTS}.M.{meta}"))
+            .await
+            .with_context(|| format!("purging the tombstone of the snapshot {name}"))?;
+        Ok(())
+    }
+
+    /// The uploads no object names, by nuid, with their chunk counts: cut ones, and those
+    /// under way.
+    pub async fn unnamed(&self) -> Result<HashMap<String, usize>> {
+        let named: BTreeSet<String> = self
+            .store
+            .list()
+            .await
+            .context("listing the snapshots")?
+            .map_ok(|info| info.nuid)
+            .try_collect()
+            .await
+            .context("listing the snapshots")?;
+        let chunks: Vec<(String, usize)> = self
+            .stream
+            .info_with_subjects(format!("$O.{SNAPSHOTS}.C.>"))
+            .await
+            .context("listing the snapshots' chunks")?
+            .try_collect()
+            .await
+            .context("listing the snapshots' chunks")?;
+        Ok(chunks
+            .into_iter()
+            .filter_map(|(subject, count)| {
+                let nuid = subject.rsplit('.').next()?.to_string();
+                (!named.contains(&nuid)).then_some((nuid, count))
+            })
+            .collect())
+    }
+
+    /// Purges the chunks of uploads that no object names and that have not grown since
+    /// `seen` first saw them at their count, `after` ago or more: the remains of cut uploads.
+    /// `seen` carries what each sweep saw to the next. Answers how many it purged.
+    pub async fn sweep(&self, seen: &mut Unnamed, after: Duration) -> Result<usize> {
+        let now = self.unnamed().await?;
+        seen.retain(|nuid, (count, _)| now.get(nuid) == Some(count));
+        let mut purged = 0;
+        for (nuid, count) in now {
+            let since = seen
+                .entry(nuid.clone())
+                .or_insert((count, Instant::now()))
+                .1;
+            if since.elapsed() < after {
+                continue;
+            }
+            self.stream
+                .purge()
+                .filter(format!("$O.{SNAPSHOTS}.C.{nuid}"))
+                .await
+                .with_context(|| format!("purging the chunks of a cut upload ({nuid})"))?;
+            tracing::info!(
+                nuid,
+                chunks = count,
+                "purged the chunks of a cut snapshot upload"
+            );
+            seen.remove(&nuid);
+            purged += 1;
+        }
+        Ok(purged)
     }
 }

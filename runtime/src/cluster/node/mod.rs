@@ -310,6 +310,7 @@ impl Cluster {
                     }
                 }))
             });
+            let _sweeps = AbortOnDropHandle::new(tokio::spawn(cluster.clone().sweep()));
             let woken = Arc::new(tokio::sync::Notify::new());
             let _nudges = AbortOnDropHandle::new(tokio::spawn(super::watch::nudge(
                 cluster.leases.bucket().clone(),

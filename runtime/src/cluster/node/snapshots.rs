@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 /// next owner then replays from the newest snapshot there is).
 pub(super) const HANDOVER_SNAPSHOT_LIMIT: Duration = Duration::from_secs(30);
 
+/// How often a node looks for the chunks of cut uploads.
+const SWEEP_EVERY: Duration = Duration::from_secs(120);
+
 /// What this node last uploaded or restored of each view (by projector and generation): the
 /// deployment's incarnation, the view's checkpoint and the count of dead-letter actions then.
 pub(super) type Latest = std::collections::HashMap<(String, u64), (u64, u64, u64)>;
@@ -142,6 +145,21 @@ impl Cluster {
             ),
         }
         self.unload(registry, name).await;
+    }
+
+    /// Sweeps the chunks of cut uploads out of the snapshots' store now and then, for good
+    /// (every node does: a purge is the same done twice).
+    pub(super) async fn sweep(self: std::sync::Arc<Self>) {
+        let mut seen = crate::cluster::snapshots::Unnamed::new();
+        let mut ticks = tokio::time::interval(SWEEP_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let after = crate::cluster::snapshots::ORPHANED_AFTER;
+            if let Err(e) = self.snapshots.sweep(&mut seen, after).await {
+                tracing::warn!(error = %format!("{e:#}"), "sweeping cut snapshot uploads");
+            }
+        }
     }
 
     /// Records the views an adoption restored (for `GET /cluster`), and that they need no
