@@ -20,8 +20,12 @@ pub(super) const HANDOVER_SNAPSHOT_LIMIT: Duration = Duration::from_secs(30);
 const SWEEP_EVERY: Duration = Duration::from_secs(120);
 
 /// What this node last uploaded or restored of each view (by projector and generation): the
-/// deployment's incarnation, the view's checkpoint and the count of dead-letter actions then.
-pub(super) type Latest = std::collections::HashMap<(String, u64), (u64, u64, u64)>;
+/// deployment's incarnation, the view's checkpoint, the count of dead-letter actions then and
+/// the code proven on the view (a reload changes it at the same checkpoint).
+pub(super) type Latest = std::collections::HashMap<(String, u64), LatestView>;
+
+/// See [`Latest`].
+pub(super) type LatestView = (u64, u64, u64, Option<Vec<u8>>);
 
 /// A snapshot uploaded, and what it cost.
 #[derive(Debug, Clone)]
@@ -41,7 +45,7 @@ impl Cluster {
     pub async fn snapshot(&self, registry: &Registry, name: &str) -> Result<Vec<Uploaded>> {
         let _one_at_a_time = self.snapshotting.lock().await;
         let mut uploaded = Vec::new();
-        for (generation, checkpoint) in registry.views(name) {
+        for (generation, checkpoint, proven) in registry.view_states(name) {
             let Some(projector) = registry.get(name) else {
                 break;
             };
@@ -49,6 +53,7 @@ impl Cluster {
                 projector.incarnation,
                 checkpoint,
                 projector.deployment().dead_letter_actions,
+                proven,
             );
             let key = (name.to_string(), generation);
             if checkpoint == 0 || self.latest.lock().get(&key) == Some(&now) {
@@ -92,6 +97,7 @@ impl Cluster {
                 label.incarnation,
                 label.checkpoint,
                 label.dead_letter_actions,
+                label.proven.as_ref().map(|p| p.as_bytes().to_vec()),
             );
             self.latest.lock().insert(key, uploaded_now);
             uploaded.push(Uploaded {
@@ -172,10 +178,15 @@ impl Cluster {
             projector.incarnation,
             projector.deployment().dead_letter_actions,
         );
+        let states = registry.view_states(name);
         let mut latest = self.latest.lock();
         for view in &restored {
             let key = (name.to_string(), view.generation);
-            latest.insert(key, (incarnation, view.checkpoint, actions));
+            let proven = states
+                .iter()
+                .find(|(generation, ..)| *generation == view.generation)
+                .and_then(|(_, _, proven)| proven.clone());
+            latest.insert(key, (incarnation, view.checkpoint, actions, proven));
         }
         self.restores.lock().insert(name.to_string(), restored);
     }

@@ -57,13 +57,25 @@ impl Registry {
     /// The generations of `name` running here (the serving one, then a pending rebuild) and
     /// the checkpoints their views have committed.
     pub fn views(&self, name: &str) -> Vec<(u64, u64)> {
+        self.view_states(name)
+            .into_iter()
+            .map(|(generation, checkpoint, _)| (generation, checkpoint))
+            .collect()
+    }
+
+    /// [`Registry::views`] with the record of the code proven on each view (what a snapshot
+    /// of it would carry).
+    pub fn view_states(&self, name: &str) -> Vec<(u64, u64, Option<Vec<u8>>)> {
         let Some(handle) = self.get(name) else {
             return Vec::new();
         };
         [Some(handle.serving()), handle.pending()]
             .into_iter()
             .flatten()
-            .map(|g| (g.id, g.store.checkpoint().unwrap_or(0)))
+            .map(|g| {
+                let proven = g.store.proven_code().ok().flatten();
+                (g.id, g.store.checkpoint().unwrap_or(0), proven)
+            })
             .collect()
     }
 
@@ -220,4 +232,113 @@ fn check(path: &Path, label: &Label) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fits;
+    use crate::projector::ErrorPolicy;
+    use crate::projector::catalog::{Deployment, GenerationRecord};
+    use crate::store::snapshot::Label;
+
+    fn record(id: u64, module: &str, on_error: ErrorPolicy) -> GenerationRecord {
+        GenerationRecord {
+            id,
+            module: module.into(),
+            config: String::new(),
+            schema_version: 1,
+            on_error,
+        }
+    }
+
+    /// Deployment 7 serving module `a` on generation 1, two dead-letter actions taken.
+    fn deployment() -> Deployment {
+        Deployment {
+            serving: record(1, "a", ErrorPolicy::Stop),
+            trial: None,
+            pending: None,
+            paused: false,
+            incarnation: 7,
+            dead_letter_actions: 2,
+        }
+    }
+
+    fn label(generation: u64, checkpoint: u64, proven: Option<&GenerationRecord>) -> Label {
+        Label {
+            projector: "orders".into(),
+            incarnation: 7,
+            generation,
+            checkpoint,
+            dead_letter_actions: 2,
+            proven: proven.map(|r| String::from_utf8(r.to_json()).unwrap()),
+            entries: 1,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_fits_only_the_deployment_and_code_that_wrote_it() {
+        let d = deployment();
+        let a = record(1, "a", ErrorPolicy::Stop);
+        let good = label(1, 100, Some(&a));
+        assert!(fits(&good, &d, &d.serving));
+        // Another deployment of the name, another generation, fewer dead-letter actions (a
+        // retry's change missing), nothing applied, no record of the code: no.
+        let other = |change: fn(&mut Label)| {
+            let mut l = good.clone();
+            change(&mut l);
+            l
+        };
+        assert!(!fits(&other(|l| l.incarnation = 6), &d, &d.serving));
+        assert!(!fits(&other(|l| l.incarnation = 8), &d, &d.serving));
+        assert!(!fits(&other(|l| l.generation = 2), &d, &d.serving));
+        assert!(!fits(&other(|l| l.dead_letter_actions = 1), &d, &d.serving));
+        assert!(!fits(&other(|l| l.checkpoint = 0), &d, &d.serving));
+        assert!(!fits(&other(|l| l.proven = None), &d, &d.serving));
+
+        // A continue-mode reload to `b` was proven: a snapshot still recording `a` would have
+        // its tail replayed by `b`, though `a` applied it. So would one whose only difference
+        // is the error policy.
+        let b = record(1, "b", ErrorPolicy::Stop);
+        let reloaded = Deployment {
+            serving: b.clone(),
+            ..deployment()
+        };
+        assert!(!fits(&good, &reloaded, &reloaded.serving));
+        assert!(fits(&label(1, 100, Some(&b)), &reloaded, &reloaded.serving));
+        let skipping = Deployment {
+            serving: record(1, "a", ErrorPolicy::Skip),
+            ..deployment()
+        };
+        assert!(!fits(&good, &skipping, &skipping.serving));
+
+        // `b` on trial: the serving code's snapshot fits, and so does one recording `b` (its
+        // trial passed on the previous owner, whose catalog write was lost).
+        let on_trial = Deployment {
+            trial: Some(b.clone()),
+            ..deployment()
+        };
+        assert!(fits(&good, &on_trial, &on_trial.serving));
+        assert!(fits(&label(1, 100, Some(&b)), &on_trial, &on_trial.serving));
+        let c = record(1, "c", ErrorPolicy::Stop);
+        assert!(!fits(
+            &label(1, 100, Some(&c)),
+            &on_trial,
+            &on_trial.serving
+        ));
+
+        // A rebuild pending on generation 2: its own snapshots fit it, not the serving one's,
+        // and a trial on the serving generation says nothing of generation 2.
+        let two = record(2, "b", ErrorPolicy::Stop);
+        let rebuilding = Deployment {
+            pending: Some(two.clone()),
+            trial: Some(record(1, "c", ErrorPolicy::Stop)),
+            ..deployment()
+        };
+        let pending = rebuilding.pending.as_ref().unwrap();
+        assert!(fits(&label(2, 50, Some(&two)), &rebuilding, pending));
+        assert!(!fits(&label(2, 50, Some(&a)), &rebuilding, pending));
+        assert!(!fits(&good, &rebuilding, pending));
+        let trial = rebuilding.trial.as_ref();
+        assert!(!fits(&label(2, 50, trial), &rebuilding, pending));
+    }
 }

@@ -41,6 +41,24 @@ impl Runner {
         Ok(())
     }
 
+    /// Records the running code as proven on the view at the checkpoint it has (durably, with
+    /// nothing else), when the view holds no held writes; otherwise the next commit does.
+    pub(super) fn record_proven(&self, running: &mut Running) {
+        let cache = running.cache.as_ref().expect("the cache is back");
+        if !cache.is_empty() {
+            return;
+        }
+        let record = running.code.record.to_json();
+        let recorded = self.store.checkpoint().and_then(|checkpoint| {
+            self.store
+                .commit_proving(&Default::default(), checkpoint, true, &record)
+        });
+        match recorded {
+            Ok(()) => running.unrecorded = false,
+            Err(e) => tracing::warn!(error = %e, "recording new code on the view"),
+        }
+    }
+
     /// Commits what the cache holds, at the position it brings the view to (nothing when it
     /// holds nothing).
     pub(super) fn commit_held(&self, running: &mut Running) -> Result<(), Fault> {

@@ -218,7 +218,9 @@ impl Runner {
     }
 
     /// Takes new code: on trial, the proven code stays the fallback however many swaps come;
-    /// without a trial, it is proven at once.
+    /// without a trial, it is proven at once, and recorded so on the view at its checkpoint
+    /// then (the events after it are the new code's, idle or not: a snapshot taken before the
+    /// next event says so). Either way the old code's held writes commit first.
     fn swap(&mut self, running: &mut Running, swap: Swap) {
         let Swap {
             code,
@@ -226,6 +228,9 @@ impl Runner {
             trial,
             taken,
         } = swap;
+        if let Err(fault) = self.commit_held(running) {
+            tracing::warn!(error = %fault.message, "committing the old code's writes at a swap");
+        }
         tracing::info!(
             from = running.instance.module(),
             to = instance.module(),
@@ -241,6 +246,9 @@ impl Runner {
             running.proven = Some((old_code, old_instance));
         }
         running.unrecorded = true;
+        if !trial {
+            self.record_proven(running);
+        }
         // Whether the new code scans is learned from its own batches (the old code's scans
         // would otherwise keep it from holding writes until the next restart).
         running.scans = false;
