@@ -17,12 +17,8 @@ impl Cluster {
         registry: &Registry,
         deployments: &BTreeMap<String, Stored>,
     ) {
-        let live = self.live();
-        let drained = self.drains.drained();
-        let eligible = crate::cluster::drains::eligible(live.keys(), &drained);
         for (name, stored) in deployments {
-            let mine = crate::cluster::rendezvous::owner(name, eligible.iter().copied())
-                == Some(self.options.node_id.as_str());
+            let mine = self.chosen(name).as_ref() == Some(&self.options.node_id);
             if !mine || self.owns(name).is_some() || registry.get(name).is_some() {
                 continue;
             }
@@ -108,6 +104,12 @@ impl Cluster {
         let (adopting, adopted) = (registry.clone(), name.to_string());
         let result =
             tokio::task::spawn_blocking(move || adopting.adopt(&adopted, deployment)).await;
+        // The lease given up while it loaded (a node joined, say): stopped at once, not left
+        // running until the next tick.
+        if self.owns(name).is_none() {
+            self.unload(registry, name).await;
+            return;
+        }
         match result {
             Ok(Ok(Some(restored))) => self.restored(registry, name, restored),
             Ok(Ok(None)) => {}

@@ -180,6 +180,15 @@ impl Cluster {
         self.live.read().clone()
     }
 
+    /// The node rendezvous hashing gives `projector` to among the live nodes not drained, as
+    /// this node last saw them.
+    fn chosen(&self, projector: &str) -> Option<String> {
+        let live = self.live.read();
+        let drained = self.drains.drained();
+        let eligible = super::drains::eligible(live.keys(), &drained);
+        rendezvous::owner(projector, eligible.iter().copied()).map(str::to_string)
+    }
+
     /// The leases' bucket (for `GET /cluster`).
     pub fn leases(&self) -> &Leases {
         &self.leases
@@ -215,20 +224,21 @@ impl Cluster {
             None if self.catalog.get(projector).await?.is_some() => Ok(Owner::Moving),
             None if !deploying => Ok(Owner::Nobody),
             None => {
-                let live = self.live();
-                let drained = self.drains.drained();
-                let eligible = super::drains::eligible(live.keys(), &drained);
-                let chosen = rendezvous::owner(projector, eligible.iter().copied())
-                    .unwrap_or(&self.options.node_id)
-                    .to_string();
+                let chosen = self
+                    .chosen(projector)
+                    .unwrap_or_else(|| self.options.node_id.clone());
                 if chosen == self.options.node_id {
                     return Ok(match self.claim(projector).await? {
                         Some(revision) => Owner::Here(revision),
                         None => Owner::Moving,
                     });
                 }
+                let url = match self.live.read().get(&chosen) {
+                    Some(node) => node.url.clone(),
+                    None => return Ok(Owner::Moving),
+                };
                 Ok(Owner::Node {
-                    url: live[&chosen].url.clone(),
+                    url,
                     id: chosen,
                     revision: 0,
                 })
