@@ -32,9 +32,28 @@ const LABEL: &str = "prism-label";
 const CHUNK: usize = 512 << 10;
 
 /// How long the chunks of an upload no object names must have stopped growing before they are
-/// taken for the remains of a cut upload and purged. An upload under way adds a chunk at
-/// least every quarter second (one a publish's time limit at worst).
+/// taken for the remains of a cut upload and purged. An upload under way adds a chunk every
+/// second at most (4 KiB chunks at 4 KiB/s, the slowest cap; one a publish's time limit at
+/// worst). A node stopped longer mid-upload and then continued names an object whose chunks
+/// are gone: a download refuses it as damaged (see [`Damaged`]).
 pub const ORPHANED_AFTER: Duration = Duration::from_secs(600);
+
+/// How long listing the snapshots may take (a listing whose last entry is purged before it is
+/// delivered would otherwise wait for the next write to the store).
+const LIST_LIMIT: Duration = Duration::from_secs(10);
+
+/// A snapshot that cannot be restored however often it is fetched: chunks missing, or its
+/// bytes not those its SHA-256 says. Passed over for an older one.
+#[derive(Debug)]
+pub struct Damaged(pub String);
+
+impl std::fmt::Display for Damaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Damaged {}
 
 /// What a sweep saw of the uploads no object names: by nuid, their chunk count and since when
 /// it has not changed.
@@ -126,17 +145,22 @@ impl Snapshots {
         Ok(info.size as u64)
     }
 
+    /// Every object in the store (for [`LIST_LIMIT`] at most).
+    async fn objects(&self) -> Result<Vec<object_store::ObjectInfo>> {
+        let listing = async {
+            let listed = self.store.list().await?;
+            listed.try_collect().await.map_err(anyhow::Error::from)
+        };
+        tokio::time::timeout(LIST_LIMIT, listing)
+            .await
+            .map_err(|_| anyhow::anyhow!("the servers took over {LIST_LIMIT:?}"))?
+            .context("listing the snapshots")
+    }
+
     /// Every snapshot of `projector`, oldest checkpoint first.
     pub async fn list(&self, projector: &str) -> Result<Vec<Label>> {
         let prefix = format!("{projector}/");
-        let infos: Vec<object_store::ObjectInfo> = self
-            .store
-            .list()
-            .await
-            .context("listing the snapshots")?
-            .try_collect()
-            .await
-            .context("listing the snapshots")?;
+        let infos = self.objects().await?;
         let mut labels: Vec<Label> = infos
             .iter()
             .filter(|info| !info.deleted && info.name.starts_with(&prefix))
@@ -148,47 +172,85 @@ impl Snapshots {
     }
 
     /// Downloads the snapshot `label` into the file `to` (checked against its SHA-256 as it
-    /// is read).
+    /// is read): its size. A snapshot whose chunks are not all there, or whose bytes fail
+    /// their SHA-256, is refused with [`Damaged`] in the error's chain; a download slower than
+    /// 256 KiB/s (after 30 s) is cut, the servers taken for unavailable.
     pub async fn download(&self, label: &Label, to: &Path) -> Result<u64> {
         let name = label.object_name();
-        let mut object = self
+        let info = self
             .store
-            .get(&name)
+            .info(&name)
             .await
             .with_context(|| format!("fetching the snapshot {name}"))?;
-        let mut file = tokio::fs::File::create(to)
+        let stored: usize = self
+            .stream
+            .info_with_subjects(format!("$O.{SNAPSHOTS}.C.{}", info.nuid))
             .await
-            .with_context(|| format!("creating {}", to.display()))?;
-        let size = tokio::io::copy(&mut object, &mut file)
+            .with_context(|| format!("fetching the snapshot {name}"))?
+            .try_collect::<Vec<(String, usize)>>()
             .await
-            .with_context(|| format!("downloading the snapshot {name}"))?;
-        file.sync_all().await?;
-        Ok(size)
+            .with_context(|| format!("fetching the snapshot {name}"))?
+            .iter()
+            .map(|(_, count)| count)
+            .sum();
+        if stored != info.chunks {
+            let why = format!("{stored} of its {} chunks are stored", info.chunks);
+            return Err(Damaged(why)).with_context(|| format!("fetching the snapshot {name}"));
+        }
+        let limit = Duration::from_secs(30) + Duration::from_secs(info.size as u64 / (256 << 10));
+        let fetching = async {
+            let mut object = self.store.get(&name).await?;
+            let mut file = tokio::fs::File::create(to)
+                .await
+                .with_context(|| format!("creating {}", to.display()))?;
+            let size = match tokio::io::copy(&mut object, &mut file).await {
+                Ok(size) => size,
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    return Err(Damaged(e.to_string()).into());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            file.sync_all().await?;
+            anyhow::Ok(size)
+        };
+        tokio::time::timeout(limit, fetching)
+            .await
+            .map_err(|_| anyhow::anyhow!("the download took over {limit:?}"))?
+            .with_context(|| format!("downloading the snapshot {name}"))
     }
 
-    /// Deletes the snapshots of `projector` but the newest `keep` of each generation in
-    /// `kept` (`(incarnation, generation)` pairs), and those of later generations or
-    /// deployments than one in `kept` (made by a newer owner): the others are of generations
-    /// replaced or of an earlier deployment of the name. Answers how many it deleted. With
-    /// `kept` empty (the projector deleted), deletes them all.
+    /// Deletes the snapshots of `projector` but the newest `keep` of each view in `kept`
+    /// (`(incarnation, generation, the code proven on it)`: the views its owner runs), and
+    /// those of a later deployment of the name than any in `kept` (made by a newer owner): the
+    /// others are of generations replaced, of a rebuild cancelled (a later one may reuse its
+    /// number, with other code), of code a reload replaced, or of an earlier deployment. With
+    /// `kept` empty (the projector deleted), deletes them all. `fence` is asked before each
+    /// deletion: the collector still owns the projector. Answers how many it deleted.
     pub async fn collect(
         &self,
         projector: &str,
-        kept: &[(u64, u64)],
+        kept: &[(u64, u64, Option<String>)],
         keep: usize,
+        fence: impl Fn() -> bool,
     ) -> Result<usize> {
         let labels = self.list(projector).await?;
+        let latest_incarnation = kept.iter().map(|(incarnation, ..)| *incarnation).max();
         let mut deleted = 0;
         for label in &labels {
-            let of = (label.incarnation, label.generation);
-            let newer = labels
-                .iter()
-                .filter(|l| (l.incarnation, l.generation) == of && l.checkpoint > label.checkpoint)
-                .count();
-            // Of a later deployment or generation than those kept (a stale caller's view):
-            // never deleted.
-            let later = !kept.is_empty() && kept.iter().all(|k| *k < of);
-            if (!kept.contains(&of) && !later) || (kept.contains(&of) && newer >= keep.max(1)) {
+            let view = (label.incarnation, label.generation);
+            let doomed = match kept.iter().find(|(i, g, _)| (*i, *g) == view) {
+                Some((.., proven)) => {
+                    let newer = labels
+                        .iter()
+                        .filter(|l| (l.incarnation, l.generation) == view)
+                        .filter(|l| l.proven == *proven && l.checkpoint > label.checkpoint)
+                        .count();
+                    label.proven != *proven || newer >= keep.max(1)
+                }
+                None => latest_incarnation.is_none_or(|latest| label.incarnation <= latest),
+            };
+            if doomed {
+                anyhow::ensure!(fence(), "no longer the owner of {projector}");
                 self.delete(label).await?;
                 deleted += 1;
             }
@@ -216,14 +278,11 @@ impl Snapshots {
     /// under way.
     pub async fn unnamed(&self) -> Result<HashMap<String, usize>> {
         let named: BTreeSet<String> = self
-            .store
-            .list()
-            .await
-            .context("listing the snapshots")?
-            .map_ok(|info| info.nuid)
-            .try_collect()
-            .await
-            .context("listing the snapshots")?;
+            .objects()
+            .await?
+            .into_iter()
+            .map(|info| info.nuid)
+            .collect();
         let chunks: Vec<(String, usize)> = self
             .stream
             .info_with_subjects(format!("$O.{SNAPSHOTS}.C.>"))

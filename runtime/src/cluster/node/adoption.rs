@@ -67,6 +67,7 @@ impl Cluster {
     }
 
     pub(super) async fn adopt(&self, registry: &Registry, name: &str) {
+        let tenure = self.tenure(name);
         let stored = match self.take_over(name).await {
             Ok(Some(stored)) => stored,
             Ok(None) => {
@@ -100,13 +101,21 @@ impl Cluster {
                 return;
             }
         };
-        self.catching_up.lock().insert(name.to_string(), head);
+        {
+            // Under the lock a lease taken again marks: that mark is never overwritten.
+            let mut catching_up = self.catching_up.lock();
+            if self.tenure(name) != tenure {
+                return;
+            }
+            catching_up.insert(name.to_string(), head);
+        }
         let (adopting, adopted) = (registry.clone(), name.to_string());
         let result =
             tokio::task::spawn_blocking(move || adopting.adopt(&adopted, deployment)).await;
-        // The lease given up while it loaded (a node joined, say): stopped at once, not left
-        // running until the next tick.
-        if self.owns(name).is_none() {
+        // The lease given up while it loaded (a node joined, say), or given up and taken
+        // again (the deployment read and the head may be older than what another owner served
+        // meanwhile): stopped at once; adopted afresh if this node owns it.
+        if self.owns(name).is_none() || self.tenure(name) != tenure {
             self.unload(registry, name).await;
             return;
         }

@@ -116,6 +116,9 @@ pub struct Cluster {
     restores: Mutex<HashMap<String, Vec<Restored>>>,
     /// The module each projector coming to this node had its code readied for.
     warmed: Mutex<HashMap<String, String>>,
+    /// Each lease this node took, numbered: an adoption that finds another number when it
+    /// ends ran while the lease was given up and taken again, and is done afresh.
+    tenures: Mutex<(u64, HashMap<String, u64>)>,
 }
 
 impl Cluster {
@@ -157,6 +160,7 @@ impl Cluster {
             latest: Mutex::new(HashMap::new()),
             restores: Mutex::new(HashMap::new()),
             warmed: Mutex::new(HashMap::new()),
+            tenures: Mutex::new((0, HashMap::new())),
         }))
     }
 
@@ -252,12 +256,26 @@ impl Cluster {
     pub async fn claim(&self, projector: &str) -> anyhow::Result<Option<u64>> {
         let claimed = self.ownership.claim(projector).await?;
         if claimed.is_some() {
+            self.took(projector);
             self.revisions.lock().remove(projector);
             self.creating
                 .lock()
                 .insert(projector.to_string(), std::time::Instant::now());
         }
         Ok(claimed)
+    }
+
+    /// Numbers a lease of `projector` this node has just taken (see `tenures`).
+    fn took(&self, projector: &str) {
+        let mut tenures = self.tenures.lock();
+        tenures.0 += 1;
+        let tenure = tenures.0;
+        tenures.1.insert(projector.to_string(), tenure);
+    }
+
+    /// The number of this node's latest lease of `projector` (see `tenures`).
+    fn tenure(&self, projector: &str) -> Option<u64> {
+        self.tenures.lock().1.get(projector).copied()
     }
 
     /// Whether `projector`, adopted here, is still catching up with the log's head as it was
@@ -408,6 +426,7 @@ impl Cluster {
         // and took it again): that runner is from the earlier ownership and may be behind
         // what another owner served since. Its views wait until it is adopted afresh.
         let taking = |name: &str| {
+            self.took(name);
             self.catching_up.lock().insert(name.to_string(), u64::MAX);
         };
         let drained = self.drains.drained();

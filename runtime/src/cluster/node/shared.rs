@@ -49,7 +49,7 @@ impl SharedDeployments for Cluster {
         self.known.lock().remove(name);
         // Its snapshots go with it (a name deployed again starts a new incarnation, whose
         // uploads would collect any left behind).
-        if let Err(e) = self.block_on(self.snapshots.collect(name, &[], 1)) {
+        if let Err(e) = self.block_on(self.snapshots.collect(name, &[], 1, || true)) {
             tracing::warn!(projector = name, error = %e, "deleting a deleted projector's snapshots");
         }
         Ok(())
@@ -85,7 +85,12 @@ impl SharedDeployments for Cluster {
         let packed = into.with_extension("zst");
         let fetched = self
             .block_on(self.snapshots.download(label, &packed))
-            .map_err(|e| SharedError::Unavailable(format!("{e:#}")))
+            .map_err(
+                |e| match e.downcast_ref::<crate::cluster::snapshots::Damaged>() {
+                    Some(_) => SharedError::Damaged(format!("{e:#}")),
+                    None => SharedError::Unavailable(format!("{e:#}")),
+                },
+            )
             .and_then(|_| {
                 crate::store::snapshot::decompress(&packed, into).map_err(|e| {
                     SharedError::Damaged(format!(

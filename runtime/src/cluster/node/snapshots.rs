@@ -111,13 +111,17 @@ impl Cluster {
         // what the new owner keeps.
         let owner = self.owns(name).is_some();
         if let (false, true, Some(projector)) = (uploaded.is_empty(), owner, registry.get(name)) {
-            let kept: Vec<(u64, u64)> = registry
-                .views(name)
+            let kept: Vec<(u64, u64, Option<String>)> = registry
+                .view_states(name)
                 .into_iter()
-                .map(|(generation, _)| (projector.incarnation, generation))
+                .map(|(generation, _, proven)| {
+                    let proven = proven.map(|p| String::from_utf8_lossy(&p).into_owned());
+                    (projector.incarnation, generation, proven)
+                })
                 .collect();
+            let fence = || self.owns(name).is_some();
             self.snapshots
-                .collect(name, &kept, self.options.snapshots_kept)
+                .collect(name, &kept, self.options.snapshots_kept, fence)
                 .await?;
         }
         Ok(uploaded)

@@ -292,6 +292,7 @@ mod tests {
         assert!(!fits(&other(|l| l.incarnation = 8), &d, &d.serving));
         assert!(!fits(&other(|l| l.generation = 2), &d, &d.serving));
         assert!(!fits(&other(|l| l.dead_letter_actions = 1), &d, &d.serving));
+        assert!(!fits(&other(|l| l.dead_letter_actions = 3), &d, &d.serving));
         assert!(!fits(&other(|l| l.checkpoint = 0), &d, &d.serving));
         assert!(!fits(&other(|l| l.proven = None), &d, &d.serving));
 
