@@ -1,5 +1,5 @@
 //! Failover through snapshots, under faults: three Prism nodes (real `prism serve` processes;
-//! snapshots only when asked for and at handover, each upload held to 64 KiB/s so that one
+//! snapshots only when asked for and at handover, each upload held to 40 KiB/s so that one
 //! takes seconds) on three nats-servers, under six writers appending through all nodes and an
 //! observer per node reading every projector's view over and over.
 //!
