@@ -9,16 +9,19 @@ use crate::projector::{Deployment, Registry};
 use std::collections::{BTreeMap, HashMap};
 
 impl Cluster {
-    /// Makes ready the code of the projectors coming to this node — rendezvous hashing gives
-    /// them to it while another node still holds their lease (a handover under way, or this
-    /// node just joined) — so that adopting them need not compile it. Once per module.
+    /// Makes ready the code of the projectors that come to this node — rendezvous hashing
+    /// gives them to it while another node still holds their lease (a handover under way, or
+    /// this node just joined) — or would come to it if their owner died (it is next in their
+    /// ranking), so that adopting them need not compile it. Once per module.
     pub(super) fn warm_incoming(
         &self,
         registry: &Registry,
         deployments: &BTreeMap<String, Stored>,
     ) {
         for (name, stored) in deployments {
-            let mine = self.chosen(name).as_ref() == Some(&self.options.node_id);
+            let (first, next) = self.ranked(name);
+            let me = Some(&self.options.node_id);
+            let mine = first.as_ref() == me || next.as_ref() == me;
             if !mine || self.owns(name).is_some() || registry.get(name).is_some() {
                 continue;
             }

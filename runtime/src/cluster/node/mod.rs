@@ -187,10 +187,21 @@ impl Cluster {
     /// The node rendezvous hashing gives `projector` to among the live nodes not drained, as
     /// this node last saw them.
     fn chosen(&self, projector: &str) -> Option<String> {
+        self.ranked(projector).0
+    }
+
+    /// The node rendezvous hashing gives `projector` to (see [`Cluster::chosen`]), and the
+    /// one it would go to if that node died.
+    fn ranked(&self, projector: &str) -> (Option<String>, Option<String>) {
         let live = self.live.read();
         let drained = self.drains.drained();
         let eligible = super::drains::eligible(live.keys(), &drained);
-        rendezvous::owner(projector, eligible.iter().copied()).map(str::to_string)
+        let first = rendezvous::owner(projector, eligible.iter().copied());
+        let next = rendezvous::owner(
+            projector,
+            eligible.iter().copied().filter(|n| Some(*n) != first),
+        );
+        (first.map(str::to_string), next.map(str::to_string))
     }
 
     /// The leases' bucket (for `GET /cluster`).
