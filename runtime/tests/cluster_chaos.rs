@@ -28,7 +28,7 @@
 mod common;
 
 use common::appends::{Outcome, append_recorded, check_log, read_log};
-use common::cluster::{owners, same_as_model, settled_view, wait_for_nodes};
+use common::cluster::{local_bases, owners, same_as_model, settled_view, wait_for_nodes};
 use common::nats::NatsCluster;
 use common::observe::{
     Observed, checkpoints_never_go_back, leases_never_go_back, observe, views_never_go_back,
@@ -70,10 +70,7 @@ async fn a_cluster_of_three_loses_nothing_and_never_answers_for_one_projector_tw
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let launch = |i: usize| start_node(dirs[i].path(), &urls, &format!("n{i}"), ports[i], TTL_MS);
     let mut nodes: Vec<Option<Prism>> = (0..3).map(|i| Some(launch(i))).collect();
-    let bases: Vec<String> = ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}"))
-        .collect();
+    let bases = local_bases(&ports);
     let clients: Vec<Client> = bases.iter().map(|b| Client::new(b)).collect();
     wait_for_nodes(&clients, 3).await;
     for (name, wasm, _) in PROJECTORS {

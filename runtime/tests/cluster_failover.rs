@@ -23,7 +23,7 @@ mod common;
 
 use common::appends::{Outcome, Sent, append_recorded, check_log, read_log};
 use common::cluster::{
-    owners, restores, same_as_model, settled_view, wait_applied, wait_for_nodes,
+    local_bases, owners, restores, same_as_model, settled_view, wait_applied, wait_for_nodes,
 };
 use common::nats::NatsCluster;
 use common::observe::{
@@ -32,7 +32,6 @@ use common::observe::{
 use common::process::{Prism, free_port, start_node_with};
 use common::writers::{WRITERS, write};
 use common::{Client, artifacts};
-use futures::TryStreamExt;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -76,10 +75,7 @@ async fn failover_through_snapshots_survives_kills_mid_upload() {
         )
     };
     let mut nodes: Vec<Option<Prism>> = (0..3).map(|i| Some(launch(i))).collect();
-    let bases: Vec<String> = ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}"))
-        .collect();
+    let bases = local_bases(&ports);
     let clients: Vec<Client> = bases.iter().map(|b| Client::new(b)).collect();
     wait_for_nodes(&clients, 3).await;
     for (name, wasm, _) in PROJECTORS {
@@ -308,36 +304,14 @@ async fn checkpoints_stored(js: &async_nats::jetstream::Context) -> Vec<u64> {
 /// The uploads cut or under way: objects' ids (nuids) with two chunks or more in the object
 /// store that no object names (a small view's upload is one chunk).
 async fn partial_uploads(js: &async_nats::jetstream::Context) -> Result<BTreeSet<String>, String> {
-    let store = js
-        .get_object_store("PRISM_SNAPSHOTS")
+    let snapshots = prism::cluster::Snapshots::open(js, 3)
         .await
-        .map_err(|e| e.to_string())?;
-    let named: BTreeSet<String> = store
-        .list()
-        .await
-        .map_err(|e| e.to_string())?
-        .try_collect::<Vec<_>>()
-        .await
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .map(|info| info.nuid)
-        .collect();
-    let stream = js
-        .get_stream("OBJ_PRISM_SNAPSHOTS")
-        .await
-        .map_err(|e| e.to_string())?;
-    let chunks: Vec<(String, usize)> = stream
-        .info_with_subjects("$O.PRISM_SNAPSHOTS.C.>")
-        .await
-        .map_err(|e| e.to_string())?
-        .try_collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(chunks
+        .map_err(|e| format!("{e:#}"))?;
+    let unnamed = snapshots.unnamed().await.map_err(|e| format!("{e:#}"))?;
+    Ok(unnamed
         .into_iter()
         .filter(|(_, count)| *count >= 2)
-        .map(|(subject, _)| subject.rsplit('.').next().unwrap().to_string())
-        .filter(|nuid| !named.contains(nuid))
+        .map(|(nuid, _)| nuid)
         .collect())
 }
 

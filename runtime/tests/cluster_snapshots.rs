@@ -22,7 +22,7 @@ mod common;
 
 use common::appends::read_log;
 use common::cluster::{
-    owners, restores, same_as_model, settled_view, wait_applied, wait_for_nodes,
+    local_bases, owners, restores, same_as_model, settled_view, wait_applied, wait_for_nodes,
 };
 use common::nats::NatsCluster;
 use common::process::{Prism, free_port, start_node_with};
@@ -59,10 +59,7 @@ async fn views_move_between_nodes_through_snapshots() {
             &more,
         )
     };
-    let clients: Vec<Client> = ports
-        .iter()
-        .map(|p| Client::new(&format!("http://127.0.0.1:{p}")))
-        .collect();
+    let clients: Vec<Client> = local_bases(&ports).iter().map(|b| Client::new(b)).collect();
     let mut nodes: Vec<Option<Prism>> = vec![Some(launch(0)), None];
     wait_for_nodes(&clients[..1], 1).await;
     for (name, wasm, _) in PROJECTORS {

@@ -177,17 +177,15 @@ impl Snapshots {
     /// 256 KiB/s (after 30 s) is cut, the servers taken for unavailable.
     pub async fn download(&self, label: &Label, to: &Path) -> Result<u64> {
         let name = label.object_name();
-        let info = self
+        // Its info read; its chunks only once it is read from.
+        let mut object = self
             .store
-            .info(&name)
+            .get(&name)
             .await
             .with_context(|| format!("fetching the snapshot {name}"))?;
+        let info = &object.info;
         let stored: usize = self
-            .stream
-            .info_with_subjects(format!("$O.{SNAPSHOTS}.C.{}", info.nuid))
-            .await
-            .with_context(|| format!("fetching the snapshot {name}"))?
-            .try_collect::<Vec<(String, usize)>>()
+            .chunks(&info.nuid)
             .await
             .with_context(|| format!("fetching the snapshot {name}"))?
             .iter()
@@ -199,7 +197,6 @@ impl Snapshots {
         }
         let limit = Duration::from_secs(30) + Duration::from_secs(info.size as u64 / (256 << 10));
         let fetching = async {
-            let mut object = self.store.get(&name).await?;
             let mut file = tokio::fs::File::create(to)
                 .await
                 .with_context(|| format!("creating {}", to.display()))?;
@@ -274,6 +271,16 @@ impl Snapshots {
         Ok(())
     }
 
+    /// The chunk subjects of the uploads `nuid` matches (a nuid, or `>` for all), with the
+    /// number of chunks stored under each.
+    async fn chunks(&self, nuid: &str) -> Result<Vec<(String, usize)>> {
+        let subjects = self
+            .stream
+            .info_with_subjects(format!("$O.{SNAPSHOTS}.C.{nuid}"))
+            .await?;
+        Ok(subjects.try_collect().await?)
+    }
+
     /// The uploads no object names, by nuid, with their chunk counts: cut ones, and those
     /// under way.
     pub async fn unnamed(&self) -> Result<HashMap<String, usize>> {
@@ -283,12 +290,8 @@ impl Snapshots {
             .into_iter()
             .map(|info| info.nuid)
             .collect();
-        let chunks: Vec<(String, usize)> = self
-            .stream
-            .info_with_subjects(format!("$O.{SNAPSHOTS}.C.>"))
-            .await
-            .context("listing the snapshots' chunks")?
-            .try_collect()
+        let chunks = self
+            .chunks(">")
             .await
             .context("listing the snapshots' chunks")?;
         Ok(chunks

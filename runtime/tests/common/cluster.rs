@@ -22,6 +22,14 @@ pub async fn owners(client: &Client) -> HashMap<String, String> {
         .collect()
 }
 
+/// The base URLs of nodes listening on `ports` of the loopback.
+pub fn local_bases(ports: &[u16]) -> Vec<String> {
+    ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect()
+}
+
 /// Waits until every client's node sees `n` live nodes.
 pub async fn wait_for_nodes(clients: &[Client], n: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);

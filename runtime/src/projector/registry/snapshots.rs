@@ -54,17 +54,9 @@ impl Registry {
         self.inner.dir.scratch(prefix)
     }
 
-    /// The generations of `name` running here (the serving one, then a pending rebuild) and
-    /// the checkpoints their views have committed.
-    pub fn views(&self, name: &str) -> Vec<(u64, u64)> {
-        self.view_states(name)
-            .into_iter()
-            .map(|(generation, checkpoint, _)| (generation, checkpoint))
-            .collect()
-    }
-
-    /// [`Registry::views`] with the record of the code proven on each view (what a snapshot
-    /// of it would carry).
+    /// The generations of `name` running here (the serving one, then a pending rebuild), the
+    /// checkpoints their views have committed and the record of the code proven on each (what
+    /// a snapshot of it would carry).
     pub fn view_states(&self, name: &str) -> Vec<(u64, u64, Option<Vec<u8>>)> {
         let Some(handle) = self.get(name) else {
             return Vec::new();
